@@ -1,0 +1,93 @@
+"""Shared fixtures for the fastbn test suite.
+
+The tests must exercise the *installed* package, never the source tree
+(whose ``fastbn/`` has no compiled extension).  The repository root is
+therefore removed from ``sys.path`` before ``fastbn`` is imported, and the
+session stops with a clear message if ``fastbn`` still comes from the source
+tree.  Set ``FASTBN_TEST_SOURCE_TREE=1`` to allow an in-place build.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+SOURCE_ROOT = TESTS_DIR.parent
+_ALLOW_SOURCE = os.environ.get("FASTBN_TEST_SOURCE_TREE") == "1"
+
+if not _ALLOW_SOURCE:
+    sys.path[:] = [p for p in sys.path
+                   if Path(p or ".").resolve() != SOURCE_ROOT]
+# helper modules of this directory (reference.py, helpers.py) importable in
+# every import mode
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+import fastbn  # noqa: E402
+
+if not _ALLOW_SOURCE and Path(fastbn.__file__).resolve().is_relative_to(
+        SOURCE_ROOT / "fastbn"):
+    raise pytest.UsageError(
+        f"fastbn was imported from the source tree ({fastbn.__file__}); the "
+        "tests must run against the installed package. Install it (not "
+        "editable) and run pytest from a directory where the source fastbn/ "
+        "is not importable, or set FASTBN_TEST_SOURCE_TREE=1.")
+
+# Layouts: (id, shape, axis).  Covers NC, NCL, NCHW, NCDHW, NHWC (axis=-1),
+# a middle axis (axis=2 of 4-D), axis=0, 1 and 3 channels, 1-element spatial,
+# odd sizes (SIMD remainders), channel-first (inner > 1) and channel-last
+# (inner == 1) kernels.
+LAYOUTS = [
+    ("NC", (7, 5), 1),
+    ("NC-wide", (6, 37), 1),
+    ("NC-1ch", (9, 1), 1),
+    ("NCL", (4, 3, 11), 1),
+    ("NCHW", (3, 5, 4, 6), 1),
+    ("NCHW-odd", (2, 7, 5, 3), 1),
+    ("NCHW-1ch", (3, 1, 5, 7), 1),
+    ("NCHW-1x1", (6, 4, 1, 1), 1),
+    ("NCDHW", (2, 3, 3, 4, 5), 1),
+    ("NHWC", (3, 4, 6, 5), -1),
+    ("NHWC-3ch", (2, 5, 7, 3), -1),
+    ("NHWC-1ch", (4, 3, 3, 1), -1),
+    ("NHWC-1x1", (8, 1, 1, 6), -1),
+    ("axis2-4d", (3, 4, 5, 6), 2),
+    ("axis-2-4d", (2, 3, 5, 4), -2),
+    ("axis0", (5, 3, 4), 0),
+]
+DTYPES = [np.float32, np.float64]
+
+
+@pytest.fixture
+def rng():
+    """A freshly seeded NumPy Generator (reproducible per test)."""
+    return np.random.default_rng(12345)
+
+
+@pytest.fixture(params=LAYOUTS, ids=[lay[0] for lay in LAYOUTS])
+def layout(request):
+    """``(shape, axis)`` of one layout of LAYOUTS."""
+    return request.param[1], request.param[2]
+
+
+@pytest.fixture(params=DTYPES, ids=["f32", "f64"])
+def dtype(request):
+    return request.param
+
+
+@pytest.fixture
+def torch():
+    """The torch module; the test is skipped when torch is not installed."""
+    return pytest.importorskip("torch")
+
+
+@pytest.fixture
+def restore_threads():
+    """Restore fastbn's thread setting after a test that changes it."""
+    old = fastbn.set_num_threads(None)
+    fastbn.set_num_threads(old)
+    yield
+    fastbn.set_num_threads(old)

@@ -1,0 +1,56 @@
+"""Helpers shared by the test modules: data generation and comparisons."""
+
+import numpy as np
+
+import reference
+
+# Tolerances relative to the output scale (max(1, max|expected|)).
+TOL = {np.dtype(np.float32): 3e-5, np.dtype(np.float64): 1e-12}
+
+
+def channel_shape(shape, axis):
+    """Shape that broadcasts a (C,) array along ``axis`` of ``shape``."""
+    axis = reference.normalize_axis(axis, len(shape))
+    return tuple(n if i == axis else 1 for i, n in enumerate(shape))
+
+
+def make_x(rng, shape, axis=1, dtype=np.float32, offset=3.0):
+    """Random data with a different mean and spread in every channel."""
+    c = shape[reference.normalize_axis(axis, len(shape))]
+    mean = rng.uniform(-offset, offset, c).reshape(channel_shape(shape, axis))
+    std = rng.uniform(0.5, 2.0, c).reshape(channel_shape(shape, axis))
+    return (rng.standard_normal(shape) * std + mean).astype(dtype)
+
+
+def make_params(rng, c, dtype):
+    """gamma, beta, running mean and running var for ``c`` channels."""
+    gamma = rng.uniform(0.5, 2.0, c).astype(dtype)
+    gamma[::3] *= -1  # negative scales too
+    beta = rng.standard_normal(c).astype(dtype)
+    mean = rng.standard_normal(c).astype(dtype)
+    var = rng.uniform(0.3, 3.0, c).astype(dtype)
+    return gamma, beta, mean, var
+
+
+def assert_close(actual, expected, dtype, scale=None, factor=1.0):
+    """Compare with the float64 reference within the dtype's tolerance."""
+    expected = np.asarray(expected, dtype=np.float64)
+    actual = np.asarray(actual)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    tol = TOL[np.dtype(dtype)] * factor
+    if scale is None:
+        scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
+    np.testing.assert_allclose(actual.astype(np.float64), expected,
+                               rtol=tol, atol=tol * scale)
+
+
+def bits(a):
+    """The raw bytes of ``a`` as unsigned ints (for bitwise comparisons)."""
+    a = np.ascontiguousarray(a)
+    return a.view(np.dtype(f"u{a.dtype.itemsize}"))
+
+
+def assert_bitwise_equal(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_array_equal(bits(a), bits(b))

@@ -1,0 +1,177 @@
+"""Every error path of API.md: the exception type and a message that names
+the offending argument."""
+
+import numpy as np
+import pytest
+
+import fastbn
+
+
+def word(name):
+    """Regex matching ``name`` as a whole word (e.g. 'x' but not 'max')."""
+    return rf"(?<![A-Za-z0-9_]){name}(?![A-Za-z0-9_])"
+
+
+C = 3
+X32 = np.ones((4, C, 5), np.float32)
+ONES = np.ones(C, np.float32)
+ZEROS = np.zeros(C, np.float32)
+
+BAD_DTYPES = [np.int64, np.int32, np.float16, np.complex128, np.bool_, object]
+if np.dtype(np.longdouble).itemsize > 8:  # long double distinct from double
+    BAD_DTYPES.append(np.longdouble)
+
+# every function that takes x, called with x and valid remaining arguments
+CALLS = {
+    "batch_stats": lambda x, **kw: fastbn.batch_stats(x, **kw),
+    "moments": lambda x, **kw: fastbn.moments(x, **kw),
+    "train": lambda x, **kw: fastbn.batch_norm_train(x, **kw),
+    "infer": lambda x, **kw: fastbn.batch_norm_infer(
+        x, np.zeros(x.shape[1] if np.ndim(x) > 1 else 1, np.float32),
+        np.ones(x.shape[1] if np.ndim(x) > 1 else 1, np.float32), **kw),
+}
+
+
+@pytest.mark.parametrize("func", list(CALLS))
+@pytest.mark.parametrize("bad_dtype", BAD_DTYPES)
+def test_x_wrong_dtype_raises_type_error(func, bad_dtype):
+    x = np.ones((4, C, 5)).astype(bad_dtype)
+    with pytest.raises(TypeError, match=word("x")):
+        CALLS[func](x)
+
+
+@pytest.mark.parametrize("func", list(CALLS))
+@pytest.mark.parametrize("bad", [None, "abc", 3.0])
+def test_x_wrong_type_raises_type_error(func, bad):
+    with pytest.raises(TypeError, match=word("x")):
+        CALLS[func](bad)
+
+
+@pytest.mark.parametrize("func", list(CALLS))
+@pytest.mark.parametrize("shape", [(6,), ()])
+def test_x_ndim_below_2_raises(func, shape):
+    x = np.ones(shape, np.float32)
+    with pytest.raises(ValueError, match=word("x")):
+        CALLS[func](x)
+
+
+@pytest.mark.parametrize("func", list(CALLS))
+@pytest.mark.parametrize("axis", [3, -4, 10])
+def test_bad_axis_raises(func, axis):
+    with pytest.raises(ValueError, match=word("axis")):
+        CALLS[func](X32, axis=axis)
+
+
+@pytest.mark.parametrize("func", ["train", "infer"])
+@pytest.mark.parametrize("eps", [0.0, -1e-5, -1.0])
+def test_eps_not_positive_raises(func, eps):
+    with pytest.raises(ValueError, match=word("eps")):
+        CALLS[func](X32, eps=eps)
+
+
+@pytest.mark.parametrize("shape,axis", [((1, C), 1), ((1, C, 1, 1), 1),
+                                        ((1, 1, 1, C), -1), ((C, 1), 0)])
+def test_train_fewer_than_two_values_per_channel_raises(shape, axis):
+    x = np.ones(shape, np.float32)
+    with pytest.raises(ValueError, match=r"\b2\b|\btwo\b"):
+        fastbn.batch_norm_train(x, axis=axis)
+
+
+def test_train_two_values_per_channel_is_enough():
+    y, mean, invstd = fastbn.batch_norm_train(
+        np.array([[1.0, 5.0], [3.0, 5.0]]))
+    np.testing.assert_allclose(mean, [2.0, 5.0])
+    np.testing.assert_allclose(invstd, 1 / np.sqrt([1 + 1e-5, 1e-5]))
+
+
+def test_infer_accepts_single_value_per_channel():
+    x = np.ones((1, C), np.float32)
+    y = fastbn.batch_norm_infer(x, ZEROS, ONES)
+    assert y.shape == (1, C)
+
+
+BAD_CHANNEL_SHAPES = [(C + 1,), (C - 1,), (1, C), (C, 1), (), (0,)]
+
+
+@pytest.mark.parametrize("name", ["gamma", "beta"])
+@pytest.mark.parametrize("shape", BAD_CHANNEL_SHAPES)
+@pytest.mark.parametrize("func", ["train", "infer"])
+def test_gamma_beta_wrong_shape_raises(name, shape, func):
+    with pytest.raises(ValueError, match=word(name)):
+        CALLS[func](X32, **{name: np.ones(shape, np.float32)})
+
+
+@pytest.mark.parametrize("name", ["mean", "var"])
+@pytest.mark.parametrize("shape", BAD_CHANNEL_SHAPES)
+def test_mean_var_wrong_shape_raises(name, shape):
+    args = {"mean": ZEROS, "var": ONES, name: np.ones(shape, np.float32)}
+    with pytest.raises(ValueError, match=word(name)):
+        fastbn.batch_norm_infer(X32, args["mean"], args["var"])
+
+
+@pytest.mark.parametrize("shape", [(4, C, 4), (4, C), (4, C, 5, 1),
+                                   (1, C, 5), (4 * C * 5,)])
+@pytest.mark.parametrize("func", ["train", "infer"])
+def test_residual_wrong_shape_raises(shape, func):
+    with pytest.raises(ValueError, match=word("residual")):
+        CALLS[func](X32, residual=np.ones(shape, np.float32))
+
+
+def _bad_outs():
+    fortran = np.asfortranarray(np.empty((4, C, 5), np.float32))
+    strided = np.empty((4, C, 10), np.float32)[:, :, ::2]
+    return {
+        "shape": np.empty((4, C, 6), np.float32),
+        "flat": np.empty(4 * C * 5, np.float32),
+        "fortran": fortran,
+        "strided": strided,
+    }
+
+
+@pytest.mark.parametrize("kind", ["shape", "flat", "fortran", "strided"])
+@pytest.mark.parametrize("func", ["train", "infer"])
+def test_out_wrong_shape_or_layout_raises(kind, func):
+    out = _bad_outs()[kind]
+    with pytest.raises(ValueError, match=word("out")):
+        CALLS[func](X32, out=out)
+
+
+@pytest.mark.parametrize("func", ["train", "infer"])
+@pytest.mark.parametrize("bad_dtype", [np.float64, np.int32, np.float16])
+def test_out_wrong_dtype_raises(func, bad_dtype):
+    out = np.empty(X32.shape, bad_dtype)
+    # API.md lists "out mismatch" under ValueError and "wrong dtype" under
+    # TypeError; either is acceptable, the message must name out.
+    with pytest.raises((TypeError, ValueError), match=word("out")):
+        CALLS[func](X32, out=out)
+
+
+@pytest.mark.parametrize("func", ["train", "infer"])
+def test_out_read_only_raises(func):
+    out = np.empty(X32.shape, np.float32)
+    out.setflags(write=False)
+    with pytest.raises(ValueError, match=word("out")):
+        CALLS[func](X32, out=out)
+
+
+@pytest.mark.parametrize("func", ["train", "infer"])
+def test_out_wrong_type_raises(func):
+    with pytest.raises(TypeError, match=word("out")):
+        CALLS[func](X32, out=[0.0] * X32.size)
+
+
+def test_errors_leave_out_and_inputs_untouched():
+    x = np.arange(4 * C * 5, dtype=np.float32).reshape(4, C, 5)
+    x0 = x.copy()
+    out = np.full(x.shape, 7.0, np.float32)
+    with pytest.raises(ValueError):
+        fastbn.batch_norm_train(x, np.ones(C + 1, np.float32), out=out)
+    with pytest.raises(ValueError):
+        fastbn.batch_norm_infer(x, ZEROS, ONES, eps=0.0, out=out)
+    np.testing.assert_array_equal(out, 7.0)
+    np.testing.assert_array_equal(x, x0)
+
+
+def test_train_empty_batch_raises_value_error():
+    with pytest.raises(ValueError):
+        fastbn.batch_norm_train(np.zeros((0, C, 4), np.float32))
