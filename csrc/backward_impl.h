@@ -1,0 +1,451 @@
+/*
+ * backward_impl.h -- the backward kernels, written once for an element type.
+ * Included at the end of kernels_impl.h (T, SFX and NAME defined there).
+ *
+ * With dy' = dy * (y > 0) when the forward fused a ReLU (y given), the
+ * per-channel reductions are sum_dy = sum(dy') and
+ * sum_dyxmu = sum(dy' * (x - mean)); then, per value,
+ *   training: dx = A*dy' + B*(x - mean) + D,
+ *             A = g*invstd, B = -A*invstd^2*sum_dyxmu/n, D = -A*sum_dy/n
+ *   frozen:   dx = A*dy'
+ * and the residual's gradient (dz) is dy'.
+ */
+
+/* Reductions of n contiguous values, in double, into s[0] (sum dy') and
+ * s[1] (sum dy' * (x - m)). */
+static inline void NAME(bsum_body)(const T *dy, const T *x, const T *y,
+                                   ptrdiff_t n, double m, double *s, int mask)
+{
+    double a0[FBN_LANES] = {0}, a1[FBN_LANES] = {0};
+    double t0 = 0.0, t1 = 0.0;
+    ptrdiff_t i = 0;
+    int k;
+    for (; i + FBN_LANES <= n; i += FBN_LANES)
+        for (k = 0; k < FBN_LANES; k++) {
+            double g = (double)dy[i + k];
+            if (mask)
+                g = y[i + k] > (T)0 ? g : 0.0;
+            a0[k] += g;
+            a1[k] += g * ((double)x[i + k] - m);
+        }
+    for (; i < n; i++) {
+        double g = (double)dy[i];
+        if (mask)
+            g = y[i] > (T)0 ? g : 0.0;
+        t0 += g;
+        t1 += g * ((double)x[i] - m);
+    }
+    s[0] += (((a0[0] + a0[1]) + (a0[2] + a0[3])) +
+             ((a0[4] + a0[5]) + (a0[6] + a0[7]))) + t0;
+    s[1] += (((a1[0] + a1[1]) + (a1[2] + a1[3])) +
+             ((a1[4] + a1[5]) + (a1[6] + a1[7]))) + t1;
+}
+
+/* Reductions over the values [i0, i1) of channel c (channel-first), added
+ * to s[0], s[1]. */
+static void NAME(bsum_range)(const T *dy, const T *x, const T *y, ptrdiff_t C,
+                             ptrdiff_t inner, ptrdiff_t c, ptrdiff_t i0,
+                             ptrdiff_t i1, double m, double *s)
+{
+    fbn_seg sg = fbn_seg_start(i0, i1, inner);
+    ptrdiff_t off, len;
+    while ((len = fbn_seg_next(&sg, C, inner, c, &off)) > 0) {
+        if (y)
+            NAME(bsum_body)(dy + off, x + off, y + off, len, m, s, 1);
+        else
+            NAME(bsum_body)(dy + off, x + off, NULL, len, m, s, 0);
+    }
+}
+
+/* Reductions of a whole channel, chunk by chunk in order. */
+static void NAME(bsum_channel)(const T *dy, const T *x, const T *y,
+                               ptrdiff_t C, ptrdiff_t inner, ptrdiff_t c,
+                               ptrdiff_t ntot, double m, double *sdy,
+                               double *sdyx)
+{
+    double tot0 = 0.0, tot1 = 0.0;
+    ptrdiff_t i0;
+    for (i0 = 0; i0 < ntot; i0 += FBN_CHUNK) {
+        double s[2] = {0.0, 0.0};
+        NAME(bsum_range)(dy, x, y, C, inner, c, i0, fbn_min(i0 + FBN_CHUNK, ntot),
+                         m, s);
+        tot0 += s[0];
+        tot1 += s[1];
+    }
+    *sdy = tot0;
+    *sdyx = tot1;
+}
+
+/* Reductions of rows [r0, r1) (channel-last) into s0[C], s1[C]. */
+static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
+                            ptrdiff_t r0, ptrdiff_t r1, const double *m,
+                            double *s0, double *s1)
+{
+    ptrdiff_t r, c;
+    for (c = 0; c < C; c++)
+        s0[c] = s1[c] = 0.0;
+    for (r = r0; r < r1; r++) {
+        const T *dr = dy + r * C, *xr = x + r * C;
+        const T *yr = y ? y + r * C : NULL;
+        if (yr) {
+            for (c = 0; c < C; c++) {
+                double g = yr[c] > (T)0 ? (double)dr[c] : 0.0;
+                s0[c] += g;
+                s1[c] += g * ((double)xr[c] - m[c]);
+            }
+        } else {
+            for (c = 0; c < C; c++) {
+                double g = (double)dr[c];
+                s0[c] += g;
+                s1[c] += g * ((double)xr[c] - m[c]);
+            }
+        }
+    }
+}
+
+/* Per-channel reductions of the whole array (both layouts), in double. */
+static int NAME(breduce)(const T *dy, const T *x, const T *y, ptrdiff_t outer,
+                         ptrdiff_t C, ptrdiff_t inner, const T *mean,
+                         double *sdy, double *sdyx, int nthreads)
+{
+    ptrdiff_t ntot = outer * inner, c;
+    if (ntot == 0) {
+        for (c = 0; c < C; c++)
+            sdy[c] = sdyx[c] = 0.0;
+        return FBN_OK;
+    }
+    if (inner > 1 || C == 1) {
+        ptrdiff_t nk = (ntot + FBN_CHUNK - 1) / FBN_CHUNK;
+        int nth = fbn_threads(nthreads, ntot * C, C * nk);
+        if (C == 1 && inner == 1) {
+            inner = outer;
+            outer = 1;
+        }
+        if (nth <= 1 || C >= 4 * (ptrdiff_t)nth) {
+            if (nth > 1) {
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
+                for (c = 0; c < C; c++)
+                    NAME(bsum_channel)(dy, x, y, C, inner, c, ntot,
+                                       (double)mean[c], sdy + c, sdyx + c);
+            } else {
+                for (c = 0; c < C; c++)
+                    NAME(bsum_channel)(dy, x, y, C, inner, c, ntot,
+                                       (double)mean[c], sdy + c, sdyx + c);
+            }
+        } else {
+            double *p = (double *)malloc(sizeof(double) * 2 * (size_t)(C * nk));
+            ptrdiff_t item;
+            if (p == NULL)
+                return FBN_ENOMEM;
+#pragma omp parallel for num_threads(nth) schedule(static)
+            for (item = 0; item < C * nk; item++) {
+                ptrdiff_t cc = item / nk, i0 = (item % nk) * FBN_CHUNK;
+                p[2 * item] = p[2 * item + 1] = 0.0;
+                NAME(bsum_range)(dy, x, y, C, inner, cc, i0,
+                                 fbn_min(i0 + FBN_CHUNK, ntot),
+                                 (double)mean[cc], p + 2 * item);
+            }
+            for (c = 0; c < C; c++) {
+                double tot0 = 0.0, tot1 = 0.0;
+                ptrdiff_t k;
+                for (k = 0; k < nk; k++) {
+                    tot0 += p[2 * (c * nk + k)];
+                    tot1 += p[2 * (c * nk + k) + 1];
+                }
+                sdy[c] = tot0;
+                sdyx[c] = tot1;
+            }
+            free(p);
+        }
+        return FBN_OK;
+    } else {
+        ptrdiff_t rb = fbn_block_rows(C);
+        ptrdiff_t nb = (outer + rb - 1) / rb, b;
+        int nth = fbn_threads(nthreads, ntot * C, nb);
+        /* partial sums per block, then the block means in double for m */
+        double *p = (double *)malloc(sizeof(double) * (size_t)(2 * C * nb + C));
+        double *q, *m;
+        if (p == NULL)
+            return FBN_ENOMEM;
+        q = p + C * nb;
+        m = q + C * nb;
+        for (c = 0; c < C; c++)
+            m[c] = (double)mean[c];
+        if (nth > 1) {
+#pragma omp parallel for num_threads(nth) schedule(static)
+            for (b = 0; b < nb; b++)
+                NAME(bsum_rows)(dy, x, y, C, b * rb, fbn_min(b * rb + rb, outer),
+                                m, p + b * C, q + b * C);
+        } else {
+            for (b = 0; b < nb; b++)
+                NAME(bsum_rows)(dy, x, y, C, b * rb, fbn_min(b * rb + rb, outer),
+                                m, p + b * C, q + b * C);
+        }
+        for (c = 0; c < C; c++)
+            sdy[c] = sdyx[c] = 0.0;
+        for (b = 0; b < nb; b++)
+            for (c = 0; c < C; c++) {
+                sdy[c] += p[b * C + c];
+                sdyx[c] += q[b * C + c];
+            }
+        free(p);
+        return FBN_OK;
+    }
+}
+
+/* dx (and dz) for n contiguous values of one channel.  dx may equal dy. */
+static inline void NAME(bapply_body)(const T *dy, const T *x, const T *y,
+                                     T *dx, T *dz, ptrdiff_t n, T m, T A, T B,
+                                     T D, int mask, int training, int hasdz)
+{
+    ptrdiff_t i;
+#pragma omp simd
+    for (i = 0; i < n; i++) {
+        T g = dy[i];
+        T r;
+        if (mask)
+            g = y[i] > (T)0 ? g : (T)0;
+        if (hasdz)
+            dz[i] = g;
+        r = A * g;
+        if (training)
+            r += B * (x[i] - m) + D;
+        dx[i] = r;
+    }
+}
+
+/* Backward constants of a channel, structure of arrays: k[0..C) = mean,
+ * k[C..2C) = A, k[2C..3C) = B, k[3C..4C) = D. */
+static void NAME(bcoef_one)(T *k, ptrdiff_t C, ptrdiff_t c, const T *mean,
+                            const T *invstd, const T *gamma, double sdy,
+                            double sdyx, double count)
+{
+    double inv = (double)invstd[c];
+    double A = (gamma ? (double)gamma[c] : 1.0) * inv;
+    k[c] = mean[c];
+    k[C + c] = (T)A;
+    k[2 * C + c] = (T)(-A * inv * inv * (sdyx / count));
+    k[3 * C + c] = (T)(-A * (sdy / count));
+}
+
+static void NAME(bapply_range)(const T *dy, const T *x, const T *y, T *dx,
+                               T *dz, ptrdiff_t C, ptrdiff_t inner,
+                               ptrdiff_t c, ptrdiff_t i0, ptrdiff_t i1,
+                               const T *k, int training)
+{
+    fbn_seg sg = fbn_seg_start(i0, i1, inner);
+    ptrdiff_t off, len;
+    T m = k[c], A = k[C + c], B = k[2 * C + c], D = k[3 * C + c];
+    int mask = y != NULL, hasdz = dz != NULL;
+    while ((len = fbn_seg_next(&sg, C, inner, c, &off)) > 0) {
+        const T *yo = mask ? y + off : NULL;
+        T *dzo = hasdz ? dz + off : NULL;
+        /* the flags become constants in each call, so each loop is simple */
+        if (training) {
+            if (mask) {
+                if (hasdz) NAME(bapply_body)(dy + off, x + off, yo, dx + off, dzo, len, m, A, B, D, 1, 1, 1);
+                else       NAME(bapply_body)(dy + off, x + off, yo, dx + off, dzo, len, m, A, B, D, 1, 1, 0);
+            } else {
+                if (hasdz) NAME(bapply_body)(dy + off, x + off, yo, dx + off, dzo, len, m, A, B, D, 0, 1, 1);
+                else       NAME(bapply_body)(dy + off, x + off, yo, dx + off, dzo, len, m, A, B, D, 0, 1, 0);
+            }
+        } else {
+            if (mask) {
+                if (hasdz) NAME(bapply_body)(dy + off, x + off, yo, dx + off, dzo, len, m, A, B, D, 1, 0, 1);
+                else       NAME(bapply_body)(dy + off, x + off, yo, dx + off, dzo, len, m, A, B, D, 1, 0, 0);
+            } else {
+                if (hasdz) NAME(bapply_body)(dy + off, x + off, yo, dx + off, dzo, len, m, A, B, D, 0, 0, 1);
+                else       NAME(bapply_body)(dy + off, x + off, yo, dx + off, dzo, len, m, A, B, D, 0, 0, 0);
+            }
+        }
+    }
+}
+
+/* Rows [r0, r1) of dx (channel-last); the constants are per channel. */
+static void NAME(bapply_rows)(const T *dy, const T *x, const T *y, T *dx,
+                              T *dz, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
+                              const T *k, int training)
+{
+    const T *m = k, *A = k + C, *B = k + 2 * C, *D = k + 3 * C;
+    ptrdiff_t r, c;
+    for (r = r0; r < r1; r++) {
+        const T *dr = dy + r * C, *xr = x + r * C;
+        const T *yr = y ? y + r * C : NULL;
+        T *dxr = dx + r * C;
+        T *dzr = dz ? dz + r * C : NULL;
+#pragma omp simd
+        for (c = 0; c < C; c++) {
+            T g = dr[c];
+            T v;
+            if (yr)
+                g = yr[c] > (T)0 ? g : (T)0;
+            if (dzr)
+                dzr[c] = g;
+            v = A[c] * g;
+            if (training)
+                v += B[c] * (xr[c] - m[c]) + D[c];
+            dxr[c] = v;
+        }
+    }
+}
+
+static void NAME(bapply_all)(const T *dy, const T *x, const T *y,
+                             ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
+                             const T *k, int training, T *dx, T *dz,
+                             int nthreads)
+{
+    ptrdiff_t ntot = outer * inner;
+    if (ntot == 0 || C == 0)
+        return;
+    if (inner > 1 || C == 1) {
+        ptrdiff_t nk = (ntot + FBN_CHUNK - 1) / FBN_CHUNK, item;
+        int nth = fbn_threads(nthreads, ntot * C, C * nk);
+        if (C == 1 && inner == 1) {
+            inner = outer;
+            outer = 1;
+        }
+        if (nth > 1) {
+#pragma omp parallel for num_threads(nth) schedule(static)
+            for (item = 0; item < C * nk; item++) {
+                ptrdiff_t c = item / nk, i0 = (item % nk) * FBN_CHUNK;
+                NAME(bapply_range)(dy, x, y, dx, dz, C, inner, c, i0,
+                                   fbn_min(i0 + FBN_CHUNK, ntot), k, training);
+            }
+        } else {
+            for (item = 0; item < C; item++)
+                NAME(bapply_range)(dy, x, y, dx, dz, C, inner, item, 0, ntot, k,
+                                   training);
+        }
+    } else {
+        ptrdiff_t rb = fbn_block_rows(C);
+        ptrdiff_t nb = (outer + rb - 1) / rb, b;
+        int nth = fbn_threads(nthreads, ntot * C, nb);
+        if (nth > 1) {
+#pragma omp parallel for num_threads(nth) schedule(static)
+            for (b = 0; b < nb; b++)
+                NAME(bapply_rows)(dy, x, y, dx, dz, C, b * rb,
+                                  fbn_min(b * rb + rb, outer), k, training);
+        } else {
+            NAME(bapply_rows)(dy, x, y, dx, dz, C, 0, outer, k, training);
+        }
+    }
+}
+
+int NAME(fbn_backward_reduce)(const T *dy, const T *x, const T *y,
+                              ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
+                              const T *mean, double *sum_dy, double *sum_dyxmu,
+                              int nthreads)
+{
+    if (outer < 0 || C < 0 || inner < 0)
+        return FBN_EINVAL;
+    return NAME(breduce)(dy, x, y, outer, C, inner, mean, sum_dy, sum_dyxmu,
+                         nthreads);
+}
+
+int NAME(fbn_backward_apply)(const T *dy, const T *x, const T *y,
+                             ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
+                             const T *mean, const T *invstd, const T *gamma,
+                             const double *sum_dy, const double *sum_dyxmu,
+                             double count, int training, T *dx, T *dz,
+                             int nthreads)
+{
+    ptrdiff_t c;
+    T *k;
+    if (outer < 0 || C < 0 || inner < 0 || (training && !(count > 0)))
+        return FBN_EINVAL;
+    if (C == 0 || outer * inner == 0)
+        return FBN_OK;
+    k = (T *)malloc(sizeof(T) * 4 * (size_t)C);
+    if (k == NULL)
+        return FBN_ENOMEM;
+    for (c = 0; c < C; c++)
+        NAME(bcoef_one)(k, C, c, mean, invstd, gamma, training ? sum_dy[c] : 0.0,
+                        training ? sum_dyxmu[c] : 0.0, training ? count : 1.0);
+    NAME(bapply_all)(dy, x, y, outer, C, inner, k, training, dx, dz, nthreads);
+    free(k);
+    return FBN_OK;
+}
+
+/* One channel of the fused backward: reductions, then dx while the
+ * channel's values are in cache. */
+static void NAME(backward_channel)(const T *dy, const T *x, const T *y,
+                                   ptrdiff_t C, ptrdiff_t inner, ptrdiff_t c,
+                                   ptrdiff_t ntot, const T *mean,
+                                   const T *invstd, const T *gamma,
+                                   int training, T *dx, T *dz, T *k,
+                                   T *dgamma, T *dbeta)
+{
+    double sdy, sdyx;
+    NAME(bsum_channel)(dy, x, y, C, inner, c, ntot, (double)mean[c], &sdy, &sdyx);
+    NAME(bcoef_one)(k, C, c, mean, invstd, gamma, training ? sdy : 0.0,
+                    training ? sdyx : 0.0, training ? (double)ntot : 1.0);
+    NAME(bapply_range)(dy, x, y, dx, dz, C, inner, c, 0, ntot, k, training);
+    dgamma[c] = (T)(sdyx * (double)invstd[c]);
+    dbeta[c] = (T)sdy;
+}
+
+int NAME(fbn_backward)(const T *dy, const T *x, const T *y, ptrdiff_t outer,
+                       ptrdiff_t C, ptrdiff_t inner, const T *mean,
+                       const T *invstd, const T *gamma, int training, T *dx,
+                       T *dz, T *dgamma, T *dbeta, int nthreads)
+{
+    ptrdiff_t ntot = outer * inner, c;
+    T *k;
+    int status = FBN_OK;
+    if (outer < 0 || C < 0 || inner < 0)
+        return FBN_EINVAL;
+    if (C == 0)
+        return FBN_OK;
+    if (ntot == 0) {
+        for (c = 0; c < C; c++)
+            dgamma[c] = dbeta[c] = (T)0;
+        return FBN_OK;
+    }
+    k = (T *)malloc(sizeof(T) * 4 * (size_t)C);
+    if (k == NULL)
+        return FBN_ENOMEM;
+    if (inner > 1 || C == 1) {
+        ptrdiff_t nk = (ntot + FBN_CHUNK - 1) / FBN_CHUNK;
+        int nth = fbn_threads(nthreads, ntot * C, C * nk);
+        ptrdiff_t cin = (C == 1 && inner == 1) ? outer : inner;
+        if (nth <= 1 || C >= 4 * (ptrdiff_t)nth) {
+            if (nth > 1) {
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
+                for (c = 0; c < C; c++)
+                    NAME(backward_channel)(dy, x, y, C, cin, c, ntot, mean, invstd,
+                                           gamma, training, dx, dz, k, dgamma,
+                                           dbeta);
+            } else {
+                for (c = 0; c < C; c++)
+                    NAME(backward_channel)(dy, x, y, C, cin, c, ntot, mean, invstd,
+                                           gamma, training, dx, dz, k, dgamma,
+                                           dbeta);
+            }
+            free(k);
+            return FBN_OK;
+        }
+    }
+    {
+        double *s = (double *)malloc(sizeof(double) * 2 * (size_t)C);
+        if (s == NULL) {
+            free(k);
+            return FBN_ENOMEM;
+        }
+        status = NAME(breduce)(dy, x, y, outer, C, inner, mean, s, s + C,
+                               nthreads);
+        if (status == FBN_OK) {
+            for (c = 0; c < C; c++) {
+                NAME(bcoef_one)(k, C, c, mean, invstd, gamma,
+                                training ? s[c] : 0.0, training ? s[C + c] : 0.0,
+                                training ? (double)ntot : 1.0);
+                dgamma[c] = (T)(s[C + c] * (double)invstd[c]);
+                dbeta[c] = (T)s[c];
+            }
+            NAME(bapply_all)(dy, x, y, outer, C, inner, k, training, dx, dz,
+                             nthreads);
+        }
+        free(s);
+    }
+    free(k);
+    return status;
+}

@@ -1,0 +1,188 @@
+/*
+ * fastbn.c -- batch-normalization kernels (see fastbn.h for the interface).
+ *
+ * The kernels are written once, in kernels_impl.h, and instantiated here for
+ * float and double.  This file holds what does not depend on the element
+ * type: status strings, OpenMP queries, the thread policy, the statistics
+ * merge, and the walk over one channel's values in channel-first layout.
+ *
+ * Determinism: statistics are computed per fixed-size chunk (channel-first)
+ * or fixed-size block of rows (channel-last) and merged in chunk order, so
+ * the floating-point operations are the same whether a channel is handled by
+ * one thread or split over many.  The build uses -ffp-contract=off so the
+ * compiler cannot fuse the same expression differently in two places.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "fastbn.h"
+
+/* Values per statistics chunk in channel-first layout: small enough that the
+ * second pass of the two-pass variance reads it from L1/L2. */
+#define FBN_CHUNK 4096
+/* Values per row block in channel-last layout (at least FBN_MIN_ROWS rows). */
+#define FBN_BLOCK_VALUES 16384
+#define FBN_MIN_ROWS 64
+/* Problems with fewer values than this run serially: a parallel region
+ * costs more than it saves. */
+#define FBN_SERIAL_MAX 32768
+/* Independent accumulators in the reductions: lets the compiler vectorise
+ * without reassociating (results do not depend on the data's alignment). */
+#define FBN_LANES 8
+
+const char *fbn_strerror(int status)
+{
+    switch (status) {
+    case FBN_OK:
+        return "success";
+    case FBN_EINVAL:
+        return "invalid argument (negative size or too few values per channel)";
+    case FBN_ENOMEM:
+        return "out of memory for scratch space";
+    default:
+        return "unknown fastbn status";
+    }
+}
+
+int fbn_have_openmp(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int fbn_omp_max_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+long fbn_openmp_version(void)
+{
+#ifdef _OPENMP
+    return (long)_OPENMP;
+#else
+    return 0;
+#endif
+}
+
+#if defined(__clang__)
+#define FBN_COMPILER "clang " __clang_version__
+#elif defined(__GNUC__)
+#define FBN_COMPILER "gcc " __VERSION__
+#elif defined(_MSC_VER)
+#define FBN_STR2_(x) #x
+#define FBN_STR_(x) FBN_STR2_(x)
+#define FBN_COMPILER "msvc " FBN_STR_(_MSC_VER)
+#else
+#define FBN_COMPILER "unknown compiler"
+#endif
+
+#if defined(__AVX512F__)
+#define FBN_SIMD "AVX-512F"
+#elif defined(__AVX2__)
+#define FBN_SIMD "AVX2"
+#elif defined(__AVX__)
+#define FBN_SIMD "AVX"
+#elif defined(__SSE2__) || defined(_M_X64)
+#define FBN_SIMD "SSE2"
+#elif defined(__ARM_NEON) || defined(_M_ARM64)
+#define FBN_SIMD "NEON"
+#else
+#define FBN_SIMD "none"
+#endif
+
+const char *fbn_build_info(void) { return FBN_COMPILER "; " FBN_SIMD; }
+
+/* Threads to use for `work` values: serial for small work or without
+ * OpenMP, never more threads than there are work items. */
+static int fbn_threads(int nthreads, ptrdiff_t work, ptrdiff_t items)
+{
+#ifdef _OPENMP
+    if (nthreads < 2 || work < FBN_SERIAL_MAX || items < 2)
+        return 1;
+    if ((ptrdiff_t)nthreads > items)
+        return (int)items;
+    return nthreads;
+#else
+    (void)nthreads;
+    (void)work;
+    (void)items;
+    return 1;
+#endif
+}
+
+/* Chan et al.'s merge of the moments (nb, mb, m2b) into (*na, *ma, *m2a). */
+static inline void fbn_merge(double *na, double *ma, double *m2a, double nb,
+                             double mb, double m2b)
+{
+    double n = *na + nb;
+    double d = mb - *ma;
+    *ma += d * (nb / n);
+    *m2a += m2b + d * d * (*na * (nb / n));
+    *na = n;
+}
+
+/* Walk over the logical values [i0, i1) of one channel in channel-first
+ * layout (value i is at (o, j) = (i / inner, i % inner)), one contiguous
+ * segment at a time. */
+typedef struct {
+    ptrdiff_t o, j, left;
+} fbn_seg;
+
+static inline fbn_seg fbn_seg_start(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t inner)
+{
+    fbn_seg s;
+    s.o = i0 / inner;
+    s.j = i0 % inner;
+    s.left = i1 - i0;
+    return s;
+}
+
+/* Length of the next segment (0 at the end); *off is its offset. */
+static inline ptrdiff_t fbn_seg_next(fbn_seg *s, ptrdiff_t C, ptrdiff_t inner,
+                                     ptrdiff_t c, ptrdiff_t *off)
+{
+    ptrdiff_t len;
+    if (s->left <= 0)
+        return 0;
+    len = inner - s->j;
+    if (len > s->left)
+        len = s->left;
+    *off = (s->o * C + c) * inner + s->j;
+    s->left -= len;
+    s->j = 0;
+    s->o++;
+    return len;
+}
+
+static inline ptrdiff_t fbn_min(ptrdiff_t a, ptrdiff_t b) { return a < b ? a : b; }
+
+/* Rows per block in channel-last layout: depends on C only. */
+static inline ptrdiff_t fbn_block_rows(ptrdiff_t C)
+{
+    ptrdiff_t r = FBN_BLOCK_VALUES / (C > 0 ? C : 1);
+    return r < FBN_MIN_ROWS ? FBN_MIN_ROWS : r;
+}
+
+#define T float
+#define SFX f32
+#include "kernels_impl.h"
+#undef T
+#undef SFX
+
+#define T double
+#define SFX f64
+#include "kernels_impl.h"
+#undef T
+#undef SFX

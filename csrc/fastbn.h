@@ -1,0 +1,135 @@
+/*
+ * fastbn.h -- the whole C interface of fastbn's batch-normalization kernels.
+ *
+ * Every array is a C-contiguous block of shape (outer, C, inner) with the
+ * channel axis in the middle: element (o, c, i) is at x[(o*C + c)*inner + i].
+ * Per-channel arrays have C elements.  Nothing here allocates memory the
+ * caller has to free, touches Python, or raises: every function returns
+ * FBN_OK (0) or a negative status that fbn_strerror() names.
+ *
+ * Memory: all pointers are owned by the caller and must not alias each other
+ * unless a comment says so (the forward kernels accept y == x, in place).
+ * Optional pointers may be NULL where documented.  Scratch memory is
+ * malloc'ed and freed inside a call (FBN_ENOMEM when that fails).
+ *
+ * Threads: `nthreads` is the number of OpenMP threads to use (<= 1: serial,
+ * no parallel region is entered).  Small problems run serially whatever
+ * `nthreads` says.  Results are bitwise identical for every thread count:
+ * work is split into fixed-size blocks whose partial results are combined in
+ * block order.  Functions are re-entrant and may be called from several
+ * threads at once on different outputs.
+ *
+ * Each function exists for float (suffix _f32) and double (_f64), generated
+ * from one template (kernels_impl.h).  Statistics are accumulated in double.
+ */
+#ifndef FASTBN_H
+#define FASTBN_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Status codes. */
+#define FBN_OK 0
+#define FBN_EINVAL (-1) /* a size is negative or an argument is inconsistent */
+#define FBN_ENOMEM (-2) /* scratch allocation failed */
+
+/* Human-readable name of a status code (static storage, never NULL). */
+const char *fbn_strerror(int status);
+
+/* 1 if the library was compiled with OpenMP, else 0. */
+int fbn_have_openmp(void);
+
+/* omp_get_max_threads() of the calling thread (1 without OpenMP). */
+int fbn_omp_max_threads(void);
+
+/* Version of the OpenMP specification the compiler implements (_OPENMP,
+ * e.g. 201511), 0 without OpenMP. */
+long fbn_openmp_version(void);
+
+/* Compiler and instruction-set baseline the kernels were built for, e.g.
+ * "gcc 12.2.0; SSE2" (static storage). */
+const char *fbn_build_info(void);
+
+#define FBN_DECLARE(T, SFX)                                                    \
+  /* Per-channel mean and M2 (sum of squared deviations) in double; the      \
+   * count is outer*inner.  mean, m2: C doubles each (written).              \
+   * outer*inner may be 0 (mean = 0, m2 = 0). */                             \
+  int fbn_moments_##SFX(const T *x, ptrdiff_t outer, ptrdiff_t C,            \
+                        ptrdiff_t inner, double *mean, double *m2,           \
+                        int nthreads);                                       \
+                                                                             \
+  /* Training forward: batch statistics then                                 \
+   *   y = act((x - mean) * invstd * gamma + beta + z)                       \
+   * fused per channel while the channel's values are in cache.              \
+   * gamma, beta, z: may be NULL (1, 0, no residual); z has x's shape.       \
+   * relu: 0 or 1.  y may equal x (in place); z may equal y only if it       \
+   * equals x too.  mean_out, invstd_out: C values of T (written).           \
+   * var_out: C doubles, the biased batch variance (written; may be NULL).   \
+   * Needs outer*inner >= 1 (FBN_EINVAL otherwise). */                       \
+  int fbn_train_forward_##SFX(                                               \
+      const T *x, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,             \
+      const T *gamma, const T *beta, const T *z, double eps, int relu,       \
+      T *y, T *mean_out, T *invstd_out, double *var_out, int nthreads);      \
+                                                                             \
+  /* Inference forward with given statistics, one pass:                      \
+   *   y = act((x - mean) / sqrt(var + eps) * gamma + beta + z).             \
+   * mean, var: C values of T.  Other arguments as for the training          \
+   * forward. */                                                             \
+  int fbn_infer_forward_##SFX(                                               \
+      const T *x, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,             \
+      const T *mean, const T *var, const T *gamma, const T *beta,            \
+      const T *z, double eps, int relu, T *y, int nthreads);                 \
+                                                                             \
+  /* The normalisation alone, with double statistics (used after statistics  \
+   * were combined across processes):                                        \
+   *   y = act((x - mean) * invstd * gamma + beta + z).                      \
+   * mean, invstd: C doubles. */                                             \
+  int fbn_apply_##SFX(const T *x, ptrdiff_t outer, ptrdiff_t C,              \
+                      ptrdiff_t inner, const double *mean,                   \
+                      const double *invstd, const T *gamma, const T *beta,   \
+                      const T *z, int relu, T *y, int nthreads);             \
+                                                                             \
+  /* Backward reductions, one pass over dy and x:                            \
+   *   sum_dy[c]   = sum(dy')          sum_dyxmu[c] = sum(dy' * (x - mean))  \
+   * with dy' = dy * (y > 0) when y is not NULL (the forward fused a ReLU),  \
+   * else dy.  mean: C values of T.  sum_dy, sum_dyxmu: C doubles. */        \
+  int fbn_backward_reduce_##SFX(                                             \
+      const T *dy, const T *x, const T *y, ptrdiff_t outer, ptrdiff_t C,     \
+      ptrdiff_t inner, const T *mean, double *sum_dy, double *sum_dyxmu,     \
+      int nthreads);                                                         \
+                                                                             \
+  /* Backward elementwise pass given the reductions (sums over `count`       \
+   * values per channel, possibly across processes).  training = 1:          \
+   *   dx = g*invstd * (dy' - sum_dy/count                                   \
+   *                    - (x - mean) * invstd^2 * sum_dyxmu/count)           \
+   * training = 0 (frozen statistics): dx = dy' * g * invstd.                \
+   * g = gamma or 1 (gamma may be NULL).  dz (may be NULL) receives dy',     \
+   * the gradient of a residual added before the ReLU.  dx may equal dy. */  \
+  int fbn_backward_apply_##SFX(                                              \
+      const T *dy, const T *x, const T *y, ptrdiff_t outer, ptrdiff_t C,     \
+      ptrdiff_t inner, const T *mean, const T *invstd, const T *gamma,       \
+      const double *sum_dy, const double *sum_dyxmu, double count,           \
+      int training, T *dx, T *dz, int nthreads);                             \
+                                                                             \
+  /* Whole backward: reductions and dx fused per channel while the channel's \
+   * values are in cache.  dgamma[c] = sum_dyxmu[c]*invstd[c],               \
+   * dbeta[c] = sum_dy[c] (C values of T, written).  Arguments as above;     \
+   * count is outer*inner. */                                                \
+  int fbn_backward_##SFX(                                                    \
+      const T *dy, const T *x, const T *y, ptrdiff_t outer, ptrdiff_t C,     \
+      ptrdiff_t inner, const T *mean, const T *invstd, const T *gamma,       \
+      int training, T *dx, T *dz, T *dgamma, T *dbeta, int nthreads);
+
+FBN_DECLARE(float, f32)
+FBN_DECLARE(double, f64)
+
+#undef FBN_DECLARE
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FASTBN_H */

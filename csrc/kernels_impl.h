@@ -1,0 +1,524 @@
+/*
+ * kernels_impl.h -- the forward kernels, written once for an element type.
+ *
+ * Included by fastbn.c with T (float or double) and SFX (f32 or f64)
+ * defined.  NAME(f) gives the type-specific name f_SFX.  Everything but the
+ * functions declared in fastbn.h is static.
+ *
+ * Layouts of the (outer, C, inner) view:
+ *   channel-first (inner > 1): channel c is `outer` runs of `inner` values;
+ *   channel-last (inner == 1): each row holds C values, one per channel.
+ * A single channel (C == 1) is always treated as channel-first with one run.
+ *
+ * The normalisation of a value is
+ *   t = ((x - mh) - ml) * a + b   [+ z]   [max(t, 0)]
+ * with per-channel constants mh + ml = mean (ml carries the part of a double
+ * mean that float cannot hold, so large offsets cancel exactly),
+ * a = gamma * invstd and b = beta.
+ */
+#define FBN_CAT_(a, b) a##_##b
+#define FBN_CAT(a, b) FBN_CAT_(a, b)
+#define NAME(f) FBN_CAT(f, SFX)
+
+/* ---- reductions -------------------------------------------------------- */
+
+/* Sum of n values, accumulated in double. */
+static double NAME(sum)(const T *x, ptrdiff_t n)
+{
+    double acc[FBN_LANES] = {0};
+    double s = 0.0;
+    ptrdiff_t i = 0;
+    int k;
+    for (; i + FBN_LANES <= n; i += FBN_LANES)
+        for (k = 0; k < FBN_LANES; k++)
+            acc[k] += (double)x[i + k];
+    for (; i < n; i++)
+        s += (double)x[i];
+    return (((acc[0] + acc[1]) + (acc[2] + acc[3])) +
+            ((acc[4] + acc[5]) + (acc[6] + acc[7]))) + s;
+}
+
+/* Sum of squared deviations from m, in double. */
+static double NAME(ssd)(const T *x, ptrdiff_t n, double m)
+{
+    double acc[FBN_LANES] = {0};
+    double s = 0.0;
+    ptrdiff_t i = 0;
+    int k;
+    for (; i + FBN_LANES <= n; i += FBN_LANES)
+        for (k = 0; k < FBN_LANES; k++) {
+            double d = (double)x[i + k] - m;
+            acc[k] += d * d;
+        }
+    for (; i < n; i++) {
+        double d = (double)x[i] - m;
+        s += d * d;
+    }
+    return (((acc[0] + acc[1]) + (acc[2] + acc[3])) +
+            ((acc[4] + acc[5]) + (acc[6] + acc[7]))) + s;
+}
+
+/* Two-pass moments of the values [i0, i1) of channel c (channel-first):
+ * the chunk is small enough that the second pass reads it from cache. */
+static void NAME(chunk_moments)(const T *x, ptrdiff_t C, ptrdiff_t inner,
+                                ptrdiff_t c, ptrdiff_t i0, ptrdiff_t i1,
+                                double *mean, double *m2)
+{
+    fbn_seg s = fbn_seg_start(i0, i1, inner);
+    ptrdiff_t off, len;
+    double sum = 0.0, q = 0.0, m;
+    while ((len = fbn_seg_next(&s, C, inner, c, &off)) > 0)
+        sum += NAME(sum)(x + off, len);
+    m = sum / (double)(i1 - i0);
+    s = fbn_seg_start(i0, i1, inner);
+    while ((len = fbn_seg_next(&s, C, inner, c, &off)) > 0)
+        q += NAME(ssd)(x + off, len, m);
+    *mean = m;
+    *m2 = q;
+}
+
+/* Moments of a whole channel (channel-first), chunk by chunk in order. */
+static void NAME(channel_moments)(const T *x, ptrdiff_t C, ptrdiff_t inner,
+                                  ptrdiff_t c, ptrdiff_t ntot, double *mean,
+                                  double *m2)
+{
+    double n = 0.0, m = 0.0, q = 0.0;
+    ptrdiff_t i0;
+    for (i0 = 0; i0 < ntot; i0 += FBN_CHUNK) {
+        ptrdiff_t i1 = fbn_min(i0 + FBN_CHUNK, ntot);
+        double mk, qk;
+        NAME(chunk_moments)(x, C, inner, c, i0, i1, &mk, &qk);
+        if (i0 == 0) {
+            n = (double)i1;
+            m = mk;
+            q = qk;
+        } else {
+            fbn_merge(&n, &m, &q, (double)(i1 - i0), mk, qk);
+        }
+    }
+    *mean = m;
+    *m2 = q;
+}
+
+/* Two-pass moments of rows [r0, r1) (channel-last), written to mean[C] and
+ * m2[C]. */
+static void NAME(block_moments)(const T *x, ptrdiff_t C, ptrdiff_t r0,
+                                ptrdiff_t r1, double *mean, double *m2)
+{
+    ptrdiff_t r, c;
+    double inv = 1.0 / (double)(r1 - r0);
+    for (c = 0; c < C; c++) {
+        mean[c] = 0.0;
+        m2[c] = 0.0;
+    }
+    for (r = r0; r < r1; r++) {
+        const T *row = x + r * C;
+        for (c = 0; c < C; c++)
+            mean[c] += (double)row[c];
+    }
+    for (c = 0; c < C; c++)
+        mean[c] *= inv;
+    for (r = r0; r < r1; r++) {
+        const T *row = x + r * C;
+        for (c = 0; c < C; c++) {
+            double d = (double)row[c] - mean[c];
+            m2[c] += d * d;
+        }
+    }
+}
+
+/* Per-channel moments of the whole array in double (both layouts). */
+static int NAME(stats)(const T *x, ptrdiff_t outer, ptrdiff_t C,
+                       ptrdiff_t inner, double *mean, double *m2, int nthreads)
+{
+    ptrdiff_t ntot = outer * inner;
+    if (ntot == 0) {
+        ptrdiff_t c;
+        for (c = 0; c < C; c++)
+            mean[c] = m2[c] = 0.0;
+        return FBN_OK;
+    }
+    if (inner > 1 || C == 1) {
+        ptrdiff_t nk = (ntot + FBN_CHUNK - 1) / FBN_CHUNK;
+        int nth = fbn_threads(nthreads, ntot * C, C * nk);
+        if (C == 1 && inner == 1) {
+            inner = outer;
+            outer = 1;
+        }
+        if (nth <= 1 || C >= 4 * (ptrdiff_t)nth) {
+            /* one channel per work item */
+            if (nth > 1) {
+                ptrdiff_t c;
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
+                for (c = 0; c < C; c++)
+                    NAME(channel_moments)(x, C, inner, c, ntot, mean + c, m2 + c);
+            } else {
+                ptrdiff_t c;
+                for (c = 0; c < C; c++)
+                    NAME(channel_moments)(x, C, inner, c, ntot, mean + c, m2 + c);
+            }
+        } else {
+            /* few channels: chunks in parallel, then merged in order */
+            double *pm = (double *)malloc(sizeof(double) * 2 * (size_t)(C * nk));
+            double *pq;
+            ptrdiff_t item, c;
+            if (pm == NULL)
+                return FBN_ENOMEM;
+            pq = pm + C * nk;
+#pragma omp parallel for num_threads(nth) schedule(static)
+            for (item = 0; item < C * nk; item++) {
+                ptrdiff_t cc = item / nk, k = item % nk;
+                ptrdiff_t i0 = k * FBN_CHUNK, i1 = fbn_min(i0 + FBN_CHUNK, ntot);
+                NAME(chunk_moments)(x, C, inner, cc, i0, i1, pm + item, pq + item);
+            }
+            for (c = 0; c < C; c++) {
+                ptrdiff_t k;
+                double n = (double)fbn_min(FBN_CHUNK, ntot);
+                double m = pm[c * nk], q = pq[c * nk];
+                for (k = 1; k < nk; k++) {
+                    ptrdiff_t i0 = k * FBN_CHUNK, i1 = fbn_min(i0 + FBN_CHUNK, ntot);
+                    fbn_merge(&n, &m, &q, (double)(i1 - i0), pm[c * nk + k],
+                              pq[c * nk + k]);
+                }
+                mean[c] = m;
+                m2[c] = q;
+            }
+            free(pm);
+        }
+        return FBN_OK;
+    } else {
+        /* channel-last: blocks of rows, merged in block order */
+        ptrdiff_t rb = fbn_block_rows(C);
+        ptrdiff_t nb = (outer + rb - 1) / rb;
+        int nth = fbn_threads(nthreads, ntot * C, nb);
+        double *pm, *pq;
+        ptrdiff_t b, c;
+        if (nb == 1) {
+            NAME(block_moments)(x, C, 0, outer, mean, m2);
+            return FBN_OK;
+        }
+        pm = (double *)malloc(sizeof(double) * 2 * (size_t)(C * nb));
+        if (pm == NULL)
+            return FBN_ENOMEM;
+        pq = pm + C * nb;
+        if (nth > 1) {
+#pragma omp parallel for num_threads(nth) schedule(static)
+            for (b = 0; b < nb; b++)
+                NAME(block_moments)(x, C, b * rb, fbn_min(b * rb + rb, outer),
+                                    pm + b * C, pq + b * C);
+        } else {
+            for (b = 0; b < nb; b++)
+                NAME(block_moments)(x, C, b * rb, fbn_min(b * rb + rb, outer),
+                                    pm + b * C, pq + b * C);
+        }
+        /* merge block by block, vectorised over channels */
+        for (c = 0; c < C; c++) {
+            mean[c] = pm[c];
+            m2[c] = pq[c];
+        }
+        for (b = 1; b < nb; b++) {
+            double na = (double)(b * rb);
+            double nbk = (double)(fbn_min(b * rb + rb, outer) - b * rb);
+            double n = na + nbk;
+            double f = nbk / n, g = na * (nbk / n);
+            const double *bm = pm + b * C, *bq = pq + b * C;
+            for (c = 0; c < C; c++) {
+                double d = bm[c] - mean[c];
+                mean[c] += d * f;
+                m2[c] += bq[c] + d * d * g;
+            }
+        }
+        free(pm);
+        return FBN_OK;
+    }
+}
+
+/* ---- normalisation ----------------------------------------------------- */
+
+/* The elementwise transform of n contiguous values.  x, z and y may be the
+ * same array (each value is read before it is written at the same index);
+ * `omp simd` states that there is no dependence between iterations. */
+static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
+                                    T mh, T ml, T a, T b, int relu, int hasz)
+{
+    ptrdiff_t i;
+#pragma omp simd
+    for (i = 0; i < n; i++) {
+        T t = ((x[i] - mh) - ml) * a + b;
+        if (hasz)
+            t += z[i];
+        if (relu)
+            t = t < (T)0 ? (T)0 : t; /* NaN stays NaN */
+        y[i] = t;
+    }
+}
+
+static void NAME(apply_seg)(const T *x, const T *z, T *y, ptrdiff_t n, T mh,
+                            T ml, T a, T b, int relu)
+{
+    if (relu) {
+        if (z)
+            NAME(apply_body)(x, z, y, n, mh, ml, a, b, 1, 1);
+        else
+            NAME(apply_body)(x, z, y, n, mh, ml, a, b, 1, 0);
+    } else {
+        if (z)
+            NAME(apply_body)(x, z, y, n, mh, ml, a, b, 0, 1);
+        else
+            NAME(apply_body)(x, z, y, n, mh, ml, a, b, 0, 0);
+    }
+}
+
+/* Per-channel constants, structure of arrays: coef[0..C) = mh,
+ * coef[C..2C) = ml, coef[2C..3C) = a, coef[3C..4C) = b. */
+static void NAME(coef_one)(T *coef, ptrdiff_t C, ptrdiff_t c, double mean,
+                           double invstd, const T *gamma, const T *beta)
+{
+    T mh = (T)mean;
+    double g = gamma ? (double)gamma[c] : 1.0;
+    coef[c] = mh;
+    coef[C + c] = (T)(mean - (double)mh);
+    coef[2 * C + c] = (T)(g * invstd);
+    coef[3 * C + c] = beta ? beta[c] : (T)0;
+}
+
+/* Values [i0, i1) of channel c, channel-first. */
+static void NAME(apply_range)(const T *x, const T *z, T *y, ptrdiff_t C,
+                              ptrdiff_t inner, ptrdiff_t c, ptrdiff_t i0,
+                              ptrdiff_t i1, const T *coef, int relu)
+{
+    fbn_seg s = fbn_seg_start(i0, i1, inner);
+    ptrdiff_t off, len;
+    T mh = coef[c], ml = coef[C + c], a = coef[2 * C + c], b = coef[3 * C + c];
+    while ((len = fbn_seg_next(&s, C, inner, c, &off)) > 0)
+        NAME(apply_seg)(x + off, z ? z + off : NULL, y + off, len, mh, ml, a, b,
+                        relu);
+}
+
+static inline void NAME(rows_body)(const T *x, const T *z, T *y, ptrdiff_t C,
+                                   ptrdiff_t r0, ptrdiff_t r1, const T *coef,
+                                   int relu, int hasz)
+{
+    const T *mh = coef, *ml = coef + C, *a = coef + 2 * C, *b = coef + 3 * C;
+    ptrdiff_t r, c;
+    for (r = r0; r < r1; r++) {
+        const T *xr = x + r * C;
+        const T *zr = hasz ? z + r * C : NULL;
+        T *yr = y + r * C;
+#pragma omp simd
+        for (c = 0; c < C; c++) {
+            T t = ((xr[c] - mh[c]) - ml[c]) * a[c] + b[c];
+            if (hasz)
+                t += zr[c];
+            if (relu)
+                t = t < (T)0 ? (T)0 : t;
+            yr[c] = t;
+        }
+    }
+}
+
+/* Rows [r0, r1), channel-last. */
+static void NAME(apply_rows)(const T *x, const T *z, T *y, ptrdiff_t C,
+                             ptrdiff_t r0, ptrdiff_t r1, const T *coef, int relu)
+{
+    if (relu) {
+        if (z)
+            NAME(rows_body)(x, z, y, C, r0, r1, coef, 1, 1);
+        else
+            NAME(rows_body)(x, z, y, C, r0, r1, coef, 1, 0);
+    } else {
+        if (z)
+            NAME(rows_body)(x, z, y, C, r0, r1, coef, 0, 1);
+        else
+            NAME(rows_body)(x, z, y, C, r0, r1, coef, 0, 0);
+    }
+}
+
+/* The transform over the whole array with the constants in coef. */
+static void NAME(apply_all)(const T *x, ptrdiff_t outer, ptrdiff_t C,
+                            ptrdiff_t inner, const T *coef, const T *z,
+                            int relu, T *y, int nthreads)
+{
+    ptrdiff_t ntot = outer * inner;
+    if (ntot == 0 || C == 0)
+        return;
+    if (inner > 1 || C == 1) {
+        ptrdiff_t nk = (ntot + FBN_CHUNK - 1) / FBN_CHUNK;
+        int nth = fbn_threads(nthreads, ntot * C, C * nk);
+        ptrdiff_t item;
+        if (C == 1 && inner == 1) {
+            inner = outer;
+            outer = 1;
+        }
+        if (nth > 1) {
+#pragma omp parallel for num_threads(nth) schedule(static)
+            for (item = 0; item < C * nk; item++) {
+                ptrdiff_t c = item / nk, i0 = (item % nk) * FBN_CHUNK;
+                NAME(apply_range)(x, z, y, C, inner, c, i0,
+                                  fbn_min(i0 + FBN_CHUNK, ntot), coef, relu);
+            }
+        } else {
+            for (item = 0; item < C; item++)
+                NAME(apply_range)(x, z, y, C, inner, item, 0, ntot, coef, relu);
+        }
+    } else {
+        ptrdiff_t rb = fbn_block_rows(C);
+        ptrdiff_t nb = (outer + rb - 1) / rb;
+        int nth = fbn_threads(nthreads, ntot * C, nb);
+        ptrdiff_t b;
+        if (nth > 1) {
+#pragma omp parallel for num_threads(nth) schedule(static)
+            for (b = 0; b < nb; b++)
+                NAME(apply_rows)(x, z, y, C, b * rb, fbn_min(b * rb + rb, outer),
+                                 coef, relu);
+        } else {
+            NAME(apply_rows)(x, z, y, C, 0, outer, coef, relu);
+        }
+    }
+}
+
+/* ---- public kernels ---------------------------------------------------- */
+
+int NAME(fbn_moments)(const T *x, ptrdiff_t outer, ptrdiff_t C,
+                      ptrdiff_t inner, double *mean, double *m2, int nthreads)
+{
+    if (outer < 0 || C < 0 || inner < 0)
+        return FBN_EINVAL;
+    return NAME(stats)(x, outer, C, inner, mean, m2, nthreads);
+}
+
+/* One channel of the fused training forward: statistics, then the
+ * transform while the channel's values are still in cache. */
+static void NAME(train_channel)(const T *x, ptrdiff_t C, ptrdiff_t inner,
+                                ptrdiff_t c, ptrdiff_t ntot, const T *gamma,
+                                const T *beta, const T *z, double eps, int relu,
+                                T *y, T *coef, T *mean_out, T *invstd_out,
+                                double *var_out)
+{
+    double m, q, var, inv;
+    NAME(channel_moments)(x, C, inner, c, ntot, &m, &q);
+    var = q / (double)ntot;
+    inv = 1.0 / sqrt(var + eps);
+    NAME(coef_one)(coef, C, c, m, inv, gamma, beta);
+    NAME(apply_range)(x, z, y, C, inner, c, 0, ntot, coef, relu);
+    mean_out[c] = (T)m;
+    invstd_out[c] = (T)inv;
+    if (var_out)
+        var_out[c] = var;
+}
+
+int NAME(fbn_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
+                            ptrdiff_t inner, const T *gamma, const T *beta,
+                            const T *z, double eps, int relu, T *y, T *mean_out,
+                            T *invstd_out, double *var_out, int nthreads)
+{
+    ptrdiff_t ntot = outer * inner, c;
+    T *coef;
+    int status = FBN_OK;
+    if (outer < 0 || C < 0 || inner < 0 || (ntot < 1 && C > 0) || !(eps > 0))
+        return FBN_EINVAL;
+    if (C == 0)
+        return FBN_OK;
+    coef = (T *)malloc(sizeof(T) * 4 * (size_t)C);
+    if (coef == NULL)
+        return FBN_ENOMEM;
+    if (inner > 1 || C == 1) {
+        ptrdiff_t nk = (ntot + FBN_CHUNK - 1) / FBN_CHUNK;
+        int nth = fbn_threads(nthreads, ntot * C, C * nk);
+        ptrdiff_t cin = inner;
+        if (C == 1 && inner == 1)
+            cin = outer;
+        if (nth <= 1 || C >= 4 * (ptrdiff_t)nth) {
+            /* fused: each channel's values are read from memory once */
+            if (nth > 1) {
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
+                for (c = 0; c < C; c++)
+                    NAME(train_channel)(x, C, cin, c, ntot, gamma, beta, z, eps,
+                                        relu, y, coef, mean_out, invstd_out,
+                                        var_out);
+            } else {
+                for (c = 0; c < C; c++)
+                    NAME(train_channel)(x, C, cin, c, ntot, gamma, beta, z, eps,
+                                        relu, y, coef, mean_out, invstd_out,
+                                        var_out);
+            }
+            free(coef);
+            return FBN_OK;
+        }
+    }
+    /* two phases: statistics (parallel over chunks or row blocks), then the
+     * transform */
+    {
+        double *mean = (double *)malloc(sizeof(double) * 2 * (size_t)C);
+        double *m2;
+        if (mean == NULL) {
+            free(coef);
+            return FBN_ENOMEM;
+        }
+        m2 = mean + C;
+        status = NAME(stats)(x, outer, C, inner, mean, m2, nthreads);
+        if (status == FBN_OK) {
+            for (c = 0; c < C; c++) {
+                double var = m2[c] / (double)ntot;
+                double inv = 1.0 / sqrt(var + eps);
+                NAME(coef_one)(coef, C, c, mean[c], inv, gamma, beta);
+                mean_out[c] = (T)mean[c];
+                invstd_out[c] = (T)inv;
+                if (var_out)
+                    var_out[c] = var;
+            }
+            NAME(apply_all)(x, outer, C, inner, coef, z, relu, y, nthreads);
+        }
+        free(mean);
+    }
+    free(coef);
+    return status;
+}
+
+int NAME(fbn_infer_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
+                            ptrdiff_t inner, const T *mean, const T *var,
+                            const T *gamma, const T *beta, const T *z,
+                            double eps, int relu, T *y, int nthreads)
+{
+    ptrdiff_t c;
+    T *coef;
+    if (outer < 0 || C < 0 || inner < 0 || !(eps > 0))
+        return FBN_EINVAL;
+    if (C == 0 || outer * inner == 0)
+        return FBN_OK;
+    coef = (T *)malloc(sizeof(T) * 4 * (size_t)C);
+    if (coef == NULL)
+        return FBN_ENOMEM;
+    for (c = 0; c < C; c++)
+        NAME(coef_one)(coef, C, c, (double)mean[c],
+                       1.0 / sqrt((double)var[c] + eps), gamma, beta);
+    NAME(apply_all)(x, outer, C, inner, coef, z, relu, y, nthreads);
+    free(coef);
+    return FBN_OK;
+}
+
+int NAME(fbn_apply)(const T *x, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
+                    const double *mean, const double *invstd, const T *gamma,
+                    const T *beta, const T *z, int relu, T *y, int nthreads)
+{
+    ptrdiff_t c;
+    T *coef;
+    if (outer < 0 || C < 0 || inner < 0)
+        return FBN_EINVAL;
+    if (C == 0 || outer * inner == 0)
+        return FBN_OK;
+    coef = (T *)malloc(sizeof(T) * 4 * (size_t)C);
+    if (coef == NULL)
+        return FBN_ENOMEM;
+    for (c = 0; c < C; c++)
+        NAME(coef_one)(coef, C, c, mean[c], invstd[c], gamma, beta);
+    NAME(apply_all)(x, outer, C, inner, coef, z, relu, y, nthreads);
+    free(coef);
+    return FBN_OK;
+}
+
+#include "backward_impl.h"
+
+#undef NAME
+#undef FBN_CAT
+#undef FBN_CAT_

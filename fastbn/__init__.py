@@ -1,0 +1,19 @@
+"""fastbn: fast, exact batch normalization for the CPU.
+
+Fused C + OpenMP kernels for NumPy arrays: per-channel batch statistics,
+normalisation, optional scale (gamma) and shift (beta), residual add and
+ReLU in as few passes over memory as possible, the backward pass, a
+BatchNorm layer with running statistics, synchronised statistics over MPI,
+and folding tools.  See README.md and ``help(fastbn.batch_norm_train)``.
+"""
+from ._version import __version__
+from ._api import (batch_norm_backward, batch_norm_infer, batch_norm_train,
+                   batch_stats, merge_moments, moments)
+from ._threads import get_num_threads, num_threads, set_num_threads, show_config
+
+__all__ = [
+    "__version__",
+    "batch_stats", "moments", "merge_moments",
+    "batch_norm_train", "batch_norm_infer", "batch_norm_backward",
+    "get_num_threads", "set_num_threads", "num_threads", "show_config",
+]

@@ -1,0 +1,125 @@
+"""Argument checking shared by the functions and the layer.
+
+Every check names the argument and what was expected.  The common case (a
+C-contiguous native float array and matching per-channel arrays) takes the
+fast path: a few attribute reads, no copies.
+"""
+import math
+import operator
+
+import numpy as np
+
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+
+
+class OutDtypeError(TypeError, ValueError):
+    """``out`` has the wrong dtype (both a TypeError and a ValueError)."""
+
+
+def as_data(x, name="x", dtype=None):
+    """``x`` as a C-contiguous native float32/float64 array (copied only when
+    needed).  With ``dtype``, the array is cast to it."""
+    if type(x) is not np.ndarray:
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, "
+                            f"got {type(x).__name__}")
+        x = np.asarray(x)
+    dt = x.dtype
+    if dt is not _F32 and dt is not _F64 and dt != _F32 and dt != _F64:
+        if dt.kind == "f" and dt.itemsize in (4, 8):  # byte-swapped
+            x = x.astype(dt.newbyteorder("="))
+        elif dtype is None or dt.kind not in "fiu":
+            raise TypeError(f"{name} must have dtype float32 or float64, got {dt}")
+    if dtype is not None and x.dtype != dtype:
+        return np.ascontiguousarray(x, dtype=dtype)
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    return x
+
+
+def view(shape, axis):
+    """(outer, C, inner, normalised axis) of the channel view of ``shape``."""
+    nd = len(shape)
+    if nd < 2:
+        raise ValueError(f"x must have at least 2 dimensions (batch and channels), "
+                         f"got shape {shape}")
+    try:
+        a = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"axis must be an integer, got {type(axis).__name__}") from None
+    if a < 0:
+        a += nd
+    if not 0 <= a < nd:
+        raise ValueError(f"axis {axis} is out of bounds for x with {nd} dimensions")
+    return math.prod(shape[:a]), shape[a], math.prod(shape[a + 1:]), a
+
+
+def per_channel(v, name, C, dtype, allow_none=True):
+    """A per-channel array of shape (C,) and ``dtype`` (cast when needed)."""
+    if v is None:
+        if allow_none:
+            return None
+        raise TypeError(f"{name} must be an array of shape ({C},), got None")
+    if (type(v) is np.ndarray and v.dtype == dtype and v.shape == (C,)
+            and v.flags.c_contiguous):
+        return v
+    a = np.asarray(v)
+    if a.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a real array of shape ({C},), "
+                        f"got dtype {a.dtype}")
+    if a.shape != (C,):
+        raise ValueError(f"{name} must have shape ({C},) to match the {C} channels "
+                         f"of x, got shape {a.shape}")
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def like_x(v, name, x):
+    """An array of x's shape, cast to x's dtype (residual, dy, y)."""
+    if type(v) is not np.ndarray and not isinstance(v, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of x's shape {x.shape}, "
+                        f"got {type(v).__name__}")
+    if v.shape != x.shape:
+        raise ValueError(f"{name} must have x's shape {x.shape}, got {v.shape}")
+    return as_data(v, name, x.dtype)
+
+
+def eps_value(eps):
+    try:
+        e = float(eps)
+    except (TypeError, ValueError):
+        raise TypeError(f"eps must be a positive number, got {type(eps).__name__}") \
+            from None
+    if not e > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    return e
+
+
+def output(out, x, name="out"):
+    """The output array: a new one, or ``out`` after checking it."""
+    if out is None:
+        return np.empty(x.shape, x.dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != x.shape:
+        raise ValueError(f"{name} must have shape {x.shape}, got {out.shape}")
+    if out.dtype != x.dtype or not out.dtype.isnative:
+        raise OutDtypeError(f"{name} must have dtype {x.dtype} (native byte order), "
+                            f"got {out.dtype}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} must be writeable")
+    return out
+
+
+def no_partial_overlap(out, name, *arrays):
+    """``out`` may be one of ``arrays`` exactly (in place) but must not
+    overlap any of them partially."""
+    for a in arrays:
+        if a is None or a is out:
+            continue
+        if np.may_share_memory(out, a) and not (
+                a.ctypes.data == out.ctypes.data and a.shape == out.shape
+                and a.flags.c_contiguous):
+            raise ValueError(f"{name} overlaps an input without being the same array")

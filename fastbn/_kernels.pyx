@@ -1,0 +1,320 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+# cython: initializedcheck=False, nonecheck=False, cdivision=True
+"""The boundary between NumPy and the C kernels (csrc/fastbn.h).
+
+Every function here takes arrays that the Python layer has already checked:
+C-contiguous, of one dtype (float32 or float64), of the sizes given by the
+(outer, C, inner) view.  This module picks the dtype's kernel, releases the
+GIL, calls C and raises on a status code.  Optional arrays are None.
+"""
+cimport numpy as cnp
+import numpy as np
+
+cnp.import_array()
+
+cdef extern from "fastbn.h" nogil:
+    int FBN_OK
+    int FBN_ENOMEM
+    const char *fbn_strerror(int status)
+    int fbn_have_openmp()
+    int fbn_omp_max_threads()
+    long fbn_openmp_version()
+    const char *fbn_build_info()
+
+    int fbn_moments_f32(const float *x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                        double *mean, double *m2, int nthreads)
+    int fbn_moments_f64(const double *x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                        double *mean, double *m2, int nthreads)
+    int fbn_train_forward_f32(const float *x, Py_ssize_t outer, Py_ssize_t C,
+                              Py_ssize_t inner, const float *gamma, const float *beta,
+                              const float *z, double eps, int relu, float *y,
+                              float *mean_out, float *invstd_out, double *var_out,
+                              int nthreads)
+    int fbn_train_forward_f64(const double *x, Py_ssize_t outer, Py_ssize_t C,
+                              Py_ssize_t inner, const double *gamma, const double *beta,
+                              const double *z, double eps, int relu, double *y,
+                              double *mean_out, double *invstd_out, double *var_out,
+                              int nthreads)
+    int fbn_infer_forward_f32(const float *x, Py_ssize_t outer, Py_ssize_t C,
+                              Py_ssize_t inner, const float *mean, const float *var,
+                              const float *gamma, const float *beta, const float *z,
+                              double eps, int relu, float *y, int nthreads)
+    int fbn_infer_forward_f64(const double *x, Py_ssize_t outer, Py_ssize_t C,
+                              Py_ssize_t inner, const double *mean, const double *var,
+                              const double *gamma, const double *beta, const double *z,
+                              double eps, int relu, double *y, int nthreads)
+    int fbn_apply_f32(const float *x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                      const double *mean, const double *invstd, const float *gamma,
+                      const float *beta, const float *z, int relu, float *y,
+                      int nthreads)
+    int fbn_apply_f64(const double *x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                      const double *mean, const double *invstd, const double *gamma,
+                      const double *beta, const double *z, int relu, double *y,
+                      int nthreads)
+    int fbn_backward_reduce_f32(const float *dy, const float *x, const float *y,
+                                Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                                const float *mean, double *sum_dy, double *sum_dyxmu,
+                                int nthreads)
+    int fbn_backward_reduce_f64(const double *dy, const double *x, const double *y,
+                                Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                                const double *mean, double *sum_dy, double *sum_dyxmu,
+                                int nthreads)
+    int fbn_backward_apply_f32(const float *dy, const float *x, const float *y,
+                               Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                               const float *mean, const float *invstd, const float *gamma,
+                               const double *sum_dy, const double *sum_dyxmu,
+                               double count, int training, float *dx, float *dz,
+                               int nthreads)
+    int fbn_backward_apply_f64(const double *dy, const double *x, const double *y,
+                               Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                               const double *mean, const double *invstd,
+                               const double *gamma, const double *sum_dy,
+                               const double *sum_dyxmu, double count, int training,
+                               double *dx, double *dz, int nthreads)
+    int fbn_backward_f32(const float *dy, const float *x, const float *y,
+                         Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                         const float *mean, const float *invstd, const float *gamma,
+                         int training, float *dx, float *dz, float *dgamma,
+                         float *dbeta, int nthreads)
+    int fbn_backward_f64(const double *dy, const double *x, const double *y,
+                         Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                         const double *mean, const double *invstd, const double *gamma,
+                         int training, double *dx, double *dz, double *dgamma,
+                         double *dbeta, int nthreads)
+
+
+cdef inline void *_ptr(object a):
+    """Data pointer of a checked array, NULL for None."""
+    if a is None:
+        return NULL
+    return cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef inline object _empty(Py_ssize_t n, int typenum):
+    """A new 1-D array of n elements."""
+    cdef cnp.npy_intp dims[1]
+    dims[0] = n
+    return cnp.PyArray_EMPTY(1, dims, typenum, 0)
+
+
+cdef inline bint _is_f32(object x) except -1:
+    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    if t == cnp.NPY_FLOAT32:
+        return True
+    if t == cnp.NPY_FLOAT64:
+        return False
+    raise TypeError(f"fastbn kernels take float32 or float64, got {x.dtype}")
+
+
+cdef int _check(int status) except -1:
+    if status == FBN_OK:
+        return 0
+    msg = fbn_strerror(status).decode()
+    if status == FBN_ENOMEM:
+        raise MemoryError(f"fastbn: {msg}")
+    raise ValueError(f"fastbn: {msg}")
+
+
+def have_openmp():
+    """True if the kernels were compiled with OpenMP."""
+    return bool(fbn_have_openmp())
+
+
+def omp_max_threads():
+    """omp_get_max_threads() of the calling thread (1 without OpenMP)."""
+    return fbn_omp_max_threads()
+
+
+def openmp_version():
+    """The _OPENMP version the kernels were compiled with (0 without)."""
+    return fbn_openmp_version()
+
+
+def build_info():
+    """Compiler and SIMD baseline of the kernels, e.g. 'gcc 12.2.0; SSE2'."""
+    return fbn_build_info().decode()
+
+
+def moments(x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, int nthreads):
+    """Per-channel (mean, m2) of x in float64."""
+    mean = _empty(C, cnp.NPY_FLOAT64)
+    m2 = _empty(C, cnp.NPY_FLOAT64)
+    cdef void *px = _ptr(x)
+    cdef double *pm = <double *>_ptr(mean)
+    cdef double *pq = <double *>_ptr(m2)
+    cdef int st
+    if _is_f32(x):
+        with nogil:
+            st = fbn_moments_f32(<float *>px, outer, C, inner, pm, pq, nthreads)
+    else:
+        with nogil:
+            st = fbn_moments_f64(<double *>px, outer, C, inner, pm, pq, nthreads)
+    _check(st)
+    return mean, m2
+
+
+def train_forward(x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, gamma, beta,
+                  z, double eps, bint relu, y, int nthreads, bint want_var=False):
+    """Training forward into y; returns (mean, invstd[, var64])."""
+    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    mean = _empty(C, typenum)
+    invstd = _empty(C, typenum)
+    var = _empty(C, cnp.NPY_FLOAT64) if want_var else None
+    cdef void *px = _ptr(x)
+    cdef void *pg = _ptr(gamma)
+    cdef void *pb = _ptr(beta)
+    cdef void *pz = _ptr(z)
+    cdef void *py = _ptr(y)
+    cdef void *pm = _ptr(mean)
+    cdef void *pi = _ptr(invstd)
+    cdef double *pv = <double *>_ptr(var)
+    cdef int st
+    if _is_f32(x):
+        with nogil:
+            st = fbn_train_forward_f32(<float *>px, outer, C, inner, <float *>pg,
+                                       <float *>pb, <float *>pz, eps, relu, <float *>py,
+                                       <float *>pm, <float *>pi, pv, nthreads)
+    else:
+        with nogil:
+            st = fbn_train_forward_f64(<double *>px, outer, C, inner, <double *>pg,
+                                       <double *>pb, <double *>pz, eps, relu,
+                                       <double *>py, <double *>pm, <double *>pi, pv,
+                                       nthreads)
+    _check(st)
+    if want_var:
+        return mean, invstd, var
+    return mean, invstd
+
+
+def infer_forward(x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, mean, var,
+                  gamma, beta, z, double eps, bint relu, y, int nthreads):
+    """Inference forward into y with the given statistics (x's dtype)."""
+    cdef void *px = _ptr(x)
+    cdef void *pm = _ptr(mean)
+    cdef void *pv = _ptr(var)
+    cdef void *pg = _ptr(gamma)
+    cdef void *pb = _ptr(beta)
+    cdef void *pz = _ptr(z)
+    cdef void *py = _ptr(y)
+    cdef int st
+    if _is_f32(x):
+        with nogil:
+            st = fbn_infer_forward_f32(<float *>px, outer, C, inner, <float *>pm,
+                                       <float *>pv, <float *>pg, <float *>pb,
+                                       <float *>pz, eps, relu, <float *>py, nthreads)
+    else:
+        with nogil:
+            st = fbn_infer_forward_f64(<double *>px, outer, C, inner, <double *>pm,
+                                       <double *>pv, <double *>pg, <double *>pb,
+                                       <double *>pz, eps, relu, <double *>py, nthreads)
+    _check(st)
+
+
+def apply(x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, mean, invstd,
+          gamma, beta, z, bint relu, y, int nthreads):
+    """The normalisation into y with float64 mean and invstd."""
+    cdef void *px = _ptr(x)
+    cdef double *pm = <double *>_ptr(mean)
+    cdef double *pi = <double *>_ptr(invstd)
+    cdef void *pg = _ptr(gamma)
+    cdef void *pb = _ptr(beta)
+    cdef void *pz = _ptr(z)
+    cdef void *py = _ptr(y)
+    cdef int st
+    if _is_f32(x):
+        with nogil:
+            st = fbn_apply_f32(<float *>px, outer, C, inner, pm, pi, <float *>pg,
+                               <float *>pb, <float *>pz, relu, <float *>py, nthreads)
+    else:
+        with nogil:
+            st = fbn_apply_f64(<double *>px, outer, C, inner, pm, pi, <double *>pg,
+                               <double *>pb, <double *>pz, relu, <double *>py, nthreads)
+    _check(st)
+
+
+def backward_reduce(dy, x, y, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                    mean, int nthreads):
+    """Per-channel (sum dy', sum dy'*(x-mean)) in float64."""
+    sdy = _empty(C, cnp.NPY_FLOAT64)
+    sdyx = _empty(C, cnp.NPY_FLOAT64)
+    cdef void *pd = _ptr(dy)
+    cdef void *px = _ptr(x)
+    cdef void *py = _ptr(y)
+    cdef void *pm = _ptr(mean)
+    cdef double *ps = <double *>_ptr(sdy)
+    cdef double *pq = <double *>_ptr(sdyx)
+    cdef int st
+    if _is_f32(x):
+        with nogil:
+            st = fbn_backward_reduce_f32(<float *>pd, <float *>px, <float *>py, outer,
+                                         C, inner, <float *>pm, ps, pq, nthreads)
+    else:
+        with nogil:
+            st = fbn_backward_reduce_f64(<double *>pd, <double *>px, <double *>py,
+                                         outer, C, inner, <double *>pm, ps, pq,
+                                         nthreads)
+    _check(st)
+    return sdy, sdyx
+
+
+def backward_apply(dy, x, y, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                   mean, invstd, gamma, sum_dy, sum_dyxmu, double count,
+                   bint training, dx, dz, int nthreads):
+    """dx (and dz) from the reductions (float64 sums over count values)."""
+    cdef void *pd = _ptr(dy)
+    cdef void *px = _ptr(x)
+    cdef void *py = _ptr(y)
+    cdef void *pm = _ptr(mean)
+    cdef void *pi = _ptr(invstd)
+    cdef void *pg = _ptr(gamma)
+    cdef double *ps = <double *>_ptr(sum_dy)
+    cdef double *pq = <double *>_ptr(sum_dyxmu)
+    cdef void *pdx = _ptr(dx)
+    cdef void *pdz = _ptr(dz)
+    cdef int st
+    if _is_f32(x):
+        with nogil:
+            st = fbn_backward_apply_f32(<float *>pd, <float *>px, <float *>py, outer,
+                                        C, inner, <float *>pm, <float *>pi,
+                                        <float *>pg, ps, pq, count, training,
+                                        <float *>pdx, <float *>pdz, nthreads)
+    else:
+        with nogil:
+            st = fbn_backward_apply_f64(<double *>pd, <double *>px, <double *>py,
+                                        outer, C, inner, <double *>pm, <double *>pi,
+                                        <double *>pg, ps, pq, count, training,
+                                        <double *>pdx, <double *>pdz, nthreads)
+    _check(st)
+
+
+def backward(dy, x, y, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, mean,
+             invstd, gamma, bint training, dx, dz, int nthreads):
+    """Fused backward into dx (and dz); returns (dgamma, dbeta)."""
+    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    dgamma = _empty(C, typenum)
+    dbeta = _empty(C, typenum)
+    cdef void *pd = _ptr(dy)
+    cdef void *px = _ptr(x)
+    cdef void *py = _ptr(y)
+    cdef void *pm = _ptr(mean)
+    cdef void *pi = _ptr(invstd)
+    cdef void *pg = _ptr(gamma)
+    cdef void *pdx = _ptr(dx)
+    cdef void *pdz = _ptr(dz)
+    cdef void *pdg = _ptr(dgamma)
+    cdef void *pdb = _ptr(dbeta)
+    cdef int st
+    if _is_f32(x):
+        with nogil:
+            st = fbn_backward_f32(<float *>pd, <float *>px, <float *>py, outer, C,
+                                  inner, <float *>pm, <float *>pi, <float *>pg,
+                                  training, <float *>pdx, <float *>pdz, <float *>pdg,
+                                  <float *>pdb, nthreads)
+    else:
+        with nogil:
+            st = fbn_backward_f64(<double *>pd, <double *>px, <double *>py, outer, C,
+                                  inner, <double *>pm, <double *>pi, <double *>pg,
+                                  training, <double *>pdx, <double *>pdz,
+                                  <double *>pdg, <double *>pdb, nthreads)
+    _check(st)
+    return dgamma, dbeta

@@ -1,0 +1,2 @@
+"""The single place that holds fastbn's version."""
+__version__ = "0.1.0"
