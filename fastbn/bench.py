@@ -593,6 +593,14 @@ def build_impls(w: Workload, inp: Inputs, fastbn, threads: int,
     return impls
 
 
+def check_result(impl: Impl, w: Workload, ref, result) -> Tuple[bool, float,
+                                                                 str]:
+    """Compare what ``impl.fn()`` returned with the reference."""
+    if impl.check is not None:
+        return impl.check(result)
+    return compare(impl.outputs(result), ref, w.dtype)
+
+
 def verify(impl: Impl, w: Workload, ref, fastbn=None) -> Tuple[bool, float,
                                                                   str]:
     """Call an implementation once and compare its result with `ref`.
@@ -602,9 +610,7 @@ def verify(impl: Impl, w: Workload, ref, fastbn=None) -> Tuple[bool, float,
     try:
         with impl.context(fastbn):
             result = impl.fn()
-        if impl.check is not None:
-            return impl.check(result)
-        return compare(impl.outputs(result), ref, w.dtype)
+        return check_result(impl, w, ref, result)
     except Exception as exc:  # shown in the table, never hidden
         msg = "%s: %s" % (type(exc).__name__, str(exc).splitlines()[0]
                           if str(exc) else "")
