@@ -43,11 +43,18 @@ def pytest_addoption(parser):
                     help="leave PyTorch out even if it is installed")
 
 
+_IMPORT_ERROR = []
+
+
 def _fastbn():
+    """The installed fastbn, or None (the reason goes to _IMPORT_ERROR)."""
     try:
         import fastbn
         import fastbn.bench  # noqa: F401
-    except ImportError:
+    except ImportError as exc:
+        _IMPORT_ERROR[:] = ["fastbn cannot be imported (%s); install it and "
+                            "run the pytest script outside the source tree's "
+                            "sys.path" % exc]
         return None
     return fastbn
 
@@ -93,7 +100,7 @@ def pytest_generate_tests(metafunc):
     fastbn = _fastbn()
     if fastbn is None:
         metafunc.parametrize("bench_case", [pytest.param(
-            None, marks=pytest.mark.skip(reason="fastbn is not installed"))])
+            None, marks=pytest.mark.skip(reason=_IMPORT_ERROR[0]))])
         return
     from fastbn.bench import WORKLOADS
     modes = getattr(metafunc.module, "MODES", ("train", "infer", "backward"))

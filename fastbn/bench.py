@@ -811,9 +811,18 @@ def _fmt_bytes(n: float) -> str:
 
 def cpu_model() -> str:
     """CPU model name from /proc/cpuinfo (or platform.processor())."""
+    fields: Dict[str, str] = {}
     for line in _read("/proc/cpuinfo").splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("model name", "cpu family", "model") and key not in fields:
+            fields[key] = value.strip()
+    if "model name" in fields:
+        extra = ""
+        if "cpu family" in fields and "model" in fields:
+            extra = " (family %s, model %s)" % (fields["cpu family"],
+                                                fields["model"])
+        return fields["model name"] + extra
     return platform.processor() or platform.machine()
 
 
@@ -841,13 +850,11 @@ def fastbn_config(fastbn) -> str:
             ret = fastbn.show_config()
     except Exception as exc:
         return "show_config() failed: %r" % (exc,)
-    text = buf.getvalue().strip()
-    if isinstance(ret, dict):
-        text += ("\n" if text else "") + "\n".join(
-            "%s: %s" % kv for kv in ret.items())
-    elif isinstance(ret, str):
-        text += ("\n" if text else "") + ret
-    return text.strip()
+    if isinstance(ret, dict):  # prefer the structured answer
+        return "\n".join("%s: %s" % kv for kv in ret.items())
+    if isinstance(ret, str):
+        return ret.strip()
+    return buf.getvalue().strip()
 
 
 def machine_info(fastbn, torch, threads: int) -> List[Tuple[str, str]]:
@@ -862,14 +869,17 @@ def machine_info(fastbn, torch, threads: int) -> List[Tuple[str, str]]:
         if line.startswith("MemTotal"):
             mem = ", %s RAM" % _fmt_bytes(int(line.split()[1]) * 1024)
     try:
-        load = "%.2f %.2f %.2f" % os.getloadavg()
+        loads = os.getloadavg()
+        load = "%.2f %.2f %.2f" % loads
+        if loads[0] > 0.5:
+            load += " -- the machine is busy: expect noisy numbers"
     except OSError:
         load = "n/a"
     info = [
         ("CPU", "%s, %d logical CPUs (%d usable)%s" % (cpu_model(), ncpu,
                                                         usable, mem)),
         ("caches", cache_info()),
-        ("load average", load + " (before the run)"),
+        ("load average", load),
         ("OS", platform.platform()),
         ("Python", platform.python_version()),
         ("NumPy", np.__version__),
