@@ -228,6 +228,31 @@ static void NAME(bcoef_one)(T *k, ptrdiff_t C, ptrdiff_t c, const T *mean,
     k[3 * C + c] = (T)(-A * (sdy / count));
 }
 
+/* dx (and dz) for n contiguous values with the given constants; the flags
+ * become constants in each call, so each loop is simple. */
+static void NAME(bapply_seg)(const T *dy, const T *x, const T *y, T *dx, T *dz,
+                             ptrdiff_t n, T m, T A, T B, T D, int training)
+{
+    if (training) {
+        if (y) {
+            if (dz) NAME(bapply_body)(dy, x, y, dx, dz, n, m, A, B, D, 1, 1, 1);
+            else    NAME(bapply_body)(dy, x, y, dx, dz, n, m, A, B, D, 1, 1, 0);
+        } else {
+            if (dz) NAME(bapply_body)(dy, x, y, dx, dz, n, m, A, B, D, 0, 1, 1);
+            else    NAME(bapply_body)(dy, x, y, dx, dz, n, m, A, B, D, 0, 1, 0);
+        }
+    } else {
+        if (y) {
+            if (dz) NAME(bapply_body)(dy, x, y, dx, dz, n, m, A, B, D, 1, 0, 1);
+            else    NAME(bapply_body)(dy, x, y, dx, dz, n, m, A, B, D, 1, 0, 0);
+        } else {
+            if (dz) NAME(bapply_body)(dy, x, y, dx, dz, n, m, A, B, D, 0, 0, 1);
+            else    NAME(bapply_body)(dy, x, y, dx, dz, n, m, A, B, D, 0, 0, 0);
+        }
+    }
+}
+
+/* Values [i0, i1) of channel c (channel-first). */
 static void NAME(bapply_range)(const T *dy, const T *x, const T *y, T *dx,
                                T *dz, ptrdiff_t C, ptrdiff_t inner,
                                ptrdiff_t c, ptrdiff_t i0, ptrdiff_t i1,
@@ -236,29 +261,9 @@ static void NAME(bapply_range)(const T *dy, const T *x, const T *y, T *dx,
     fbn_seg sg = fbn_seg_start(i0, i1, inner);
     ptrdiff_t off, len;
     T m = k[c], A = k[C + c], B = k[2 * C + c], D = k[3 * C + c];
-    int mask = y != NULL, hasdz = dz != NULL;
-    while ((len = fbn_seg_next(&sg, C, inner, c, &off)) > 0) {
-        const T *yo = mask ? y + off : NULL;
-        T *dzo = hasdz ? dz + off : NULL;
-        /* the flags become constants in each call, so each loop is simple */
-        if (training) {
-            if (mask) {
-                if (hasdz) NAME(bapply_body)(dy + off, x + off, yo, dx + off, dzo, len, m, A, B, D, 1, 1, 1);
-                else       NAME(bapply_body)(dy + off, x + off, yo, dx + off, dzo, len, m, A, B, D, 1, 1, 0);
-            } else {
-                if (hasdz) NAME(bapply_body)(dy + off, x + off, yo, dx + off, dzo, len, m, A, B, D, 0, 1, 1);
-                else       NAME(bapply_body)(dy + off, x + off, yo, dx + off, dzo, len, m, A, B, D, 0, 1, 0);
-            }
-        } else {
-            if (mask) {
-                if (hasdz) NAME(bapply_body)(dy + off, x + off, yo, dx + off, dzo, len, m, A, B, D, 1, 0, 1);
-                else       NAME(bapply_body)(dy + off, x + off, yo, dx + off, dzo, len, m, A, B, D, 1, 0, 0);
-            } else {
-                if (hasdz) NAME(bapply_body)(dy + off, x + off, yo, dx + off, dzo, len, m, A, B, D, 0, 0, 1);
-                else       NAME(bapply_body)(dy + off, x + off, yo, dx + off, dzo, len, m, A, B, D, 0, 0, 0);
-            }
-        }
-    }
+    while ((len = fbn_seg_next(&sg, C, inner, c, &off)) > 0)
+        NAME(bapply_seg)(dy + off, x + off, y ? y + off : NULL, dx + off,
+                         dz ? dz + off : NULL, len, m, A, B, D, training);
 }
 
 /* Rows [r0, r1) of dx (channel-last); the constants are per channel. */
@@ -289,6 +294,22 @@ static void NAME(bapply_rows)(const T *dy, const T *x, const T *y, T *dx,
     }
 }
 
+/* Channel-first values [i0, i1) of the flat array, in memory order. */
+static void NAME(bapply_flat)(const T *dy, const T *x, const T *y, T *dx,
+                              T *dz, ptrdiff_t C, ptrdiff_t inner, ptrdiff_t i0,
+                              ptrdiff_t i1, const T *k, int training)
+{
+    ptrdiff_t i = i0;
+    while (i < i1) {
+        ptrdiff_t r = i / inner, j = i - r * inner, c = r % C;
+        ptrdiff_t len = fbn_min(inner - j, i1 - i);
+        NAME(bapply_seg)(dy + i, x + i, y ? y + i : NULL, dx + i,
+                         dz ? dz + i : NULL, len, k[c], k[C + c], k[2 * C + c],
+                         k[3 * C + c], training);
+        i += len;
+    }
+}
+
 static void NAME(bapply_all)(const T *dy, const T *x, const T *y,
                              ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
                              const T *k, int training, T *dx, T *dz,
@@ -298,23 +319,19 @@ static void NAME(bapply_all)(const T *dy, const T *x, const T *y,
     if (ntot == 0 || C == 0)
         return;
     if (inner > 1 || C == 1) {
-        ptrdiff_t nk = (ntot + FBN_CHUNK - 1) / FBN_CHUNK, item;
-        int nth = fbn_threads(nthreads, ntot * C, C * nk);
-        if (C == 1 && inner == 1) {
-            inner = outer;
-            outer = 1;
-        }
+        ptrdiff_t size = ntot * C;
+        ptrdiff_t nb = (size + FBN_BLOCK_VALUES - 1) / FBN_BLOCK_VALUES, b;
+        int nth = fbn_threads(nthreads, size, nb);
+        if (C == 1)
+            inner = size;
         if (nth > 1) {
 #pragma omp parallel for num_threads(nth) schedule(static)
-            for (item = 0; item < C * nk; item++) {
-                ptrdiff_t c = item / nk, i0 = (item % nk) * FBN_CHUNK;
-                NAME(bapply_range)(dy, x, y, dx, dz, C, inner, c, i0,
-                                   fbn_min(i0 + FBN_CHUNK, ntot), k, training);
-            }
+            for (b = 0; b < nb; b++)
+                NAME(bapply_flat)(dy, x, y, dx, dz, C, inner, b * FBN_BLOCK_VALUES,
+                                  fbn_min(b * FBN_BLOCK_VALUES + FBN_BLOCK_VALUES, size),
+                                  k, training);
         } else {
-            for (item = 0; item < C; item++)
-                NAME(bapply_range)(dy, x, y, dx, dz, C, inner, item, 0, ntot, k,
-                                   training);
+            NAME(bapply_flat)(dy, x, y, dx, dz, C, inner, 0, size, k, training);
         }
     } else {
         ptrdiff_t rb = fbn_block_rows(C);

@@ -334,7 +334,24 @@ static void NAME(apply_rows)(const T *x, const T *z, T *y, ptrdiff_t C,
     }
 }
 
-/* The transform over the whole array with the constants in coef. */
+/* Channel-first values [i0, i1) of the flat array, in memory order: each
+ * run of `inner` values uses its channel's constants. */
+static void NAME(apply_flat)(const T *x, const T *z, T *y, ptrdiff_t C,
+                             ptrdiff_t inner, ptrdiff_t i0, ptrdiff_t i1,
+                             const T *coef, int relu)
+{
+    ptrdiff_t i = i0;
+    while (i < i1) {
+        ptrdiff_t r = i / inner, j = i - r * inner, c = r % C;
+        ptrdiff_t len = fbn_min(inner - j, i1 - i);
+        NAME(apply_seg)(x + i, z ? z + i : NULL, y + i, len, coef[c],
+                        coef[C + c], coef[2 * C + c], coef[3 * C + c], relu);
+        i += len;
+    }
+}
+
+/* The transform over the whole array with the constants in coef, in memory
+ * order, split into fixed blocks for the threads. */
 static void NAME(apply_all)(const T *x, ptrdiff_t outer, ptrdiff_t C,
                             ptrdiff_t inner, const T *coef, const T *z,
                             int relu, T *y, int nthreads)
@@ -343,23 +360,19 @@ static void NAME(apply_all)(const T *x, ptrdiff_t outer, ptrdiff_t C,
     if (ntot == 0 || C == 0)
         return;
     if (inner > 1 || C == 1) {
-        ptrdiff_t nk = (ntot + FBN_CHUNK - 1) / FBN_CHUNK;
-        int nth = fbn_threads(nthreads, ntot * C, C * nk);
-        ptrdiff_t item;
-        if (C == 1 && inner == 1) {
-            inner = outer;
-            outer = 1;
-        }
+        ptrdiff_t size = ntot * C;
+        ptrdiff_t nb = (size + FBN_BLOCK_VALUES - 1) / FBN_BLOCK_VALUES, b;
+        int nth = fbn_threads(nthreads, size, nb);
+        if (C == 1)
+            inner = size;
         if (nth > 1) {
 #pragma omp parallel for num_threads(nth) schedule(static)
-            for (item = 0; item < C * nk; item++) {
-                ptrdiff_t c = item / nk, i0 = (item % nk) * FBN_CHUNK;
-                NAME(apply_range)(x, z, y, C, inner, c, i0,
-                                  fbn_min(i0 + FBN_CHUNK, ntot), coef, relu);
-            }
+            for (b = 0; b < nb; b++)
+                NAME(apply_flat)(x, z, y, C, inner, b * FBN_BLOCK_VALUES,
+                                 fbn_min(b * FBN_BLOCK_VALUES + FBN_BLOCK_VALUES, size),
+                                 coef, relu);
         } else {
-            for (item = 0; item < C; item++)
-                NAME(apply_range)(x, z, y, C, inner, item, 0, ntot, coef, relu);
+            NAME(apply_flat)(x, z, y, C, inner, 0, size, coef, relu);
         }
     } else {
         ptrdiff_t rb = fbn_block_rows(C);
