@@ -12,9 +12,16 @@ and how OpenMP is found:
     FASTBN_SANITIZE=1   also -fsanitize=address,undefined (needs the
                         sanitizer runtimes preloaded at run time).
 
+    FASTBN_LIBOMP_PREFIX  macOS: where libomp lives (include/, lib/); when
+                        unset, Homebrew's libomp is used if it is installed.
+
 Flags are -O3 -g0 -ffp-contract=off: portable (no -march=native), IEEE
 arithmetic (no -ffast-math), and no fused multiply-add contraction, so the
 same expression rounds the same way wherever the compiler inlines it.
+
+Cython runs inside build_ext and writes the generated C file into the build
+directory, never into the source tree: making an sdist does not run Cython,
+and the sdist ships the .pyx source only (no generated files).
 """
 import os
 import shutil
@@ -22,8 +29,6 @@ import subprocess
 import sys
 import tempfile
 
-import numpy
-from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
@@ -47,7 +52,7 @@ def _openmp_flags(compiler):
         return ["/openmp"], []
     if sys.platform == "darwin":
         # Apple clang: libomp from Homebrew or a prefix given by the builder
-        prefix = os.environ.get("FASTBN_LIBOMP_PREFIX", "")
+        prefix = os.environ.get("FASTBN_LIBOMP_PREFIX", "") or _brew_libomp()
         cflags = ["-Xpreprocessor", "-fopenmp"]
         ldflags = ["-lomp"]
         if prefix:
@@ -55,6 +60,14 @@ def _openmp_flags(compiler):
             ldflags = [f"-L{prefix}/lib", "-lomp", f"-Wl,-rpath,{prefix}/lib"]
         return cflags, ldflags
     return ["-fopenmp"], ["-fopenmp"]
+
+
+def _brew_libomp():
+    """Homebrew's libomp prefix on macOS, or "" when there is none."""
+    for prefix in ("/opt/homebrew/opt/libomp", "/usr/local/opt/libomp"):
+        if os.path.exists(os.path.join(prefix, "include", "omp.h")):
+            return prefix
+    return ""
 
 
 def _probe_openmp(compiler, cflags, ldflags):
@@ -79,7 +92,37 @@ def _probe_openmp(compiler, cflags, ldflags):
 
 
 class BuildExt(build_ext):
-    """build_ext that adds optimisation and OpenMP flags per compiler."""
+    """build_ext that cythonizes, then adds optimisation and OpenMP flags per
+    compiler."""
+
+    def run(self):
+        # imported here, so that commands that compile nothing (sdist, egg_info)
+        # need neither Cython nor NumPy and generate no C file
+        import numpy
+        from Cython.Build import cythonize
+
+        debug = os.environ.get("FASTBN_DEBUG", "0") == "1"
+        directives = {
+            "language_level": 3,
+            "boundscheck": debug,
+            "wraparound": False,
+            "initializedcheck": debug,
+            "nonecheck": debug,
+            "cdivision": True,
+            "embedsignature": True,
+        }
+        for ext in self.extensions:
+            if numpy.get_include() not in ext.include_dirs:
+                ext.include_dirs.append(numpy.get_include())
+        generated = cythonize(
+            self.extensions, compiler_directives=directives,
+            build_dir=os.path.join(self.build_temp, "cython"), quiet=True)
+        # keep setuptools' Extension objects (finalize_options annotated them)
+        # and take only the sources, .pyx replaced by the generated .c
+        by_name = {ext.name: ext for ext in generated}
+        for ext in self.extensions:
+            ext.sources = list(by_name[ext.name].sources)
+        super().run()
 
     def build_extensions(self):
         mode = os.environ.get("FASTBN_OPENMP", "auto").strip().lower()
@@ -129,24 +172,13 @@ class BuildExt(build_ext):
 
 
 def extensions():
-    debug = os.environ.get("FASTBN_DEBUG", "0") == "1"
-    ext = Extension(
+    return [Extension(
         "fastbn._kernels",
         sources=["fastbn/_kernels.pyx", "csrc/fastbn.c"],
-        include_dirs=["csrc", numpy.get_include()],
+        include_dirs=["csrc"],
         depends=["csrc/fastbn.h", "csrc/kernels_impl.h", "csrc/backward_impl.h"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    )
-    directives = {
-        "language_level": 3,
-        "boundscheck": debug,
-        "wraparound": False,
-        "initializedcheck": debug,
-        "nonecheck": debug,
-        "cdivision": True,
-        "embedsignature": True,
-    }
-    return cythonize([ext], compiler_directives=directives)
+    )]
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})
