@@ -99,8 +99,9 @@ def pytest_generate_tests(metafunc):
         return
     fastbn = _fastbn()
     if fastbn is None:
+        # a smoke run must not pass by skipping everything: fail instead
         metafunc.parametrize("bench_case", [pytest.param(
-            None, marks=pytest.mark.skip(reason=_IMPORT_ERROR[0]))])
+            ("import-error", _IMPORT_ERROR[0]), id="import-fastbn")])
         return
     from fastbn.bench import WORKLOADS
     modes = getattr(metafunc.module, "MODES", ("train", "infer", "backward"))
@@ -167,6 +168,8 @@ def bench_run(request, _bench_inputs):
     fastbn = _fastbn()
 
     def run(benchmark, case):
+        if case[0] == "import-error":
+            pytest.fail(case[1])
         from fastbn import bench as fb
         w, threads, name = case
         if w.mode == "backward" and name.startswith("fastbn") and \
