@@ -56,6 +56,8 @@ def mpi_command(nprocs, script, *args):
         # one node: self and shared memory only, no network probing
         "OMPI_MCA_btl": "self,sm",
         "OMPI_MCA_pml": "ob1",
+        # idle ranks yield the core (more ranks than cores, shared machines)
+        "OMPI_MCA_mpi_yield_when_idle": "1",
     })
     # a test run from the source tree must not import the source fastbn/
     env.pop("PYTHONPATH", None)
