@@ -10,10 +10,13 @@ from ._version import __version__
 from ._api import (batch_norm_backward, batch_norm_infer, batch_norm_train,
                    batch_stats, merge_moments, moments)
 from ._threads import get_num_threads, num_threads, set_num_threads, show_config
+from .layer import BatchNorm
+from .folding import absorb_scale, fold_into_linear
 
 __all__ = [
     "__version__",
     "batch_stats", "moments", "merge_moments",
     "batch_norm_train", "batch_norm_infer", "batch_norm_backward",
     "get_num_threads", "set_num_threads", "num_threads", "show_config",
+    "BatchNorm", "fold_into_linear", "absorb_scale",
 ]

@@ -1,0 +1,442 @@
+"""The BatchNorm layer: parameters, running statistics, forward and backward.
+
+``BatchNorm`` wraps the functional API (``fastbn._api``) in the object that
+deep-learning frameworks call a batch-normalization layer.  It owns
+
+* the trainable per-channel parameters ``gamma`` (scale, ones) and ``beta``
+  (shift, zeros) -- plain NumPy arrays, ``None`` when ``scale=False`` /
+  ``center=False``;
+* the running statistics ``running_mean``, ``running_var`` and the counter
+  ``num_batches_tracked`` (``None`` when ``track_running_stats=False``);
+* after each forward call, a cache of what ``backward`` needs; after
+  ``backward``, the gradients ``dgamma`` and ``dbeta``.
+
+Conventions follow PyTorch's ``torch.nn.BatchNorm*d`` (momentum, running
+variance, state-dict keys) with TensorFlow/Keras names for the options
+(``center``, ``scale``, ``axis``) and Keras's weight order for
+``get_weights``/``set_weights``.
+"""
+import numbers
+import operator
+
+import numpy as np
+
+from . import _api
+from ._checks import as_data, eps_value, view
+
+__all__ = ["BatchNorm"]
+
+
+def _to_numpy(v, name):
+    """A state-dict value as a NumPy array (NumPy arrays, torch tensors and
+    anything with ``__array__`` are accepted)."""
+    if hasattr(v, "detach"):       # a torch tensor (possibly requiring grad)
+        v = v.detach()
+        if hasattr(v, "cpu"):
+            v = v.cpu()
+    try:
+        return np.asarray(v)
+    except Exception as e:  # pragma: no cover - exotic objects
+        raise TypeError(f"{name}: cannot convert {type(v).__name__} to a NumPy "
+                        f"array ({e})") from None
+
+
+class BatchNorm:
+    """Batch normalization layer with running statistics (training and eval).
+
+    ``y = relu((x - mean) / sqrt(var + eps) * gamma + beta [+ residual])``
+    per channel, where the channel axis is ``axis`` and the statistics are
+    taken over every other axis.
+
+    Parameters
+    ----------
+    num_features : int
+        Number of channels ``C`` (the size of ``x.shape[axis]``).
+    axis : int, default 1
+        Channel axis: ``1`` for PyTorch's NC / NCL / NCHW, ``-1`` for
+        TensorFlow's and Keras's channels-last NHWC.
+    eps : float, default 1e-5
+        Added to the variance before the square root (Keras's ``epsilon``,
+        whose default is 1e-3).
+    momentum : float in [0, 1] or None, default 0.1
+        PyTorch's momentum, the weight of the *new* batch:
+        ``running = (1 - momentum) * running + momentum * batch``.
+        TensorFlow's and Keras's ``momentum``/``decay`` is the weight of the
+        *old* value, i.e. ``decay = 1 - momentum`` (Keras's default 0.99 is
+        ``momentum=0.01`` here).  ``None`` gives a cumulative (equal-weight)
+        average of all batches seen: the factor is ``1/num_batches_tracked``.
+    center, scale : bool, default True
+        Whether the layer has a shift ``beta`` / a scale ``gamma``
+        (TensorFlow's names).  When off, the attribute is ``None`` and acts as
+        0 / 1.  ``scale=False`` is what TensorFlow recommends before a ReLU:
+        the next layer can absorb the scale (see ``fastbn.absorb_scale``).
+    relu : bool, default False
+        Fuse ``max(0, .)`` into the same pass (forward and backward).
+    track_running_stats : bool, default True
+        Keep running statistics.  When False, ``running_mean``,
+        ``running_var`` and ``num_batches_tracked`` are ``None`` and batch
+        statistics are used in both training and eval mode (as in PyTorch).
+    dtype : float32 or float64, default numpy.float32
+        dtype of the parameters, the running statistics and the computation;
+        inputs of another float dtype are cast to it.
+    comm : mpi4py communicator, optional
+        Synchronised batch norm: batch statistics (forward) and the two
+        per-channel gradient sums (backward) are all-reduced over ``comm``.
+
+    Attributes
+    ----------
+    gamma, beta : ndarray of shape (C,) or None
+        Trainable parameters.  They are plain arrays that an optimizer may
+        update in place (``bn.gamma -= lr * bn.dgamma``); the next call uses
+        them.
+    running_mean, running_var : ndarray of shape (C,) or None
+        Running statistics (initialised to 0 and 1).  ``running_var`` is
+        updated with the *unbiased* batch variance ``var * n / (n - 1)``
+        (``n`` values per channel, summed over all ranks with ``comm``), as
+        PyTorch and TensorFlow's fused kernel do; normalisation always uses
+        the biased variance.
+    num_batches_tracked : int or None
+        Number of training batches that updated the running statistics.
+    training : bool
+        True after construction and ``train()``, False after ``eval()``.
+    dgamma, dbeta : ndarray of shape (C,) or None
+        Gradients of the loss with respect to gamma and beta, set by
+        ``backward`` (``None`` for a parameter the layer does not have, and
+        before the first ``backward``).
+
+    Notes
+    -----
+    The forward call keeps references (not copies) to its input ``x`` and,
+    with ``relu=True``, to its output ``y`` for ``backward``: do not modify
+    them in place in between.  The cache is kept after ``backward`` (so
+    ``backward`` may be called again with another ``dy``) and replaced by the
+    next forward call.
+    """
+
+    def __init__(self, num_features, *, axis=1, eps=1e-5, momentum=0.1,
+                 center=True, scale=True, relu=False, track_running_stats=True,
+                 dtype=np.float32, comm=None):
+        try:
+            C = operator.index(num_features)
+        except TypeError:
+            raise TypeError(f"num_features must be a positive integer, got "
+                            f"{type(num_features).__name__}") from None
+        if C < 1:
+            raise ValueError(f"num_features must be a positive integer, got {C}")
+        try:
+            axis = operator.index(axis)
+        except TypeError:
+            raise TypeError(f"axis must be an integer, got {type(axis).__name__}") \
+                from None
+        eps = eps_value(eps)
+        if momentum is not None:
+            if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+                raise TypeError(f"momentum must be a number in [0, 1] or None, got "
+                                f"{type(momentum).__name__}")
+            momentum = float(momentum)
+            if not 0.0 <= momentum <= 1.0:
+                raise ValueError(f"momentum must be in [0, 1] (PyTorch's meaning; "
+                                 f"TensorFlow's decay is 1 - momentum) or None, "
+                                 f"got {momentum}")
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") \
+                from None
+        if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError(f"dtype must be float32 or float64, got {dt}")
+        self.num_features = C
+        self.axis = axis
+        self.eps = eps
+        self.momentum = momentum
+        self.center = bool(center)
+        self.scale = bool(scale)
+        self.relu = bool(relu)
+        self.track_running_stats = bool(track_running_stats)
+        self.dtype = dt
+        self.comm = comm
+        self.gamma = np.ones(C, dt) if self.scale else None
+        self.beta = np.zeros(C, dt) if self.center else None
+        if self.track_running_stats:
+            self.running_mean = np.zeros(C, dt)
+            self.running_var = np.ones(C, dt)
+            self.num_batches_tracked = 0
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+        self.training = True
+        self.dgamma = self.dbeta = None
+        self._cache = None
+
+    # ------------------------------------------------------------------ modes
+    def train(self, mode=True):
+        """Set training mode (``mode=False`` is ``eval()``); returns self."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Set evaluation mode (running statistics are used); returns self."""
+        return self.train(False)
+
+    def reset_running_stats(self):
+        """Running mean 0, running variance 1, ``num_batches_tracked`` 0."""
+        if self.track_running_stats:
+            self.running_mean[...] = 0
+            self.running_var[...] = 1
+            self.num_batches_tracked = 0
+
+    # ---------------------------------------------------------------- forward
+    def _check_input(self, x):
+        x = as_data(x, "x", self.dtype)
+        _, C, _, _ = view(x.shape, self.axis)
+        if C != self.num_features:
+            raise ValueError(f"x has {C} channels along axis {self.axis} (shape "
+                             f"{x.shape}) but the layer has num_features="
+                             f"{self.num_features}")
+        return x
+
+    def __call__(self, x, residual=None):
+        """Normalise ``x``; returns ``y`` (a new array of the layer's dtype).
+
+        ``residual`` (an array of x's shape) is added after the affine and
+        before the ReLU: ``y = relu(BN(x) + residual)``.
+
+        In training mode (and always when ``track_running_stats=False``) the
+        batch statistics are used; in training mode with running statistics
+        these are then updated and ``num_batches_tracked`` is incremented.
+        In eval mode the running statistics are used.
+        """
+        x = self._check_input(x)
+        if self.training or not self.track_running_stats:
+            y, mean, invstd, var, count = _api._train(
+                x, self.gamma, self.beta, self.axis, self.eps, self.relu, residual,
+                None, self.comm, True)
+            if self.training and self.track_running_stats:
+                self._update_running(mean, var, count)
+            frozen = False
+        else:
+            y = _api.batch_norm_infer(x, self.running_mean, self.running_var,
+                                      self.gamma, self.beta, axis=self.axis,
+                                      eps=self.eps, relu=self.relu,
+                                      residual=residual)
+            mean = self.running_mean.copy()
+            invstd = (1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
+                      ).astype(self.dtype)
+            frozen = True
+        self._cache = (x, y if self.relu else None, mean, invstd, frozen,
+                       residual is not None)
+        return y
+
+    forward = __call__
+
+    def _update_running(self, mean, var, count):
+        self.num_batches_tracked += 1
+        if self.momentum is None:
+            f = 1.0 / self.num_batches_tracked
+        else:
+            f = self.momentum
+        if count < 2:  # only possible with comm and an (almost) empty world batch
+            return
+        unbiased = np.asarray(var, np.float64) * (count / (count - 1.0))
+        rm = self.running_mean.astype(np.float64)
+        rv = self.running_var.astype(np.float64)
+        self.running_mean[...] = (1.0 - f) * rm + f * np.asarray(mean, np.float64)
+        self.running_var[...] = (1.0 - f) * rv + f * unbiased
+
+    # --------------------------------------------------------------- backward
+    def backward(self, dy):
+        """Gradient with respect to the input of the last forward call.
+
+        ``dy`` is the gradient of the loss with respect to that call's
+        output.  Returns ``dx``, or ``(dx, dresidual)`` when the forward had a
+        ``residual`` (``dresidual = dy * (y > 0)`` with ``relu=True``, else
+        ``dy``).  Sets ``self.dgamma`` and ``self.dbeta`` (``None`` for a
+        parameter the layer does not have).
+
+        After a forward with batch statistics the full gradient is computed
+        (through the mean and variance); after an eval-mode forward with
+        running statistics it is the frozen-statistics gradient
+        ``dx = dy' * gamma / sqrt(running_var + eps)``.
+        """
+        if self._cache is None:
+            raise RuntimeError("backward called before a forward call of the layer")
+        x, y, mean, invstd, frozen, has_res = self._cache
+        res = _api.batch_norm_backward(
+            dy, x, mean, invstd, self.gamma, axis=self.axis, y=y,
+            training=not frozen, residual=has_res,
+            comm=None if frozen else self.comm)
+        self.dgamma = res[1] if self.gamma is not None else None
+        self.dbeta = res[2] if self.beta is not None else None
+        if has_res:
+            return res[0], res[3]
+        return res[0]
+
+    # ------------------------------------------------------------------ state
+    def _state_keys(self):
+        keys = []
+        if self.gamma is not None:
+            keys.append("weight")
+        if self.beta is not None:
+            keys.append("bias")
+        if self.track_running_stats:
+            keys += ["running_mean", "running_var", "num_batches_tracked"]
+        return keys
+
+    def state_dict(self):
+        """PyTorch-style state: a dict of copies with the keys of
+        ``torch.nn.BatchNorm*d``: ``weight`` (gamma), ``bias`` (beta),
+        ``running_mean``, ``running_var`` and ``num_batches_tracked`` (a 0-d
+        int64 array).  Keys of parameters or statistics the layer does not
+        have are left out (PyTorch's ``affine=False`` has neither weight nor
+        bias).  Load it into torch with
+        ``{k: torch.from_numpy(v) for k, v in d.items()}``.
+        """
+        d = {}
+        if self.gamma is not None:
+            d["weight"] = self.gamma.copy()
+        if self.beta is not None:
+            d["bias"] = self.beta.copy()
+        if self.track_running_stats:
+            d["running_mean"] = self.running_mean.copy()
+            d["running_var"] = self.running_var.copy()
+            d["num_batches_tracked"] = np.array(self.num_batches_tracked, np.int64)
+        return d
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Load a state dict (ours or a ``torch.nn.BatchNorm*d``'s).
+
+        Values may be NumPy arrays, torch tensors (any device) or anything
+        with ``__array__``; they are cast to the layer's dtype and copied
+        into the existing arrays (which keep their identity).  With
+        ``strict=True`` (default) the keys must be exactly those of
+        ``state_dict()``, else ``KeyError`` names the missing and unexpected
+        ones; a missing ``num_batches_tracked`` keeps its value (as PyTorch
+        does for old checkpoints).  With ``strict=False`` unknown keys are
+        ignored and missing ones keep their values.  Shapes are checked
+        before anything is changed (``ValueError``).
+        """
+        if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
+            raise TypeError(f"state_dict must be a mapping, got "
+                            f"{type(state_dict).__name__}")
+        expected = self._state_keys()
+        given = list(state_dict.keys())
+        missing = [k for k in expected if k not in state_dict
+                   and k != "num_batches_tracked"]
+        unexpected = [k for k in given if k not in expected]
+        if strict and (missing or unexpected):
+            msg = ["BatchNorm.load_state_dict:"]
+            if missing:
+                msg.append(f"missing key(s) {missing}")
+            if unexpected:
+                msg.append(f"unexpected key(s) {unexpected}")
+            msg.append(f"(this layer has keys {expected}; center={self.center}, "
+                       f"scale={self.scale}, track_running_stats="
+                       f"{self.track_running_stats})")
+            raise KeyError(" ".join(msg))
+        new = {}
+        for k in expected:
+            if k not in state_dict:
+                continue
+            v = _to_numpy(state_dict[k], k)
+            if k == "num_batches_tracked":
+                if v.size != 1 or v.dtype.kind not in "iuf":
+                    raise ValueError(f"num_batches_tracked must be a single integer, "
+                                     f"got an array of shape {v.shape} and dtype "
+                                     f"{v.dtype}")
+                n = v.reshape(()).item()
+                if n != int(n) or n < 0:
+                    raise ValueError(f"num_batches_tracked must be a non-negative "
+                                     f"integer, got {n}")
+                new[k] = int(n)
+                continue
+            if v.dtype.kind not in "fiu":
+                raise TypeError(f"{k} must be a real array, got dtype {v.dtype}")
+            if v.shape != (self.num_features,):
+                raise ValueError(f"{k} must have shape ({self.num_features},) "
+                                 f"(num_features), got {v.shape}")
+            new[k] = v
+        target = {"weight": "gamma", "bias": "beta", "running_mean": "running_mean",
+                  "running_var": "running_var"}
+        for k, v in new.items():
+            if k == "num_batches_tracked":
+                self.num_batches_tracked = v
+            else:
+                getattr(self, target[k])[...] = v
+        return self
+
+    def get_weights(self):
+        """Keras order: ``[gamma, beta, moving_mean, moving_variance]`` (copies).
+
+        ``gamma``/``beta`` are left out when ``scale``/``center`` is off, as in
+        Keras; the moving statistics are left out when
+        ``track_running_stats=False``.
+
+        Note on the variance: ``moving_variance`` here is accumulated from
+        the *unbiased* batch variance (``n/(n-1)`` correction), as in
+        PyTorch and TensorFlow's fused kernel (``tf.nn.fused_batch_norm``,
+        used by Keras 2 with ``fused=True``).  Keras 3 (and Keras 2's
+        non-fused path) accumulate the *biased* variance.  Both are
+        estimates of the same population variance and inference uses the
+        stored value as is, so weights transfer unchanged in either
+        direction; only the training-time accumulation differs by a factor
+        ``n/(n-1)`` (negligible for large batches).
+        """
+        ws = []
+        if self.gamma is not None:
+            ws.append(self.gamma.copy())
+        if self.beta is not None:
+            ws.append(self.beta.copy())
+        if self.track_running_stats:
+            ws += [self.running_mean.copy(), self.running_var.copy()]
+        return ws
+
+    def set_weights(self, weights):
+        """Set the weights from a list in ``get_weights`` order (Keras's
+        ``[gamma, beta, moving_mean, moving_variance]`` without the parts the
+        layer does not have).  Values are cast to the layer's dtype and copied
+        in place; lengths and shapes are checked first."""
+        names = []
+        if self.gamma is not None:
+            names.append("gamma")
+        if self.beta is not None:
+            names.append("beta")
+        if self.track_running_stats:
+            names += ["running_mean", "running_var"]
+        weights = list(weights)
+        if len(weights) != len(names):
+            keras = {"running_mean": "moving_mean", "running_var": "moving_variance"}
+            raise ValueError(f"set_weights expects {len(names)} arrays "
+                             f"[{', '.join(keras.get(n, n) for n in names)}] "
+                             f"(center={self.center}, scale={self.scale}, "
+                             f"track_running_stats={self.track_running_stats}), "
+                             f"got {len(weights)}")
+        vals = []
+        for n, w in zip(names, weights):
+            v = _to_numpy(w, n)
+            if v.dtype.kind not in "fiu":
+                raise TypeError(f"{n} must be a real array, got dtype {v.dtype}")
+            if v.shape != (self.num_features,):
+                raise ValueError(f"{n} must have shape ({self.num_features},), "
+                                 f"got {v.shape}")
+            vals.append(v)
+        for n, v in zip(names, vals):
+            getattr(self, n)[...] = v
+
+    # ------------------------------------------------------------------- misc
+    def _copy_config(self, **changes):
+        kw = dict(axis=self.axis, eps=self.eps, momentum=self.momentum,
+                  center=self.center, scale=self.scale, relu=self.relu,
+                  track_running_stats=self.track_running_stats, dtype=self.dtype,
+                  comm=self.comm)
+        kw.update(changes)
+        return BatchNorm(self.num_features, **kw)
+
+    def __repr__(self):
+        mode = "train" if self.training else "eval"
+        parts = [f"{self.num_features}", f"axis={self.axis}", f"eps={self.eps:g}",
+                 f"momentum={self.momentum!r}", f"center={self.center}",
+                 f"scale={self.scale}", f"relu={self.relu}",
+                 f"track_running_stats={self.track_running_stats}",
+                 f"dtype={self.dtype.name}"]
+        if self.comm is not None:
+            parts.append("comm=...")
+        return f"BatchNorm({', '.join(parts)}) [{mode}]"
