@@ -187,10 +187,8 @@ def test_nearly_constant_channels_never_negative_variance(dtype):
     x[:, ::4] = x[0, ::4]  # exactly constant columns
     mean, var = fastbn.batch_stats(x)
     assert np.all(var >= 0)
-    if dtype == np.float32:  # float32 sums are exact in double
-        np.testing.assert_array_equal(var[::4], 0)
-    else:
-        assert np.all(var[::4] <= (1e-14 * mean[::4]) ** 2)
+    # ~0: at most the rounding of sum/n, never the E[x^2]-E[x]^2 garbage
+    assert np.all(var[::4] <= (1e-14 * mean[::4].astype(np.float64)) ** 2)
     _, _, invstd = fastbn.batch_norm_train(x)
     assert np.all(np.isfinite(invstd)) and np.all(invstd > 0)
     _, _, m2 = fastbn.moments(x)
