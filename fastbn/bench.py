@@ -629,7 +629,7 @@ def _run(fn: Callable[[], Any], number: int) -> float:
 
 
 def measure(impls: Sequence[Impl], rounds: int, *, fastbn=None,
-            min_sample: float = 0.002, pause: float = 0.002,
+            min_sample: float = 0.002, pause: float = 0.01,
             progress: Callable[[str], None] = lambda s: None
             ) -> Dict[str, List[float]]:
     """Time implementations side by side; seconds per call, one list each.
@@ -639,7 +639,8 @@ def measure(impls: Sequence[Impl], rounds: int, *, fastbn=None,
     in each of `rounds` rounds, every implementation takes one sample, in
     an order rotated from round to round.  `pause` seconds of sleep
     between samples let the OpenMP threads of the previous implementation
-    stop spinning (they would steal a core on a 2-core machine).  The
+    stop spinning (libgomp's idle threads spin about 7 ms after a parallel
+    region; they would steal a core on a 2-core machine).  The
     garbage collector is off while timing.
     """
     numbers = {}
@@ -757,7 +758,7 @@ class WorkloadResult:
 
 
 def run_workload(w: Workload, fastbn, threads: int, rounds: int, *,
-                 torch=None, compile_torch: bool = False, pause: float = 0.002,
+                 torch=None, compile_torch: bool = False, pause: float = 0.01,
                  progress: Callable[[str], None] = lambda s: None
                  ) -> WorkloadResult:
     """Build inputs, verify every implementation, time the ones that ran."""
@@ -972,7 +973,8 @@ def summary_rows(wrs: Sequence[WorkloadResult]) -> Tuple[List[str],
 def thread_rows(wrs: Sequence[WorkloadResult], threads: int
                 ) -> Tuple[List[str], List[List[str]]]:
     """fastbn at 1 thread against `threads` threads (same run)."""
-    head = ["workload", "1 thread", "%d threads" % threads, "speed-up"]
+    head = ["workload", "1 thread", "%d threads" % threads, "speed-up",
+            "speed-up of min times"]
     rows = []
     for wr in wrs:
         one, many = wr.get("fastbn (out=, 1 thread)"), wr.get("fastbn (out=)")
@@ -981,7 +983,8 @@ def thread_rows(wrs: Sequence[WorkloadResult], threads: int
         unit, scale = _time_unit(wr.workload)
         rows.append([wr.workload.key, "%.3f %s" % (one.median * scale, unit),
                      "%.3f %s" % (many.median * scale, unit),
-                     "%.2fx" % (one.median / many.median)])
+                     "%.2fx" % (one.median / many.median),
+                     "%.2fx" % (one.best / many.best)])
     return head, rows
 
 
@@ -1160,8 +1163,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--only", metavar="KEYS",
                    help="comma-separated workload keys: " +
                         ", ".join(w.key for w in WORKLOADS))
-    p.add_argument("--pause", type=float, default=0.002, metavar="S",
-                   help="seconds of sleep between samples (default 0.002)")
+    p.add_argument("--pause", type=float, default=0.01, metavar="S",
+                   help="seconds of sleep between samples (default 0.01; "
+                        "libgomp's idle threads spin ~7 ms after a parallel "
+                        "region and would steal a core from the next one)")
     args = p.parse_args(argv)
     if args.only:
         args.only = [k.strip() for k in args.only.split(",") if k.strip()]
