@@ -348,7 +348,7 @@ static void NAME(bapply_all)(const T *dy, const T *x, const T *y,
     }
 }
 
-int NAME(fbn_backward_reduce)(const T *dy, const T *x, const T *y,
+static int NAME(k_backward_reduce)(const T *dy, const T *x, const T *y,
                               ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
                               const T *mean, double *sum_dy, double *sum_dyxmu,
                               int nthreads)
@@ -359,7 +359,7 @@ int NAME(fbn_backward_reduce)(const T *dy, const T *x, const T *y,
                          nthreads);
 }
 
-int NAME(fbn_backward_apply)(const T *dy, const T *x, const T *y,
+static int NAME(k_backward_apply)(const T *dy, const T *x, const T *y,
                              ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
                              const T *mean, const T *invstd, const T *gamma,
                              const double *sum_dy, const double *sum_dyxmu,
@@ -401,7 +401,7 @@ static void NAME(backward_channel)(const T *dy, const T *x, const T *y,
     dbeta[c] = (T)sdy;
 }
 
-int NAME(fbn_backward)(const T *dy, const T *x, const T *y, ptrdiff_t outer,
+static int NAME(k_backward)(const T *dy, const T *x, const T *y, ptrdiff_t outer,
                        ptrdiff_t C, ptrdiff_t inner, const T *mean,
                        const T *invstd, const T *gamma, int training, T *dx,
                        T *dz, T *dgamma, T *dbeta, int nthreads)

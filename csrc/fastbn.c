@@ -175,14 +175,154 @@ static inline ptrdiff_t fbn_block_rows(ptrdiff_t C)
     return r < FBN_MIN_ROWS ? FBN_MIN_ROWS : r;
 }
 
+/* ---- the kernels, once per element type and instruction set ------------ */
+
+/* Table of one element type's kernels (same signatures as fastbn.h). */
+#define FBN_OPS_TYPE_(s) fbn_ops_##s
+#define FBN_OPS_TYPE(s) FBN_OPS_TYPE_(s)
+#define FBN_DEFINE_OPS(T, SFX)                                                 \
+    typedef struct {                                                           \
+        int (*moments)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, double *,   \
+                       double *, int);                                         \
+        int (*train_forward)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t,       \
+                             const T *, const T *, const T *, double, int,     \
+                             T *, T *, T *, double *, int);                    \
+        int (*infer_forward)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t,       \
+                             const T *, const T *, const T *, const T *,       \
+                             const T *, double, int, T *, int);                \
+        int (*apply)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t,               \
+                     const double *, const double *, const T *, const T *,     \
+                     const T *, int, T *, int);                                \
+        int (*backward_reduce)(const T *, const T *, const T *, ptrdiff_t,     \
+                               ptrdiff_t, ptrdiff_t, const T *, double *,      \
+                               double *, int);                                 \
+        int (*backward_apply)(const T *, const T *, const T *, ptrdiff_t,      \
+                              ptrdiff_t, ptrdiff_t, const T *, const T *,      \
+                              const T *, const double *, const double *,       \
+                              double, int, T *, T *, int);                     \
+        int (*backward)(const T *, const T *, const T *, ptrdiff_t, ptrdiff_t, \
+                        ptrdiff_t, const T *, const T *, const T *, int, T *,  \
+                        T *, T *, T *, int);                                   \
+    } fbn_ops_##SFX;
+FBN_DEFINE_OPS(float, f32)
+FBN_DEFINE_OPS(double, f64)
+
+/* The portable baseline (SSE2 on x86-64; whatever the target has
+ * elsewhere). */
+#define FBN_ISA base
+#include "isa_instances.h"
+#undef FBN_ISA
+
+/* x86-64 with GCC or clang: the same source compiled for AVX2 and for
+ * AVX-512, chosen once at run time by a CPU check.  The reductions use a
+ * fixed number of explicit lanes and the build forbids FMA contraction, so
+ * every instruction set computes bitwise the same results; it is only
+ * faster. */
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) \
+    && !defined(FBN_NO_DISPATCH)
+#define FBN_HAVE_DISPATCH 1
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2")
+#endif
+#define FBN_ISA avx2
+#include "isa_instances.h"
+#undef FBN_ISA
+#if defined(__clang__)
+#pragma clang attribute pop
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq"))), apply_to = function)
+#else
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,prefer-vector-width=512")
+#endif
+#define FBN_ISA avx512
+#include "isa_instances.h"
+#undef FBN_ISA
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#else
+#define FBN_HAVE_DISPATCH 0
+#endif
+
+/* ---- instruction-set dispatch -------------------------------------------- */
+
+enum { FBN_ISA_BASE = 0, FBN_ISA_AVX2 = 1, FBN_ISA_AVX512 = 2 };
+static const char *const fbn_isa_names[] = {"baseline", "avx2", "avx512"};
+
+static const fbn_ops_f32 *const fbn_table_f32[] = {
+    &ops_f32_base,
+#if FBN_HAVE_DISPATCH
+    &ops_f32_avx2, &ops_f32_avx512,
+#endif
+};
+static const fbn_ops_f64 *const fbn_table_f64[] = {
+    &ops_f64_base,
+#if FBN_HAVE_DISPATCH
+    &ops_f64_avx2, &ops_f64_avx512,
+#endif
+};
+
+/* Best instruction set this CPU (and OS) supports among those built. */
+static int fbn_best_isa(void)
+{
+#if FBN_HAVE_DISPATCH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+        return FBN_ISA_AVX512;
+    if (__builtin_cpu_supports("avx2"))
+        return FBN_ISA_AVX2;
+#endif
+    return FBN_ISA_BASE;
+}
+
+static int fbn_isa = -1; /* -1: not chosen yet (the best one is used) */
+
+static int fbn_active_isa(void)
+{
+    int isa = fbn_isa;
+    return isa >= 0 ? isa : fbn_best_isa();
+}
+
+int fbn_set_simd(const char *name)
+{
+    int best = fbn_best_isa(), want = -1, i;
+    if (name == NULL || strcmp(name, "auto") == 0 || name[0] == '\0') {
+        fbn_isa = best;
+        return FBN_OK;
+    }
+    for (i = 0; i < 3; i++)
+        if (strcmp(name, fbn_isa_names[i]) == 0)
+            want = i;
+    if (want < 0 || want > best)
+        return FBN_EINVAL;
+    fbn_isa = want;
+    return FBN_OK;
+}
+
+const char *fbn_simd(void) { return fbn_isa_names[fbn_active_isa()]; }
+
+const char *fbn_simd_available(void)
+{
+    static const char *const avail[] = {"baseline", "baseline avx2",
+                                        "baseline avx2 avx512"};
+    return avail[fbn_best_isa()];
+}
+
 #define T float
 #define SFX f32
-#include "kernels_impl.h"
+#include "dispatch_impl.h"
 #undef T
 #undef SFX
 
 #define T double
 #define SFX f64
-#include "kernels_impl.h"
+#include "dispatch_impl.h"
 #undef T
 #undef SFX

@@ -53,6 +53,17 @@ long fbn_openmp_version(void);
  * "gcc 12.2.0; SSE2" (static storage). */
 const char *fbn_build_info(void);
 
+/* Instruction-set dispatch.  The kernels are compiled for a portable
+ * baseline and, on x86-64 with GCC or clang, also for AVX2 and AVX-512;
+ * the best one the CPU supports is used (all give bitwise the same
+ * results).  fbn_set_simd("auto" | "baseline" | "avx2" | "avx512") chooses
+ * one (FBN_EINVAL if it was not built or the CPU lacks it); call it before
+ * any kernel runs, not concurrently with kernels.  fbn_simd() names the
+ * active one; fbn_simd_available() lists those usable here, space-separated. */
+int fbn_set_simd(const char *name);
+const char *fbn_simd(void);
+const char *fbn_simd_available(void);
+
 #define FBN_DECLARE(T, SFX)                                                    \
   /* Per-channel mean and M2 (sum of squared deviations) in double; the      \
    * count is outer*inner.  mean, m2: C doubles each (written).              \

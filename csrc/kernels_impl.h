@@ -1,9 +1,10 @@
 /*
  * kernels_impl.h -- the forward kernels, written once for an element type.
  *
- * Included by fastbn.c with T (float or double) and SFX (f32 or f64)
- * defined.  NAME(f) gives the type-specific name f_SFX.  Everything but the
- * functions declared in fastbn.h is static.
+ * Included by fastbn.c with T (float or double), SFX (f32 or f64) and
+ * FBN_ISA (base, avx2, avx512: the instruction set the compiler may use)
+ * defined.  NAME(f) gives the specific name f_SFX_ISA.  Everything is
+ * static; the table NAME(ops) at the end is what fastbn.c dispatches to.
  *
  * Layouts of the (outer, C, inner) view:
  *   channel-first (inner > 1): channel c is `outer` runs of `inner` values;
@@ -16,9 +17,9 @@
  * mean that float cannot hold, so large offsets cancel exactly),
  * a = gamma * invstd and b = beta.
  */
-#define FBN_CAT_(a, b) a##_##b
-#define FBN_CAT(a, b) FBN_CAT_(a, b)
-#define NAME(f) FBN_CAT(f, SFX)
+#define FBN_CAT_(a, b, c) a##_##b##_##c
+#define FBN_CAT(a, b, c) FBN_CAT_(a, b, c)
+#define NAME(f) FBN_CAT(f, SFX, FBN_ISA)
 
 /* ---- reductions -------------------------------------------------------- */
 
@@ -392,7 +393,7 @@ static void NAME(apply_all)(const T *x, ptrdiff_t outer, ptrdiff_t C,
 
 /* ---- public kernels ---------------------------------------------------- */
 
-int NAME(fbn_moments)(const T *x, ptrdiff_t outer, ptrdiff_t C,
+static int NAME(k_moments)(const T *x, ptrdiff_t outer, ptrdiff_t C,
                       ptrdiff_t inner, double *mean, double *m2, int nthreads)
 {
     if (outer < 0 || C < 0 || inner < 0)
@@ -420,7 +421,7 @@ static void NAME(train_channel)(const T *x, ptrdiff_t C, ptrdiff_t inner,
         var_out[c] = var;
 }
 
-int NAME(fbn_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
+static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
                             ptrdiff_t inner, const T *gamma, const T *beta,
                             const T *z, double eps, int relu, T *y, T *mean_out,
                             T *invstd_out, double *var_out, int nthreads)
@@ -488,7 +489,7 @@ int NAME(fbn_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
     return status;
 }
 
-int NAME(fbn_infer_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
+static int NAME(k_infer_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
                             ptrdiff_t inner, const T *mean, const T *var,
                             const T *gamma, const T *beta, const T *z,
                             double eps, int relu, T *y, int nthreads)
@@ -510,7 +511,7 @@ int NAME(fbn_infer_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
     return FBN_OK;
 }
 
-int NAME(fbn_apply)(const T *x, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
+static int NAME(k_apply)(const T *x, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
                     const double *mean, const double *invstd, const T *gamma,
                     const T *beta, const T *z, int relu, T *y, int nthreads)
 {
@@ -531,6 +532,12 @@ int NAME(fbn_apply)(const T *x, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
 }
 
 #include "backward_impl.h"
+
+static const FBN_OPS_TYPE(SFX) NAME(ops) = {
+    NAME(k_moments),         NAME(k_train_forward), NAME(k_infer_forward),
+    NAME(k_apply),           NAME(k_backward_reduce), NAME(k_backward_apply),
+    NAME(k_backward),
+};
 
 #undef NAME
 #undef FBN_CAT

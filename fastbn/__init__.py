@@ -6,7 +6,14 @@ ReLU in as few passes over memory as possible, the backward pass, a
 BatchNorm layer with running statistics, synchronised statistics over MPI,
 and folding tools.  See README.md and ``help(fastbn.batch_norm_train)``.
 """
+import os as _os
+
 from ._version import __version__
+from . import _kernels
+
+# FASTBN_SIMD=baseline|avx2|avx512|auto picks the kernels' instruction set
+# (e.g. baseline under valgrind, which does not know AVX-512).
+_kernels.set_simd(_os.environ.get("FASTBN_SIMD", "auto").strip().lower() or "auto")
 from ._api import (batch_norm_backward, batch_norm_infer, batch_norm_train,
                    batch_stats, merge_moments, moments)
 from ._threads import get_num_threads, num_threads, set_num_threads, show_config

@@ -20,6 +20,9 @@ cdef extern from "fastbn.h" nogil:
     int fbn_omp_max_threads()
     long fbn_openmp_version()
     const char *fbn_build_info()
+    int fbn_set_simd(const char *name)
+    const char *fbn_simd()
+    const char *fbn_simd_available()
 
     int fbn_moments_f32(const float *x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
                         double *mean, double *m2, int nthreads)
@@ -133,6 +136,25 @@ def openmp_version():
 def build_info():
     """Compiler and SIMD baseline of the kernels, e.g. 'gcc 12.2.0; SSE2'."""
     return fbn_build_info().decode()
+
+
+def set_simd(str name):
+    """Choose the kernels' instruction set: 'auto', 'baseline', 'avx2' or
+    'avx512'.  Raises ValueError if it is not available on this CPU/build."""
+    cdef bytes b = name.encode()
+    if fbn_set_simd(b) != FBN_OK:
+        raise ValueError(f"FASTBN_SIMD={name!r} is not available here; choose one of "
+                         f"'auto', {', '.join(repr(s) for s in simd_available())}")
+
+
+def simd():
+    """Name of the instruction set the kernels use."""
+    return fbn_simd().decode()
+
+
+def simd_available():
+    """Instruction sets usable on this CPU with this build."""
+    return fbn_simd_available().decode().split()
 
 
 def moments(x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, int nthreads):

@@ -75,7 +75,9 @@ def config():
         "threads": get_num_threads(),
         "thread_setting": _setting,
         "compiler": _kernels.build_info().split("; ")[0],
-        "simd": _kernels.build_info().split("; ")[-1],
+        "simd_baseline": _kernels.build_info().split("; ")[-1],
+        "simd": _kernels.simd(),
+        "simd_available": _kernels.simd_available(),
     }
 
 
@@ -118,7 +120,9 @@ def show_config(file=None):
         f"  OpenMP:   {omp}",
         f"  threads:  {cfg['threads']} ({setting})",
         f"  compiler: {cfg['compiler']}",
-        f"  SIMD:     {cfg['simd']} baseline",
+        f"  SIMD:     {cfg['simd']} kernels in use (available: "
+        f"{', '.join(cfg['simd_available'])}; compiled baseline "
+        f"{cfg['simd_baseline']}; FASTBN_SIMD chooses)",
     ]
     print("\n".join(lines), file=file if file is not None else sys.stdout)
     return cfg
