@@ -142,10 +142,11 @@ def case_functional(dtype, layout, sizes, affine, relu, residual):
     check(case, "y (out=x)", y2, y0[lo:hi], dt)
 
 
-def case_layer(dtype, layout, sizes, relu, momentum):
+def case_layer(dtype, layout, sizes, relu, momentum, residual):
     name, shape_rest, axis = layout
     dt = np.dtype(dtype)
-    case = f"BatchNorm {name} {dt.name} sizes={sizes} relu={relu} momentum={momentum}"
+    case = (f"BatchNorm {name} {dt.name} sizes={sizes} relu={relu} "
+            f"momentum={momentum} residual={residual}")
     N = sum(sizes)
     shape = (N,) + shape_rest
     C = shape[axis]
@@ -160,11 +161,15 @@ def case_layer(dtype, layout, sizes, relu, momentum):
     for step in range(3):
         x = (rng.standard_normal(shape) * 2 + 5).astype(dt)
         dy = rng.standard_normal(shape).astype(dt)
-        y0 = bn0(x)
-        y1 = bn1(x[lo:hi])
+        z = rng.standard_normal(shape).astype(dt) if residual else None
+        y0 = bn0(x, z) if residual else bn0(x)
+        y1 = bn1(x[lo:hi], z[lo:hi]) if residual else bn1(x[lo:hi])
         check(case, f"step {step} y", y1, y0[lo:hi], dt)
         dx0 = bn0.backward(dy)
         dx1 = bn1.backward(dy[lo:hi])
+        if residual:
+            check(case, f"step {step} dresidual", dx1[1], dx0[1][lo:hi], dt)
+            dx0, dx1 = dx0[0], dx1[0]
         check(case, f"step {step} dx", dx1, dx0[lo:hi], dt)
         check(case, f"step {step} dgamma", bn1.dgamma, bn0.dgamma, dt)
         check(case, f"step {step} dbeta", bn1.dbeta, bn0.dbeta, dt)
@@ -264,8 +269,9 @@ def main():
         for dtype in (np.float64, np.float32):
             for layout in LAYOUTS[:2]:
                 for sizes in local_sizes()[1:3]:
-                    case_layer(dtype, layout, sizes, relu=dtype == np.float32,
-                               momentum=0.1 if dtype == np.float32 else None)
+                    f32 = dtype == np.float32
+                    case_layer(dtype, layout, sizes, relu=f32,
+                               momentum=0.1 if f32 else None, residual=f32)
     comm.Barrier()
     if rank == 0:
         print(f"mpi_worker: {size} ranks, {nchecks} checks per rank, layer "

@@ -5,8 +5,9 @@ tests/mpi_worker.py, which compares, on every rank, the synchronised
 forward, backward and layer with single-process fastbn on the concatenated
 global batch (see its docstring).  The jobs run as root and oversubscribed
 on small machines, with one OpenMP thread per rank, shared-memory transport
-only, and a timeout.  They are skipped only when mpi4py is not importable;
-a failing or hanging mpiexec fails the test with its output.
+only, and a timeout.  They are skipped only when mpi4py is not
+importable (and never under FASTBN_REQUIRE_MPI=1, which CI sets); a
+failing or hanging mpiexec fails the test with its output.
 
 The pytest process itself never initialises MPI (it never imports
 mpi4py.MPI); the error paths that need no MPI job run here with a stand-in
@@ -29,6 +30,18 @@ from fastbn import _mpi
 TESTS_DIR = Path(__file__).resolve().parent
 WORKER = TESTS_DIR / "mpi_worker.py"
 TIMEOUT = 120  # seconds per MPI job
+# CI sets FASTBN_REQUIRE_MPI=1: a missing mpi4py then fails instead of skipping
+REQUIRE_MPI = os.environ.get("FASTBN_REQUIRE_MPI") == "1"
+
+
+def need_mpi4py():
+    """Skip when mpi4py is not importable (fail under FASTBN_REQUIRE_MPI=1).
+    Imports the package only, never mpi4py.MPI (no MPI_Init in pytest)."""
+    if REQUIRE_MPI:
+        import mpi4py  # noqa: F401  (ImportError fails the test)
+    else:
+        pytest.importorskip("mpi4py", reason="mpi4py is not installed "
+                            "(pip install fastbn[mpi])")
 
 
 def _mpiexec():
@@ -76,15 +89,26 @@ def run_mpi(nprocs, script, *args, timeout=TIMEOUT):
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
+        # SIGTERM lets mpiexec kill its ranks (they run in their own process
+        # groups); then make sure nothing of the job's group is left.
+        proc.terminate()
+        try:
+            out, _ = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            out = ""
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if proc.poll() is None:
+            out += proc.communicate()[0] or ""
         pytest.fail(f"MPI job timed out after {timeout} s: {' '.join(cmd)}\n{out}")
     return proc.returncode, out
 
 
 @pytest.mark.parametrize("nprocs", [2, 3])
 def test_sync_batch_norm_matches_single_process(nprocs):
-    pytest.importorskip("mpi4py")
+    need_mpi4py()
     rc, out = run_mpi(nprocs, WORKER)
     assert rc == 0, f"mpiexec -n {nprocs} {WORKER.name} failed (exit {rc}):\n{out}"
     assert f"mpi_worker: {nprocs} ranks" in out, out
@@ -157,7 +181,7 @@ def test_bad_comm_is_a_type_error(fake_mpi4py, bad):
 
 def test_example_runs_on_2_ranks():
     """examples/mpi_sync_bn.py, small and quick, checks itself."""
-    pytest.importorskip("mpi4py")
+    need_mpi4py()
     example = TESTS_DIR.parent / "examples" / "mpi_sync_bn.py"
     if not example.exists():
         pytest.skip("examples/ is not part of this tree (installed tests)")
