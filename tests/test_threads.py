@@ -42,20 +42,28 @@ def test_set_num_threads_is_reported_with_openmp(restore_threads):
 
 
 def _have_openmp():
-    text = _config_text().lower()
-    return "openmp" in text and not any(
-        w in text for w in ("openmp: no", "openmp: off", "openmp: false",
-                            "openmp off", "without openmp",
-                            "openmp: disabled"))
-
-
-def _config_text():
+    """OpenMP status from show_config(): its returned dict's "openmp" entry
+    (fastbn's implementation), else the printed "OpenMP: yes/no" line."""
     import contextlib
     import io
+    import re
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        ret = fastbn.show_config()
-    return buf.getvalue() + ("" if ret is None else str(ret))
+        cfg = fastbn.show_config()
+    if isinstance(cfg, dict) and "openmp" in cfg:
+        return bool(cfg["openmp"])
+    m = re.search(r"OpenMP:\s*(\w+)", buf.getvalue() + str(cfg))
+    assert m, "show_config() does not state OpenMP on/off"
+    return m.group(1).lower() in ("yes", "on", "true", "enabled")
+
+
+@pytest.mark.parametrize("bad,exc", [(0, ValueError), (-2, ValueError),
+                                     (1.5, TypeError), ("2", TypeError)])
+def test_set_num_threads_rejects_bad_values(bad, exc, restore_threads):
+    fastbn.set_num_threads(2)
+    with pytest.raises(exc):
+        fastbn.set_num_threads(bad)
+    assert fastbn.get_num_threads() == 2  # unchanged
 
 
 def test_num_threads_context_manager_restores(restore_threads):
