@@ -1061,6 +1061,9 @@ def render(wrs: Sequence[WorkloadResult], info, threads: int, settings: str,
         out.append(("## " if markdown else "== ") +
                    "fastbn: 1 thread vs %d threads" % threads)
         out.append(("\n" if markdown else "") + table(head, rows) + "\n")
+    elif threads == 1:
+        out.append("(no 1-thread vs N-thread comparison: run with "
+                   "--threads N, N > 1)\n")
     out.append(("## " if markdown else "== ") + "Notes")
     out.append(("\n" if markdown else "") +
                "\n".join(("- " if markdown else "  * ") + n for n in NOTES))
