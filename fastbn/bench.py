@@ -960,9 +960,10 @@ def summary_rows(wrs: Sequence[WorkloadResult]) -> Tuple[List[str],
         other = wr.best_other()
         vs = "-"
         if other is not None and user is not None and user.median:
-            vs = "%.2fx %s" % (other.median / user.median,
-                               "faster" if other.median >= user.median
-                               else "SLOWER")
+            if other.median >= user.median:
+                vs = "%.2fx faster" % (other.median / user.median)
+            else:
+                vs = "%.2fx SLOWER" % (user.median / other.median)
         rows.append([w.key, ratio_text, w.target_text, met,
                      _f(wr.ratio(np_res) if np_res else None, "%.1fx"),
                      "%s %.2fx" % (other.impl, wr.ratio(other) or 0)
