@@ -11,15 +11,18 @@
  * and the residual's gradient (dz) is dy'.
  */
 
-/* Reductions of n contiguous values, in double, into s[0] (sum dy') and
- * s[1] (sum dy' * (x - m)). */
+/* Adds the reductions of n contiguous values to the lane accumulators
+ * s0 (sum dy') and s1 (sum dy' * (x - m)), FBN_LANES + 1 each, in double. */
 static inline void NAME(bsum_body)(const T *dy, const T *x, const T *y,
-                                   ptrdiff_t n, double m, double *s, int mask)
+                                   ptrdiff_t n, double m, double *s0,
+                                   double *s1, int mask)
 {
-    double a0[FBN_LANES] = {0}, a1[FBN_LANES] = {0};
-    double t0 = 0.0, t1 = 0.0;
+    double a0[FBN_LANES], a1[FBN_LANES];
+    double t0 = s0[FBN_LANES], t1 = s1[FBN_LANES];
     ptrdiff_t i = 0;
     int k;
+    memcpy(a0, s0, sizeof a0);
+    memcpy(a1, s1, sizeof a1);
     for (; i + FBN_LANES <= n; i += FBN_LANES)
         for (k = 0; k < FBN_LANES; k++) {
             double g = (double)dy[i + k];
@@ -35,10 +38,10 @@ static inline void NAME(bsum_body)(const T *dy, const T *x, const T *y,
         t0 += g;
         t1 += g * ((double)x[i] - m);
     }
-    s[0] += (((a0[0] + a0[1]) + (a0[2] + a0[3])) +
-             ((a0[4] + a0[5]) + (a0[6] + a0[7]))) + t0;
-    s[1] += (((a1[0] + a1[1]) + (a1[2] + a1[3])) +
-             ((a1[4] + a1[5]) + (a1[6] + a1[7]))) + t1;
+    memcpy(s0, a0, sizeof a0);
+    memcpy(s1, a1, sizeof a1);
+    s0[FBN_LANES] = t0;
+    s1[FBN_LANES] = t1;
 }
 
 /* Reductions over the values [i0, i1) of channel c (channel-first), added
@@ -49,12 +52,15 @@ static void NAME(bsum_range)(const T *dy, const T *x, const T *y, ptrdiff_t C,
 {
     fbn_seg sg = fbn_seg_start(i0, i1, inner);
     ptrdiff_t off, len;
+    double a0[FBN_LANES + 1] = {0}, a1[FBN_LANES + 1] = {0};
     while ((len = fbn_seg_next(&sg, C, inner, c, &off)) > 0) {
         if (y)
-            NAME(bsum_body)(dy + off, x + off, y + off, len, m, s, 1);
+            NAME(bsum_body)(dy + off, x + off, y + off, len, m, a0, a1, 1);
         else
-            NAME(bsum_body)(dy + off, x + off, NULL, len, m, s, 0);
+            NAME(bsum_body)(dy + off, x + off, NULL, len, m, a0, a1, 0);
     }
+    s[0] += fbn_lanes_total(a0);
+    s[1] += fbn_lanes_total(a1);
 }
 
 /* Reductions of a whole channel, chunk by chunk in order. */

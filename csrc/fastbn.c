@@ -33,7 +33,9 @@
 #define FBN_SERIAL_MAX 32768
 /* Independent accumulators in the reductions: lets the compiler vectorise
  * without reassociating (results do not depend on the data's alignment). */
-#define FBN_LANES 8
+#define FBN_LANES 16
+/* Per-channel constants of up to this many channels live on the stack. */
+#define FBN_STACK_C 64
 
 const char *fbn_strerror(int status)
 {
@@ -131,6 +133,19 @@ static inline void fbn_merge(double *na, double *ma, double *m2a, double nb,
     *ma += d * (nb / n);
     *m2a += m2b + d * d * (*na * (nb / n));
     *na = n;
+}
+
+/* Total of lane accumulators acc[0..FBN_LANES]: a fixed pairwise tree
+ * over the lanes, then the leftover accumulator. */
+static inline double fbn_lanes_total(const double *acc)
+{
+    double v[FBN_LANES];
+    int w, k;
+    memcpy(v, acc, sizeof v);
+    for (w = FBN_LANES / 2; w >= 1; w /= 2)
+        for (k = 0; k < w; k++)
+            v[k] += v[k + w];
+    return v[0] + acc[FBN_LANES];
 }
 
 /* Walk over the logical values [i0, i1) of one channel in channel-first

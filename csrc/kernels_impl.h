@@ -23,40 +23,41 @@
 
 /* ---- reductions -------------------------------------------------------- */
 
-/* Sum of n values, accumulated in double. */
-static double NAME(sum)(const T *x, ptrdiff_t n)
+/* Adds n values to the lane accumulators acc[0..FBN_LANES] (the last one
+ * takes the values that do not fill a row of lanes), in double. */
+static inline void NAME(sum_acc)(const T *x, ptrdiff_t n, double *acc)
 {
-    double acc[FBN_LANES] = {0};
-    double s = 0.0;
+    double v[FBN_LANES], t = acc[FBN_LANES];
     ptrdiff_t i = 0;
     int k;
+    memcpy(v, acc, sizeof v);
     for (; i + FBN_LANES <= n; i += FBN_LANES)
         for (k = 0; k < FBN_LANES; k++)
-            acc[k] += (double)x[i + k];
+            v[k] += (double)x[i + k];
     for (; i < n; i++)
-        s += (double)x[i];
-    return (((acc[0] + acc[1]) + (acc[2] + acc[3])) +
-            ((acc[4] + acc[5]) + (acc[6] + acc[7]))) + s;
+        t += (double)x[i];
+    memcpy(acc, v, sizeof v);
+    acc[FBN_LANES] = t;
 }
 
-/* Sum of squared deviations from m, in double. */
-static double NAME(ssd)(const T *x, ptrdiff_t n, double m)
+/* Adds the squared deviations of n values from m to the lane accumulators. */
+static inline void NAME(ssd_acc)(const T *x, ptrdiff_t n, double m, double *acc)
 {
-    double acc[FBN_LANES] = {0};
-    double s = 0.0;
+    double v[FBN_LANES], t = acc[FBN_LANES];
     ptrdiff_t i = 0;
     int k;
+    memcpy(v, acc, sizeof v);
     for (; i + FBN_LANES <= n; i += FBN_LANES)
         for (k = 0; k < FBN_LANES; k++) {
             double d = (double)x[i + k] - m;
-            acc[k] += d * d;
+            v[k] += d * d;
         }
     for (; i < n; i++) {
         double d = (double)x[i] - m;
-        s += d * d;
+        t += d * d;
     }
-    return (((acc[0] + acc[1]) + (acc[2] + acc[3])) +
-            ((acc[4] + acc[5]) + (acc[6] + acc[7]))) + s;
+    memcpy(acc, v, sizeof v);
+    acc[FBN_LANES] = t;
 }
 
 /* Two-pass moments of the values [i0, i1) of channel c (channel-first):
@@ -67,15 +68,16 @@ static void NAME(chunk_moments)(const T *x, ptrdiff_t C, ptrdiff_t inner,
 {
     fbn_seg s = fbn_seg_start(i0, i1, inner);
     ptrdiff_t off, len;
-    double sum = 0.0, q = 0.0, m;
+    double acc[FBN_LANES + 1] = {0}, m;
     while ((len = fbn_seg_next(&s, C, inner, c, &off)) > 0)
-        sum += NAME(sum)(x + off, len);
-    m = sum / (double)(i1 - i0);
+        NAME(sum_acc)(x + off, len, acc);
+    m = fbn_lanes_total(acc) / (double)(i1 - i0);
+    memset(acc, 0, sizeof acc);
     s = fbn_seg_start(i0, i1, inner);
     while ((len = fbn_seg_next(&s, C, inner, c, &off)) > 0)
-        q += NAME(ssd)(x + off, len, m);
+        NAME(ssd_acc)(x + off, len, m, acc);
     *mean = m;
-    *m2 = q;
+    *m2 = fbn_lanes_total(acc);
 }
 
 /* Moments of a whole channel (channel-first), chunk by chunk in order. */
@@ -427,13 +429,14 @@ static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
                             T *invstd_out, double *var_out, int nthreads)
 {
     ptrdiff_t ntot = outer * inner, c;
+    T stack_coef[4 * FBN_STACK_C];
     T *coef;
     int status = FBN_OK;
     if (outer < 0 || C < 0 || inner < 0 || (ntot < 1 && C > 0) || !(eps > 0))
         return FBN_EINVAL;
     if (C == 0)
         return FBN_OK;
-    coef = (T *)malloc(sizeof(T) * 4 * (size_t)C);
+    coef = C <= FBN_STACK_C ? stack_coef : (T *)malloc(sizeof(T) * 4 * (size_t)C);
     if (coef == NULL)
         return FBN_ENOMEM;
     if (inner > 1 || C == 1) {
@@ -456,7 +459,8 @@ static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
                                         relu, y, coef, mean_out, invstd_out,
                                         var_out);
             }
-            free(coef);
+            if (coef != stack_coef)
+                free(coef);
             return FBN_OK;
         }
     }
@@ -466,7 +470,8 @@ static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
         double *mean = (double *)malloc(sizeof(double) * 2 * (size_t)C);
         double *m2;
         if (mean == NULL) {
-            free(coef);
+            if (coef != stack_coef)
+                free(coef);
             return FBN_ENOMEM;
         }
         m2 = mean + C;
@@ -485,7 +490,8 @@ static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
         }
         free(mean);
     }
-    free(coef);
+    if (coef != stack_coef)
+        free(coef);
     return status;
 }
 
