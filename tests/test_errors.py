@@ -175,3 +175,85 @@ def test_errors_leave_out_and_inputs_untouched():
 def test_train_empty_batch_raises_value_error():
     with pytest.raises(ValueError):
         fastbn.batch_norm_train(np.zeros((0, C, 4), np.float32))
+
+
+def test_x_list_raises_type_error():
+    with pytest.raises(TypeError, match=word("x")):
+        fastbn.batch_norm_train([[1.0, 2.0], [3.0, 4.0]])
+
+
+@pytest.mark.parametrize("func", list(CALLS))
+def test_axis_not_integer_raises_type_error(func):
+    with pytest.raises(TypeError, match=word("axis")):
+        CALLS[func](X32, axis=1.0)
+
+
+def test_eps_nan_raises():
+    with pytest.raises(ValueError, match=word("eps")):
+        fastbn.batch_norm_train(X32, eps=float("nan"))
+
+
+@pytest.mark.parametrize("name", ["gamma", "beta"])
+def test_per_channel_non_numeric_raises_type_error(name):
+    with pytest.raises(TypeError, match=word(name)):
+        fastbn.batch_norm_train(X32, **{name: np.array(["a", "b", "c"])})
+
+
+@pytest.mark.parametrize("name", ["mean", "var"])
+def test_infer_mean_var_none_raises_type_error(name):
+    args = {"mean": ZEROS, "var": ONES, name: None}
+    with pytest.raises(TypeError, match=word(name)):
+        fastbn.batch_norm_infer(X32, args["mean"], args["var"])
+
+
+@pytest.mark.parametrize("func", ["train", "infer"])
+@pytest.mark.parametrize("victim", ["x", "residual"])
+def test_out_partially_overlapping_an_input_raises(func, victim):
+    n = X32.size
+    buf = np.zeros(n + 1, np.float32)
+    out = buf[:n].reshape(X32.shape)
+    other = buf[1:].reshape(X32.shape)
+    other[...] = np.arange(n).reshape(X32.shape)
+    kw = {"out": out}
+    x = X32
+    if victim == "x":
+        x = other
+    else:
+        kw["residual"] = other
+    with pytest.raises(ValueError, match=word("out")):
+        CALLS[func](x, **kw)
+
+
+@pytest.mark.parametrize("func", ["train", "infer"])
+def test_out_may_be_the_residual(func):
+    """out= the residual array itself (same memory, not partial) is fine."""
+    rng = np.random.default_rng(70)
+    x = rng.standard_normal((8, C, 7)).astype(np.float32)
+    z = rng.standard_normal((8, C, 7)).astype(np.float32)
+    want = CALLS[func](x, residual=z, relu=True)
+    zc = z.copy()
+    got = CALLS[func](x, residual=zc, relu=True, out=zc)
+    if func == "train":
+        want, got = want[0], got[0]
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(zc, want)
+
+
+def test_merge_moments_errors():
+    z3, z4 = np.zeros(3), np.zeros(4)
+    with pytest.raises(ValueError, match=word("parts")):
+        fastbn.merge_moments([])
+    with pytest.raises(ValueError, match="channels|shape"):
+        fastbn.merge_moments([(2, z3, z3), (2, z4, z4)])
+    with pytest.raises(ValueError, match="count"):
+        fastbn.merge_moments([(0, z3, z3)])
+    with pytest.raises(ValueError, match="count"):
+        fastbn.merge_moments([(-1, z3, z3)])
+    with pytest.raises(TypeError, match=word("parts")):
+        fastbn.merge_moments([(1, z3)])
+
+
+def test_batch_stats_empty_batch_raises():
+    # not specified by API.md; fastbn raises rather than returning NaN
+    with pytest.raises(ValueError, match=word("x")):
+        fastbn.batch_stats(np.zeros((0, C), np.float32))
