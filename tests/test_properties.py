@@ -6,9 +6,9 @@ from hypothesis import given, settings, strategies as st
 
 import fastbn
 import reference
-from helpers import assert_close, make_params, make_x
+from helpers import assert_bitwise_equal, assert_close, make_params, make_x
 
-SETTINGS = settings(max_examples=60, deadline=None)
+SETTINGS = settings(max_examples=150, deadline=None, database=None)
 
 
 @st.composite
@@ -132,3 +132,30 @@ def test_layout_invariance_property(prob):
     assert_close(np.moveaxis(y2, new_axis, axis), y1, dtype)
     assert_close(m2, m1, dtype)
     assert_close(i2, i1, dtype)
+
+
+@SETTINGS
+@given(problems(min_count=2), st.sampled_from(["fortran", "reversed",
+                                               "permuted", "bigendian"]))
+def test_memory_layout_does_not_change_bits_property(prob, kind):
+    """Any strided view / byte order of the same values gives bitwise the
+    result of the C-contiguous native array."""
+    shape, axis, dtype, seed = prob
+    rng = np.random.default_rng(seed)
+    x = make_x(rng, shape, axis, dtype)
+    if kind == "fortran":
+        xv = np.asfortranarray(x)
+    elif kind == "reversed":
+        xv = np.ascontiguousarray(x[::-1, ..., ::-1])[::-1, ..., ::-1]
+    elif kind == "permuted":
+        perm = rng.permutation(len(shape))
+        xv = np.ascontiguousarray(x.transpose(perm)).transpose(np.argsort(perm))
+    else:
+        xv = x.astype(x.dtype.newbyteorder(">"))
+    np.testing.assert_array_equal(xv, x)
+    for p, q in zip(fastbn.batch_norm_train(xv, axis=axis, relu=True),
+                    fastbn.batch_norm_train(x, axis=axis, relu=True)):
+        assert_bitwise_equal(p, q)
+    for p, q in zip(fastbn.batch_stats(xv, axis=axis),
+                    fastbn.batch_stats(x, axis=axis)):
+        assert_bitwise_equal(p, q)
