@@ -21,6 +21,7 @@ process (Linux's /proc/self/task) before and after one large kernel call.
 """
 import io
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -107,9 +108,19 @@ def test_threadpoolctl_controls_the_runtime_fastbn_uses(follow_openmp):
 def test_runtime_is_the_copy_bundled_in_the_wheel():
     cfg, text = _config()
     pkg = Path(fastbn.__file__).resolve().parent
+    # auditwheel and delvewheel: fastbn.libs/ beside the package; delocate:
+    # fastbn/.dylibs/
     bundled = [pkg.parent / "fastbn.libs", pkg / ".dylibs"]
-    runtime = cfg["openmp_runtime"] or ""
-    assert any(str(d) in runtime for d in bundled), (
+    # show_config names the runtime as "path, path" (Linux) or
+    # "api (path)" (threadpoolctl, elsewhere)
+    paths = [p.strip() for p in re.split(r"[,()]", cfg["openmp_runtime"] or "")
+             if "/" in p or "\\" in p]
+
+    def norm(p):
+        return os.path.normcase(os.path.realpath(p))
+
+    assert any(norm(p).startswith(norm(d) + os.sep)
+               for p in paths for d in bundled), (
         f"the OpenMP runtime in use is not the one bundled with fastbn "
         f"({' or '.join(map(str, bundled))}):\n{text}")
 
