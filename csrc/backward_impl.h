@@ -23,7 +23,10 @@ static inline void NAME(bsum_body)(const T *dy, const T *x, const T *y,
     int k;
     memcpy(a0, s0, sizeof a0);
     memcpy(a1, s1, sizeof a1);
+    /* `omp simd` makes the compiler turn the mask into a blend: a branch
+     * on a random ReLU mask costs more than the whole reduction */
     for (; i + FBN_LANES <= n; i += FBN_LANES)
+#pragma omp simd
         for (k = 0; k < FBN_LANES; k++) {
             double g = (double)dy[i + k];
             if (mask)
@@ -94,12 +97,14 @@ static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
         const T *dr = dy + r * C, *xr = x + r * C;
         const T *yr = y ? y + r * C : NULL;
         if (yr) {
+#pragma omp simd
             for (c = 0; c < C; c++) {
                 double g = yr[c] > (T)0 ? (double)dr[c] : 0.0;
                 s0[c] += g;
                 s1[c] += g * ((double)xr[c] - m[c]);
             }
         } else {
+#pragma omp simd
             for (c = 0; c < C; c++) {
                 double g = (double)dr[c];
                 s0[c] += g;
@@ -236,7 +241,7 @@ static void NAME(bcoef_one)(T *k, ptrdiff_t C, ptrdiff_t c, const T *mean,
 
 /* dx (and dz) for n contiguous values with the given constants; the flags
  * become constants in each call, so each loop is simple. */
-static void NAME(bapply_seg)(const T *dy, const T *x, const T *y, T *dx, T *dz,
+static void NAME(bapply_any)(const T *dy, const T *x, const T *y, T *dx, T *dz,
                              ptrdiff_t n, T m, T A, T B, T D, int training)
 {
     if (training) {
@@ -258,22 +263,58 @@ static void NAME(bapply_seg)(const T *dy, const T *x, const T *y, T *dx, T *dz,
     }
 }
 
+/* dx (and dz) for n contiguous values; mode as for the forward's apply_seg:
+ * non-temporal outputs through L1 tiles, prefetch of the next channel's dy,
+ * x and y. */
+static void NAME(bapply_seg)(const T *dy, const T *x, const T *y, T *dx, T *dz,
+                             ptrdiff_t n, T m, T A, T B, T D, int training,
+                             const fbn_mode *mode)
+{
+    T bx[FBN_TILE], bz[FBN_TILE];
+    ptrdiff_t t = 0;
+    if (!mode->nt && !mode->pf) {
+        NAME(bapply_any)(dy, x, y, dx, dz, n, m, A, B, D, training);
+        return;
+    }
+    while (t < n) {
+        ptrdiff_t len = fbn_min(FBN_TILE, n - t);
+        const T *yt = y ? y + t : NULL;
+        if (mode->pf) {
+            fbn_prefetch(dy + t + mode->pf, (size_t)len * sizeof(T));
+            fbn_prefetch(x + t + mode->pf, (size_t)len * sizeof(T));
+            if (y)
+                fbn_prefetch(y + t + mode->pf, (size_t)len * sizeof(T));
+        }
+        if (mode->nt) {
+            NAME(bapply_any)(dy + t, x + t, yt, bx, dz ? bz : NULL, len, m, A, B, D,
+                             training);
+            fbn_stream(dx + t, bx, (size_t)len * sizeof(T));
+            if (dz)
+                fbn_stream(dz + t, bz, (size_t)len * sizeof(T));
+        } else {
+            NAME(bapply_any)(dy + t, x + t, yt, dx + t, dz ? dz + t : NULL, len, m,
+                             A, B, D, training);
+        }
+        t += len;
+    }
+}
+
 /* Values [i0, i1) of channel c (channel-first). */
 static void NAME(bapply_range)(const T *dy, const T *x, const T *y, T *dx,
                                T *dz, ptrdiff_t C, ptrdiff_t inner,
                                ptrdiff_t c, ptrdiff_t i0, ptrdiff_t i1,
-                               const T *k, int training)
+                               const T *k, int training, const fbn_mode *mode)
 {
     fbn_seg sg = fbn_seg_start(i0, i1, inner);
     ptrdiff_t off, len;
     T m = k[c], A = k[C + c], B = k[2 * C + c], D = k[3 * C + c];
     while ((len = fbn_seg_next(&sg, C, inner, c, &off)) > 0)
         NAME(bapply_seg)(dy + off, x + off, y ? y + off : NULL, dx + off,
-                         dz ? dz + off : NULL, len, m, A, B, D, training);
+                         dz ? dz + off : NULL, len, m, A, B, D, training, mode);
 }
 
 /* Rows [r0, r1) of dx (channel-last); the constants are per channel. */
-static void NAME(bapply_rows)(const T *dy, const T *x, const T *y, T *dx,
+static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx,
                               T *dz, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
                               const T *k, int training)
 {
@@ -300,10 +341,34 @@ static void NAME(bapply_rows)(const T *dy, const T *x, const T *y, T *dx,
     }
 }
 
+/* Rows [r0, r1) (channel-last); with mode->nt, groups of rows go through
+ * L1 tiles and out with non-temporal stores. */
+static void NAME(bapply_rows)(const T *dy, const T *x, const T *y, T *dx,
+                              T *dz, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
+                              const T *k, int training, const fbn_mode *mode)
+{
+    T bx[FBN_TILE], bz[FBN_TILE];
+    ptrdiff_t g = FBN_TILE / C, r;
+    if (!mode->nt || g < 1) {
+        NAME(brows_any)(dy, x, y, dx, dz, C, r0, r1, k, training);
+        return;
+    }
+    for (r = r0; r < r1; r += g) {
+        ptrdiff_t nr = fbn_min(g, r1 - r);
+        size_t bytes = (size_t)(nr * C) * sizeof(T);
+        NAME(brows_any)(dy + r * C, x + r * C, y ? y + r * C : NULL, bx,
+                        dz ? bz : NULL, C, 0, nr, k, training);
+        fbn_stream(dx + r * C, bx, bytes);
+        if (dz)
+            fbn_stream(dz + r * C, bz, bytes);
+    }
+}
+
 /* Channel-first values [i0, i1) of the flat array, in memory order. */
 static void NAME(bapply_flat)(const T *dy, const T *x, const T *y, T *dx,
                               T *dz, ptrdiff_t C, ptrdiff_t inner, ptrdiff_t i0,
-                              ptrdiff_t i1, const T *k, int training)
+                              ptrdiff_t i1, const T *k, int training,
+                              const fbn_mode *mode)
 {
     ptrdiff_t i = i0;
     while (i < i1) {
@@ -311,7 +376,7 @@ static void NAME(bapply_flat)(const T *dy, const T *x, const T *y, T *dx,
         ptrdiff_t len = fbn_min(inner - j, i1 - i);
         NAME(bapply_seg)(dy + i, x + i, y ? y + i : NULL, dx + i,
                          dz ? dz + i : NULL, len, k[c], k[C + c], k[2 * C + c],
-                         k[3 * C + c], training);
+                         k[3 * C + c], training, mode);
         i += len;
     }
 }
@@ -322,6 +387,9 @@ static void NAME(bapply_all)(const T *dy, const T *x, const T *y,
                              int nthreads)
 {
     ptrdiff_t ntot = outer * inner;
+    fbn_mode mode;
+    mode.nt = fbn_use_nt((size_t)(ntot * C) * sizeof(T));
+    mode.pf = 0;
     if (ntot == 0 || C == 0)
         return;
     if (inner > 1 || C == 1) {
@@ -335,9 +403,10 @@ static void NAME(bapply_all)(const T *dy, const T *x, const T *y,
             for (b = 0; b < nb; b++)
                 NAME(bapply_flat)(dy, x, y, dx, dz, C, inner, b * FBN_BLOCK_VALUES,
                                   fbn_min(b * FBN_BLOCK_VALUES + FBN_BLOCK_VALUES, size),
-                                  k, training);
+                                  k, training, &mode);
         } else {
-            NAME(bapply_flat)(dy, x, y, dx, dz, C, inner, 0, size, k, training);
+            NAME(bapply_flat)(dy, x, y, dx, dz, C, inner, 0, size, k, training,
+                              &mode);
         }
     } else {
         ptrdiff_t rb = fbn_block_rows(C);
@@ -347,11 +416,13 @@ static void NAME(bapply_all)(const T *dy, const T *x, const T *y,
 #pragma omp parallel for num_threads(nth) schedule(static)
             for (b = 0; b < nb; b++)
                 NAME(bapply_rows)(dy, x, y, dx, dz, C, b * rb,
-                                  fbn_min(b * rb + rb, outer), k, training);
+                                  fbn_min(b * rb + rb, outer), k, training, &mode);
         } else {
-            NAME(bapply_rows)(dy, x, y, dx, dz, C, 0, outer, k, training);
+            NAME(bapply_rows)(dy, x, y, dx, dz, C, 0, outer, k, training, &mode);
         }
     }
+    if (mode.nt)
+        fbn_sfence();
 }
 
 static int NAME(k_backward_reduce)(const T *dy, const T *x, const T *y,
@@ -396,13 +467,16 @@ static void NAME(backward_channel)(const T *dy, const T *x, const T *y,
                                    ptrdiff_t ntot, const T *mean,
                                    const T *invstd, const T *gamma,
                                    int training, T *dx, T *dz, T *k,
-                                   T *dgamma, T *dbeta)
+                                   T *dgamma, T *dbeta, int nt, ptrdiff_t c_end)
 {
     double sdy, sdyx;
+    fbn_mode mode;
+    mode.nt = nt;
+    mode.pf = (fbn_prefetch_on() && c + 1 < c_end) ? inner : 0;
     NAME(bsum_channel)(dy, x, y, C, inner, c, ntot, (double)mean[c], &sdy, &sdyx);
     NAME(bcoef_one)(k, C, c, mean, invstd, gamma, training ? sdy : 0.0,
                     training ? sdyx : 0.0, training ? (double)ntot : 1.0);
-    NAME(bapply_range)(dy, x, y, dx, dz, C, inner, c, 0, ntot, k, training);
+    NAME(bapply_range)(dy, x, y, dx, dz, C, inner, c, 0, ntot, k, training, &mode);
     dgamma[c] = (T)(sdyx * (double)invstd[c]);
     dbeta[c] = (T)sdy;
 }
@@ -432,17 +506,28 @@ static int NAME(k_backward)(const T *dy, const T *x, const T *y, ptrdiff_t outer
         int nth = fbn_threads(nthreads, ntot * C, C * nk);
         ptrdiff_t cin = (C == 1 && inner == 1) ? outer : inner;
         if (nth <= 1 || C >= 4 * (ptrdiff_t)nth) {
+            /* fused; contiguous blocks of channels per thread, each thread
+             * prefetching its next channel */
+            int nt = fbn_use_nt((size_t)(ntot * C) * sizeof(T));
+            ptrdiff_t t;
             if (nth > 1) {
-#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
-                for (c = 0; c < C; c++)
-                    NAME(backward_channel)(dy, x, y, C, cin, c, ntot, mean, invstd,
-                                           gamma, training, dx, dz, k, dgamma,
-                                           dbeta);
+#pragma omp parallel for num_threads(nth) schedule(static, 1)
+                for (t = 0; t < nth; t++) {
+                    ptrdiff_t c0 = C * t / nth, c1 = C * (t + 1) / nth, cc;
+                    for (cc = c0; cc < c1; cc++)
+                        NAME(backward_channel)(dy, x, y, C, cin, cc, ntot, mean,
+                                               invstd, gamma, training, dx, dz, k,
+                                               dgamma, dbeta, nt, c1);
+                    if (nt)
+                        fbn_sfence();
+                }
             } else {
                 for (c = 0; c < C; c++)
                     NAME(backward_channel)(dy, x, y, C, cin, c, ntot, mean, invstd,
                                            gamma, training, dx, dz, k, dgamma,
-                                           dbeta);
+                                           dbeta, nt, C);
+                if (nt)
+                    fbn_sfence();
             }
             free(k);
             return FBN_OK;

@@ -14,6 +14,7 @@
  */
 #include <math.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 
 #ifdef _OPENMP
@@ -21,6 +22,13 @@
 #endif
 
 #include "fastbn.h"
+
+#if defined(__SSE2__) || defined(_M_X64)
+#include <emmintrin.h>
+#define FBN_HAVE_NT 1
+#else
+#define FBN_HAVE_NT 0
+#endif
 
 /* Values per statistics chunk in channel-first layout: small enough that the
  * second pass of the two-pass variance reads it from L1/L2. */
@@ -34,6 +42,11 @@
 /* Independent accumulators in the reductions: lets the compiler vectorise
  * without reassociating (results do not depend on the data's alignment). */
 #define FBN_LANES 16
+/* Values per tile when results go out through an L1 buffer. */
+#define FBN_TILE 1024
+/* Outputs of at least this many bytes are written with non-temporal
+ * stores (they would not stay in cache anyway); tunable for measurements. */
+#define FBN_NT_BYTES_DEFAULT (24L * 1024 * 1024)
 /* Per-channel constants of up to this many channels live on the stack. */
 #define FBN_STACK_C 64
 
@@ -105,6 +118,88 @@ long fbn_openmp_version(void)
 #endif
 
 const char *fbn_build_info(void) { return FBN_COMPILER "; " FBN_SIMD; }
+
+/* ---- memory traffic: non-temporal stores and prefetch ------------------- */
+
+/* How one pass writes and reads ahead: nt = non-temporal output stores,
+ * pf = prefetch the values pf elements after the current ones. */
+typedef struct {
+    int nt;
+    ptrdiff_t pf;
+} fbn_mode;
+
+static long long fbn_nt_bytes = FBN_NT_BYTES_DEFAULT;
+static int fbn_prefetch_enabled = 1;
+
+void fbn_set_tuning(long long nt_min_bytes, int prefetch)
+{
+    fbn_nt_bytes = nt_min_bytes;
+    fbn_prefetch_enabled = prefetch != 0;
+}
+
+void fbn_get_tuning(long long *nt_min_bytes, int *prefetch)
+{
+    *nt_min_bytes = fbn_nt_bytes;
+    *prefetch = fbn_prefetch_enabled;
+}
+
+static inline int fbn_use_nt(size_t out_bytes)
+{
+    return FBN_HAVE_NT && fbn_nt_bytes >= 0 && (long long)out_bytes >= fbn_nt_bytes;
+}
+
+static inline int fbn_prefetch_on(void) { return fbn_prefetch_enabled; }
+
+/* Copy n bytes to dst with non-temporal stores where dst is 16-byte
+ * aligned (plain copies for the unaligned head and the tail). */
+static inline void fbn_stream(void *dst, const void *src, size_t n)
+{
+#if FBN_HAVE_NT
+    char *d = (char *)dst;
+    const char *s = (const char *)src;
+    size_t head = (16 - ((size_t)(uintptr_t)d & 15)) & 15;
+    if (head > n)
+        head = n;
+    memcpy(d, s, head);
+    d += head;
+    s += head;
+    n -= head;
+    for (; n >= 64; n -= 64, d += 64, s += 64) {
+        __m128i a = _mm_loadu_si128((const __m128i *)s);
+        __m128i b = _mm_loadu_si128((const __m128i *)(s + 16));
+        __m128i c = _mm_loadu_si128((const __m128i *)(s + 32));
+        __m128i e = _mm_loadu_si128((const __m128i *)(s + 48));
+        _mm_stream_si128((__m128i *)d, a);
+        _mm_stream_si128((__m128i *)(d + 16), b);
+        _mm_stream_si128((__m128i *)(d + 32), c);
+        _mm_stream_si128((__m128i *)(d + 48), e);
+    }
+    memcpy(d, s, n);
+#else
+    memcpy(dst, src, n);
+#endif
+}
+
+/* Makes this thread's non-temporal stores visible before it moves on. */
+static inline void fbn_sfence(void)
+{
+#if FBN_HAVE_NT
+    _mm_sfence();
+#endif
+}
+
+/* Asks for n bytes at p to be brought towards the cache. */
+static inline void fbn_prefetch(const void *p, size_t n)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    const char *q = (const char *)p, *end = q + n;
+    for (; q < end; q += 64)
+        __builtin_prefetch(q, 0, 2);
+#else
+    (void)p;
+    (void)n;
+#endif
+}
 
 /* Threads to use for `work` values: serial for small work or without
  * OpenMP, never more threads than there are work items. */

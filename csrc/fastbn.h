@@ -61,6 +61,13 @@ const char *fbn_build_info(void);
  * any kernel runs, not concurrently with kernels.  fbn_simd() names the
  * active one; fbn_simd_available() lists those usable here, space-separated. */
 int fbn_set_simd(const char *name);
+
+/* Memory-traffic tuning, for measurements (not thread-safe; set before
+ * kernels run).  Outputs of at least nt_min_bytes are written with
+ * non-temporal stores (-1: never); prefetch = 0 turns off the fused
+ * forward's prefetch of the next channel. */
+void fbn_set_tuning(long long nt_min_bytes, int prefetch);
+void fbn_get_tuning(long long *nt_min_bytes, int *prefetch);
 const char *fbn_simd(void);
 const char *fbn_simd_available(void);
 

@@ -256,7 +256,7 @@ static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
     }
 }
 
-static void NAME(apply_seg)(const T *x, const T *z, T *y, ptrdiff_t n, T mh,
+static void NAME(apply_any)(const T *x, const T *z, T *y, ptrdiff_t n, T mh,
                             T ml, T a, T b, int relu)
 {
     if (relu) {
@@ -269,6 +269,33 @@ static void NAME(apply_seg)(const T *x, const T *z, T *y, ptrdiff_t n, T mh,
             NAME(apply_body)(x, z, y, n, mh, ml, a, b, 0, 1);
         else
             NAME(apply_body)(x, z, y, n, mh, ml, a, b, 0, 0);
+    }
+}
+
+/* The transform of n contiguous values.  mode->nt: write y with
+ * non-temporal stores (through a tile in L1), for outputs too large to stay
+ * in cache; mode->pf: prefetch the values pf elements ahead of x (the next
+ * channel's run in the fused forward) while working. */
+static void NAME(apply_seg)(const T *x, const T *z, T *y, ptrdiff_t n, T mh,
+                            T ml, T a, T b, int relu, const fbn_mode *mode)
+{
+    T buf[FBN_TILE];
+    ptrdiff_t t = 0;
+    if (!mode->nt && !mode->pf) {
+        NAME(apply_any)(x, z, y, n, mh, ml, a, b, relu);
+        return;
+    }
+    while (t < n) {
+        ptrdiff_t len = fbn_min(FBN_TILE, n - t);
+        if (mode->pf)
+            fbn_prefetch(x + t + mode->pf, (size_t)len * sizeof(T));
+        if (mode->nt) {
+            NAME(apply_any)(x + t, z ? z + t : NULL, buf, len, mh, ml, a, b, relu);
+            fbn_stream(y + t, buf, (size_t)len * sizeof(T));
+        } else {
+            NAME(apply_any)(x + t, z ? z + t : NULL, y + t, len, mh, ml, a, b, relu);
+        }
+        t += len;
     }
 }
 
@@ -288,14 +315,15 @@ static void NAME(coef_one)(T *coef, ptrdiff_t C, ptrdiff_t c, double mean,
 /* Values [i0, i1) of channel c, channel-first. */
 static void NAME(apply_range)(const T *x, const T *z, T *y, ptrdiff_t C,
                               ptrdiff_t inner, ptrdiff_t c, ptrdiff_t i0,
-                              ptrdiff_t i1, const T *coef, int relu)
+                              ptrdiff_t i1, const T *coef, int relu,
+                              const fbn_mode *mode)
 {
     fbn_seg s = fbn_seg_start(i0, i1, inner);
     ptrdiff_t off, len;
     T mh = coef[c], ml = coef[C + c], a = coef[2 * C + c], b = coef[3 * C + c];
     while ((len = fbn_seg_next(&s, C, inner, c, &off)) > 0)
         NAME(apply_seg)(x + off, z ? z + off : NULL, y + off, len, mh, ml, a, b,
-                        relu);
+                        relu, mode);
 }
 
 static inline void NAME(rows_body)(const T *x, const T *z, T *y, ptrdiff_t C,
@@ -320,9 +348,8 @@ static inline void NAME(rows_body)(const T *x, const T *z, T *y, ptrdiff_t C,
     }
 }
 
-/* Rows [r0, r1), channel-last. */
-static void NAME(apply_rows)(const T *x, const T *z, T *y, ptrdiff_t C,
-                             ptrdiff_t r0, ptrdiff_t r1, const T *coef, int relu)
+static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
+                           ptrdiff_t r0, ptrdiff_t r1, const T *coef, int relu)
 {
     if (relu) {
         if (z)
@@ -337,18 +364,37 @@ static void NAME(apply_rows)(const T *x, const T *z, T *y, ptrdiff_t C,
     }
 }
 
+/* Rows [r0, r1), channel-last; with mode->nt, groups of rows go through a
+ * tile in L1 and out with non-temporal stores. */
+static void NAME(apply_rows)(const T *x, const T *z, T *y, ptrdiff_t C,
+                             ptrdiff_t r0, ptrdiff_t r1, const T *coef, int relu,
+                             const fbn_mode *mode)
+{
+    T buf[FBN_TILE];
+    ptrdiff_t k = FBN_TILE / C, r;
+    if (!mode->nt || k < 1) {
+        NAME(rows_any)(x, z, y, C, r0, r1, coef, relu);
+        return;
+    }
+    for (r = r0; r < r1; r += k) {
+        ptrdiff_t nr = fbn_min(k, r1 - r);
+        NAME(rows_any)(x + r * C, z ? z + r * C : NULL, buf, C, 0, nr, coef, relu);
+        fbn_stream(y + r * C, buf, (size_t)(nr * C) * sizeof(T));
+    }
+}
+
 /* Channel-first values [i0, i1) of the flat array, in memory order: each
  * run of `inner` values uses its channel's constants. */
 static void NAME(apply_flat)(const T *x, const T *z, T *y, ptrdiff_t C,
                              ptrdiff_t inner, ptrdiff_t i0, ptrdiff_t i1,
-                             const T *coef, int relu)
+                             const T *coef, int relu, const fbn_mode *mode)
 {
     ptrdiff_t i = i0;
     while (i < i1) {
         ptrdiff_t r = i / inner, j = i - r * inner, c = r % C;
         ptrdiff_t len = fbn_min(inner - j, i1 - i);
         NAME(apply_seg)(x + i, z ? z + i : NULL, y + i, len, coef[c],
-                        coef[C + c], coef[2 * C + c], coef[3 * C + c], relu);
+                        coef[C + c], coef[2 * C + c], coef[3 * C + c], relu, mode);
         i += len;
     }
 }
@@ -360,6 +406,9 @@ static void NAME(apply_all)(const T *x, ptrdiff_t outer, ptrdiff_t C,
                             int relu, T *y, int nthreads)
 {
     ptrdiff_t ntot = outer * inner;
+    fbn_mode mode;
+    mode.nt = fbn_use_nt((size_t)(ntot * C) * sizeof(T));
+    mode.pf = 0;
     if (ntot == 0 || C == 0)
         return;
     if (inner > 1 || C == 1) {
@@ -373,9 +422,9 @@ static void NAME(apply_all)(const T *x, ptrdiff_t outer, ptrdiff_t C,
             for (b = 0; b < nb; b++)
                 NAME(apply_flat)(x, z, y, C, inner, b * FBN_BLOCK_VALUES,
                                  fbn_min(b * FBN_BLOCK_VALUES + FBN_BLOCK_VALUES, size),
-                                 coef, relu);
+                                 coef, relu, &mode);
         } else {
-            NAME(apply_flat)(x, z, y, C, inner, 0, size, coef, relu);
+            NAME(apply_flat)(x, z, y, C, inner, 0, size, coef, relu, &mode);
         }
     } else {
         ptrdiff_t rb = fbn_block_rows(C);
@@ -386,11 +435,13 @@ static void NAME(apply_all)(const T *x, ptrdiff_t outer, ptrdiff_t C,
 #pragma omp parallel for num_threads(nth) schedule(static)
             for (b = 0; b < nb; b++)
                 NAME(apply_rows)(x, z, y, C, b * rb, fbn_min(b * rb + rb, outer),
-                                 coef, relu);
+                                 coef, relu, &mode);
         } else {
-            NAME(apply_rows)(x, z, y, C, 0, outer, coef, relu);
+            NAME(apply_rows)(x, z, y, C, 0, outer, coef, relu, &mode);
         }
     }
+    if (mode.nt)
+        fbn_sfence();
 }
 
 /* ---- public kernels ---------------------------------------------------- */
@@ -409,14 +460,19 @@ static void NAME(train_channel)(const T *x, ptrdiff_t C, ptrdiff_t inner,
                                 ptrdiff_t c, ptrdiff_t ntot, const T *gamma,
                                 const T *beta, const T *z, double eps, int relu,
                                 T *y, T *coef, T *mean_out, T *invstd_out,
-                                double *var_out)
+                                double *var_out, int nt, ptrdiff_t c_end)
 {
     double m, q, var, inv;
+    fbn_mode mode;
+    mode.nt = nt;
+    /* prefetch the next channel of this thread while this one is
+     * normalised from cache */
+    mode.pf = (fbn_prefetch_on() && c + 1 < c_end) ? inner : 0;
     NAME(channel_moments)(x, C, inner, c, ntot, &m, &q);
     var = q / (double)ntot;
     inv = 1.0 / sqrt(var + eps);
     NAME(coef_one)(coef, C, c, m, inv, gamma, beta);
-    NAME(apply_range)(x, z, y, C, inner, c, 0, ntot, coef, relu);
+    NAME(apply_range)(x, z, y, C, inner, c, 0, ntot, coef, relu, &mode);
     mean_out[c] = (T)m;
     invstd_out[c] = (T)inv;
     if (var_out)
@@ -446,18 +502,29 @@ static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
         if (C == 1 && inner == 1)
             cin = outer;
         if (nth <= 1 || C >= 4 * (ptrdiff_t)nth) {
-            /* fused: each channel's values are read from memory once */
+            /* fused: each channel's values are read from memory once; each
+             * thread takes a contiguous block of channels so that it can
+             * prefetch its next channel */
+            int nt = fbn_use_nt((size_t)(ntot * C) * sizeof(T));
+            ptrdiff_t t;
             if (nth > 1) {
-#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
-                for (c = 0; c < C; c++)
-                    NAME(train_channel)(x, C, cin, c, ntot, gamma, beta, z, eps,
-                                        relu, y, coef, mean_out, invstd_out,
-                                        var_out);
+#pragma omp parallel for num_threads(nth) schedule(static, 1)
+                for (t = 0; t < nth; t++) {
+                    ptrdiff_t c0 = C * t / nth, c1 = C * (t + 1) / nth, cc;
+                    for (cc = c0; cc < c1; cc++)
+                        NAME(train_channel)(x, C, cin, cc, ntot, gamma, beta, z,
+                                            eps, relu, y, coef, mean_out,
+                                            invstd_out, var_out, nt, c1);
+                    if (nt)
+                        fbn_sfence();
+                }
             } else {
                 for (c = 0; c < C; c++)
                     NAME(train_channel)(x, C, cin, c, ntot, gamma, beta, z, eps,
                                         relu, y, coef, mean_out, invstd_out,
-                                        var_out);
+                                        var_out, nt, C);
+                if (nt)
+                    fbn_sfence();
             }
             if (coef != stack_coef)
                 free(coef);

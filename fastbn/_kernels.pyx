@@ -21,6 +21,8 @@ cdef extern from "fastbn.h" nogil:
     long fbn_openmp_version()
     const char *fbn_build_info()
     int fbn_set_simd(const char *name)
+    void fbn_set_tuning(long long nt_min_bytes, int prefetch)
+    void fbn_get_tuning(long long *nt_min_bytes, int *prefetch)
     const char *fbn_simd()
     const char *fbn_simd_available()
 
@@ -145,6 +147,17 @@ def set_simd(str name):
     if fbn_set_simd(b) != FBN_OK:
         raise ValueError(f"FASTBN_SIMD={name!r} is not available here; choose one of "
                          f"'auto', {', '.join(repr(s) for s in simd_available())}")
+
+
+def set_tuning(long long nt_min_bytes, bint prefetch):
+    """Memory-traffic tuning for measurements: outputs of at least
+    nt_min_bytes use non-temporal stores (-1: never); prefetch toggles the
+    fused forward's prefetch of the next channel.  Returns the old values."""
+    cdef long long old_nt
+    cdef int old_pf
+    fbn_get_tuning(&old_nt, &old_pf)
+    fbn_set_tuning(nt_min_bytes, prefetch)
+    return old_nt, bool(old_pf)
 
 
 def simd():
