@@ -12,10 +12,9 @@
  */
 
 /* Adds the reductions of n contiguous values to the lane accumulators
- * s0 (sum dy') and s1 (sum dy' * (x - m)), FBN_LANES + 1 each, in double. */
-static inline void NAME(bsum_body)(const T *dy, const T *x, const T *y,
-                                   ptrdiff_t n, double m, double *s0,
-                                   double *s1, int mask)
+ * s0 (sum g) and s1 (sum g * (x - m)), FBN_LANES + 1 each, in double. */
+static inline void NAME(bsum_plain)(const T *g, const T *x, ptrdiff_t n,
+                                    double m, double *s0, double *s1)
 {
     double a0[FBN_LANES], a1[FBN_LANES];
     double t0 = s0[FBN_LANES], t1 = s1[FBN_LANES];
@@ -23,28 +22,51 @@ static inline void NAME(bsum_body)(const T *dy, const T *x, const T *y,
     int k;
     memcpy(a0, s0, sizeof a0);
     memcpy(a1, s1, sizeof a1);
-    /* `omp simd` makes the compiler turn the mask into a blend: a branch
-     * on a random ReLU mask costs more than the whole reduction */
     for (; i + FBN_LANES <= n; i += FBN_LANES)
-#pragma omp simd
         for (k = 0; k < FBN_LANES; k++) {
-            double g = (double)dy[i + k];
-            if (mask)
-                g = y[i + k] > (T)0 ? g : 0.0;
-            a0[k] += g;
-            a1[k] += g * ((double)x[i + k] - m);
+            double gk = (double)g[i + k];
+            a0[k] += gk;
+            a1[k] += gk * ((double)x[i + k] - m);
         }
     for (; i < n; i++) {
-        double g = (double)dy[i];
-        if (mask)
-            g = y[i] > (T)0 ? g : 0.0;
-        t0 += g;
-        t1 += g * ((double)x[i] - m);
+        double gk = (double)g[i];
+        t0 += gk;
+        t1 += gk * ((double)x[i] - m);
     }
     memcpy(s0, a0, sizeof a0);
     memcpy(s1, a1, sizeof a1);
     s0[FBN_LANES] = t0;
     s1[FBN_LANES] = t1;
+}
+
+/* dy' = dy where y > 0, else 0, for n values (a select, not a product, so
+ * an infinite dy where y <= 0 gives 0, not NaN). */
+static inline void NAME(mask_grad)(const T *dy, const T *y, T *g, ptrdiff_t n)
+{
+    ptrdiff_t i;
+#pragma omp simd
+    for (i = 0; i < n; i++)
+        g[i] = y[i] > (T)0 ? dy[i] : (T)0;
+}
+
+/* The reductions of n values with dy' = dy * (y > 0) when y is given: the
+ * mask is applied tile by tile into an L1 buffer first, so the reduction
+ * itself has no branch (a branch on a random ReLU mask mispredicts half the
+ * time). */
+static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
+                            double m, double *s0, double *s1)
+{
+    T g[FBN_TILE];
+    ptrdiff_t t;
+    if (!y) {
+        NAME(bsum_plain)(dy, x, n, m, s0, s1);
+        return;
+    }
+    for (t = 0; t < n; t += FBN_TILE) {
+        ptrdiff_t len = fbn_min(FBN_TILE, n - t);
+        NAME(mask_grad)(dy + t, y + t, g, len);
+        NAME(bsum_plain)(g, x + t, len, m, s0, s1);
+    }
 }
 
 /* Reductions over the values [i0, i1) of channel c (channel-first), added
@@ -57,10 +79,7 @@ static void NAME(bsum_range)(const T *dy, const T *x, const T *y, ptrdiff_t C,
     ptrdiff_t off, len;
     double a0[FBN_LANES + 1] = {0}, a1[FBN_LANES + 1] = {0};
     while ((len = fbn_seg_next(&sg, C, inner, c, &off)) > 0) {
-        if (y)
-            NAME(bsum_body)(dy + off, x + off, y + off, len, m, a0, a1, 1);
-        else
-            NAME(bsum_body)(dy + off, x + off, NULL, len, m, a0, a1, 0);
+        NAME(bsum_body)(dy + off, x + off, y ? y + off : NULL, len, m, a0, a1);
     }
     s[0] += fbn_lanes_total(a0);
     s[1] += fbn_lanes_total(a1);
@@ -90,25 +109,26 @@ static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
                             ptrdiff_t r0, ptrdiff_t r1, const double *m,
                             double *s0, double *s1)
 {
-    ptrdiff_t r, c;
+    T g[FBN_TILE];
+    ptrdiff_t r, c, c0;
     for (c = 0; c < C; c++)
         s0[c] = s1[c] = 0.0;
     for (r = r0; r < r1; r++) {
         const T *dr = dy + r * C, *xr = x + r * C;
-        const T *yr = y ? y + r * C : NULL;
-        if (yr) {
-#pragma omp simd
-            for (c = 0; c < C; c++) {
-                double g = yr[c] > (T)0 ? (double)dr[c] : 0.0;
-                s0[c] += g;
-                s1[c] += g * ((double)xr[c] - m[c]);
+        for (c0 = 0; c0 < C; c0 += FBN_TILE) {
+            ptrdiff_t len = fbn_min(FBN_TILE, C - c0);
+            const T *gr = dr + c0, *xc = xr + c0;
+            const double *mc = m + c0;
+            double *p0 = s0 + c0, *p1 = s1 + c0;
+            if (y) {
+                NAME(mask_grad)(dr + c0, y + r * C + c0, g, len);
+                gr = g;
             }
-        } else {
 #pragma omp simd
-            for (c = 0; c < C; c++) {
-                double g = (double)dr[c];
-                s0[c] += g;
-                s1[c] += g * ((double)xr[c] - m[c]);
+            for (c = 0; c < len; c++) {
+                double gc = (double)gr[c];
+                p0[c] += gc;
+                p1[c] += gc * ((double)xc[c] - mc[c]);
             }
         }
     }
