@@ -80,8 +80,11 @@ class BatchNorm:
         dtype of the parameters, the running statistics and the computation;
         inputs of another float dtype are cast to it.
     comm : mpi4py communicator, optional
-        Synchronised batch norm: batch statistics (forward) and the two
-        per-channel gradient sums (backward) are all-reduced over ``comm``.
+        Synchronised batch norm: in training mode the batch statistics
+        (forward) and the two per-channel gradient sums (backward) are
+        combined over ``comm``.  Evaluation mode never communicates (with
+        ``track_running_stats=False`` it uses each rank's own batch), as
+        PyTorch's SyncBatchNorm does.
 
     Attributes
     ----------
@@ -206,10 +209,13 @@ class BatchNorm:
         In eval mode the running statistics are used.
         """
         x = self._check_input(x)
+        # statistics are synchronised over comm in training mode only, as in
+        # PyTorch's SyncBatchNorm: evaluation never runs a collective
+        comm = self.comm if self.training else None
         if self.training or not self.track_running_stats:
             y, mean, invstd, var, count = _api._train(
                 x, self.gamma, self.beta, self.axis, self.eps, self.relu, residual,
-                None, self.comm, True)
+                None, comm, True)
             if self.training and self.track_running_stats:
                 self._update_running(mean, var, count)
             frozen = False
@@ -223,7 +229,7 @@ class BatchNorm:
                       ).astype(self.dtype)
             frozen = True
         self._cache = (x, y if self.relu else None, mean, invstd, frozen,
-                       residual is not None)
+                       residual is not None, comm)
         return y
 
     forward = __call__
@@ -259,11 +265,10 @@ class BatchNorm:
         """
         if self._cache is None:
             raise RuntimeError("backward called before a forward call of the layer")
-        x, y, mean, invstd, frozen, has_res = self._cache
+        x, y, mean, invstd, frozen, has_res, comm = self._cache
         res = _api.batch_norm_backward(
             dy, x, mean, invstd, self.gamma, axis=self.axis, y=y,
-            training=not frozen, residual=has_res,
-            comm=None if frozen else self.comm)
+            training=not frozen, residual=has_res, comm=comm)
         self.dgamma = res[1] if self.gamma is not None else None
         self.dbeta = res[2] if self.beta is not None else None
         if has_res:
