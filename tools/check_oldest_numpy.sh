@@ -74,6 +74,11 @@ else
 fi
 rm -rf "$work/run/tests/__pycache__"
 cd "$work/run"
-FASTBN_EXPECT_OPENMP=${FASTBN_EXPECT_OPENMP:-1} \
+# a repaired wheel must use its own copy of the OpenMP runtime
+case $(basename "$wheel") in
+    *manylinux*|*musllinux*|*macosx*|*win_amd64*) vendored=1 ;;
+    *) vendored=0 ;;
+esac
+FASTBN_EXPECT_OPENMP=${FASTBN_EXPECT_OPENMP:-1} FASTBN_EXPECT_VENDORED_OPENMP=$vendored \
     "$vpy" -m pytest -q -p no:cacheprovider tests ${FASTBN_PYTEST_ARGS:-}
 echo "check_oldest_numpy: OK with numpy $numpy"
