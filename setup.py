@@ -23,6 +23,7 @@ Cython runs inside build_ext and writes the generated C file into the build
 directory, never into the source tree: making an sdist does not run Cython,
 and the sdist ships the .pyx source only (no generated files).
 """
+import glob
 import os
 import shutil
 import subprocess
@@ -176,7 +177,9 @@ def extensions():
         "fastbn._kernels",
         sources=["fastbn/_kernels.pyx", "csrc/fastbn.c"],
         include_dirs=["csrc"],
-        depends=["csrc/fastbn.h", "csrc/kernels_impl.h", "csrc/backward_impl.h"],
+        # every header: the kernels are templates included from several
+        # places, so a change to any of them must rebuild
+        depends=sorted(glob.glob("csrc/*.h")),
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )]
 
