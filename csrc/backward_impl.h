@@ -487,12 +487,13 @@ static void NAME(backward_channel)(const T *dy, const T *x, const T *y,
                                    ptrdiff_t ntot, const T *mean,
                                    const T *invstd, const T *gamma,
                                    int training, T *dx, T *dz, T *k,
-                                   T *dgamma, T *dbeta, int nt, ptrdiff_t c_end)
+                                   T *dgamma, T *dbeta, int nt, int big,
+                                   ptrdiff_t c_end)
 {
     double sdy, sdyx;
     fbn_mode mode;
     mode.nt = nt;
-    mode.pf = (fbn_prefetch_on() && c + 1 < c_end) ? inner : 0;
+    mode.pf = (fbn_prefetch_on() && big && c + 1 < c_end) ? inner : 0;
     NAME(bsum_channel)(dy, x, y, C, inner, c, ntot, (double)mean[c], &sdy, &sdyx);
     NAME(bcoef_one)(k, C, c, mean, invstd, gamma, training ? sdy : 0.0,
                     training ? sdyx : 0.0, training ? (double)ntot : 1.0);
@@ -528,7 +529,8 @@ static int NAME(k_backward)(const T *dy, const T *x, const T *y, ptrdiff_t outer
         if (nth <= 1 || C >= 4 * (ptrdiff_t)nth) {
             /* fused; contiguous blocks of channels per thread, each thread
              * prefetching its next channel */
-            int nt = fbn_use_nt((size_t)(ntot * C) * sizeof(T));
+            size_t bytes = (size_t)(ntot * C) * sizeof(T);
+            int nt = fbn_use_nt(bytes), big = bytes >= FBN_PREFETCH_BYTES;
             ptrdiff_t t;
             if (nth > 1) {
 #pragma omp parallel for num_threads(nth) schedule(static, 1)
@@ -537,7 +539,7 @@ static int NAME(k_backward)(const T *dy, const T *x, const T *y, ptrdiff_t outer
                     for (cc = c0; cc < c1; cc++)
                         NAME(backward_channel)(dy, x, y, C, cin, cc, ntot, mean,
                                                invstd, gamma, training, dx, dz, k,
-                                               dgamma, dbeta, nt, c1);
+                                               dgamma, dbeta, nt, big, c1);
                     if (nt)
                         fbn_sfence();
                 }
@@ -545,7 +547,7 @@ static int NAME(k_backward)(const T *dy, const T *x, const T *y, ptrdiff_t outer
                 for (c = 0; c < C; c++)
                     NAME(backward_channel)(dy, x, y, C, cin, c, ntot, mean, invstd,
                                            gamma, training, dx, dz, k, dgamma,
-                                           dbeta, nt, C);
+                                           dbeta, nt, big, C);
                 if (nt)
                     fbn_sfence();
             }

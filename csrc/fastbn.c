@@ -47,6 +47,9 @@
 /* Outputs of at least this many bytes are written with non-temporal
  * stores (they would not stay in cache anyway); tunable for measurements. */
 #define FBN_NT_BYTES_DEFAULT (24L * 1024 * 1024)
+/* The fused passes prefetch the next channel only for arrays at least this
+ * large (smaller ones are in cache already). */
+#define FBN_PREFETCH_BYTES (4L * 1024 * 1024)
 /* Per-channel constants of up to this many channels live on the stack. */
 #define FBN_STACK_C 64
 

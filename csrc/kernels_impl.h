@@ -460,14 +460,15 @@ static void NAME(train_channel)(const T *x, ptrdiff_t C, ptrdiff_t inner,
                                 ptrdiff_t c, ptrdiff_t ntot, const T *gamma,
                                 const T *beta, const T *z, double eps, int relu,
                                 T *y, T *coef, T *mean_out, T *invstd_out,
-                                double *var_out, int nt, ptrdiff_t c_end)
+                                double *var_out, int nt, int big,
+                                ptrdiff_t c_end)
 {
     double m, q, var, inv;
     fbn_mode mode;
     mode.nt = nt;
     /* prefetch the next channel of this thread while this one is
      * normalised from cache */
-    mode.pf = (fbn_prefetch_on() && c + 1 < c_end) ? inner : 0;
+    mode.pf = (fbn_prefetch_on() && big && c + 1 < c_end) ? inner : 0;
     NAME(channel_moments)(x, C, inner, c, ntot, &m, &q);
     var = q / (double)ntot;
     inv = 1.0 / sqrt(var + eps);
@@ -505,7 +506,8 @@ static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
             /* fused: each channel's values are read from memory once; each
              * thread takes a contiguous block of channels so that it can
              * prefetch its next channel */
-            int nt = fbn_use_nt((size_t)(ntot * C) * sizeof(T));
+            size_t bytes = (size_t)(ntot * C) * sizeof(T);
+            int nt = fbn_use_nt(bytes), big = bytes >= FBN_PREFETCH_BYTES;
             ptrdiff_t t;
             if (nth > 1) {
 #pragma omp parallel for num_threads(nth) schedule(static, 1)
@@ -514,7 +516,7 @@ static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
                     for (cc = c0; cc < c1; cc++)
                         NAME(train_channel)(x, C, cin, cc, ntot, gamma, beta, z,
                                             eps, relu, y, coef, mean_out,
-                                            invstd_out, var_out, nt, c1);
+                                            invstd_out, var_out, nt, big, c1);
                     if (nt)
                         fbn_sfence();
                 }
@@ -522,7 +524,7 @@ static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
                 for (c = 0; c < C; c++)
                     NAME(train_channel)(x, C, cin, c, ntot, gamma, beta, z, eps,
                                         relu, y, coef, mean_out, invstd_out,
-                                        var_out, nt, C);
+                                        var_out, nt, big, C);
                 if (nt)
                     fbn_sfence();
             }

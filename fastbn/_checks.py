@@ -9,6 +9,8 @@ import operator
 
 import numpy as np
 
+from . import _kernels
+
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
 
@@ -115,11 +117,7 @@ def output(out, x, name="out"):
 
 def no_partial_overlap(out, name, *arrays):
     """``out`` may be one of ``arrays`` exactly (in place) but must not
-    overlap any of them partially."""
+    overlap any of them partially (all C-contiguous)."""
     for a in arrays:
-        if a is None or a is out:
-            continue
-        if np.may_share_memory(out, a) and not (
-                a.ctypes.data == out.ctypes.data and a.shape == out.shape
-                and a.flags.c_contiguous):
+        if a is not None and a is not out and _kernels.partial_overlap(out, a):
             raise ValueError(f"{name} overlaps an input without being the same array")

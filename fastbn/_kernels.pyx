@@ -149,6 +149,19 @@ def set_simd(str name):
                          f"'auto', {', '.join(repr(s) for s in simd_available())}")
 
 
+def partial_overlap(a, b):
+    """True if the C-contiguous arrays a and b share memory without being the
+    same block (same start and size): in place is fine, a shifted overlap
+    is not."""
+    cdef char *pa = <char *>cnp.PyArray_DATA(<cnp.ndarray>a)
+    cdef char *pb = <char *>cnp.PyArray_DATA(<cnp.ndarray>b)
+    cdef Py_ssize_t na = cnp.PyArray_NBYTES(<cnp.ndarray>a)
+    cdef Py_ssize_t nb = cnp.PyArray_NBYTES(<cnp.ndarray>b)
+    if na == 0 or nb == 0 or (pa == pb and na == nb):
+        return False
+    return pa < pb + nb and pb < pa + na
+
+
 def set_tuning(long long nt_min_bytes, bint prefetch):
     """Memory-traffic tuning for measurements: outputs of at least
     nt_min_bytes use non-temporal stores (-1: never); prefetch toggles the
