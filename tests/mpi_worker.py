@@ -188,6 +188,15 @@ def case_layer(dtype, layout, sizes, relu, momentum, residual):
     if rank == 0 and hi > lo:
         x = (rng.standard_normal((hi - lo,) + shape_rest) * 2 + 5).astype(dt)
         check(case, "eval y", bn1(x), bn0(x), dt)
+        if x.size // C >= 2:
+            # batch statistics in eval mode (track_running_stats=False): each
+            # rank's own batch, forward and backward, still no collective
+            kw2 = dict(kw, track_running_stats=False)
+            b0 = fastbn.BatchNorm(C, **kw2).eval()
+            b1 = fastbn.BatchNorm(C, comm=comm, **kw2).eval()
+            check(case, "eval batch-stats y", b1(x), b0(x), dt)
+            dyl = rng.standard_normal(x.shape).astype(dt)
+            check(case, "eval batch-stats dx", b1.backward(dyl), b0.backward(dyl), dt)
     comm.Barrier()
 
 
