@@ -110,26 +110,57 @@ static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
                             double *s0, double *s1)
 {
     T g[FBN_TILE];
-    ptrdiff_t r, c, c0;
+    ptrdiff_t r, rr, c, c0;
+    /* tiles of whole rows (the ReLU mask applied to the tile into an L1
+     * buffer first), reduced in strips of FBN_LANES channels whose
+     * accumulators stay in registers over the tile's rows; each channel is
+     * summed over the rows in order */
+    ptrdiff_t rt = C <= FBN_TILE ? FBN_TILE / C : 1;
+    int k;
     for (c = 0; c < C; c++)
         s0[c] = s1[c] = 0.0;
-    for (r = r0; r < r1; r++) {
-        const T *dr = dy + r * C, *xr = x + r * C;
-        for (c0 = 0; c0 < C; c0 += FBN_TILE) {
-            ptrdiff_t len = fbn_min(FBN_TILE, C - c0);
-            const T *gr = dr + c0, *xc = xr + c0;
-            const double *mc = m + c0;
-            double *p0 = s0 + c0, *p1 = s1 + c0;
-            if (y) {
-                NAME(mask_grad)(dr + c0, y + r * C + c0, g, len);
-                gr = g;
+    for (rr = r0; rr < r1; rr += rt) {
+        ptrdiff_t nr = fbn_min(rt, r1 - rr);
+        const T *gt = dy + rr * C, *xt = x + rr * C;
+        if (y && C <= FBN_TILE) {
+            NAME(mask_grad)(gt, y + rr * C, g, nr * C);
+            gt = g;
+        } else if (y) {
+            /* a row longer than the tile: mask it piece by piece */
+            for (c0 = 0; c0 < C; c0 += FBN_TILE) {
+                ptrdiff_t len = fbn_min(FBN_TILE, C - c0);
+                NAME(mask_grad)(dy + rr * C + c0, y + rr * C + c0, g, len);
+                for (c = 0; c < len; c++) {
+                    double gc = (double)g[c];
+                    s0[c0 + c] += gc;
+                    s1[c0 + c] += gc * ((double)xt[c0 + c] - m[c0 + c]);
+                }
             }
-#pragma omp simd
-            for (c = 0; c < len; c++) {
-                double gc = (double)gr[c];
-                p0[c] += gc;
-                p1[c] += gc * ((double)xc[c] - mc[c]);
+            continue;
+        }
+        for (c0 = 0; c0 < C; c0 += FBN_LANES) {
+            double a0[FBN_LANES], a1[FBN_LANES], mk[FBN_LANES];
+            int w = (int)fbn_min(FBN_LANES, C - c0);
+            memcpy(a0, s0 + c0, sizeof(double) * (size_t)w);
+            memcpy(a1, s1 + c0, sizeof(double) * (size_t)w);
+            memcpy(mk, m + c0, sizeof(double) * (size_t)w);
+            if (w == FBN_LANES) {
+                for (r = 0; r < nr; r++)
+                    for (k = 0; k < FBN_LANES; k++) {
+                        double gc = (double)gt[r * C + c0 + k];
+                        a0[k] += gc;
+                        a1[k] += gc * ((double)xt[r * C + c0 + k] - mk[k]);
+                    }
+            } else {
+                for (r = 0; r < nr; r++)
+                    for (k = 0; k < w; k++) {
+                        double gc = (double)gt[r * C + c0 + k];
+                        a0[k] += gc;
+                        a1[k] += gc * ((double)xt[r * C + c0 + k] - mk[k]);
+                    }
             }
+            memcpy(s0 + c0, a0, sizeof(double) * (size_t)w);
+            memcpy(s1 + c0, a1, sizeof(double) * (size_t)w);
         }
     }
 }
@@ -408,7 +439,9 @@ static void NAME(bapply_all)(const T *dy, const T *x, const T *y,
 {
     ptrdiff_t ntot = outer * inner;
     fbn_mode mode;
-    mode.nt = fbn_use_nt((size_t)(ntot * C) * sizeof(T));
+    /* as in the forward's apply_all: non-temporal stores in channel-first
+     * layout only */
+    mode.nt = (inner > 1 || C == 1) && fbn_use_nt((size_t)(ntot * C) * sizeof(T));
     mode.pf = 0;
     if (ntot == 0 || C == 0)
         return;

@@ -50,6 +50,10 @@
 /* The fused passes prefetch the next channel only for arrays at least this
  * large (smaller ones are in cache already). */
 #define FBN_PREFETCH_BYTES (4L * 1024 * 1024)
+/* Channel-last rows longer than this many bytes are reduced in tiles of
+ * FBN_ROW_TILE rows (see block_moments). */
+#define FBN_STRIP_MAX_ROW 512
+#define FBN_ROW_TILE 8
 /* Per-channel constants of up to this many channels live on the stack. */
 #define FBN_STACK_C 64
 
