@@ -40,8 +40,23 @@ def as_data(x, name="x", dtype=None):
     return x
 
 
+_VIEWS = {}
+
+
 def view(shape, axis):
     """(outer, C, inner, normalised axis) of the channel view of ``shape``."""
+    if type(axis) is not int:  # no cache: 1.0 == 1 must still be refused
+        return _view(shape, axis)
+    v = _VIEWS.get((shape, axis))
+    if v is None:
+        v = _view(shape, axis)
+        if len(_VIEWS) > 512:  # bounded: a few shapes recur in a network
+            _VIEWS.clear()
+        _VIEWS[shape, axis] = v
+    return v
+
+
+def _view(shape, axis):
     nd = len(shape)
     if nd < 2:
         raise ValueError(f"x must have at least 2 dimensions (batch and channels), "
@@ -87,6 +102,8 @@ def like_x(v, name, x):
 
 
 def eps_value(eps):
+    if type(eps) is float and eps > 0:
+        return eps
     try:
         e = float(eps)
     except (TypeError, ValueError):
