@@ -105,6 +105,33 @@ static void NAME(bsum_channel)(const T *dy, const T *x, const T *y,
 }
 
 /* Reductions of rows [r0, r1) (channel-last) into s0[C], s1[C]. */
+/* bsum_rows for long rows: row by row, vectorised across channels (a
+ * row's mask applied piece by piece into an L1 buffer).  s0, s1 start at 0. */
+FBN_NOINLINE static void NAME(bsum_long_rows)(const T *dy, const T *x, const T *y,
+                                 ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
+                                 const double *m, double *s0, double *s1)
+{
+    T g[FBN_TILE];
+    ptrdiff_t r, c, c0;
+    for (r = r0; r < r1; r++) {
+        const T *xr = x + r * C;
+        for (c0 = 0; c0 < C; c0 += FBN_TILE) {
+            ptrdiff_t len = fbn_min(FBN_TILE, C - c0);
+            const T *gr = dy + r * C + c0;
+            if (y) {
+                NAME(mask_grad)(gr, y + r * C + c0, g, len);
+                gr = g;
+            }
+#pragma omp simd
+            for (c = 0; c < len; c++) {
+                double gc = (double)gr[c];
+                s0[c0 + c] += gc;
+                s1[c0 + c] += gc * ((double)xr[c0 + c] - m[c0 + c]);
+            }
+        }
+    }
+}
+
 static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
                             ptrdiff_t r0, ptrdiff_t r1, const double *m,
                             double *s0, double *s1)
@@ -115,28 +142,20 @@ static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
      * buffer first), reduced in strips of FBN_LANES channels whose
      * accumulators stay in registers over the tile's rows; each channel is
      * summed over the rows in order */
-    ptrdiff_t rt = C <= FBN_TILE ? FBN_TILE / C : 1;
+    ptrdiff_t rt = FBN_TILE / C;
     int k;
     for (c = 0; c < C; c++)
         s0[c] = s1[c] = 0.0;
+    if ((size_t)C * sizeof(T) > FBN_STRIP_MAX_ROW) {
+        NAME(bsum_long_rows)(dy, x, y, C, r0, r1, m, s0, s1);
+        return;
+    }
     for (rr = r0; rr < r1; rr += rt) {
         ptrdiff_t nr = fbn_min(rt, r1 - rr);
         const T *gt = dy + rr * C, *xt = x + rr * C;
-        if (y && C <= FBN_TILE) {
+        if (y) {
             NAME(mask_grad)(gt, y + rr * C, g, nr * C);
             gt = g;
-        } else if (y) {
-            /* a row longer than the tile: mask it piece by piece */
-            for (c0 = 0; c0 < C; c0 += FBN_TILE) {
-                ptrdiff_t len = fbn_min(FBN_TILE, C - c0);
-                NAME(mask_grad)(dy + rr * C + c0, y + rr * C + c0, g, len);
-                for (c = 0; c < len; c++) {
-                    double gc = (double)g[c];
-                    s0[c0 + c] += gc;
-                    s1[c0 + c] += gc * ((double)xt[c0 + c] - m[c0 + c]);
-                }
-            }
-            continue;
         }
         for (c0 = 0; c0 < C; c0 += FBN_LANES) {
             double a0[FBN_LANES], a1[FBN_LANES], mk[FBN_LANES];

@@ -50,6 +50,12 @@
 /* The fused passes prefetch the next channel only for arrays at least this
  * large (smaller ones are in cache already). */
 #define FBN_PREFETCH_BYTES (4L * 1024 * 1024)
+#if defined(__GNUC__) || defined(__clang__)
+#define FBN_NOINLINE __attribute__((noinline))
+#else
+#define FBN_NOINLINE
+#endif
+
 /* Channel-last rows longer than this many bytes are reduced in tiles of
  * FBN_ROW_TILE rows (see block_moments). */
 #define FBN_STRIP_MAX_ROW 512
