@@ -470,27 +470,38 @@ static void NAME(bapply_all)(const T *dy, const T *x, const T *y,
         int nth = fbn_threads(nthreads, size, nb);
         if (C == 1)
             inner = size;
+        /* blocks in reverse order: the reductions read the arrays front to
+         * back, so their tails are what is still in cache */
         if (nth > 1) {
 #pragma omp parallel for num_threads(nth) schedule(static)
-            for (b = 0; b < nb; b++)
+            for (b = 0; b < nb; b++) {
+                ptrdiff_t i0 = (nb - 1 - b) * FBN_BLOCK_VALUES;
+                NAME(bapply_flat)(dy, x, y, dx, dz, C, inner, i0,
+                                  fbn_min(i0 + FBN_BLOCK_VALUES, size), k, training,
+                                  &mode);
+            }
+        } else {
+            for (b = nb - 1; b >= 0; b--)
                 NAME(bapply_flat)(dy, x, y, dx, dz, C, inner, b * FBN_BLOCK_VALUES,
                                   fbn_min(b * FBN_BLOCK_VALUES + FBN_BLOCK_VALUES, size),
                                   k, training, &mode);
-        } else {
-            NAME(bapply_flat)(dy, x, y, dx, dz, C, inner, 0, size, k, training,
-                              &mode);
         }
     } else {
         ptrdiff_t rb = fbn_block_rows(C);
         ptrdiff_t nb = (outer + rb - 1) / rb, b;
         int nth = fbn_threads(nthreads, ntot * C, nb);
+        /* blocks in reverse order, as above */
         if (nth > 1) {
 #pragma omp parallel for num_threads(nth) schedule(static)
-            for (b = 0; b < nb; b++)
+            for (b = 0; b < nb; b++) {
+                ptrdiff_t r0 = (nb - 1 - b) * rb;
+                NAME(bapply_rows)(dy, x, y, dx, dz, C, r0, fbn_min(r0 + rb, outer), k,
+                                  training, &mode);
+            }
+        } else {
+            for (b = nb - 1; b >= 0; b--)
                 NAME(bapply_rows)(dy, x, y, dx, dz, C, b * rb,
                                   fbn_min(b * rb + rb, outer), k, training, &mode);
-        } else {
-            NAME(bapply_rows)(dy, x, y, dx, dz, C, 0, outer, k, training, &mode);
         }
     }
     if (mode.nt)

@@ -457,27 +457,39 @@ static void NAME(apply_all)(const T *x, ptrdiff_t outer, ptrdiff_t C,
         int nth = fbn_threads(nthreads, size, nb);
         if (C == 1)
             inner = size;
+        /* blocks in reverse order: the statistics pass read the array
+         * front to back, so its tail is what is still in cache */
         if (nth > 1) {
 #pragma omp parallel for num_threads(nth) schedule(static)
-            for (b = 0; b < nb; b++)
+            for (b = 0; b < nb; b++) {
+                ptrdiff_t i0 = (nb - 1 - b) * FBN_BLOCK_VALUES;
+                NAME(apply_flat)(x, z, y, C, inner, i0,
+                                 fbn_min(i0 + FBN_BLOCK_VALUES, size), coef, relu,
+                                 &mode);
+            }
+        } else {
+            for (b = nb - 1; b >= 0; b--)
                 NAME(apply_flat)(x, z, y, C, inner, b * FBN_BLOCK_VALUES,
                                  fbn_min(b * FBN_BLOCK_VALUES + FBN_BLOCK_VALUES, size),
                                  coef, relu, &mode);
-        } else {
-            NAME(apply_flat)(x, z, y, C, inner, 0, size, coef, relu, &mode);
         }
     } else {
         ptrdiff_t rb = fbn_block_rows(C);
         ptrdiff_t nb = (outer + rb - 1) / rb;
         int nth = fbn_threads(nthreads, ntot * C, nb);
         ptrdiff_t b;
+        /* blocks in reverse order, as above */
         if (nth > 1) {
 #pragma omp parallel for num_threads(nth) schedule(static)
-            for (b = 0; b < nb; b++)
+            for (b = 0; b < nb; b++) {
+                ptrdiff_t r0 = (nb - 1 - b) * rb;
+                NAME(apply_rows)(x, z, y, C, r0, fbn_min(r0 + rb, outer), coef,
+                                 relu, &mode);
+            }
+        } else {
+            for (b = nb - 1; b >= 0; b--)
                 NAME(apply_rows)(x, z, y, C, b * rb, fbn_min(b * rb + rb, outer),
                                  coef, relu, &mode);
-        } else {
-            NAME(apply_rows)(x, z, y, C, 0, outer, coef, relu, &mode);
         }
     }
     if (mode.nt)
