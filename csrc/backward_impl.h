@@ -164,12 +164,44 @@ static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
             memcpy(a1, s1 + c0, sizeof(double) * (size_t)w);
             memcpy(mk, m + c0, sizeof(double) * (size_t)w);
             if (w == FBN_LANES) {
-                for (r = 0; r < nr; r++)
+                /* FBN_FLUSH rows at a time summed in T (SIMD-wide for float),
+                 * then added to the double accumulators */
+                T mt[FBN_LANES];
+                for (k = 0; k < FBN_LANES; k++)
+                    mt[k] = (T)mk[k]; /* exact: the mean came as T */
+                for (r = 0; r < nr; r += FBN_FLUSH) {
+                    ptrdiff_t re = fbn_min(r + FBN_FLUSH, nr), rj;
+                    T f0[FBN_LANES], f1[FBN_LANES];
+#if FBN_VEC
+                    NAME(vec) v0[FBN_NV], v1[FBN_NV], vg, vx, vm[FBN_NV];
+                    int q;
+                    memcpy(vm, mt, sizeof vm);
+                    for (q = 0; q < FBN_NV; q++)
+                        v0[q] = v1[q] = (NAME(vec)){0};
+                    for (rj = r; rj < re; rj++)
+                        for (q = 0; q < FBN_NV; q++) {
+                            memcpy(&vg, gt + rj * C + c0 + q * FBN_VN, sizeof vg);
+                            memcpy(&vx, xt + rj * C + c0 + q * FBN_VN, sizeof vx);
+                            v0[q] += vg;
+                            v1[q] += vg * (vx - vm[q]);
+                        }
+                    memcpy(f0, v0, sizeof f0);
+                    memcpy(f1, v1, sizeof f1);
+#else
+                    for (k = 0; k < FBN_LANES; k++)
+                        f0[k] = f1[k] = (T)0;
+                    for (rj = r; rj < re; rj++)
+                        for (k = 0; k < FBN_LANES; k++) {
+                            T gv = gt[rj * C + c0 + k];
+                            f0[k] += gv;
+                            f1[k] += gv * (xt[rj * C + c0 + k] - mt[k]);
+                        }
+#endif
                     for (k = 0; k < FBN_LANES; k++) {
-                        double gc = (double)gt[r * C + c0 + k];
-                        a0[k] += gc;
-                        a1[k] += gc * ((double)xt[r * C + c0 + k] - mk[k]);
+                        a0[k] += (double)f0[k];
+                        a1[k] += (double)f1[k];
                     }
+                }
             } else {
                 for (r = 0; r < nr; r++)
                     for (k = 0; k < w; k++) {

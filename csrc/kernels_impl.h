@@ -23,6 +23,16 @@
 
 /* ---- reductions -------------------------------------------------------- */
 
+#if FBN_VEC
+/* 32-byte vectors of T (GCC/clang vector extensions) for the few loops the
+ * auto-vectoriser handles badly; FBN_NV of them make the FBN_LANES lanes.
+ * The arithmetic is lane by lane, as in the scalar fallback, so every
+ * instruction set (and the fallback) gives the same bits. */
+typedef T NAME(vec) __attribute__((vector_size(32)));
+#define FBN_VN ((int)(32 / sizeof(T)))
+#define FBN_NV (FBN_LANES / FBN_VN)
+#endif
+
 /* Adds n values to the lane accumulators acc[0..FBN_LANES] (the last one
  * takes the values that do not fill a row of lanes), in double. */
 static inline void NAME(sum_acc)(const T *x, ptrdiff_t n, double *acc)
@@ -659,6 +669,11 @@ static int NAME(k_apply)(const T *x, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inn
 }
 
 #include "backward_impl.h"
+
+#if FBN_VEC
+#undef FBN_VN
+#undef FBN_NV
+#endif
 
 static const FBN_OPS_TYPE(SFX) NAME(ops) = {
     NAME(k_moments),         NAME(k_train_forward), NAME(k_infer_forward),
