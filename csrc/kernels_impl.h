@@ -626,46 +626,56 @@ static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
     return status;
 }
 
-static int NAME(k_infer_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
-                            ptrdiff_t inner, const T *mean, const T *var,
-                            const T *gamma, const T *beta, const T *z,
-                            double eps, int relu, T *y, int nthreads)
+/* The transform with given per-channel statistics: T mean and var (with
+ * eps) when mean_d is NULL, else double mean and invstd. */
+static int NAME(transform)(const T *x, ptrdiff_t outer, ptrdiff_t C,
+                           ptrdiff_t inner, const T *mean_t, const T *var_t,
+                           double eps, const double *mean_d,
+                           const double *invstd_d, const T *gamma,
+                           const T *beta, const T *z, int relu, T *y,
+                           int nthreads)
 {
-    ptrdiff_t c;
+    T stack_coef[4 * FBN_STACK_C] = {0}; /* (silences a false GCC warning) */
     T *coef;
-    if (outer < 0 || C < 0 || inner < 0 || !(eps > 0))
-        return FBN_EINVAL;
+    ptrdiff_t c;
     if (C == 0 || outer * inner == 0)
         return FBN_OK;
-    coef = (T *)malloc(sizeof(T) * 4 * (size_t)C);
+    coef = C <= FBN_STACK_C ? stack_coef : (T *)malloc(sizeof(T) * 4 * (size_t)C);
     if (coef == NULL)
         return FBN_ENOMEM;
-    for (c = 0; c < C; c++)
-        NAME(coef_one)(coef, C, c, (double)mean[c],
-                       1.0 / sqrt((double)var[c] + eps), gamma, beta);
+    for (c = 0; c < C; c++) {
+        if (mean_d)
+            NAME(coef_one)(coef, C, c, mean_d[c], invstd_d[c], gamma, beta);
+        else
+            NAME(coef_one)(coef, C, c, (double)mean_t[c],
+                           1.0 / sqrt((double)var_t[c] + eps), gamma, beta);
+    }
     NAME(apply_all)(x, outer, C, inner, coef, z, relu, y, nthreads);
-    free(coef);
+    if (coef != stack_coef)
+        free(coef);
     return FBN_OK;
 }
 
-static int NAME(k_apply)(const T *x, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
-                    const double *mean, const double *invstd, const T *gamma,
-                    const T *beta, const T *z, int relu, T *y, int nthreads)
+static int NAME(k_infer_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
+                                 ptrdiff_t inner, const T *mean, const T *var,
+                                 const T *gamma, const T *beta, const T *z,
+                                 double eps, int relu, T *y, int nthreads)
 {
-    ptrdiff_t c;
-    T *coef;
+    if (outer < 0 || C < 0 || inner < 0 || !(eps > 0))
+        return FBN_EINVAL;
+    return NAME(transform)(x, outer, C, inner, mean, var, eps, NULL, NULL, gamma,
+                           beta, z, relu, y, nthreads);
+}
+
+static int NAME(k_apply)(const T *x, ptrdiff_t outer, ptrdiff_t C,
+                         ptrdiff_t inner, const double *mean,
+                         const double *invstd, const T *gamma, const T *beta,
+                         const T *z, int relu, T *y, int nthreads)
+{
     if (outer < 0 || C < 0 || inner < 0)
         return FBN_EINVAL;
-    if (C == 0 || outer * inner == 0)
-        return FBN_OK;
-    coef = (T *)malloc(sizeof(T) * 4 * (size_t)C);
-    if (coef == NULL)
-        return FBN_ENOMEM;
-    for (c = 0; c < C; c++)
-        NAME(coef_one)(coef, C, c, mean[c], invstd[c], gamma, beta);
-    NAME(apply_all)(x, outer, C, inner, coef, z, relu, y, nthreads);
-    free(coef);
-    return FBN_OK;
+    return NAME(transform)(x, outer, C, inner, NULL, NULL, 0.0, mean, invstd,
+                           gamma, beta, z, relu, y, nthreads);
 }
 
 #include "backward_impl.h"
