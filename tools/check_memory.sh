@@ -24,7 +24,8 @@ preload="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
   ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   "$work/asan/bin/python" -m pytest -q -x -p no:cacheprovider \
-      test_forward.py test_backward.py test_stats.py test_threads.py test_errors.py )
+      test_forward.py test_backward.py test_stats.py test_threads.py test_errors.py \
+      test_store_paths.py )
 
 echo "== valgrind memcheck"
 python3 -m venv "$work/vg"

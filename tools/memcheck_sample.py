@@ -6,12 +6,16 @@ AVX-512) and PYTHONMALLOC=malloc; see tools/check_memory.sh.
 import numpy as np
 
 import fastbn
+from fastbn import _kernels
 
 rng = np.random.default_rng(0)
 CASES = [((3, 5, 7), 1), ((17, 3), 1), ((2, 3, 4, 5), -1), ((9, 1), 1),
          ((4, 2, 3, 1), 2), ((5, 70, 3), 1), ((130, 5, 33), 1), ((600, 9), -1)]
 
-for nthreads in (1, 2):
+# plain stores, then non-temporal stores and prefetch forced on (the
+# memory-traffic paths normally used only for arrays of 24 MB and more)
+for nthreads, nt_bytes in ((1, -1), (2, -1), (1, 0), (2, 0)):
+    _kernels.set_tuning(nt_bytes, True)
     with fastbn.num_threads(nthreads):
         for shape, axis in CASES:
             for dt in (np.float32, np.float64):
