@@ -20,8 +20,8 @@ class OutDtypeError(TypeError, ValueError):
 
 
 def as_data(x, name="x", dtype=None):
-    """``x`` as a C-contiguous native float32/float64 array (copied only when
-    needed).  With ``dtype``, the array is cast to it."""
+    """``x`` as a C-contiguous, aligned, native float32/float64 array (copied
+    only when needed).  With ``dtype``, the array is cast to it."""
     if type(x) is not np.ndarray:
         if not isinstance(x, np.ndarray):
             raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, "
@@ -34,9 +34,11 @@ def as_data(x, name="x", dtype=None):
         elif dtype is None or dt.kind not in "fiu":
             raise TypeError(f"{name} must have dtype float32 or float64, got {dt}")
     if dtype is not None and x.dtype != dtype:
-        return np.ascontiguousarray(x, dtype=dtype)
-    if not x.flags.c_contiguous:
-        x = np.ascontiguousarray(x)
+        return np.require(x, dtype, ["C", "A"])
+    flags = x.flags
+    if not (flags.c_contiguous and flags.aligned):
+        # the C kernels read whole aligned elements
+        x = np.require(x, None, ["C", "A"])
     return x
 
 
@@ -79,7 +81,7 @@ def per_channel(v, name, C, dtype, allow_none=True):
             return None
         raise TypeError(f"{name} must be an array of shape ({C},), got None")
     if (type(v) is np.ndarray and v.dtype == dtype and v.shape == (C,)
-            and v.flags.c_contiguous):
+            and v.flags.c_contiguous and v.flags.aligned):
         return v
     a = np.asarray(v)
     if a.dtype.kind not in "fiu":
@@ -88,7 +90,7 @@ def per_channel(v, name, C, dtype, allow_none=True):
     if a.shape != (C,):
         raise ValueError(f"{name} must have shape ({C},) to match the {C} channels "
                          f"of x, got shape {a.shape}")
-    return np.ascontiguousarray(a, dtype=dtype)
+    return np.require(a, dtype, ["C", "A"])
 
 
 def like_x(v, name, x):
@@ -127,6 +129,9 @@ def output(out, x, name="out"):
                             f"got {out.dtype}")
     if not out.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous")
+    if not out.flags.aligned:
+        raise ValueError(f"{name} must be aligned to its dtype ({out.dtype.itemsize} "
+                         f"bytes), as NumPy allocates arrays")
     if not out.flags.writeable:
         raise ValueError(f"{name} must be writeable")
     return out

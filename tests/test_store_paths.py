@@ -33,10 +33,13 @@ def tuning():
 
 def _misaligned_like(a):
     """An uninitialised C-contiguous array of a's shape and dtype whose data
-    starts 4 bytes past a 16-byte boundary."""
+    starts one element past a 16-byte boundary (aligned to its dtype, not to
+    the 16 bytes of a streaming store)."""
     raw = np.empty(a.size * a.itemsize + 64, np.uint8)
-    start = (-raw.ctypes.data) % 16 + 4
-    return raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    start = (-raw.ctypes.data) % 16 + a.itemsize
+    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    assert out.flags.aligned and out.ctypes.data % 16 != 0
+    return out
 
 
 def _run_all(x, g, b, z, dy, axis):
@@ -83,6 +86,39 @@ def test_streaming_stores_and_prefetch_change_no_bit(tuning, shape, axis,
         assert p.dtype == f.dtype and p.shape == f.shape, i
         assert np.array_equal(p.view(np.uint8), f.view(np.uint8)), (
             f"result {i} differs with non-temporal stores/prefetch forced on")
+
+
+def _unaligned(a):
+    """A C-contiguous copy of a whose data is NOT aligned to its dtype."""
+    raw = np.empty(a.nbytes + 16, np.uint8)
+    start = (-raw.ctypes.data) % 16 + 1
+    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unaligned_inputs_are_copied_and_unaligned_out_refused(dtype):
+    """NumPy can make arrays that are not aligned to their dtype (views of
+    byte buffers); the kernels read whole aligned elements, so such inputs
+    are copied once and such an out= is refused with a clear error."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 5, 7)).astype(dtype)
+    g = (rng.random(5) + 0.5).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    ref = fastbn.batch_norm_train(x, g, relu=True)
+    got = fastbn.batch_norm_train(_unaligned(x), _unaligned(g), relu=True)
+    for r, o in zip(ref, got):
+        assert np.array_equal(r, o)
+    y, m, s = ref
+    dref = fastbn.batch_norm_backward(dy, x, m, s, g, y=y)
+    dgot = fastbn.batch_norm_backward(_unaligned(dy), _unaligned(x), _unaligned(m),
+                                      _unaligned(s), g, y=_unaligned(y))
+    for r, o in zip(dref, dgot):
+        assert np.array_equal(r, o)
+    with pytest.raises(ValueError, match="out must be aligned"):
+        fastbn.batch_norm_train(x, out=_unaligned(x))
 
 
 def test_set_tuning_returns_previous(tuning):

@@ -6,6 +6,7 @@
 #     the portable kernels (FASTBN_SIMD=baseline: valgrind cannot decode
 #     AVX-512) and fails on any error in fastbn's code.
 # Usage: bash tools/check_memory.sh   (needs gcc's libasan/libubsan, valgrind)
+# (--capture=sys: a sanitizer report goes to fd 2 and must not be swallowed)
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
@@ -23,7 +24,7 @@ preload="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
   LD_PRELOAD="$preload" \
   ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-  "$work/asan/bin/python" -m pytest -q -x -p no:cacheprovider \
+  "$work/asan/bin/python" -m pytest -q -x --capture=sys -p no:cacheprovider \
       test_forward.py test_backward.py test_stats.py test_threads.py test_errors.py \
       test_store_paths.py )
 
