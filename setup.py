@@ -138,8 +138,9 @@ class BuildExt(build_ext):
             ldflags = []
         else:
             cflags = ["-O1", "-g"] if debug else ["-O3", "-g0"]
-            cflags += ["-ffp-contract=off", "-fno-math-errno", "-Wno-unknown-pragmas"]
-            ldflags = []
+            cflags += ["-ffp-contract=off", "-fno-math-errno", "-Wno-unknown-pragmas",
+                       "-pthread"]
+            ldflags = ["-pthread"]
             if sanitize:
                 san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
                 cflags += san
@@ -175,7 +176,7 @@ class BuildExt(build_ext):
 def extensions():
     return [Extension(
         "fastbn._kernels",
-        sources=["fastbn/_kernels.pyx", "csrc/fastbn.c"],
+        sources=["fastbn/_kernels.pyx", "csrc/fastbn.c", "csrc/pool.c"],
         include_dirs=["csrc"],
         # every header: the kernels are templates included from several
         # places, so a change to any of them must rebuild

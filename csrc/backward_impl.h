@@ -1,6 +1,7 @@
 /*
  * backward_impl.h -- the backward kernels, written once for an element type.
- * Included at the end of kernels_impl.h (T, SFX and NAME defined there).
+ * Included at the end of kernels_impl.h (T, SFX and NAME defined there),
+ * with the same plans and items as the forward.
  *
  * With dy' = dy * (y > 0) when the forward fused a ReLU (y given), the
  * per-channel reductions are sum_dy = sum(dy') and
@@ -69,39 +70,45 @@ static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
     }
 }
 
-/* Reductions over the values [i0, i1) of channel c (channel-first), added
- * to s[0], s[1]. */
-static void NAME(bsum_range)(const T *dy, const T *x, const T *y, ptrdiff_t C,
-                             ptrdiff_t inner, ptrdiff_t c, ptrdiff_t i0,
-                             ptrdiff_t i1, double m, double *s)
+/* The reductions over chunk k of channels [c0, c1) (channel-first), in
+ * memory order, into the lane accumulators a0, a1 (FBN_ACC per channel);
+ * as in chunk_pass, each channel's values arrive in their own order. */
+static void NAME(bchunk_pass)(const T *dy, const T *x, const T *y,
+                              const fbn_plan *p, ptrdiff_t c0, ptrdiff_t c1,
+                              ptrdiff_t k, const T *mean, double *a0, double *a1)
 {
-    fbn_seg sg = fbn_seg_start(i0, i1, inner);
-    ptrdiff_t off, len;
-    double a0[FBN_LANES + 1] = {0}, a1[FBN_LANES + 1] = {0};
-    while ((len = fbn_seg_next(&sg, C, inner, c, &off)) > 0) {
-        NAME(bsum_body)(dy + off, x + off, y ? y + off : NULL, len, m, a0, a1);
+    ptrdiff_t inner = p->inner, C = p->C;
+    ptrdiff_t i0 = k * FBN_CHUNK, i1 = fbn_min(i0 + FBN_CHUNK, p->ntot), o, c;
+    for (o = i0 / inner; o * inner < i1; o++) {
+        ptrdiff_t j0 = i0 > o * inner ? i0 - o * inner : 0;
+        ptrdiff_t len = fbn_min(i1 - o * inner, inner) - j0;
+        ptrdiff_t off = o * C * inner + j0;
+        for (c = c0; c < c1; c++) {
+            ptrdiff_t q = off + c * inner;
+            NAME(bsum_body)(dy + q, x + q, y ? y + q : NULL, len, (double)mean[c],
+                            a0 + (c - c0) * FBN_ACC, a1 + (c - c0) * FBN_ACC);
+        }
     }
-    s[0] += fbn_lanes_total(a0);
-    s[1] += fbn_lanes_total(a1);
 }
 
-/* Reductions of a whole channel, chunk by chunk in order. */
-static void NAME(bsum_channel)(const T *dy, const T *x, const T *y,
-                               ptrdiff_t C, ptrdiff_t inner, ptrdiff_t c,
-                               ptrdiff_t ntot, double m, double *sdy,
-                               double *sdyx)
+/* The reductions of chunks [k0, k1) of channels [c0, c1) (at most
+ * FBN_TILE_C) into pd/px[c * nk + k]. */
+static void NAME(tile_sums)(const T *dy, const T *x, const T *y,
+                            const fbn_plan *p, ptrdiff_t c0, ptrdiff_t c1,
+                            ptrdiff_t k0, ptrdiff_t k1, const T *mean,
+                            double *pd, double *px)
 {
-    double tot0 = 0.0, tot1 = 0.0;
-    ptrdiff_t i0;
-    for (i0 = 0; i0 < ntot; i0 += FBN_CHUNK) {
-        double s[2] = {0.0, 0.0};
-        NAME(bsum_range)(dy, x, y, C, inner, c, i0, fbn_min(i0 + FBN_CHUNK, ntot),
-                         m, s);
-        tot0 += s[0];
-        tot1 += s[1];
+    double a0[FBN_TILE_C * FBN_ACC], a1[FBN_TILE_C * FBN_ACC];
+    ptrdiff_t w = c1 - c0, k, c;
+    for (k = k0; k < k1; k++) {
+        memset(a0, 0, sizeof(double) * FBN_ACC * (size_t)w);
+        memset(a1, 0, sizeof(double) * FBN_ACC * (size_t)w);
+        NAME(bchunk_pass)(dy, x, y, p, c0, c1, k, mean, a0, a1);
+        for (c = 0; c < w; c++) {
+            pd[(c0 + c) * p->nk + k] = fbn_lanes_total(a0 + c * FBN_ACC);
+            px[(c0 + c) * p->nk + k] = fbn_lanes_total(a1 + c * FBN_ACC);
+        }
     }
-    *sdy = tot0;
-    *sdyx = tot1;
 }
 
 /* Reductions of rows [r0, r1) (channel-last) into s0[C], s1[C]. */
@@ -216,96 +223,6 @@ static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
     }
 }
 
-/* Per-channel reductions of the whole array (both layouts), in double. */
-static int NAME(breduce)(const T *dy, const T *x, const T *y, ptrdiff_t outer,
-                         ptrdiff_t C, ptrdiff_t inner, const T *mean,
-                         double *sdy, double *sdyx, int nthreads)
-{
-    ptrdiff_t ntot = outer * inner, c;
-    if (ntot == 0) {
-        for (c = 0; c < C; c++)
-            sdy[c] = sdyx[c] = 0.0;
-        return FBN_OK;
-    }
-    if (inner > 1 || C == 1) {
-        ptrdiff_t nk = (ntot + FBN_CHUNK - 1) / FBN_CHUNK;
-        int nth = fbn_threads(nthreads, ntot * C, C * nk);
-        if (C == 1 && inner == 1) {
-            inner = outer;
-            outer = 1;
-        }
-        if (nth <= 1 || C >= 4 * (ptrdiff_t)nth) {
-            if (nth > 1) {
-#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
-                for (c = 0; c < C; c++)
-                    NAME(bsum_channel)(dy, x, y, C, inner, c, ntot,
-                                       (double)mean[c], sdy + c, sdyx + c);
-            } else {
-                for (c = 0; c < C; c++)
-                    NAME(bsum_channel)(dy, x, y, C, inner, c, ntot,
-                                       (double)mean[c], sdy + c, sdyx + c);
-            }
-        } else {
-            double *p = (double *)malloc(sizeof(double) * 2 * (size_t)(C * nk));
-            ptrdiff_t item;
-            if (p == NULL)
-                return FBN_ENOMEM;
-#pragma omp parallel for num_threads(nth) schedule(static)
-            for (item = 0; item < C * nk; item++) {
-                ptrdiff_t cc = item / nk, i0 = (item % nk) * FBN_CHUNK;
-                p[2 * item] = p[2 * item + 1] = 0.0;
-                NAME(bsum_range)(dy, x, y, C, inner, cc, i0,
-                                 fbn_min(i0 + FBN_CHUNK, ntot),
-                                 (double)mean[cc], p + 2 * item);
-            }
-            for (c = 0; c < C; c++) {
-                double tot0 = 0.0, tot1 = 0.0;
-                ptrdiff_t k;
-                for (k = 0; k < nk; k++) {
-                    tot0 += p[2 * (c * nk + k)];
-                    tot1 += p[2 * (c * nk + k) + 1];
-                }
-                sdy[c] = tot0;
-                sdyx[c] = tot1;
-            }
-            free(p);
-        }
-        return FBN_OK;
-    } else {
-        ptrdiff_t rb = fbn_block_rows(C);
-        ptrdiff_t nb = (outer + rb - 1) / rb, b;
-        int nth = fbn_threads(nthreads, ntot * C, nb);
-        /* partial sums per block, then the block means in double for m */
-        double *p = (double *)malloc(sizeof(double) * (size_t)(2 * C * nb + C));
-        double *q, *m;
-        if (p == NULL)
-            return FBN_ENOMEM;
-        q = p + C * nb;
-        m = q + C * nb;
-        for (c = 0; c < C; c++)
-            m[c] = (double)mean[c];
-        if (nth > 1) {
-#pragma omp parallel for num_threads(nth) schedule(static)
-            for (b = 0; b < nb; b++)
-                NAME(bsum_rows)(dy, x, y, C, b * rb, fbn_min(b * rb + rb, outer),
-                                m, p + b * C, q + b * C);
-        } else {
-            for (b = 0; b < nb; b++)
-                NAME(bsum_rows)(dy, x, y, C, b * rb, fbn_min(b * rb + rb, outer),
-                                m, p + b * C, q + b * C);
-        }
-        for (c = 0; c < C; c++)
-            sdy[c] = sdyx[c] = 0.0;
-        for (b = 0; b < nb; b++)
-            for (c = 0; c < C; c++) {
-                sdy[c] += p[b * C + c];
-                sdyx[c] += q[b * C + c];
-            }
-        free(p);
-        return FBN_OK;
-    }
-}
-
 /* dx (and dz) for n contiguous values of one channel.  dx may equal dy. */
 static inline void NAME(bapply_body)(const T *dy, const T *x, const T *y,
                                      T *dx, T *dz, ptrdiff_t n, T m, T A, T B,
@@ -365,54 +282,34 @@ static void NAME(bapply_any)(const T *dy, const T *x, const T *y, T *dx, T *dz,
     }
 }
 
-/* dx (and dz) for n contiguous values; mode as for the forward's apply_seg:
- * non-temporal outputs through L1 tiles, prefetch of the next channel's dy,
- * x and y. */
-static void NAME(bapply_seg)(const T *dy, const T *x, const T *y, T *dx, T *dz,
-                             ptrdiff_t n, T m, T A, T B, T D, int training,
-                             const fbn_mode *mode)
+/* dx (and dz) for the flat values [s0, s1) of a channel-first array; with
+ * nt, through L1 tiles that end on 64-byte boundaries of dx, out with
+ * non-temporal stores (as apply_span). */
+static void NAME(bapply_span)(const T *dy, const T *x, const T *y, T *dx,
+                              T *dz, ptrdiff_t C, ptrdiff_t inner, ptrdiff_t s0,
+                              ptrdiff_t s1, const T *k, int training, int nt)
 {
     T bx[FBN_TILE], bz[FBN_TILE];
-    ptrdiff_t t = 0;
-    if (!mode->nt && !mode->pf) {
-        NAME(bapply_any)(dy, x, y, dx, dz, n, m, A, B, D, training);
-        return;
-    }
-    while (t < n) {
-        ptrdiff_t len = fbn_min(FBN_TILE, n - t);
-        const T *yt = y ? y + t : NULL;
-        if (mode->pf) {
-            fbn_prefetch(dy + t + mode->pf, (size_t)len * sizeof(T));
-            fbn_prefetch(x + t + mode->pf, (size_t)len * sizeof(T));
-            if (y)
-                fbn_prefetch(y + t + mode->pf, (size_t)len * sizeof(T));
+    ptrdiff_t i = s0;
+    while (i < s1) {
+        ptrdiff_t end = nt ? i + fbn_tile_len(dx + i, sizeof(T), s1 - i) : s1;
+        ptrdiff_t q = i;
+        while (q < end) {
+            ptrdiff_t r = q / inner, c = r % C;
+            ptrdiff_t len = fbn_min((r + 1) * inner, end) - q;
+            NAME(bapply_any)(dy + q, x + q, y ? y + q : NULL,
+                             nt ? bx + (q - i) : dx + q,
+                             dz ? (nt ? bz + (q - i) : dz + q) : NULL, len, k[c],
+                             k[C + c], k[2 * C + c], k[3 * C + c], training);
+            q += len;
         }
-        if (mode->nt) {
-            NAME(bapply_any)(dy + t, x + t, yt, bx, dz ? bz : NULL, len, m, A, B, D,
-                             training);
-            fbn_stream(dx + t, bx, (size_t)len * sizeof(T));
+        if (nt) {
+            fbn_stream(dx + i, bx, (size_t)(end - i) * sizeof(T));
             if (dz)
-                fbn_stream(dz + t, bz, (size_t)len * sizeof(T));
-        } else {
-            NAME(bapply_any)(dy + t, x + t, yt, dx + t, dz ? dz + t : NULL, len, m,
-                             A, B, D, training);
+                fbn_stream(dz + i, bz, (size_t)(end - i) * sizeof(T));
         }
-        t += len;
+        i = end;
     }
-}
-
-/* Values [i0, i1) of channel c (channel-first). */
-static void NAME(bapply_range)(const T *dy, const T *x, const T *y, T *dx,
-                               T *dz, ptrdiff_t C, ptrdiff_t inner,
-                               ptrdiff_t c, ptrdiff_t i0, ptrdiff_t i1,
-                               const T *k, int training, const fbn_mode *mode)
-{
-    fbn_seg sg = fbn_seg_start(i0, i1, inner);
-    ptrdiff_t off, len;
-    T m = k[c], A = k[C + c], B = k[2 * C + c], D = k[3 * C + c];
-    while ((len = fbn_seg_next(&sg, C, inner, c, &off)) > 0)
-        NAME(bapply_seg)(dy + off, x + off, y ? y + off : NULL, dx + off,
-                         dz ? dz + off : NULL, len, m, A, B, D, training, mode);
 }
 
 /* Rows [r0, r1) of dx (channel-last); the constants are per channel. */
@@ -443,15 +340,15 @@ static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx,
     }
 }
 
-/* Rows [r0, r1) (channel-last); with mode->nt, groups of rows go through
- * L1 tiles and out with non-temporal stores. */
+/* Rows [r0, r1) (channel-last); with nt, groups of rows go through L1
+ * tiles and out with non-temporal stores. */
 static void NAME(bapply_rows)(const T *dy, const T *x, const T *y, T *dx,
                               T *dz, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
-                              const T *k, int training, const fbn_mode *mode)
+                              const T *k, int training, int nt)
 {
     T bx[FBN_TILE], bz[FBN_TILE];
     ptrdiff_t g = FBN_TILE / C, r;
-    if (!mode->nt || g < 1) {
+    if (!nt || g < 1) {
         NAME(brows_any)(dy, x, y, dx, dz, C, r0, r1, k, training);
         return;
     }
@@ -466,211 +363,263 @@ static void NAME(bapply_rows)(const T *dy, const T *x, const T *y, T *dx,
     }
 }
 
-/* Channel-first values [i0, i1) of the flat array, in memory order. */
-static void NAME(bapply_flat)(const T *dy, const T *x, const T *y, T *dx,
-                              T *dz, ptrdiff_t C, ptrdiff_t inner, ptrdiff_t i0,
-                              ptrdiff_t i1, const T *k, int training,
-                              const fbn_mode *mode)
+/* ---- the work items ---------------------------------------------------- */
+
+/* What the items of one backward call share. */
+typedef struct {
+    const fbn_plan *p;
+    const T *dy, *x, *y, *mean, *invstd, *gamma;
+    T *dx, *dz;
+    int training;
+    double *pd, *px; /* per-chunk or per-block sums */
+    double *m;       /* channel-last: the mean in double */
+    T *k;            /* 4*C constants (see bcoef_one) */
+    T *dgamma, *dbeta;
+} NAME(bwd);
+
+/* The constants of channel c from its reductions (and dgamma, dbeta when
+ * they are wanted). */
+static void NAME(bfinish_channel)(NAME(bwd) *b, ptrdiff_t c, double sdy,
+                                  double sdyx, double count)
 {
-    ptrdiff_t i = i0;
-    while (i < i1) {
-        ptrdiff_t r = i / inner, j = i - r * inner, c = r % C;
-        ptrdiff_t len = fbn_min(inner - j, i1 - i);
-        NAME(bapply_seg)(dy + i, x + i, y ? y + i : NULL, dx + i,
-                         dz ? dz + i : NULL, len, k[c], k[C + c], k[2 * C + c],
-                         k[3 * C + c], training, mode);
-        i += len;
+    int tr = b->training;
+    NAME(bcoef_one)(b->k, b->p->C, c, b->mean, b->invstd, b->gamma, tr ? sdy : 0.0,
+                    tr ? sdyx : 0.0, tr ? count : 1.0);
+    if (b->dgamma) {
+        b->dgamma[c] = (T)(sdyx * (double)b->invstd[c]);
+        b->dbeta[c] = (T)sdy;
     }
 }
 
-static void NAME(bapply_all)(const T *dy, const T *x, const T *y,
-                             ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
-                             const T *k, int training, T *dx, T *dz,
-                             int nthreads)
+/* The per-channel sums of channel c over its nk chunks, in chunk order. */
+static void NAME(chunk_totals)(const NAME(bwd) *b, ptrdiff_t c, double *sdy,
+                               double *sdyx)
 {
-    ptrdiff_t ntot = outer * inner;
-    fbn_mode mode;
-    /* as in the forward's apply_all: non-temporal stores in channel-first
-     * layout only */
-    mode.nt = (inner > 1 || C == 1) && fbn_use_nt((size_t)(ntot * C) * sizeof(T));
-    mode.pf = 0;
-    if (ntot == 0 || C == 0)
-        return;
-    if (inner > 1 || C == 1) {
-        ptrdiff_t size = ntot * C;
-        ptrdiff_t nb = (size + FBN_BLOCK_VALUES - 1) / FBN_BLOCK_VALUES, b;
-        int nth = fbn_threads(nthreads, size, nb);
-        if (C == 1)
-            inner = size;
-        /* blocks in reverse order: the reductions read the arrays front to
-         * back, so their tails are what is still in cache */
-        if (nth > 1) {
-#pragma omp parallel for num_threads(nth) schedule(static)
-            for (b = 0; b < nb; b++) {
-                ptrdiff_t i0 = (nb - 1 - b) * FBN_BLOCK_VALUES;
-                NAME(bapply_flat)(dy, x, y, dx, dz, C, inner, i0,
-                                  fbn_min(i0 + FBN_BLOCK_VALUES, size), k, training,
-                                  &mode);
-            }
-        } else {
-            for (b = nb - 1; b >= 0; b--)
-                NAME(bapply_flat)(dy, x, y, dx, dz, C, inner, b * FBN_BLOCK_VALUES,
-                                  fbn_min(b * FBN_BLOCK_VALUES + FBN_BLOCK_VALUES, size),
-                                  k, training, &mode);
-        }
-    } else {
-        ptrdiff_t rb = fbn_block_rows(C);
-        ptrdiff_t nb = (outer + rb - 1) / rb, b;
-        int nth = fbn_threads(nthreads, ntot * C, nb);
-        /* blocks in reverse order, as above */
-        if (nth > 1) {
-#pragma omp parallel for num_threads(nth) schedule(static)
-            for (b = 0; b < nb; b++) {
-                ptrdiff_t r0 = (nb - 1 - b) * rb;
-                NAME(bapply_rows)(dy, x, y, dx, dz, C, r0, fbn_min(r0 + rb, outer), k,
-                                  training, &mode);
-            }
-        } else {
-            for (b = nb - 1; b >= 0; b--)
-                NAME(bapply_rows)(dy, x, y, dx, dz, C, b * rb,
-                                  fbn_min(b * rb + rb, outer), k, training, &mode);
-        }
+    const fbn_plan *p = b->p;
+    double t0 = 0.0, t1 = 0.0;
+    ptrdiff_t k;
+    for (k = 0; k < p->nk; k++) {
+        t0 += b->pd[c * p->nk + k];
+        t1 += b->px[c * p->nk + k];
     }
-    if (mode.nt)
-        fbn_sfence();
+    *sdy = t0;
+    *sdyx = t1;
+}
+
+static void NAME(item_bsums_tile)(void *arg, ptrdiff_t t)
+{
+    NAME(bwd) *b = (NAME(bwd) *)arg;
+    ptrdiff_t c0, c1, k0, k1;
+    fbn_tile_range(b->p, t, &c0, &c1, &k0, &k1);
+    NAME(tile_sums)(b->dy, b->x, b->y, b->p, c0, c1, k0, k1, b->mean, b->pd, b->px);
+}
+
+/* A fused tile: the reductions of whole channels, then dx while their
+ * values are in cache. */
+static void NAME(item_bfused_tile)(void *arg, ptrdiff_t t)
+{
+    NAME(bwd) *b = (NAME(bwd) *)arg;
+    const fbn_plan *p = b->p;
+    ptrdiff_t c0, c1, k0, k1, c, o, ci = p->C * p->inner;
+    fbn_tile_range(p, t, &c0, &c1, &k0, &k1);
+    NAME(tile_sums)(b->dy, b->x, b->y, p, c0, c1, 0, p->nk, b->mean, b->pd, b->px);
+    for (c = c0; c < c1; c++) {
+        double sdy, sdyx;
+        NAME(chunk_totals)(b, c, &sdy, &sdyx);
+        NAME(bfinish_channel)(b, c, sdy, sdyx, (double)p->ntot);
+    }
+    for (o = 0; o < p->outer; o++)
+        NAME(bapply_span)(b->dy, b->x, b->y, b->dx, b->dz, p->C, p->inner,
+                          o * ci + c0 * p->inner, o * ci + c1 * p->inner, b->k,
+                          b->training, p->nt);
+}
+
+static void NAME(item_bsums_rows)(void *arg, ptrdiff_t i)
+{
+    NAME(bwd) *b = (NAME(bwd) *)arg;
+    const fbn_plan *p = b->p;
+    NAME(bsum_rows)(b->dy, b->x, b->y, p->C, i * p->rb,
+                    fbn_min(i * p->rb + p->rb, p->outer), b->m, b->pd + i * p->C,
+                    b->px + i * p->C);
+}
+
+/* A block of dx in memory order, back to front (as the forward's). */
+static void NAME(item_bapply)(void *arg, ptrdiff_t i)
+{
+    NAME(bwd) *b = (NAME(bwd) *)arg;
+    const fbn_plan *p = b->p;
+    ptrdiff_t i0 = (p->nab - 1 - i) * p->ab;
+    if (p->cl)
+        NAME(bapply_rows)(b->dy, b->x, b->y, b->dx, b->dz, p->C, i0,
+                          fbn_min(i0 + p->ab, p->outer), b->k, b->training, p->nt);
+    else
+        NAME(bapply_span)(b->dy, b->x, b->y, b->dx, b->dz, p->C, p->inner, i0,
+                          fbn_min(i0 + p->ab, p->ntot * p->C), b->k, b->training,
+                          p->nt);
+}
+
+/* The reductions phase: per-chunk or per-block sums, totalled per channel
+ * in order into sdy[C], sdyx[C]. */
+static void NAME(bsums_phase)(NAME(bwd) *b, double *sdy, double *sdyx)
+{
+    const fbn_plan *p = b->p;
+    ptrdiff_t c, i;
+    if (p->cl) {
+        for (c = 0; c < p->C; c++)
+            b->m[c] = (double)b->mean[c];
+        fbn_parallel_for(p->nb, NAME(item_bsums_rows), b, p->nth);
+        for (c = 0; c < p->C; c++)
+            sdy[c] = sdyx[c] = 0.0;
+        for (i = 0; i < p->nb; i++)
+            for (c = 0; c < p->C; c++) {
+                sdy[c] += b->pd[i * p->C + c];
+                sdyx[c] += b->px[i * p->C + c];
+            }
+    } else {
+        fbn_parallel_for(p->ntiles, NAME(item_bsums_tile), b, p->nth);
+        for (c = 0; c < p->C; c++)
+            NAME(chunk_totals)(b, c, sdy + c, sdyx + c);
+    }
+}
+
+/* Scratch of a backward call: per-chunk/per-block sums (2 * nparts
+ * doubles), 3*C doubles (the channel-last mean and two sums), then the
+ * 4*C constants. */
+static int NAME(bwd_scratch)(NAME(bwd) *b, double **tmp, void **mem)
+{
+    const fbn_plan *p = b->p;
+    size_t nd = 2 * (size_t)fbn_plan_parts(p) + 3 * (size_t)p->C;
+    char *m = (char *)malloc(sizeof(double) * nd + sizeof(T) * 4 * (size_t)p->C);
+    if (m == NULL)
+        return FBN_ENOMEM;
+    b->pd = (double *)m;
+    b->px = b->pd + fbn_plan_parts(p);
+    b->m = b->px + fbn_plan_parts(p);
+    *tmp = b->m + p->C;
+    b->k = (T *)(m + sizeof(double) * nd);
+    *mem = m;
+    return FBN_OK;
 }
 
 static int NAME(k_backward_reduce)(const T *dy, const T *x, const T *y,
-                              ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
-                              const T *mean, double *sum_dy, double *sum_dyxmu,
-                              int nthreads)
+                                   ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
+                                   const T *mean, double *sum_dy, double *sum_dyxmu,
+                                   int nthreads)
 {
+    fbn_plan p;
+    NAME(bwd) b;
+    double *tmp;
+    void *mem;
+    ptrdiff_t c;
     if (outer < 0 || C < 0 || inner < 0)
         return FBN_EINVAL;
-    return NAME(breduce)(dy, x, y, outer, C, inner, mean, sum_dy, sum_dyxmu,
-                         nthreads);
+    if (outer * inner == 0) {
+        for (c = 0; c < C; c++)
+            sum_dy[c] = sum_dyxmu[c] = 0.0;
+        return FBN_OK;
+    }
+    if (C == 0)
+        return FBN_OK;
+    fbn_plan_make(&p, outer, C, inner, sizeof(T), y ? 3 : 2, 0, FBN_OP_STATS,
+                  nthreads);
+    memset(&b, 0, sizeof b);
+    b.p = &p;
+    b.dy = dy;
+    b.x = x;
+    b.y = y;
+    b.mean = mean;
+    if (NAME(bwd_scratch)(&b, &tmp, &mem) != FBN_OK)
+        return FBN_ENOMEM;
+    NAME(bsums_phase)(&b, sum_dy, sum_dyxmu);
+    free(mem);
+    return FBN_OK;
 }
 
 static int NAME(k_backward_apply)(const T *dy, const T *x, const T *y,
-                             ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
-                             const T *mean, const T *invstd, const T *gamma,
-                             const double *sum_dy, const double *sum_dyxmu,
-                             double count, int training, T *dx, T *dz,
-                             int nthreads)
+                                  ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
+                                  const T *mean, const T *invstd, const T *gamma,
+                                  const double *sum_dy, const double *sum_dyxmu,
+                                  double count, int training, T *dx, T *dz,
+                                  int nthreads)
 {
+    fbn_plan p;
+    NAME(bwd) b;
     ptrdiff_t c;
-    T *k;
     if (outer < 0 || C < 0 || inner < 0 || (training && !(count > 0)))
         return FBN_EINVAL;
     if (C == 0 || outer * inner == 0)
         return FBN_OK;
-    k = (T *)malloc(sizeof(T) * 4 * (size_t)C);
-    if (k == NULL)
+    fbn_plan_make(&p, outer, C, inner, sizeof(T), y ? 3 : 2, dz ? 2 : 1,
+                  FBN_OP_APPLY, nthreads);
+    memset(&b, 0, sizeof b);
+    b.p = &p;
+    b.dy = dy;
+    b.x = x;
+    b.y = y;
+    b.mean = mean;
+    b.invstd = invstd;
+    b.gamma = gamma;
+    b.dx = dx;
+    b.dz = dz;
+    b.training = training;
+    b.k = (T *)malloc(sizeof(T) * 4 * (size_t)C);
+    if (b.k == NULL)
         return FBN_ENOMEM;
     for (c = 0; c < C; c++)
-        NAME(bcoef_one)(k, C, c, mean, invstd, gamma, training ? sum_dy[c] : 0.0,
-                        training ? sum_dyxmu[c] : 0.0, training ? count : 1.0);
-    NAME(bapply_all)(dy, x, y, outer, C, inner, k, training, dx, dz, nthreads);
-    free(k);
+        NAME(bfinish_channel)(&b, c, training ? sum_dy[c] : 0.0,
+                              training ? sum_dyxmu[c] : 0.0, count);
+    fbn_parallel_for(p.nab, NAME(item_bapply), &b, p.nth);
+    if (p.nt)
+        fbn_sfence();
+    free(b.k);
     return FBN_OK;
 }
 
-/* One channel of the fused backward: reductions, then dx while the
- * channel's values are in cache. */
-static void NAME(backward_channel)(const T *dy, const T *x, const T *y,
-                                   ptrdiff_t C, ptrdiff_t inner, ptrdiff_t c,
-                                   ptrdiff_t ntot, const T *mean,
-                                   const T *invstd, const T *gamma,
-                                   int training, T *dx, T *dz, T *k,
-                                   T *dgamma, T *dbeta, int nt, int big,
-                                   ptrdiff_t c_end)
-{
-    double sdy, sdyx;
-    fbn_mode mode;
-    mode.nt = nt;
-    mode.pf = (fbn_prefetch_on() && big && c + 1 < c_end) ? inner : 0;
-    NAME(bsum_channel)(dy, x, y, C, inner, c, ntot, (double)mean[c], &sdy, &sdyx);
-    NAME(bcoef_one)(k, C, c, mean, invstd, gamma, training ? sdy : 0.0,
-                    training ? sdyx : 0.0, training ? (double)ntot : 1.0);
-    NAME(bapply_range)(dy, x, y, dx, dz, C, inner, c, 0, ntot, k, training, &mode);
-    dgamma[c] = (T)(sdyx * (double)invstd[c]);
-    dbeta[c] = (T)sdy;
-}
-
 static int NAME(k_backward)(const T *dy, const T *x, const T *y, ptrdiff_t outer,
-                       ptrdiff_t C, ptrdiff_t inner, const T *mean,
-                       const T *invstd, const T *gamma, int training, T *dx,
-                       T *dz, T *dgamma, T *dbeta, int nthreads)
+                            ptrdiff_t C, ptrdiff_t inner, const T *mean,
+                            const T *invstd, const T *gamma, int training, T *dx,
+                            T *dz, T *dgamma, T *dbeta, int nthreads)
 {
-    ptrdiff_t ntot = outer * inner, c;
-    T *k;
-    int status = FBN_OK;
+    fbn_plan p;
+    NAME(bwd) b;
+    double *tmp;
+    void *mem;
+    ptrdiff_t c;
     if (outer < 0 || C < 0 || inner < 0)
         return FBN_EINVAL;
     if (C == 0)
         return FBN_OK;
-    if (ntot == 0) {
+    if (outer * inner == 0) {
         for (c = 0; c < C; c++)
             dgamma[c] = dbeta[c] = (T)0;
         return FBN_OK;
     }
-    k = (T *)malloc(sizeof(T) * 4 * (size_t)C);
-    if (k == NULL)
+    fbn_plan_make(&p, outer, C, inner, sizeof(T), y ? 3 : 2, dz ? 2 : 1,
+                  FBN_OP_STATS | FBN_OP_APPLY, nthreads);
+    b.p = &p;
+    b.dy = dy;
+    b.x = x;
+    b.y = y;
+    b.mean = mean;
+    b.invstd = invstd;
+    b.gamma = gamma;
+    b.dx = dx;
+    b.dz = dz;
+    b.training = training;
+    b.dgamma = dgamma;
+    b.dbeta = dbeta;
+    if (NAME(bwd_scratch)(&b, &tmp, &mem) != FBN_OK)
         return FBN_ENOMEM;
-    if (inner > 1 || C == 1) {
-        ptrdiff_t nk = (ntot + FBN_CHUNK - 1) / FBN_CHUNK;
-        int nth = fbn_threads(nthreads, ntot * C, C * nk);
-        ptrdiff_t cin = (C == 1 && inner == 1) ? outer : inner;
-        if (nth <= 1 || C >= 4 * (ptrdiff_t)nth) {
-            /* fused; contiguous blocks of channels per thread, each thread
-             * prefetching its next channel */
-            size_t bytes = (size_t)(ntot * C) * sizeof(T);
-            int nt = fbn_use_nt(bytes), big = bytes >= FBN_PREFETCH_BYTES;
-            ptrdiff_t t;
-            if (nth > 1) {
-#pragma omp parallel for num_threads(nth) schedule(static, 1)
-                for (t = 0; t < nth; t++) {
-                    ptrdiff_t c0 = C * t / nth, c1 = C * (t + 1) / nth, cc;
-                    for (cc = c0; cc < c1; cc++)
-                        NAME(backward_channel)(dy, x, y, C, cin, cc, ntot, mean,
-                                               invstd, gamma, training, dx, dz, k,
-                                               dgamma, dbeta, nt, big, c1);
-                    if (nt)
-                        fbn_sfence();
-                }
-            } else {
-                for (c = 0; c < C; c++)
-                    NAME(backward_channel)(dy, x, y, C, cin, c, ntot, mean, invstd,
-                                           gamma, training, dx, dz, k, dgamma,
-                                           dbeta, nt, big, C);
-                if (nt)
-                    fbn_sfence();
-            }
-            free(k);
-            return FBN_OK;
-        }
+    if (p.fused) {
+        fbn_parallel_for(p.ntiles, NAME(item_bfused_tile), &b, p.nth);
+    } else {
+        NAME(bsums_phase)(&b, tmp, tmp + C);
+        for (c = 0; c < C; c++)
+            NAME(bfinish_channel)(&b, c, tmp[c], tmp[C + c], (double)p.ntot);
+        fbn_parallel_for(p.nab, NAME(item_bapply), &b, p.nth);
     }
-    {
-        double *s = (double *)malloc(sizeof(double) * 2 * (size_t)C);
-        if (s == NULL) {
-            free(k);
-            return FBN_ENOMEM;
-        }
-        status = NAME(breduce)(dy, x, y, outer, C, inner, mean, s, s + C,
-                               nthreads);
-        if (status == FBN_OK) {
-            for (c = 0; c < C; c++) {
-                NAME(bcoef_one)(k, C, c, mean, invstd, gamma,
-                                training ? s[c] : 0.0, training ? s[C + c] : 0.0,
-                                training ? (double)ntot : 1.0);
-                dgamma[c] = (T)(s[C + c] * (double)invstd[c]);
-                dbeta[c] = (T)s[c];
-            }
-            NAME(bapply_all)(dy, x, y, outer, C, inner, k, training, dx, dz,
-                             nthreads);
-        }
-        free(s);
-    }
-    free(k);
-    return status;
+    if (p.nt)
+        fbn_sfence();
+    free(mem);
+    return FBN_OK;
 }

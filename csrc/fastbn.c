@@ -22,6 +22,7 @@
 #endif
 
 #include "fastbn.h"
+#include "pool.h"
 
 #if defined(__SSE2__) || defined(_M_X64)
 #include <emmintrin.h>
@@ -31,25 +32,33 @@
 #endif
 
 /* Values per statistics chunk in channel-first layout: small enough that the
- * second pass of the two-pass variance reads it from L1/L2. */
+ * second pass of the two-pass variance reads it from L1/L2.  Part of the
+ * numerics (with FBN_LANES and the block rows below): never tuned. */
 #define FBN_CHUNK 4096
 /* Values per row block in channel-last layout (at least FBN_MIN_ROWS rows). */
 #define FBN_BLOCK_VALUES 16384
 #define FBN_MIN_ROWS 64
-/* Problems with fewer values than this run serially: a parallel region
- * costs more than it saves. */
+/* Problems with fewer values than this run on the calling thread: waking a
+ * helper costs more than it saves. */
 #define FBN_SERIAL_MAX 32768
 /* Independent accumulators in the reductions: lets the compiler vectorise
  * without reassociating (results do not depend on the data's alignment). */
 #define FBN_LANES 16
+#define FBN_ACC (FBN_LANES + 1)
 /* Values per tile when results go out through an L1 buffer. */
 #define FBN_TILE 1024
-/* Outputs of at least this many bytes are written with non-temporal
- * stores (they would not stay in cache anyway); tunable for measurements. */
-#define FBN_NT_BYTES_DEFAULT (24L * 1024 * 1024)
-/* The fused passes prefetch the next channel only for arrays at least this
- * large (smaller ones are in cache already). */
-#define FBN_PREFETCH_BYTES (4L * 1024 * 1024)
+/* At most this many channels per channel-first tile (their accumulators
+ * live on the stack of the item). */
+#define FBN_TILE_C 64
+/* A channel-first tile takes enough channels that each sample contributes
+ * a contiguous run of at least this many bytes (short planes: 7x7 floats
+ * are 196 bytes) so that memory is read in long streams. */
+#define FBN_RUN_BYTES 2048
+/* Values (channel-first) per block of the transform phase. */
+#define FBN_APPLY_VALUES 16384
+/* Work items wanted per thread, so that helpers that arrive late still
+ * find work and every thread ends at about the same time. */
+#define FBN_ITEMS_PER_THREAD 4
 #if defined(__GNUC__) || defined(__clang__)
 #define FBN_NOINLINE __attribute__((noinline))
 #else
@@ -143,36 +152,140 @@ long fbn_openmp_version(void)
 
 const char *fbn_build_info(void) { return FBN_COMPILER "; " FBN_SIMD; }
 
-/* ---- memory traffic: non-temporal stores and prefetch ------------------- */
+/* ---- the machine's caches and the budgets made from them ---------------- */
 
-/* How one pass writes and reads ahead: nt = non-temporal output stores,
- * pf = prefetch the values pf elements after the current ones. */
-typedef struct {
-    int nt;
-    ptrdiff_t pf;
-} fbn_mode;
+/* Detected sizes in bytes (0: unknown; fbn_init fills them). */
+static long long fbn_cache[3];
+/* Tuning: -1 means "from the caches" (see fbn_budget). */
+static long long fbn_tune_nt = -1, fbn_tune_fuse = -1, fbn_tune_tile = -1;
+/* Problems with fewer values run on the caller alone (tunable for tests). */
+static long long fbn_serial_max = FBN_SERIAL_MAX;
 
-static long long fbn_nt_bytes = FBN_NT_BYTES_DEFAULT;
-static int fbn_prefetch_enabled = 1;
-
-void fbn_set_tuning(long long nt_min_bytes, int prefetch)
+#if defined(__linux__)
+#include <stdio.h>
+static long long fbn_sysfs_size(const char *path)
 {
-    fbn_nt_bytes = nt_min_bytes;
-    fbn_prefetch_enabled = prefetch != 0;
+    char buf[64];
+    long long v = 0;
+    char unit = 0;
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 0;
+    if (fgets(buf, sizeof buf, f) == NULL || sscanf(buf, "%lld%c", &v, &unit) < 1)
+        v = 0;
+    fclose(f);
+    if (unit == 'K')
+        v <<= 10;
+    else if (unit == 'M')
+        v <<= 20;
+    return v;
+}
+#elif defined(__APPLE__)
+#include <sys/sysctl.h>
+static long long fbn_sysctl(const char *name)
+{
+    long long v = 0;
+    size_t len = sizeof v;
+    if (sysctlbyname(name, &v, &len, NULL, 0) != 0)
+        return 0;
+    return v;
+}
+#elif defined(_WIN32)
+#define WIN32_LEAN_AND_MEAN
+#include <windows.h>
+#endif
+
+void fbn_init(void)
+{
+    long long c[3] = {0, 0, 0};
+#if defined(__linux__)
+    int i;
+    for (i = 0; i < 8; i++) {
+        char path[96], type[32] = "";
+        long long level;
+        FILE *f;
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/type", i);
+        f = fopen(path, "r");
+        if (f == NULL)
+            break;
+        if (fgets(type, sizeof type, f) == NULL)
+            type[0] = 0;
+        fclose(f);
+        if (strncmp(type, "Instruction", 11) == 0)
+            continue;
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/level", i);
+        level = fbn_sysfs_size(path);
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/size", i);
+        if (level >= 1 && level <= 3)
+            c[level - 1] = fbn_sysfs_size(path);
+    }
+#elif defined(__APPLE__)
+    /* Apple silicon: the performance cores' L2 is shared by a cluster */
+    long long per = fbn_sysctl("hw.perflevel0.cpusperl2");
+    c[0] = fbn_sysctl("hw.perflevel0.l1dcachesize");
+    c[1] = fbn_sysctl("hw.perflevel0.l2cachesize");
+    if (c[1] > 0 && per > 1)
+        c[1] /= per;
+    if (c[0] == 0)
+        c[0] = fbn_sysctl("hw.l1dcachesize");
+    if (c[1] == 0)
+        c[1] = fbn_sysctl("hw.l2cachesize");
+    c[2] = fbn_sysctl("hw.l3cachesize");
+#elif defined(_WIN32)
+    SYSTEM_LOGICAL_PROCESSOR_INFORMATION info[256];
+    DWORD len = sizeof info, i;
+    if (GetLogicalProcessorInformation(info, &len))
+        for (i = 0; i < len / sizeof info[0]; i++)
+            if (info[i].Relationship == RelationCache &&
+                info[i].Cache.Type != CacheInstruction && info[i].Cache.Level >= 1 &&
+                info[i].Cache.Level <= 3 && c[info[i].Cache.Level - 1] == 0)
+                c[info[i].Cache.Level - 1] = (long long)info[i].Cache.Size;
+#endif
+    memcpy(fbn_cache, c, sizeof c);
 }
 
-void fbn_get_tuning(long long *nt_min_bytes, int *prefetch)
+void fbn_cache_sizes(long long *l1, long long *l2, long long *l3)
 {
-    *nt_min_bytes = fbn_nt_bytes;
-    *prefetch = fbn_prefetch_enabled;
+    *l1 = fbn_cache[0];
+    *l2 = fbn_cache[1];
+    *l3 = fbn_cache[2];
 }
 
-static inline int fbn_use_nt(size_t out_bytes)
+/* The budgets in bytes:
+ *   nt:   outputs at least this large are written with non-temporal stores
+ *         (3/4 of the last-level cache: they would not stay in it);
+ *   fuse: a fused tile's arrays (read and written) must fit in this (3/4
+ *         of L2), so that its values are still there for the second pass;
+ *   tile: a statistics tile reads this much (1/4 of L2).
+ * Unknown caches count as L2 = 1 MB, L3 = 32 MB. */
+static void fbn_budgets(long long *nt, long long *fuse, long long *tile)
 {
-    return FBN_HAVE_NT && fbn_nt_bytes >= 0 && (long long)out_bytes >= fbn_nt_bytes;
+    long long l2 = fbn_cache[1] > 0 ? fbn_cache[1] : (1LL << 20);
+    long long l3 = fbn_cache[2] > 0 ? fbn_cache[2] : (32LL << 20);
+    if (l3 < l2)
+        l3 = l2;
+    *nt = fbn_tune_nt >= 0 ? fbn_tune_nt : l3 / 4 * 3;
+    *fuse = fbn_tune_fuse >= 0 ? fbn_tune_fuse : l2 / 4 * 3;
+    *tile = fbn_tune_tile >= 0 ? fbn_tune_tile : l2 / 4;
 }
 
-static inline int fbn_prefetch_on(void) { return fbn_prefetch_enabled; }
+void fbn_set_tuning(long long nt_bytes, long long fuse_bytes, long long tile_bytes,
+                    long long serial_values)
+{
+    fbn_tune_nt = nt_bytes < 0 ? -1 : nt_bytes;
+    fbn_tune_fuse = fuse_bytes < 0 ? -1 : fuse_bytes;
+    fbn_tune_tile = tile_bytes < 0 ? -1 : tile_bytes;
+    fbn_serial_max = serial_values < 0 ? FBN_SERIAL_MAX : serial_values;
+}
+
+void fbn_get_tuning(long long *nt_bytes, long long *fuse_bytes, long long *tile_bytes,
+                    long long *serial_values)
+{
+    fbn_budgets(nt_bytes, fuse_bytes, tile_bytes);
+    *serial_values = fbn_serial_max;
+}
+
+/* ---- memory traffic ------------------------------------------------------ */
 
 /* Copy n bytes to dst with non-temporal stores where dst is 16-byte
  * aligned (plain copies for the unaligned head and the tail). */
@@ -204,7 +317,7 @@ static inline void fbn_stream(void *dst, const void *src, size_t n)
 #endif
 }
 
-/* Makes this thread's non-temporal stores visible before it moves on. */
+/* Makes the non-temporal stores visible before the kernel returns. */
 static inline void fbn_sfence(void)
 {
 #if FBN_HAVE_NT
@@ -212,25 +325,26 @@ static inline void fbn_sfence(void)
 #endif
 }
 
-/* Asks for n bytes at p to be brought towards the cache. */
-static inline void fbn_prefetch(const void *p, size_t n)
+/* Elements (at most `left`) of an L1 tile that starts at p and ends on a
+ * 64-byte boundary, so that streamed tiles write whole cache lines. */
+static inline ptrdiff_t fbn_tile_len(const void *p, size_t sz, ptrdiff_t left)
 {
-#if defined(__GNUC__) || defined(__clang__)
-    const char *q = (const char *)p, *end = q + n;
-    for (; q < end; q += 64)
-        __builtin_prefetch(q, 0, 2);
-#else
-    (void)p;
-    (void)n;
-#endif
+    uintptr_t a = (uintptr_t)p;
+    uintptr_t e = (a + FBN_TILE * sz) & ~(uintptr_t)63;
+    ptrdiff_t n = (ptrdiff_t)((e - a) / sz);
+    return n < left ? n : left;
 }
 
-/* Threads to use for `work` values: serial for small work or without
- * OpenMP, never more threads than there are work items. */
+static inline ptrdiff_t fbn_min(ptrdiff_t a, ptrdiff_t b) { return a < b ? a : b; }
+static inline ptrdiff_t fbn_max(ptrdiff_t a, ptrdiff_t b) { return a > b ? a : b; }
+static inline ptrdiff_t fbn_cdiv(ptrdiff_t a, ptrdiff_t b) { return (a + b - 1) / b; }
+
+/* Threads to use for `work` values split in `items`: the caller alone for
+ * small work or without OpenMP, never more threads than items. */
 static int fbn_threads(int nthreads, ptrdiff_t work, ptrdiff_t items)
 {
 #ifdef _OPENMP
-    if (nthreads < 2 || work < FBN_SERIAL_MAX || items < 2)
+    if (nthreads < 2 || work < fbn_serial_max || items < 2)
         return 1;
     if ((ptrdiff_t)nthreads > items)
         return (int)items;
@@ -267,46 +381,169 @@ static inline double fbn_lanes_total(const double *acc)
     return v[0] + acc[FBN_LANES];
 }
 
-/* Walk over the logical values [i0, i1) of one channel in channel-first
- * layout (value i is at (o, j) = (i / inner, i % inner)), one contiguous
- * segment at a time. */
-typedef struct {
-    ptrdiff_t o, j, left;
-} fbn_seg;
-
-static inline fbn_seg fbn_seg_start(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t inner)
-{
-    fbn_seg s;
-    s.o = i0 / inner;
-    s.j = i0 % inner;
-    s.left = i1 - i0;
-    return s;
-}
-
-/* Length of the next segment (0 at the end); *off is its offset. */
-static inline ptrdiff_t fbn_seg_next(fbn_seg *s, ptrdiff_t C, ptrdiff_t inner,
-                                     ptrdiff_t c, ptrdiff_t *off)
-{
-    ptrdiff_t len;
-    if (s->left <= 0)
-        return 0;
-    len = inner - s->j;
-    if (len > s->left)
-        len = s->left;
-    *off = (s->o * C + c) * inner + s->j;
-    s->left -= len;
-    s->j = 0;
-    s->o++;
-    return len;
-}
-
-static inline ptrdiff_t fbn_min(ptrdiff_t a, ptrdiff_t b) { return a < b ? a : b; }
-
 /* Rows per block in channel-last layout: depends on C only. */
 static inline ptrdiff_t fbn_block_rows(ptrdiff_t C)
 {
     ptrdiff_t r = FBN_BLOCK_VALUES / (C > 0 ? C : 1);
     return r < FBN_MIN_ROWS ? FBN_MIN_ROWS : r;
+}
+
+/* ---- plans: how a call splits its work --------------------------------- */
+
+#define FBN_OP_STATS 1 /* the call computes per-channel reductions */
+#define FBN_OP_APPLY 2 /* the call writes an elementwise result */
+
+typedef struct {
+    ptrdiff_t outer, C, inner, ntot; /* the view; C == 1 is (1, 1, ntot) */
+    int cl;                          /* channel-last (inner == 1, C > 1) */
+    int nth;                         /* threads */
+    int nt;                          /* non-temporal output stores */
+    int fused;                       /* channel-first tiles hold whole channels */
+    ptrdiff_t nk;                    /* chunks per channel (channel-first) */
+    ptrdiff_t g, kt, nkg, ntiles;    /* tile: channels, chunks; tiles */
+    ptrdiff_t rb, nb;                /* channel-last: rows per block, blocks */
+    ptrdiff_t ab, nab;               /* transform blocks: values (channel-first)
+                                        or rows (channel-last), and count */
+} fbn_plan;
+
+/* Makes the plan of a call on the (outer, C, inner) view with elements of
+ * sz bytes: nstat arrays read by the reductions, nnew arrays touched only
+ * by the elementwise pass (outputs, residual), ops FBN_OP_*.  Needs
+ * outer*inner >= 1 and C >= 1. */
+static void fbn_plan_make(fbn_plan *p, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
+                          size_t sz, int nstat, int nnew, int ops, int nthreads)
+{
+    ptrdiff_t ntot = outer * inner, size = ntot * C;
+    long long nt_bytes, fuse, tile;
+    fbn_budgets(&nt_bytes, &fuse, &tile);
+    memset(p, 0, sizeof *p);
+    if (C == 1) { /* one contiguous run */
+        outer = 1;
+        inner = ntot;
+    }
+    p->outer = outer;
+    p->C = C;
+    p->inner = inner;
+    p->ntot = ntot;
+    p->cl = inner == 1 && C > 1;
+    p->nt = FBN_HAVE_NT && (ops & FBN_OP_APPLY) &&
+            (long long)(size * (ptrdiff_t)sz) >= nt_bytes;
+    if (p->cl) {
+        p->rb = fbn_block_rows(C);
+        p->nb = fbn_cdiv(outer, p->rb);
+        p->ab = fbn_max(1, FBN_APPLY_VALUES / C);
+        p->nab = fbn_cdiv(outer, p->ab);
+        p->nth = fbn_threads(nthreads, size, fbn_max(p->nb, p->nab));
+    } else {
+        ptrdiff_t chan = ntot * (ptrdiff_t)sz;  /* bytes of a channel */
+        ptrdiff_t run = inner * (ptrdiff_t)sz;  /* bytes of a run */
+        ptrdiff_t g_run = fbn_min(fbn_min(fbn_cdiv(FBN_RUN_BYTES, run), C), FBN_TILE_C);
+        ptrdiff_t foot = chan * (nstat + nnew);
+        int nth;
+        p->nk = fbn_cdiv(ntot, FBN_CHUNK);
+        p->ab = FBN_APPLY_VALUES;
+        p->nab = fbn_cdiv(size, p->ab);
+        nth = fbn_threads(nthreads, size, fbn_max(C, p->nk));
+        /* fused when a channel's arrays fit in the budget and there are
+         * channels enough for every thread */
+        p->fused = ops == (FBN_OP_STATS | FBN_OP_APPLY) && foot <= fuse &&
+                   (nth == 1 || C >= 2 * (ptrdiff_t)nth);
+        if (p->fused) {
+            ptrdiff_t g_fit = fbn_max(1, (ptrdiff_t)(fuse / foot));
+            p->g = fbn_min(g_fit, g_run);
+            if (nth > 1)
+                p->g = fbn_max(1, fbn_min(p->g, C / (FBN_ITEMS_PER_THREAD * nth)));
+            p->kt = p->nk;
+        } else {
+            ptrdiff_t ncg;
+            p->g = fbn_max(1, g_run);
+            p->kt = (ptrdiff_t)(tile / (p->g * FBN_CHUNK * (ptrdiff_t)sz * fbn_max(1, nstat)));
+            p->kt = fbn_max(1, fbn_min(p->kt, p->nk));
+            ncg = fbn_cdiv(C, p->g);
+            if (nth > 1 && ncg * fbn_cdiv(p->nk, p->kt) < FBN_ITEMS_PER_THREAD * nth)
+                p->kt = fbn_max(1, p->nk / fbn_cdiv(FBN_ITEMS_PER_THREAD * nth, ncg));
+        }
+        p->nkg = fbn_cdiv(p->nk, p->kt);
+        p->ntiles = fbn_cdiv(C, p->g) * p->nkg;
+        p->nth = nth;
+    }
+}
+
+/* The plan a kernel would make, for tests and the benchmark report:
+ * fields[0..9] = channel-last, threads, non-temporal stores, fused,
+ * channels per tile, chunks per tile, tiles, chunks per channel, row
+ * blocks (channel-last statistics), transform blocks. */
+void fbn_describe_plan(ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner, int elsize,
+                       int nstat, int nnew, int ops, int nthreads, long long *fields)
+{
+    fbn_plan p;
+    fbn_plan_make(&p, outer, C, inner, (size_t)elsize, nstat, nnew, ops, nthreads);
+    fields[0] = p.cl;
+    fields[1] = p.nth;
+    fields[2] = p.nt;
+    fields[3] = p.fused;
+    fields[4] = p.g;
+    fields[5] = p.kt;
+    fields[6] = p.ntiles;
+    fields[7] = p.nk;
+    fields[8] = p.nb;
+    fields[9] = p.nab;
+}
+
+/* Channels [c0, c1) and chunks [k0, k1) of tile t (channel-first). */
+static void fbn_tile_range(const fbn_plan *p, ptrdiff_t t, ptrdiff_t *c0,
+                           ptrdiff_t *c1, ptrdiff_t *k0, ptrdiff_t *k1)
+{
+    ptrdiff_t cg = t / p->nkg, kg = t % p->nkg;
+    *c0 = cg * p->g;
+    *c1 = fbn_min(*c0 + p->g, p->C);
+    *k0 = kg * p->kt;
+    *k1 = fbn_min(*k0 + p->kt, p->nk);
+}
+
+/* Per-chunk or per-block results of a plan (C * nk or C * nb). */
+static ptrdiff_t fbn_plan_parts(const fbn_plan *p)
+{
+    return p->C * (p->cl ? p->nb : p->nk);
+}
+
+/* The moments of a channel from its nk chunk moments, merged in chunk
+ * order (chunk k has FBN_CHUNK values, the last one the rest). */
+static void fbn_merge_chunks(const double *pm, const double *pq, ptrdiff_t nk,
+                             ptrdiff_t ntot, double *mean, double *m2)
+{
+    double n = (double)fbn_min(FBN_CHUNK, ntot), m = pm[0], q = pq[0];
+    ptrdiff_t k;
+    for (k = 1; k < nk; k++)
+        fbn_merge(&n, &m, &q, (double)(fbn_min(k * FBN_CHUNK + FBN_CHUNK, ntot) - k * FBN_CHUNK),
+                  pm[k], pq[k]);
+    *mean = m;
+    *m2 = q;
+}
+
+/* The moments of every channel from nb row blocks' moments (pm, pq:
+ * [nb][C]), merged block by block (vectorised over channels). */
+static void fbn_merge_blocks(const double *pm, const double *pq, ptrdiff_t C,
+                             ptrdiff_t rb, ptrdiff_t nb, ptrdiff_t outer,
+                             double *mean, double *m2)
+{
+    ptrdiff_t b, c;
+    for (c = 0; c < C; c++) {
+        mean[c] = pm[c];
+        m2[c] = pq[c];
+    }
+    for (b = 1; b < nb; b++) {
+        double na = (double)(b * rb);
+        double nbk = (double)(fbn_min(b * rb + rb, outer) - b * rb);
+        double n = na + nbk;
+        double f = nbk / n, g = na * (nbk / n);
+        const double *bm = pm + b * C, *bq = pq + b * C;
+        for (c = 0; c < C; c++) {
+            double d = bm[c] - mean[c];
+            mean[c] += d * f;
+            m2[c] += bq[c] + d * d * g;
+        }
+    }
 }
 
 /* ---- the kernels, once per element type and instruction set ------------ */

@@ -12,12 +12,12 @@
  * Optional pointers may be NULL where documented.  Scratch memory is
  * malloc'ed and freed inside a call (FBN_ENOMEM when that fails).
  *
- * Threads: `nthreads` is the number of OpenMP threads to use (<= 1: serial,
- * no parallel region is entered).  Small problems run serially whatever
+ * Threads: `nthreads` is the number of threads to use, the caller included
+ * (<= 1: the caller alone).  Small problems run on the caller whatever
  * `nthreads` says.  Results are bitwise identical for every thread count:
- * work is split into fixed-size blocks whose partial results are combined in
- * block order.  Functions are re-entrant and may be called from several
- * threads at once on different outputs.
+ * statistics are taken in fixed chunks (per channel) or blocks (of rows)
+ * whose partial results are combined in order.  Functions are re-entrant
+ * and may be called from several threads at once on different outputs.
  *
  * Each function exists for float (suffix _f32) and double (_f64), generated
  * from one template (kernels_impl.h).  Statistics are accumulated in double.
@@ -61,15 +61,55 @@ const char *fbn_build_info(void);
  * any kernel runs, not concurrently with kernels.  fbn_simd() names the
  * active one; fbn_simd_available() lists those usable here, space-separated. */
 int fbn_set_simd(const char *name);
-
-/* Memory-traffic tuning, for measurements (not thread-safe; set before
- * kernels run).  Outputs of at least nt_min_bytes are written with
- * non-temporal stores (-1: never); prefetch = 0 turns off the fused
- * forward's prefetch of the next channel. */
-void fbn_set_tuning(long long nt_min_bytes, int prefetch);
-void fbn_get_tuning(long long *nt_min_bytes, int *prefetch);
 const char *fbn_simd(void);
 const char *fbn_simd_available(void);
+
+/* Reads the sizes of the machine's caches, from which the kernels choose
+ * how to split their work (fused tiles, statistics tiles, non-temporal
+ * stores).  Call once before the first kernel, not concurrently with
+ * kernels; without it the kernels assume L2 = 1 MB, L3 = 32 MB.
+ * fbn_cache_sizes() gives the L1d, L2 and L3 sizes found (0: unknown). */
+void fbn_init(void);
+void fbn_cache_sizes(long long *l1, long long *l2, long long *l3);
+
+/* Strategy tuning, for measurements and tests (not thread-safe; set while
+ * no kernel runs).  Each value < 0 means "from the caches" (the default):
+ *   nt_bytes:   outputs of at least this many bytes are written with
+ *               non-temporal stores (default 3/4 of L3; 0: always);
+ *   fuse_bytes: channel-first statistics and the elementwise pass are
+ *               fused per tile when a channel's arrays fit in this many
+ *               bytes (default 3/4 of L2; 0: never fused);
+ *   tile_bytes: bytes read by one statistics tile (default 1/4 of L2);
+ *   serial_values: calls on fewer values run on the caller alone
+ *               (default 32768).
+ * No setting changes a result's bits, only the speed.  fbn_get_tuning
+ * gives the values in effect. */
+void fbn_set_tuning(long long nt_bytes, long long fuse_bytes, long long tile_bytes,
+                    long long serial_values);
+void fbn_get_tuning(long long *nt_bytes, long long *fuse_bytes, long long *tile_bytes,
+                    long long *serial_values);
+
+/* Scheduling of the kernels' work onto threads (see pool.h).
+ * fbn_set_scheduler("pool" | "openmp"): the caller-runs pool (default) or
+ * an OpenMP parallel loop, for comparison (FBN_EINVAL for another name or
+ * "openmp" without OpenMP); set while no kernel runs.  fbn_scheduler()
+ * names the active one ("serial" in a build without OpenMP).
+ * fbn_set_spin_us(us): how long an idle helper of the pool spins before
+ * it sleeps (returns the previous value).  fbn_pool_threads(): helper
+ * threads started so far. */
+int fbn_set_scheduler(const char *name);
+const char *fbn_scheduler(void);
+long fbn_set_spin_us(long us);
+int fbn_pool_threads(void);
+
+/* The plan a kernel makes for a call (for tests and the benchmark report):
+ * nstat = arrays its reductions read, nnew = arrays only its elementwise
+ * pass touches, ops = 1 (reductions) | 2 (elementwise pass); outer*inner
+ * >= 1, C >= 1.  fields[0..9] receive: channel-last, threads, non-temporal
+ * stores, fused, channels per tile, chunks per tile, tiles, chunks per
+ * channel, row blocks, elementwise blocks. */
+void fbn_describe_plan(ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner, int elsize,
+                       int nstat, int nnew, int ops, int nthreads, long long *fields);
 
 #define FBN_DECLARE(T, SFX)                                                    \
   /* Per-channel mean and M2 (sum of squared deviations) in double; the      \

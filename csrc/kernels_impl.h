@@ -6,10 +6,23 @@
  * defined.  NAME(f) gives the specific name f_SFX_ISA.  Everything is
  * static; the table NAME(ops) at the end is what fastbn.c dispatches to.
  *
- * Layouts of the (outer, C, inner) view:
- *   channel-first (inner > 1): channel c is `outer` runs of `inner` values;
- *   channel-last (inner == 1): each row holds C values, one per channel.
- * A single channel (C == 1) is always treated as channel-first with one run.
+ * Every kernel follows a plan (fbn_plan, fastbn.c) made from the geometry
+ * of its (outer, C, inner) view and the caches, and runs the plan's items
+ * through fbn_parallel_for (pool.h):
+ *   channel-first (inner > 1; C == 1 is one run of outer*inner values):
+ *     a tile is a group of channels times a range of their chunks (chunk =
+ *     FBN_CHUNK consecutive values of one channel, the unit of the
+ *     statistics).  Tiles are read in memory order, sample by sample, so
+ *     short planes still stream.  When the whole of a tile's channels fits
+ *     in the cache budget, the tile is fused: statistics, then the
+ *     transform while the values are in cache (one read of x).  Otherwise
+ *     the statistics tiles run first and the transform follows in blocks of
+ *     memory.
+ *   channel-last (inner == 1): blocks of rows, SIMD across channels; the
+ *     statistics of each block, then the transform by blocks.
+ * Every per-chunk or per-block result is combined in chunk or block order,
+ * so the numbers depend on the shape only: not on the plan, the thread
+ * count or the instruction set.
  *
  * The normalisation of a value is
  *   t = ((x - mh) - ml) * a + b   [+ z]   [max(t, 0)]
@@ -21,8 +34,6 @@
 #define FBN_CAT(a, b, c) FBN_CAT_(a, b, c)
 #define NAME(f) FBN_CAT(f, SFX, FBN_ISA)
 
-/* ---- reductions -------------------------------------------------------- */
-
 #if FBN_VEC
 /* 32-byte vectors of T (GCC/clang vector extensions) for the few loops the
  * auto-vectoriser handles badly; FBN_NV of them make the FBN_LANES lanes.
@@ -32,6 +43,8 @@ typedef T NAME(vec) __attribute__((vector_size(32)));
 #define FBN_VN ((int)(32 / sizeof(T)))
 #define FBN_NV (FBN_LANES / FBN_VN)
 #endif
+
+/* ---- reductions -------------------------------------------------------- */
 
 /* Adds n values to the lane accumulators acc[0..FBN_LANES] (the last one
  * takes the values that do not fill a row of lanes), in double. */
@@ -70,47 +83,52 @@ static inline void NAME(ssd_acc)(const T *x, ptrdiff_t n, double m, double *acc)
     acc[FBN_LANES] = t;
 }
 
-/* Two-pass moments of the values [i0, i1) of channel c (channel-first):
- * the chunk is small enough that the second pass reads it from cache. */
-static void NAME(chunk_moments)(const T *x, ptrdiff_t C, ptrdiff_t inner,
-                                ptrdiff_t c, ptrdiff_t i0, ptrdiff_t i1,
-                                double *mean, double *m2)
+/* One pass over chunk k of the channels [c0, c1) (channel-first), in memory
+ * order: sums into the lane accumulators acc[(c - c0) * FBN_ACC ...] when m
+ * is NULL, else squared deviations from m[c - c0].  Each channel's values
+ * arrive in its own order, run by run (pieces of runs at the chunk's ends),
+ * whatever the group of channels, so its lanes always see the same
+ * sequence. */
+static void NAME(chunk_pass)(const T *x, const fbn_plan *p, ptrdiff_t c0,
+                             ptrdiff_t c1, ptrdiff_t k, const double *m,
+                             double *acc)
 {
-    fbn_seg s = fbn_seg_start(i0, i1, inner);
-    ptrdiff_t off, len;
-    double acc[FBN_LANES + 1] = {0}, m;
-    while ((len = fbn_seg_next(&s, C, inner, c, &off)) > 0)
-        NAME(sum_acc)(x + off, len, acc);
-    m = fbn_lanes_total(acc) / (double)(i1 - i0);
-    memset(acc, 0, sizeof acc);
-    s = fbn_seg_start(i0, i1, inner);
-    while ((len = fbn_seg_next(&s, C, inner, c, &off)) > 0)
-        NAME(ssd_acc)(x + off, len, m, acc);
-    *mean = m;
-    *m2 = fbn_lanes_total(acc);
+    ptrdiff_t inner = p->inner, C = p->C;
+    ptrdiff_t i0 = k * FBN_CHUNK, i1 = fbn_min(i0 + FBN_CHUNK, p->ntot), o, c;
+    for (o = i0 / inner; o * inner < i1; o++) {
+        ptrdiff_t j0 = i0 > o * inner ? i0 - o * inner : 0;
+        ptrdiff_t len = fbn_min(i1 - o * inner, inner) - j0;
+        const T *run = x + o * C * inner + j0;
+        if (m)
+            for (c = c0; c < c1; c++)
+                NAME(ssd_acc)(run + c * inner, len, m[c - c0], acc + (c - c0) * FBN_ACC);
+        else
+            for (c = c0; c < c1; c++)
+                NAME(sum_acc)(run + c * inner, len, acc + (c - c0) * FBN_ACC);
+    }
 }
 
-/* Moments of a whole channel (channel-first), chunk by chunk in order. */
-static void NAME(channel_moments)(const T *x, ptrdiff_t C, ptrdiff_t inner,
-                                  ptrdiff_t c, ptrdiff_t ntot, double *mean,
-                                  double *m2)
+/* Moments of chunks [k0, k1) of channels [c0, c1) (at most FBN_TILE_C),
+ * two passes per chunk (the second from cache), into pm/pq[c * nk + k]. */
+static void NAME(tile_moments)(const T *x, const fbn_plan *p, ptrdiff_t c0,
+                               ptrdiff_t c1, ptrdiff_t k0, ptrdiff_t k1,
+                               double *pm, double *pq)
 {
-    double n = 0.0, m = 0.0, q = 0.0;
-    ptrdiff_t i0;
-    for (i0 = 0; i0 < ntot; i0 += FBN_CHUNK) {
-        ptrdiff_t i1 = fbn_min(i0 + FBN_CHUNK, ntot);
-        double mk, qk;
-        NAME(chunk_moments)(x, C, inner, c, i0, i1, &mk, &qk);
-        if (i0 == 0) {
-            n = (double)i1;
-            m = mk;
-            q = qk;
-        } else {
-            fbn_merge(&n, &m, &q, (double)(i1 - i0), mk, qk);
+    double acc[FBN_TILE_C * FBN_ACC], m[FBN_TILE_C];
+    ptrdiff_t w = c1 - c0, k, c;
+    for (k = k0; k < k1; k++) {
+        double cnt = (double)(fbn_min(k * FBN_CHUNK + FBN_CHUNK, p->ntot) - k * FBN_CHUNK);
+        memset(acc, 0, sizeof(double) * FBN_ACC * (size_t)w);
+        NAME(chunk_pass)(x, p, c0, c1, k, NULL, acc);
+        for (c = 0; c < w; c++)
+            m[c] = fbn_lanes_total(acc + c * FBN_ACC) / cnt;
+        memset(acc, 0, sizeof(double) * FBN_ACC * (size_t)w);
+        NAME(chunk_pass)(x, p, c0, c1, k, m, acc);
+        for (c = 0; c < w; c++) {
+            pm[(c0 + c) * p->nk + k] = m[c];
+            pq[(c0 + c) * p->nk + k] = fbn_lanes_total(acc + c * FBN_ACC);
         }
     }
-    *mean = m;
-    *m2 = q;
 }
 
 /* Two-pass moments of rows [r0, r1) (channel-last), written to mean[C] and
@@ -177,112 +195,6 @@ static void NAME(block_moments)(const T *x, ptrdiff_t C, ptrdiff_t r0,
     }
 }
 
-/* Per-channel moments of the whole array in double (both layouts). */
-static int NAME(stats)(const T *x, ptrdiff_t outer, ptrdiff_t C,
-                       ptrdiff_t inner, double *mean, double *m2, int nthreads)
-{
-    ptrdiff_t ntot = outer * inner;
-    if (ntot == 0) {
-        ptrdiff_t c;
-        for (c = 0; c < C; c++)
-            mean[c] = m2[c] = 0.0;
-        return FBN_OK;
-    }
-    if (inner > 1 || C == 1) {
-        ptrdiff_t nk = (ntot + FBN_CHUNK - 1) / FBN_CHUNK;
-        int nth = fbn_threads(nthreads, ntot * C, C * nk);
-        if (C == 1 && inner == 1) {
-            inner = outer;
-            outer = 1;
-        }
-        if (nth <= 1 || C >= 4 * (ptrdiff_t)nth) {
-            /* one channel per work item */
-            if (nth > 1) {
-                ptrdiff_t c;
-#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
-                for (c = 0; c < C; c++)
-                    NAME(channel_moments)(x, C, inner, c, ntot, mean + c, m2 + c);
-            } else {
-                ptrdiff_t c;
-                for (c = 0; c < C; c++)
-                    NAME(channel_moments)(x, C, inner, c, ntot, mean + c, m2 + c);
-            }
-        } else {
-            /* few channels: chunks in parallel, then merged in order */
-            double *pm = (double *)malloc(sizeof(double) * 2 * (size_t)(C * nk));
-            double *pq;
-            ptrdiff_t item, c;
-            if (pm == NULL)
-                return FBN_ENOMEM;
-            pq = pm + C * nk;
-#pragma omp parallel for num_threads(nth) schedule(static)
-            for (item = 0; item < C * nk; item++) {
-                ptrdiff_t cc = item / nk, k = item % nk;
-                ptrdiff_t i0 = k * FBN_CHUNK, i1 = fbn_min(i0 + FBN_CHUNK, ntot);
-                NAME(chunk_moments)(x, C, inner, cc, i0, i1, pm + item, pq + item);
-            }
-            for (c = 0; c < C; c++) {
-                ptrdiff_t k;
-                double n = (double)fbn_min(FBN_CHUNK, ntot);
-                double m = pm[c * nk], q = pq[c * nk];
-                for (k = 1; k < nk; k++) {
-                    ptrdiff_t i0 = k * FBN_CHUNK, i1 = fbn_min(i0 + FBN_CHUNK, ntot);
-                    fbn_merge(&n, &m, &q, (double)(i1 - i0), pm[c * nk + k],
-                              pq[c * nk + k]);
-                }
-                mean[c] = m;
-                m2[c] = q;
-            }
-            free(pm);
-        }
-        return FBN_OK;
-    } else {
-        /* channel-last: blocks of rows, merged in block order */
-        ptrdiff_t rb = fbn_block_rows(C);
-        ptrdiff_t nb = (outer + rb - 1) / rb;
-        int nth = fbn_threads(nthreads, ntot * C, nb);
-        double *pm, *pq;
-        ptrdiff_t b, c;
-        if (nb == 1) {
-            NAME(block_moments)(x, C, 0, outer, mean, m2);
-            return FBN_OK;
-        }
-        pm = (double *)malloc(sizeof(double) * 2 * (size_t)(C * nb));
-        if (pm == NULL)
-            return FBN_ENOMEM;
-        pq = pm + C * nb;
-        if (nth > 1) {
-#pragma omp parallel for num_threads(nth) schedule(static)
-            for (b = 0; b < nb; b++)
-                NAME(block_moments)(x, C, b * rb, fbn_min(b * rb + rb, outer),
-                                    pm + b * C, pq + b * C);
-        } else {
-            for (b = 0; b < nb; b++)
-                NAME(block_moments)(x, C, b * rb, fbn_min(b * rb + rb, outer),
-                                    pm + b * C, pq + b * C);
-        }
-        /* merge block by block, vectorised over channels */
-        for (c = 0; c < C; c++) {
-            mean[c] = pm[c];
-            m2[c] = pq[c];
-        }
-        for (b = 1; b < nb; b++) {
-            double na = (double)(b * rb);
-            double nbk = (double)(fbn_min(b * rb + rb, outer) - b * rb);
-            double n = na + nbk;
-            double f = nbk / n, g = na * (nbk / n);
-            const double *bm = pm + b * C, *bq = pq + b * C;
-            for (c = 0; c < C; c++) {
-                double d = bm[c] - mean[c];
-                mean[c] += d * f;
-                m2[c] += bq[c] + d * d * g;
-            }
-        }
-        free(pm);
-        return FBN_OK;
-    }
-}
-
 /* ---- normalisation ----------------------------------------------------- */
 
 /* The elementwise transform of n contiguous values.  x, z and y may be the
@@ -319,33 +231,6 @@ static void NAME(apply_any)(const T *x, const T *z, T *y, ptrdiff_t n, T mh,
     }
 }
 
-/* The transform of n contiguous values.  mode->nt: write y with
- * non-temporal stores (through a tile in L1), for outputs too large to stay
- * in cache; mode->pf: prefetch the values pf elements ahead of x (the next
- * channel's run in the fused forward) while working. */
-static void NAME(apply_seg)(const T *x, const T *z, T *y, ptrdiff_t n, T mh,
-                            T ml, T a, T b, int relu, const fbn_mode *mode)
-{
-    T buf[FBN_TILE];
-    ptrdiff_t t = 0;
-    if (!mode->nt && !mode->pf) {
-        NAME(apply_any)(x, z, y, n, mh, ml, a, b, relu);
-        return;
-    }
-    while (t < n) {
-        ptrdiff_t len = fbn_min(FBN_TILE, n - t);
-        if (mode->pf)
-            fbn_prefetch(x + t + mode->pf, (size_t)len * sizeof(T));
-        if (mode->nt) {
-            NAME(apply_any)(x + t, z ? z + t : NULL, buf, len, mh, ml, a, b, relu);
-            fbn_stream(y + t, buf, (size_t)len * sizeof(T));
-        } else {
-            NAME(apply_any)(x + t, z ? z + t : NULL, y + t, len, mh, ml, a, b, relu);
-        }
-        t += len;
-    }
-}
-
 /* Per-channel constants, structure of arrays: coef[0..C) = mh,
  * coef[C..2C) = ml, coef[2C..3C) = a, coef[3C..4C) = b. */
 static void NAME(coef_one)(T *coef, ptrdiff_t C, ptrdiff_t c, double mean,
@@ -359,18 +244,31 @@ static void NAME(coef_one)(T *coef, ptrdiff_t C, ptrdiff_t c, double mean,
     coef[3 * C + c] = beta ? beta[c] : (T)0;
 }
 
-/* Values [i0, i1) of channel c, channel-first. */
-static void NAME(apply_range)(const T *x, const T *z, T *y, ptrdiff_t C,
-                              ptrdiff_t inner, ptrdiff_t c, ptrdiff_t i0,
-                              ptrdiff_t i1, const T *coef, int relu,
-                              const fbn_mode *mode)
+/* The transform of the flat values [s0, s1) of a channel-first array (run
+ * r of `inner` values has channel r % C).  With nt, y is written through
+ * an L1 tile with non-temporal stores; tiles end on 64-byte boundaries of
+ * y, so each line is written whole, however short the runs are. */
+static void NAME(apply_span)(const T *x, const T *z, T *y, ptrdiff_t C,
+                             ptrdiff_t inner, ptrdiff_t s0, ptrdiff_t s1,
+                             const T *coef, int relu, int nt)
 {
-    fbn_seg s = fbn_seg_start(i0, i1, inner);
-    ptrdiff_t off, len;
-    T mh = coef[c], ml = coef[C + c], a = coef[2 * C + c], b = coef[3 * C + c];
-    while ((len = fbn_seg_next(&s, C, inner, c, &off)) > 0)
-        NAME(apply_seg)(x + off, z ? z + off : NULL, y + off, len, mh, ml, a, b,
-                        relu, mode);
+    T buf[FBN_TILE];
+    ptrdiff_t i = s0;
+    while (i < s1) {
+        ptrdiff_t end = nt ? i + fbn_tile_len(y + i, sizeof(T), s1 - i) : s1;
+        ptrdiff_t q = i;
+        while (q < end) {
+            ptrdiff_t r = q / inner, c = r % C;
+            ptrdiff_t len = fbn_min((r + 1) * inner, end) - q;
+            NAME(apply_any)(x + q, z ? z + q : NULL, nt ? buf + (q - i) : y + q, len,
+                            coef[c], coef[C + c], coef[2 * C + c], coef[3 * C + c],
+                            relu);
+            q += len;
+        }
+        if (nt)
+            fbn_stream(y + i, buf, (size_t)(end - i) * sizeof(T));
+        i = end;
+    }
 }
 
 static inline void NAME(rows_body)(const T *x, const T *z, T *y, ptrdiff_t C,
@@ -411,15 +309,15 @@ static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
     }
 }
 
-/* Rows [r0, r1), channel-last; with mode->nt, groups of rows go through a
- * tile in L1 and out with non-temporal stores. */
+/* Rows [r0, r1), channel-last; with nt, groups of rows go through a tile
+ * in L1 and out with non-temporal stores. */
 static void NAME(apply_rows)(const T *x, const T *z, T *y, ptrdiff_t C,
                              ptrdiff_t r0, ptrdiff_t r1, const T *coef, int relu,
-                             const fbn_mode *mode)
+                             int nt)
 {
     T buf[FBN_TILE];
     ptrdiff_t k = FBN_TILE / C, r;
-    if (!mode->nt || k < 1) {
+    if (!nt || k < 1) {
         NAME(rows_any)(x, z, y, C, r0, r1, coef, relu);
         return;
     }
@@ -430,200 +328,194 @@ static void NAME(apply_rows)(const T *x, const T *z, T *y, ptrdiff_t C,
     }
 }
 
-/* Channel-first values [i0, i1) of the flat array, in memory order: each
- * run of `inner` values uses its channel's constants. */
-static void NAME(apply_flat)(const T *x, const T *z, T *y, ptrdiff_t C,
-                             ptrdiff_t inner, ptrdiff_t i0, ptrdiff_t i1,
-                             const T *coef, int relu, const fbn_mode *mode)
+/* ---- the work items ---------------------------------------------------- */
+
+/* What the items of one forward call share. */
+typedef struct {
+    const fbn_plan *p;
+    const T *x, *z, *gamma, *beta;
+    T *y;
+    int relu;
+    double eps;
+    double *pm, *pq;    /* per-chunk or per-block moments */
+    T *coef;            /* 4*C constants (see coef_one) */
+    T *mean_out, *invstd_out;
+    double *var_out;
+} NAME(fwd);
+
+/* The statistics of one channel from its merged moments: its constants and
+ * the outputs of the training forward. */
+static void NAME(finish_channel)(NAME(fwd) *f, ptrdiff_t c, double mean, double m2)
 {
-    ptrdiff_t i = i0;
-    while (i < i1) {
-        ptrdiff_t r = i / inner, j = i - r * inner, c = r % C;
-        ptrdiff_t len = fbn_min(inner - j, i1 - i);
-        NAME(apply_seg)(x + i, z ? z + i : NULL, y + i, len, coef[c],
-                        coef[C + c], coef[2 * C + c], coef[3 * C + c], relu, mode);
-        i += len;
+    double var = m2 / (double)f->p->ntot;
+    double inv = 1.0 / sqrt(var + f->eps);
+    NAME(coef_one)(f->coef, f->p->C, c, mean, inv, f->gamma, f->beta);
+    f->mean_out[c] = (T)mean;
+    f->invstd_out[c] = (T)inv;
+    if (f->var_out)
+        f->var_out[c] = var;
+}
+
+/* A statistics tile (channel-first): moments of its chunks. */
+static void NAME(item_stats_tile)(void *arg, ptrdiff_t t)
+{
+    NAME(fwd) *f = (NAME(fwd) *)arg;
+    const fbn_plan *p = f->p;
+    ptrdiff_t c0, c1, k0, k1;
+    fbn_tile_range(p, t, &c0, &c1, &k0, &k1);
+    NAME(tile_moments)(f->x, p, c0, c1, k0, k1, f->pm, f->pq);
+}
+
+/* A fused tile (channel-first): the statistics of whole channels, then
+ * their transform while the values are in cache, sample by sample. */
+static void NAME(item_fused_tile)(void *arg, ptrdiff_t t)
+{
+    NAME(fwd) *f = (NAME(fwd) *)arg;
+    const fbn_plan *p = f->p;
+    ptrdiff_t c0, c1, k0, k1, c, o, ci = p->C * p->inner;
+    fbn_tile_range(p, t, &c0, &c1, &k0, &k1);
+    NAME(tile_moments)(f->x, p, c0, c1, 0, p->nk, f->pm, f->pq);
+    for (c = c0; c < c1; c++) {
+        double mean, m2;
+        fbn_merge_chunks(f->pm + c * p->nk, f->pq + c * p->nk, p->nk, p->ntot,
+                         &mean, &m2);
+        NAME(finish_channel)(f, c, mean, m2);
+    }
+    for (o = 0; o < p->outer; o++)
+        NAME(apply_span)(f->x, f->z, f->y, p->C, p->inner, o * ci + c0 * p->inner,
+                         o * ci + c1 * p->inner, f->coef, f->relu, p->nt);
+}
+
+/* A block of rows' moments (channel-last). */
+static void NAME(item_stats_rows)(void *arg, ptrdiff_t b)
+{
+    NAME(fwd) *f = (NAME(fwd) *)arg;
+    const fbn_plan *p = f->p;
+    NAME(block_moments)(f->x, p->C, b * p->rb, fbn_min(b * p->rb + p->rb, p->outer),
+                        f->pm + b * p->C, f->pq + b * p->C);
+}
+
+/* A block of the transform, in memory order.  Blocks go back to front: the
+ * statistics were read front to back, so the tail is what the caches hold. */
+static void NAME(item_apply)(void *arg, ptrdiff_t b)
+{
+    NAME(fwd) *f = (NAME(fwd) *)arg;
+    const fbn_plan *p = f->p;
+    ptrdiff_t i0 = (p->nab - 1 - b) * p->ab;
+    if (p->cl)
+        NAME(apply_rows)(f->x, f->z, f->y, p->C, i0, fbn_min(i0 + p->ab, p->outer),
+                         f->coef, f->relu, p->nt);
+    else
+        NAME(apply_span)(f->x, f->z, f->y, p->C, p->inner, i0,
+                         fbn_min(i0 + p->ab, p->ntot * p->C), f->coef, f->relu,
+                         p->nt);
+}
+
+/* The statistics phase: per-chunk (channel-first) or per-block
+ * (channel-last) moments, merged per channel in order into mean[C], m2[C]. */
+static void NAME(stats_phase)(NAME(fwd) *f, double *mean, double *m2)
+{
+    const fbn_plan *p = f->p;
+    ptrdiff_t c;
+    if (p->cl) {
+        fbn_parallel_for(p->nb, NAME(item_stats_rows), f, p->nth);
+        fbn_merge_blocks(f->pm, f->pq, p->C, p->rb, p->nb, p->outer, mean, m2);
+    } else {
+        fbn_parallel_for(p->ntiles, NAME(item_stats_tile), f, p->nth);
+        for (c = 0; c < p->C; c++)
+            fbn_merge_chunks(f->pm + c * p->nk, f->pq + c * p->nk, p->nk, p->ntot,
+                             mean + c, m2 + c);
     }
 }
 
-/* The transform over the whole array with the constants in coef, in memory
- * order, split into fixed blocks for the threads. */
-static void NAME(apply_all)(const T *x, ptrdiff_t outer, ptrdiff_t C,
-                            ptrdiff_t inner, const T *coef, const T *z,
-                            int relu, T *y, int nthreads)
+/* Scratch of a forward call: the per-chunk/per-block moments (2 * nparts
+ * doubles), then 2*C doubles, then the 4*C constants. */
+static int NAME(fwd_scratch)(NAME(fwd) *f, double **tmp, void **mem)
 {
-    ptrdiff_t ntot = outer * inner;
-    fbn_mode mode;
-    /* non-temporal stores pay in channel-first layout; in channel-last
-     * layout, whose statistics pass has just pulled x through the caches,
-     * measured slower (NHWC (32,56,56,64): 1.73x vs 1.54x np.copyto) */
-    mode.nt = (inner > 1 || C == 1) && fbn_use_nt((size_t)(ntot * C) * sizeof(T));
-    mode.pf = 0;
-    if (ntot == 0 || C == 0)
-        return;
-    if (inner > 1 || C == 1) {
-        ptrdiff_t size = ntot * C;
-        ptrdiff_t nb = (size + FBN_BLOCK_VALUES - 1) / FBN_BLOCK_VALUES, b;
-        int nth = fbn_threads(nthreads, size, nb);
-        if (C == 1)
-            inner = size;
-        /* blocks in reverse order: the statistics pass read the array
-         * front to back, so its tail is what is still in cache */
-        if (nth > 1) {
-#pragma omp parallel for num_threads(nth) schedule(static)
-            for (b = 0; b < nb; b++) {
-                ptrdiff_t i0 = (nb - 1 - b) * FBN_BLOCK_VALUES;
-                NAME(apply_flat)(x, z, y, C, inner, i0,
-                                 fbn_min(i0 + FBN_BLOCK_VALUES, size), coef, relu,
-                                 &mode);
-            }
-        } else {
-            for (b = nb - 1; b >= 0; b--)
-                NAME(apply_flat)(x, z, y, C, inner, b * FBN_BLOCK_VALUES,
-                                 fbn_min(b * FBN_BLOCK_VALUES + FBN_BLOCK_VALUES, size),
-                                 coef, relu, &mode);
-        }
-    } else {
-        ptrdiff_t rb = fbn_block_rows(C);
-        ptrdiff_t nb = (outer + rb - 1) / rb;
-        int nth = fbn_threads(nthreads, ntot * C, nb);
-        ptrdiff_t b;
-        /* blocks in reverse order, as above */
-        if (nth > 1) {
-#pragma omp parallel for num_threads(nth) schedule(static)
-            for (b = 0; b < nb; b++) {
-                ptrdiff_t r0 = (nb - 1 - b) * rb;
-                NAME(apply_rows)(x, z, y, C, r0, fbn_min(r0 + rb, outer), coef,
-                                 relu, &mode);
-            }
-        } else {
-            for (b = nb - 1; b >= 0; b--)
-                NAME(apply_rows)(x, z, y, C, b * rb, fbn_min(b * rb + rb, outer),
-                                 coef, relu, &mode);
-        }
-    }
-    if (mode.nt)
-        fbn_sfence();
+    const fbn_plan *p = f->p;
+    size_t nd = 2 * (size_t)fbn_plan_parts(p) + 2 * (size_t)p->C;
+    char *m = (char *)malloc(sizeof(double) * nd + sizeof(T) * 4 * (size_t)p->C);
+    if (m == NULL)
+        return FBN_ENOMEM;
+    f->pm = (double *)m;
+    f->pq = f->pm + fbn_plan_parts(p);
+    *tmp = f->pq + fbn_plan_parts(p);
+    f->coef = (T *)(m + sizeof(double) * nd);
+    *mem = m;
+    return FBN_OK;
 }
 
 /* ---- public kernels ---------------------------------------------------- */
 
 static int NAME(k_moments)(const T *x, ptrdiff_t outer, ptrdiff_t C,
-                      ptrdiff_t inner, double *mean, double *m2, int nthreads)
+                           ptrdiff_t inner, double *mean, double *m2, int nthreads)
 {
+    fbn_plan p;
+    NAME(fwd) f;
+    double *tmp;
+    void *mem;
+    ptrdiff_t c;
     if (outer < 0 || C < 0 || inner < 0)
         return FBN_EINVAL;
-    return NAME(stats)(x, outer, C, inner, mean, m2, nthreads);
-}
-
-/* One channel of the fused training forward: statistics, then the
- * transform while the channel's values are still in cache. */
-static void NAME(train_channel)(const T *x, ptrdiff_t C, ptrdiff_t inner,
-                                ptrdiff_t c, ptrdiff_t ntot, const T *gamma,
-                                const T *beta, const T *z, double eps, int relu,
-                                T *y, T *coef, T *mean_out, T *invstd_out,
-                                double *var_out, int nt, int big,
-                                ptrdiff_t c_end)
-{
-    double m, q, var, inv;
-    fbn_mode mode;
-    mode.nt = nt;
-    /* prefetch the next channel of this thread while this one is
-     * normalised from cache */
-    mode.pf = (fbn_prefetch_on() && big && c + 1 < c_end) ? inner : 0;
-    NAME(channel_moments)(x, C, inner, c, ntot, &m, &q);
-    var = q / (double)ntot;
-    inv = 1.0 / sqrt(var + eps);
-    NAME(coef_one)(coef, C, c, m, inv, gamma, beta);
-    NAME(apply_range)(x, z, y, C, inner, c, 0, ntot, coef, relu, &mode);
-    mean_out[c] = (T)m;
-    invstd_out[c] = (T)inv;
-    if (var_out)
-        var_out[c] = var;
+    if (outer * inner == 0) {
+        for (c = 0; c < C; c++)
+            mean[c] = m2[c] = 0.0;
+        return FBN_OK;
+    }
+    if (C == 0)
+        return FBN_OK;
+    fbn_plan_make(&p, outer, C, inner, sizeof(T), 1, 0, FBN_OP_STATS, nthreads);
+    memset(&f, 0, sizeof f);
+    f.p = &p;
+    f.x = x;
+    if (NAME(fwd_scratch)(&f, &tmp, &mem) != FBN_OK)
+        return FBN_ENOMEM;
+    NAME(stats_phase)(&f, mean, m2);
+    free(mem);
+    return FBN_OK;
 }
 
 static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
-                            ptrdiff_t inner, const T *gamma, const T *beta,
-                            const T *z, double eps, int relu, T *y, T *mean_out,
-                            T *invstd_out, double *var_out, int nthreads)
+                                 ptrdiff_t inner, const T *gamma, const T *beta,
+                                 const T *z, double eps, int relu, T *y, T *mean_out,
+                                 T *invstd_out, double *var_out, int nthreads)
 {
-    ptrdiff_t ntot = outer * inner, c;
-    T stack_coef[4 * FBN_STACK_C];
-    T *coef;
-    int status = FBN_OK;
-    if (outer < 0 || C < 0 || inner < 0 || (ntot < 1 && C > 0) || !(eps > 0))
+    fbn_plan p;
+    NAME(fwd) f;
+    double *tmp;
+    void *mem;
+    ptrdiff_t c;
+    if (outer < 0 || C < 0 || inner < 0 || (outer * inner < 1 && C > 0) || !(eps > 0))
         return FBN_EINVAL;
     if (C == 0)
         return FBN_OK;
-    coef = C <= FBN_STACK_C ? stack_coef : (T *)malloc(sizeof(T) * 4 * (size_t)C);
-    if (coef == NULL)
+    fbn_plan_make(&p, outer, C, inner, sizeof(T), 1, z ? 2 : 1,
+                  FBN_OP_STATS | FBN_OP_APPLY, nthreads);
+    f.p = &p;
+    f.x = x;
+    f.z = z;
+    f.gamma = gamma;
+    f.beta = beta;
+    f.y = y;
+    f.relu = relu;
+    f.eps = eps;
+    f.mean_out = mean_out;
+    f.invstd_out = invstd_out;
+    f.var_out = var_out;
+    if (NAME(fwd_scratch)(&f, &tmp, &mem) != FBN_OK)
         return FBN_ENOMEM;
-    if (inner > 1 || C == 1) {
-        ptrdiff_t nk = (ntot + FBN_CHUNK - 1) / FBN_CHUNK;
-        int nth = fbn_threads(nthreads, ntot * C, C * nk);
-        ptrdiff_t cin = inner;
-        if (C == 1 && inner == 1)
-            cin = outer;
-        if (nth <= 1 || C >= 4 * (ptrdiff_t)nth) {
-            /* fused: each channel's values are read from memory once; each
-             * thread takes a contiguous block of channels so that it can
-             * prefetch its next channel */
-            size_t bytes = (size_t)(ntot * C) * sizeof(T);
-            int nt = fbn_use_nt(bytes), big = bytes >= FBN_PREFETCH_BYTES;
-            ptrdiff_t t;
-            if (nth > 1) {
-#pragma omp parallel for num_threads(nth) schedule(static, 1)
-                for (t = 0; t < nth; t++) {
-                    ptrdiff_t c0 = C * t / nth, c1 = C * (t + 1) / nth, cc;
-                    for (cc = c0; cc < c1; cc++)
-                        NAME(train_channel)(x, C, cin, cc, ntot, gamma, beta, z,
-                                            eps, relu, y, coef, mean_out,
-                                            invstd_out, var_out, nt, big, c1);
-                    if (nt)
-                        fbn_sfence();
-                }
-            } else {
-                for (c = 0; c < C; c++)
-                    NAME(train_channel)(x, C, cin, c, ntot, gamma, beta, z, eps,
-                                        relu, y, coef, mean_out, invstd_out,
-                                        var_out, nt, big, C);
-                if (nt)
-                    fbn_sfence();
-            }
-            if (coef != stack_coef)
-                free(coef);
-            return FBN_OK;
-        }
+    if (p.fused) {
+        fbn_parallel_for(p.ntiles, NAME(item_fused_tile), &f, p.nth);
+    } else {
+        NAME(stats_phase)(&f, tmp, tmp + C);
+        for (c = 0; c < C; c++)
+            NAME(finish_channel)(&f, c, tmp[c], tmp[C + c]);
+        fbn_parallel_for(p.nab, NAME(item_apply), &f, p.nth);
     }
-    /* two phases: statistics (parallel over chunks or row blocks), then the
-     * transform */
-    {
-        double *mean = (double *)malloc(sizeof(double) * 2 * (size_t)C);
-        double *m2;
-        if (mean == NULL) {
-            if (coef != stack_coef)
-                free(coef);
-            return FBN_ENOMEM;
-        }
-        m2 = mean + C;
-        status = NAME(stats)(x, outer, C, inner, mean, m2, nthreads);
-        if (status == FBN_OK) {
-            for (c = 0; c < C; c++) {
-                double var = m2[c] / (double)ntot;
-                double inv = 1.0 / sqrt(var + eps);
-                NAME(coef_one)(coef, C, c, mean[c], inv, gamma, beta);
-                mean_out[c] = (T)mean[c];
-                invstd_out[c] = (T)inv;
-                if (var_out)
-                    var_out[c] = var;
-            }
-            NAME(apply_all)(x, outer, C, inner, coef, z, relu, y, nthreads);
-        }
-        free(mean);
-    }
-    if (coef != stack_coef)
-        free(coef);
-    return status;
+    if (p.nt)
+        fbn_sfence();
+    free(mem);
+    return FBN_OK;
 }
 
 /* The transform with given per-channel statistics: T mean and var (with
@@ -635,24 +527,35 @@ static int NAME(transform)(const T *x, ptrdiff_t outer, ptrdiff_t C,
                            const T *beta, const T *z, int relu, T *y,
                            int nthreads)
 {
-    T stack_coef[4 * FBN_STACK_C] = {0}; /* (silences a false GCC warning) */
-    T *coef;
+    fbn_plan p;
+    NAME(fwd) f;
+    T stack_coef[4 * FBN_STACK_C];
     ptrdiff_t c;
     if (C == 0 || outer * inner == 0)
         return FBN_OK;
-    coef = C <= FBN_STACK_C ? stack_coef : (T *)malloc(sizeof(T) * 4 * (size_t)C);
-    if (coef == NULL)
+    fbn_plan_make(&p, outer, C, inner, sizeof(T), 1, z ? 2 : 1, FBN_OP_APPLY,
+                  nthreads);
+    memset(&f, 0, sizeof f);
+    f.p = &p;
+    f.x = x;
+    f.z = z;
+    f.y = y;
+    f.relu = relu;
+    f.coef = C <= FBN_STACK_C ? stack_coef : (T *)malloc(sizeof(T) * 4 * (size_t)C);
+    if (f.coef == NULL)
         return FBN_ENOMEM;
     for (c = 0; c < C; c++) {
         if (mean_d)
-            NAME(coef_one)(coef, C, c, mean_d[c], invstd_d[c], gamma, beta);
+            NAME(coef_one)(f.coef, C, c, mean_d[c], invstd_d[c], gamma, beta);
         else
-            NAME(coef_one)(coef, C, c, (double)mean_t[c],
+            NAME(coef_one)(f.coef, C, c, (double)mean_t[c],
                            1.0 / sqrt((double)var_t[c] + eps), gamma, beta);
     }
-    NAME(apply_all)(x, outer, C, inner, coef, z, relu, y, nthreads);
-    if (coef != stack_coef)
-        free(coef);
+    fbn_parallel_for(p.nab, NAME(item_apply), &f, p.nth);
+    if (p.nt)
+        fbn_sfence();
+    if (f.coef != stack_coef)
+        free(f.coef);
     return FBN_OK;
 }
 

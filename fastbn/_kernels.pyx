@@ -11,6 +11,7 @@ cimport numpy as cnp
 import numpy as np
 
 cnp.import_array()
+fbn_init()
 
 cdef extern from "fastbn.h" nogil:
     int FBN_OK
@@ -21,8 +22,18 @@ cdef extern from "fastbn.h" nogil:
     long fbn_openmp_version()
     const char *fbn_build_info()
     int fbn_set_simd(const char *name)
-    void fbn_set_tuning(long long nt_min_bytes, int prefetch)
-    void fbn_get_tuning(long long *nt_min_bytes, int *prefetch)
+    void fbn_init()
+    void fbn_cache_sizes(long long *l1, long long *l2, long long *l3)
+    void fbn_set_tuning(long long nt_bytes, long long fuse_bytes, long long tile_bytes,
+                        long long serial_values)
+    void fbn_get_tuning(long long *nt_bytes, long long *fuse_bytes, long long *tile_bytes,
+                        long long *serial_values)
+    int fbn_set_scheduler(const char *name)
+    const char *fbn_scheduler()
+    long fbn_set_spin_us(long us)
+    int fbn_pool_threads()
+    void fbn_describe_plan(Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, int elsize,
+                           int nstat, int nnew, int ops, int nthreads, long long *fields)
     const char *fbn_simd()
     const char *fbn_simd_available()
 
@@ -162,15 +173,95 @@ def partial_overlap(a, b):
     return pa < pb + nb and pb < pa + na
 
 
-def set_tuning(long long nt_min_bytes, bint prefetch):
-    """Memory-traffic tuning for measurements: outputs of at least
-    nt_min_bytes use non-temporal stores (-1: never); prefetch toggles the
-    fused forward's prefetch of the next channel.  Returns the old values."""
-    cdef long long old_nt
-    cdef int old_pf
-    fbn_get_tuning(&old_nt, &old_pf)
-    fbn_set_tuning(nt_min_bytes, prefetch)
-    return old_nt, bool(old_pf)
+def set_tuning(nt=None, fuse=None, tile=None, serial=None):
+    """Strategy tuning for measurements and tests (see fbn_set_tuning in
+    csrc/fastbn.h): byte thresholds for non-temporal stores (`nt`), fused
+    channel-first tiles (`fuse`), the bytes of a statistics tile (`tile`),
+    and the number of values below which a call runs on its caller alone
+    (`serial`).  None (or < 0) means the default.  No setting changes a
+    result's bits.  Returns the previous settings as a dict (None where
+    default), so that ``set_tuning(**old)`` restores them."""
+    global _tuning
+    old = dict(_tuning)
+    new = {"nt": nt, "fuse": fuse, "tile": tile, "serial": serial}
+    for k, v in new.items():
+        new[k] = None if v is None or v < 0 else int(v)
+    v = [-1 if v is None else v for v in new.values()]
+    fbn_set_tuning(v[0], v[1], v[2], v[3])
+    _tuning = new
+    return old
+
+
+_tuning = {"nt": None, "fuse": None, "tile": None, "serial": None}
+
+
+def tuning():
+    """The thresholds in effect: {"nt", "fuse", "tile", "serial"}."""
+    cdef long long a, b, c, d
+    fbn_get_tuning(&a, &b, &c, &d)
+    return {"nt": a, "fuse": b, "tile": c, "serial": d}
+
+
+def cache_sizes():
+    """(L1d, L2, L3) sizes in bytes as the kernels see them (0: unknown)."""
+    cdef long long a, b, c
+    fbn_cache_sizes(&a, &b, &c)
+    return a, b, c
+
+
+def set_scheduler(str name):
+    """Schedule the kernels' work with the caller-runs "pool" (default) or
+    an "openmp" parallel loop (for comparison).  Returns the previous one."""
+    old = scheduler()
+    if fbn_set_scheduler(name.encode()) != FBN_OK:
+        raise ValueError(f"scheduler must be 'pool' or 'openmp' (with OpenMP), "
+                         f"got {name!r}")
+    return old
+
+
+def scheduler():
+    """The active scheduler: "pool", "openmp" or "serial" (no OpenMP)."""
+    return fbn_scheduler().decode()
+
+
+def set_spin_us(long us):
+    """How long idle pool helpers spin before sleeping, in microseconds;
+    returns the previous value."""
+    return fbn_set_spin_us(us)
+
+
+_PLAN_OPS = {  # (arrays read by the reductions, arrays only the elementwise
+               # pass touches, 1 = reductions | 2 = elementwise pass)
+    "moments": (1, 0, 1), "train": (1, 1, 3), "train_residual": (1, 2, 3),
+    "infer": (1, 1, 2), "backward": (2, 1, 3), "backward_relu": (3, 1, 3),
+    "backward_reduce": (2, 0, 1), "backward_apply": (2, 1, 2),
+}
+_PLAN_FIELDS = ("channel_last", "threads", "nontemporal", "fused", "tile_channels",
+                "tile_chunks", "tiles", "chunks", "row_blocks", "blocks")
+
+
+def plan(str op, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, int itemsize,
+         int nthreads):
+    """The work plan the kernel of `op` makes for the (outer, C, inner) view
+    (see fbn_describe_plan): a dict with "strategy" ("channel-last",
+    "fused tiles" or "two-phase tiles") and the plan's fields."""
+    cdef long long f[10]
+    if op not in _PLAN_OPS:
+        raise ValueError(f"op must be one of {sorted(_PLAN_OPS)}, got {op!r}")
+    if outer * inner < 1 or C < 1:
+        raise ValueError("plan needs outer*inner >= 1 and C >= 1")
+    nstat, nnew, ops = _PLAN_OPS[op]
+    fbn_describe_plan(outer, C, inner, itemsize, nstat, nnew, ops, nthreads, f)
+    d = {k: int(f[i]) for i, k in enumerate(_PLAN_FIELDS)}
+    d["strategy"] = ("channel-last" if d["channel_last"] else
+                     "fused tiles" if d["fused"] else
+                     "elementwise blocks" if ops == 2 else "two-phase tiles")
+    return d
+
+
+def pool_threads():
+    """Helper threads the pool has started so far."""
+    return fbn_pool_threads()
 
 
 def simd():

@@ -12,10 +12,13 @@ rng = np.random.default_rng(0)
 CASES = [((3, 5, 7), 1), ((17, 3), 1), ((2, 3, 4, 5), -1), ((9, 1), 1),
          ((4, 2, 3, 1), 2), ((5, 70, 3), 1), ((130, 5, 33), 1), ((600, 9), -1)]
 
-# plain stores, then non-temporal stores and prefetch forced on (the
-# memory-traffic paths normally used only for arrays of 24 MB and more)
-for nthreads, nt_bytes in ((1, -1), (2, -1), (1, 0), (2, 0)):
-    _kernels.set_tuning(nt_bytes, True)
+# the default plans, then every plan forced on these small arrays: the pool
+# (no serial cut-off), fused tiles, two-phase tiles of one chunk, and
+# non-temporal stores (normally only for outputs larger than the L3)
+PLANS = [dict(), dict(serial=0, fuse=1 << 50), dict(serial=0, fuse=0, tile=1),
+         dict(serial=0, fuse=1 << 50, nt=0), dict(serial=0, fuse=0, nt=0)]
+for nthreads, tuning in [(n, t) for n in (1, 2) for t in PLANS]:
+    _kernels.set_tuning(**tuning)
     with fastbn.num_threads(nthreads):
         for shape, axis in CASES:
             for dt in (np.float32, np.float64):

@@ -1,0 +1,430 @@
+/*
+ * pool.c -- the caller-runs scheduler of pool.h.
+ *
+ * One pool per process, helpers started on first use.  A job is published
+ * through one 64-bit word, `state` = (generation << 32) | next item:
+ *
+ *   owner: state = (g, CLOSED)          no item can be claimed
+ *          write fn, ctx, n, helpers, done = 0   (release stores)
+ *          state = (g, 0)               the job is open
+ *          claim items itself; wait until done == n
+ *   any thread: s = state (acquire); read the job (acquire loads);
+ *          if index(s) < n: CAS state s -> s + 1, run the item, done += 1
+ *
+ * A successful CAS from (g, k) proves that the job fields read before it
+ * belong to job g: fields of a later job are written only after the owner
+ * stored (g', CLOSED), and an acquire load that saw such a field would
+ * make that store visible to the CAS, which would then fail.  An item is
+ * claimed once; the owner returns only when every claimed item is done, so
+ * `ctx` outlives every use.  Helpers that never arrive cost nothing.
+ *
+ * Sleeping: an idle helper spins for spin_us, then sleeps on a condition
+ * variable.  It announces itself in `sleepers` (seq_cst) and re-reads the
+ * state before it waits; the owner stores the state (seq_cst) and then
+ * reads `sleepers`, so either the owner wakes the helper or the helper sees
+ * the new job (no lost wake-up).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#define FBN_POOL 1
+#else
+#define FBN_POOL 0
+#endif
+
+#include "fastbn.h"
+#include "pool.h"
+
+enum { FBN_SCHED_POOL = 0, FBN_SCHED_OPENMP = 1 };
+static int fbn_sched = FBN_SCHED_POOL;
+static const char *const fbn_sched_names[] = {"pool", "openmp"};
+
+static void run_serial(ptrdiff_t n, fbn_item_fn fn, void *ctx)
+{
+    ptrdiff_t i;
+    for (i = 0; i < n; i++)
+        fn(ctx, i);
+}
+
+#if FBN_POOL
+
+/* ---- portability: atomics, threads, a clock, a pause -------------------- */
+
+#if defined(_WIN32)
+#define WIN32_LEAN_AND_MEAN
+#include <windows.h>
+#include <process.h>
+#include <intrin.h>
+typedef volatile LONG64 fbn_atomic;
+typedef PVOID volatile fbn_atomic_ptr;
+#define LD(p) InterlockedCompareExchange64((p), 0, 0)
+#define ST(p, v) ((void)InterlockedExchange64((p), (v)))
+#define ST_SEQ(p, v) ST(p, v)
+#define LD_SEQ(p) LD(p)
+#define ADD(p, v) InterlockedExchangeAdd64((p), (v))
+static int CAS(fbn_atomic *p, LONG64 *expected, LONG64 desired)
+{
+    LONG64 old = InterlockedCompareExchange64(p, desired, *expected);
+    if (old == *expected)
+        return 1;
+    *expected = old;
+    return 0;
+}
+#define LDP(p) InterlockedCompareExchangePointer((p), NULL, NULL)
+#define STP(p, v) ((void)InterlockedExchangePointer((p), (v)))
+typedef SRWLOCK fbn_mutex;
+typedef CONDITION_VARIABLE fbn_cond;
+#define MUTEX_INIT(m) InitializeSRWLock(m)
+#define LOCK(m) AcquireSRWLockExclusive(m)
+#define UNLOCK(m) ReleaseSRWLockExclusive(m)
+#define COND_INIT(c) InitializeConditionVariable(c)
+#define COND_WAIT(c, m) SleepConditionVariableSRW((c), (m), INFINITE, 0)
+#define COND_BROADCAST(c) WakeAllConditionVariable(c)
+static double now_us(void)
+{
+    static LARGE_INTEGER freq;
+    LARGE_INTEGER t;
+    if (freq.QuadPart == 0)
+        QueryPerformanceFrequency(&freq);
+    QueryPerformanceCounter(&t);
+    return (double)t.QuadPart * 1e6 / (double)freq.QuadPart;
+}
+#if defined(_M_X64) || defined(_M_IX86)
+#define PAUSE() _mm_pause()
+#else
+#define PAUSE() __yield()
+#endif
+#define YIELD() SwitchToThread()
+#else /* POSIX */
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <time.h>
+typedef int64_t fbn_atomic;
+typedef void *fbn_atomic_ptr;
+#define LD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define ST(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define LD_SEQ(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
+#define ST_SEQ(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
+#define ADD(p, v) __atomic_fetch_add((p), (v), __ATOMIC_SEQ_CST)
+#define CAS(p, e, d)                                                           \
+    __atomic_compare_exchange_n((p), (e), (d), 0, __ATOMIC_ACQ_REL,            \
+                                __ATOMIC_ACQUIRE)
+#define LDP(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define STP(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+typedef pthread_mutex_t fbn_mutex;
+typedef pthread_cond_t fbn_cond;
+#define MUTEX_INIT(m) pthread_mutex_init((m), NULL)
+#define LOCK(m) pthread_mutex_lock(m)
+#define UNLOCK(m) pthread_mutex_unlock(m)
+#define COND_INIT(c) pthread_cond_init((c), NULL)
+#define COND_WAIT(c, m) pthread_cond_wait((c), (m))
+#define COND_BROADCAST(c) pthread_cond_broadcast(c)
+static double now_us(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e6 + (double)t.tv_nsec * 1e-3;
+}
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define PAUSE() _mm_pause()
+#elif defined(__aarch64__) || defined(__arm__)
+#define PAUSE() __asm__ __volatile__("yield" ::: "memory")
+#else
+#define PAUSE() ((void)0)
+#endif
+#define YIELD() sched_yield()
+#endif
+
+/* ---- the pool ----------------------------------------------------------- */
+
+#define CLOSED ((int64_t)0xFFFFFFFF)
+#define GEN(s) ((int64_t)((uint64_t)(s) >> 32))
+#define IDX(s) ((s) & CLOSED)
+#define MAX_HELPERS 255
+
+static struct {
+    fbn_atomic state;    /* (generation << 32) | next item, see above */
+    fbn_atomic n;        /* items of the current job */
+    fbn_atomic helpers;  /* helpers allowed in the current job */
+    fbn_atomic done;     /* items of the current job completed */
+    fbn_atomic_ptr fn;   /* fbn_item_fn of the current job */
+    fbn_atomic_ptr ctx;
+    fbn_atomic busy;     /* 1 while a caller owns the pool */
+    fbn_atomic sleepers; /* helpers waiting on cond */
+    fbn_atomic spin_us;  /* idle spin before sleeping */
+    int nworkers;        /* helpers started (under mutex) */
+    fbn_mutex mutex;
+    fbn_cond cond;
+} P;
+
+static volatile int P_ready = 0;
+
+/* Claims and runs items of job `gen` until none is left (or a newer job
+ * replaced it).  `index` is the helper's number (-1: the owner). */
+static void work_on(int64_t gen, int index)
+{
+    for (;;) {
+        int64_t s = LD(&P.state);
+        int64_t k, n;
+        fbn_item_fn fn;
+        void *ctx;
+        if (GEN(s) != gen)
+            return;
+        k = IDX(s);
+        if (k == CLOSED) { /* being published */
+            PAUSE();
+            continue;
+        }
+        fn = (fbn_item_fn)LDP(&P.fn);
+        ctx = LDP(&P.ctx);
+        n = LD(&P.n);
+        if (k >= n || (index >= 0 && index >= LD(&P.helpers)))
+            return;
+        if (CAS(&P.state, &s, s + 1)) {
+            fn(ctx, (ptrdiff_t)k);
+            ADD(&P.done, 1);
+        }
+    }
+}
+
+#if defined(_WIN32)
+static unsigned __stdcall worker_main(void *arg)
+#else
+static void *worker_main(void *arg)
+#endif
+{
+    int index = (int)(intptr_t)arg;
+    int64_t seen = GEN(LD(&P.state));
+    for (;;) {
+        double t0 = now_us();
+        long spins = 0;
+        int64_t s;
+        /* spin a while for the next job */
+        while (GEN(s = LD(&P.state)) == seen) {
+            PAUSE();
+            if ((++spins & 63) == 0 && now_us() - t0 > (double)LD(&P.spin_us))
+                break;
+        }
+        if (GEN(s) == seen) {
+            /* sleep until a job newer than `seen` is published */
+            LOCK(&P.mutex);
+            ADD(&P.sleepers, 1);
+            while (GEN(LD_SEQ(&P.state)) == seen)
+                COND_WAIT(&P.cond, &P.mutex);
+            ADD(&P.sleepers, -1);
+            UNLOCK(&P.mutex);
+        }
+        seen = GEN(LD(&P.state));
+        work_on(seen, index);
+    }
+#if defined(_WIN32)
+    return 0;
+#else
+    return NULL;
+#endif
+}
+
+/* Starts helpers until there are `want` (fewer if the system refuses). */
+static void start_workers(int want)
+{
+    if (want > MAX_HELPERS)
+        want = MAX_HELPERS;
+    LOCK(&P.mutex);
+    while (P.nworkers < want) {
+        int ok;
+#if defined(_WIN32)
+        uintptr_t h = _beginthreadex(NULL, 512 * 1024, worker_main,
+                                     (void *)(intptr_t)P.nworkers, 0, NULL);
+        ok = h != 0;
+        if (ok)
+            CloseHandle((HANDLE)h);
+#else
+        pthread_t t;
+        pthread_attr_t attr;
+        sigset_t all, old;
+        /* helpers never take signals (Python handles them on the main
+         * thread) and need little stack (kernels keep small L1 tiles) */
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, 512 * 1024);
+        ok = pthread_create(&t, &attr, worker_main, (void *)(intptr_t)P.nworkers) == 0;
+        pthread_attr_destroy(&attr);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+#endif
+        if (!ok)
+            break;
+        P.nworkers++;
+    }
+    UNLOCK(&P.mutex);
+}
+
+#if !defined(_WIN32)
+/* fork(): the child has only the forking thread.  Its pool starts empty
+ * (helpers are started again on first use) and the job word is closed, so
+ * that new helpers never see a job of the parent. */
+static void atfork_prepare(void) { LOCK(&P.mutex); }
+static void atfork_parent(void) { UNLOCK(&P.mutex); }
+static void atfork_child(void)
+{
+    int64_t s = LD(&P.state);
+    MUTEX_INIT(&P.mutex);
+    COND_INIT(&P.cond);
+    P.nworkers = 0;
+    ST(&P.busy, 0);
+    ST(&P.sleepers, 0);
+    ST(&P.state, ((GEN(s) + 1) << 32) | CLOSED);
+}
+#endif
+
+static void pool_init_once(void)
+{
+    MUTEX_INIT(&P.mutex);
+    COND_INIT(&P.cond);
+    ST(&P.spin_us, 100);
+#if !defined(_WIN32)
+    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+#endif
+    P_ready = 1;
+}
+
+#if defined(_WIN32)
+static INIT_ONCE pool_once = INIT_ONCE_STATIC_INIT;
+static BOOL CALLBACK pool_init_cb(PINIT_ONCE o, PVOID p, PVOID *c)
+{
+    (void)o; (void)p; (void)c;
+    pool_init_once();
+    return TRUE;
+}
+static void pool_init(void) { InitOnceExecuteOnce(&pool_once, pool_init_cb, NULL, NULL); }
+#else
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+static void pool_init(void) { pthread_once(&pool_once, pool_init_once); }
+#endif
+
+static void pool_run(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads)
+{
+    int64_t zero = 0, gen;
+    int helpers;
+    pool_init();
+    if (!CAS(&P.busy, &zero, 1)) { /* another thread's call has the pool */
+        run_serial(n, fn, ctx);
+        return;
+    }
+    if (P.nworkers < nthreads - 1)
+        start_workers(nthreads - 1);
+    helpers = P.nworkers < nthreads - 1 ? P.nworkers : nthreads - 1;
+    if (helpers < 1) {
+        ST(&P.busy, 0);
+        run_serial(n, fn, ctx);
+        return;
+    }
+    gen = GEN(LD(&P.state)) + 1;
+    ST(&P.state, (gen << 32) | CLOSED);
+    STP(&P.fn, (void *)fn);
+    STP(&P.ctx, ctx);
+    ST(&P.n, (int64_t)n);
+    ST(&P.helpers, (int64_t)helpers);
+    ST(&P.done, 0);
+    ST_SEQ(&P.state, gen << 32);
+    if (LD_SEQ(&P.sleepers) > 0) {
+        LOCK(&P.mutex);
+        COND_BROADCAST(&P.cond);
+        UNLOCK(&P.mutex);
+    }
+    work_on(gen, -1);
+    /* every item is claimed; wait for those that helpers are running */
+    {
+        long spins = 0;
+        while (LD(&P.done) < (int64_t)n) {
+            PAUSE();
+            if (++spins > 4096)
+                YIELD();
+        }
+    }
+    ST(&P.busy, 0);
+}
+
+#endif /* FBN_POOL */
+
+/* ---- the interface ------------------------------------------------------ */
+
+void fbn_parallel_for(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads)
+{
+    if (n <= 0)
+        return;
+    if (nthreads > n)
+        nthreads = (int)(n < 1024 ? n : 1024);
+#if FBN_POOL
+    if (nthreads > 1 && n < CLOSED) {
+        if (fbn_sched == FBN_SCHED_POOL) {
+            pool_run(n, fn, ctx, nthreads);
+        } else {
+            ptrdiff_t i;
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
+            for (i = 0; i < n; i++)
+                fn(ctx, i);
+        }
+        return;
+    }
+#else
+    (void)nthreads;
+#endif
+    run_serial(n, fn, ctx);
+}
+
+int fbn_set_scheduler(const char *name)
+{
+    int i;
+    for (i = 0; i < 2; i++)
+        if (name != NULL && strcmp(name, fbn_sched_names[i]) == 0) {
+            if (i == FBN_SCHED_OPENMP && !FBN_POOL)
+                return FBN_EINVAL;
+            fbn_sched = i;
+            return FBN_OK;
+        }
+    return FBN_EINVAL;
+}
+
+const char *fbn_scheduler(void)
+{
+#if FBN_POOL
+    return fbn_sched_names[fbn_sched];
+#else
+    return "serial";
+#endif
+}
+
+long fbn_set_spin_us(long us)
+{
+#if FBN_POOL
+    long old;
+    pool_init();
+    old = (long)LD(&P.spin_us);
+    ST(&P.spin_us, (int64_t)(us < 0 ? 0 : us));
+    return old;
+#else
+    (void)us;
+    return 0;
+#endif
+}
+
+int fbn_pool_threads(void)
+{
+#if FBN_POOL
+    int n;
+    pool_init();
+    LOCK(&P.mutex);
+    n = P.nworkers;
+    UNLOCK(&P.mutex);
+    return n;
+#else
+    return 0;
+#endif
+}

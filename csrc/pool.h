@@ -1,0 +1,41 @@
+/*
+ * pool.h -- how the kernels' blocks are scheduled onto threads (internal;
+ * fastbn.h is the public interface).
+ *
+ * fbn_parallel_for(n, fn, ctx, nthreads) calls fn(ctx, i) once for every
+ * item i in [0, n), on the calling thread and up to nthreads - 1 helper
+ * threads, and returns when every item is done.  Items must be independent;
+ * which thread runs an item, and in which order, is not specified, so a
+ * kernel that combines per-item results does so in item order afterwards
+ * (its results then do not depend on the thread count).
+ *
+ * Two schedulers implement it:
+ *   "pool" (default): caller-runs.  The caller publishes the job, wakes
+ *     sleeping helpers if there are any, and claims items itself from a
+ *     shared counter.  Helpers that arrive late find fewer items (or none)
+ *     and the call returns as soon as every item is done, not when every
+ *     helper has arrived: a helper that cannot get a core (another library's
+ *     threads spinning on it) or is still waking up never makes the call
+ *     slower than the caller working alone.  Helpers spin briefly after a
+ *     job (back-to-back calls find them awake), then sleep.  A call made
+ *     while another thread's call holds the pool runs on its caller alone.
+ *   "openmp": an OpenMP parallel loop with dynamic scheduling (the join
+ *     waits for every thread of the team), kept for comparison.
+ * Builds without OpenMP run every item on the caller.
+ *
+ * Thread-safety: fbn_parallel_for may be called from any number of threads
+ * at once.
+ */
+#ifndef FASTBN_POOL_H
+#define FASTBN_POOL_H
+
+#include <stddef.h>
+
+typedef void (*fbn_item_fn)(void *ctx, ptrdiff_t item);
+
+void fbn_parallel_for(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads);
+
+/* The scheduler controls (fbn_set_scheduler, fbn_set_spin_us, ...) are in
+ * fastbn.h. */
+
+#endif /* FASTBN_POOL_H */
