@@ -443,12 +443,12 @@ static void NAME(item_bsums_rows)(void *arg, ptrdiff_t i)
                     b->px + i * p->C);
 }
 
-/* A block of dx in memory order, back to front (as the forward's). */
+/* A block of dx in memory order (scheduled as the forward's). */
 static void NAME(item_bapply)(void *arg, ptrdiff_t i)
 {
     NAME(bwd) *b = (NAME(bwd) *)arg;
     const fbn_plan *p = b->p;
-    ptrdiff_t i0 = (p->nab - 1 - i) * p->ab;
+    ptrdiff_t i0 = i * p->ab;
     if (p->cl)
         NAME(bapply_rows)(b->dy, b->x, b->y, b->dx, b->dz, p->C, i0,
                           fbn_min(i0 + p->ab, p->outer), b->k, b->training, p->nt);
@@ -467,7 +467,7 @@ static void NAME(bsums_phase)(NAME(bwd) *b, double *sdy, double *sdyx)
     if (p->cl) {
         for (c = 0; c < p->C; c++)
             b->m[c] = (double)b->mean[c];
-        fbn_parallel_for(p->nb, NAME(item_bsums_rows), b, p->nth);
+        fbn_parallel_for(p->nb, NAME(item_bsums_rows), b, p->nth, FBN_FORWARD);
         for (c = 0; c < p->C; c++)
             sdy[c] = sdyx[c] = 0.0;
         for (i = 0; i < p->nb; i++)
@@ -476,7 +476,7 @@ static void NAME(bsums_phase)(NAME(bwd) *b, double *sdy, double *sdyx)
                 sdyx[c] += b->px[i * p->C + c];
             }
     } else {
-        fbn_parallel_for(p->ntiles, NAME(item_bsums_tile), b, p->nth);
+        fbn_parallel_for(p->ntiles, NAME(item_bsums_tile), b, p->nth, FBN_FORWARD);
         for (c = 0; c < p->C; c++)
             NAME(chunk_totals)(b, c, sdy + c, sdyx + c);
     }
@@ -568,7 +568,7 @@ static int NAME(k_backward_apply)(const T *dy, const T *x, const T *y,
     for (c = 0; c < C; c++)
         NAME(bfinish_channel)(&b, c, training ? sum_dy[c] : 0.0,
                               training ? sum_dyxmu[c] : 0.0, count);
-    fbn_parallel_for(p.nab, NAME(item_bapply), &b, p.nth);
+    fbn_parallel_for(p.nab, NAME(item_bapply), &b, p.nth, FBN_REVERSE);
     if (p.nt)
         fbn_sfence();
     free(b.k);
@@ -611,12 +611,12 @@ static int NAME(k_backward)(const T *dy, const T *x, const T *y, ptrdiff_t outer
     if (NAME(bwd_scratch)(&b, &tmp, &mem) != FBN_OK)
         return FBN_ENOMEM;
     if (p.fused) {
-        fbn_parallel_for(p.ntiles, NAME(item_bfused_tile), &b, p.nth);
+        fbn_parallel_for(p.ntiles, NAME(item_bfused_tile), &b, p.nth, FBN_FORWARD);
     } else {
         NAME(bsums_phase)(&b, tmp, tmp + C);
         for (c = 0; c < C; c++)
             NAME(bfinish_channel)(&b, c, tmp[c], tmp[C + c], (double)p.ntot);
-        fbn_parallel_for(p.nab, NAME(item_bapply), &b, p.nth);
+        fbn_parallel_for(p.nab, NAME(item_bapply), &b, p.nth, FBN_REVERSE);
     }
     if (p.nt)
         fbn_sfence();

@@ -395,13 +395,14 @@ static void NAME(item_stats_rows)(void *arg, ptrdiff_t b)
                         f->pm + b * p->C, f->pq + b * p->C);
 }
 
-/* A block of the transform, in memory order.  Blocks go back to front: the
- * statistics were read front to back, so the tail is what the caches hold. */
+/* A block of the transform, in memory order.  After a statistics pass the
+ * blocks are scheduled back to front (FBN_REVERSE): each thread read its
+ * part front to back, so the end of its part is what its cache holds. */
 static void NAME(item_apply)(void *arg, ptrdiff_t b)
 {
     NAME(fwd) *f = (NAME(fwd) *)arg;
     const fbn_plan *p = f->p;
-    ptrdiff_t i0 = (p->nab - 1 - b) * p->ab;
+    ptrdiff_t i0 = b * p->ab;
     if (p->cl)
         NAME(apply_rows)(f->x, f->z, f->y, p->C, i0, fbn_min(i0 + p->ab, p->outer),
                          f->coef, f->relu, p->nt);
@@ -418,10 +419,10 @@ static void NAME(stats_phase)(NAME(fwd) *f, double *mean, double *m2)
     const fbn_plan *p = f->p;
     ptrdiff_t c;
     if (p->cl) {
-        fbn_parallel_for(p->nb, NAME(item_stats_rows), f, p->nth);
+        fbn_parallel_for(p->nb, NAME(item_stats_rows), f, p->nth, FBN_FORWARD);
         fbn_merge_blocks(f->pm, f->pq, p->C, p->rb, p->nb, p->outer, mean, m2);
     } else {
-        fbn_parallel_for(p->ntiles, NAME(item_stats_tile), f, p->nth);
+        fbn_parallel_for(p->ntiles, NAME(item_stats_tile), f, p->nth, FBN_FORWARD);
         for (c = 0; c < p->C; c++)
             fbn_merge_chunks(f->pm + c * p->nk, f->pq + c * p->nk, p->nk, p->ntot,
                              mean + c, m2 + c);
@@ -505,12 +506,12 @@ static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
     if (NAME(fwd_scratch)(&f, &tmp, &mem) != FBN_OK)
         return FBN_ENOMEM;
     if (p.fused) {
-        fbn_parallel_for(p.ntiles, NAME(item_fused_tile), &f, p.nth);
+        fbn_parallel_for(p.ntiles, NAME(item_fused_tile), &f, p.nth, FBN_FORWARD);
     } else {
         NAME(stats_phase)(&f, tmp, tmp + C);
         for (c = 0; c < C; c++)
             NAME(finish_channel)(&f, c, tmp[c], tmp[C + c]);
-        fbn_parallel_for(p.nab, NAME(item_apply), &f, p.nth);
+        fbn_parallel_for(p.nab, NAME(item_apply), &f, p.nth, FBN_REVERSE);
     }
     if (p.nt)
         fbn_sfence();
@@ -551,7 +552,9 @@ static int NAME(transform)(const T *x, ptrdiff_t outer, ptrdiff_t C,
             NAME(coef_one)(f.coef, C, c, (double)mean_t[c],
                            1.0 / sqrt((double)var_t[c] + eps), gamma, beta);
     }
-    fbn_parallel_for(p.nab, NAME(item_apply), &f, p.nth);
+    /* after the moments kernel (the MPI forward), back to front as above */
+    fbn_parallel_for(p.nab, NAME(item_apply), &f, p.nth,
+                     mean_d ? FBN_REVERSE : FBN_FORWARD);
     if (p.nt)
         fbn_sfence();
     if (f.coef != stack_coef)

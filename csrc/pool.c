@@ -1,28 +1,35 @@
 /*
  * pool.c -- the caller-runs scheduler of pool.h.
  *
- * One pool per process, helpers started on first use.  A job is published
- * through one 64-bit word, `state` = (generation << 32) | next item:
- *
- *   owner: state = (g, CLOSED)          no item can be claimed
- *          write fn, ctx, n, helpers, done = 0   (release stores)
- *          state = (g, 0)               the job is open
- *          claim items itself; wait until done == n
- *   any thread: s = state (acquire); read the job (acquire loads);
- *          if index(s) < n: CAS state s -> s + 1, run the item, done += 1
- *
+ * One pool per process, helpers started on first use.  A job of n items
+ * on t threads is split into t contiguous ranges; thread r (the caller is
+ * 0) works through range r, then takes items from the other ranges
+ * (stealing).  Every range has its own 64-bit word
+ *   slot[r] = (generation << 32) | items of range r claimed so far
+ * and a job is published in three steps:
+ *   owner: every slot[r] = (g, CLOSED)       no item can be claimed
+ *          write fn, ctx, the ranges, done = 0   (release stores)
+ *          every slot[r] = (g, 0), then gen = g (seq_cst)
+ *   any thread: s = slot[r] (acquire); read the job (acquire loads);
+ *          if index(s) < len[r]: CAS slot[r] s -> s + 1, run the item,
+ *          done += 1
  * A successful CAS from (g, k) proves that the job fields read before it
  * belong to job g: fields of a later job are written only after the owner
- * stored (g', CLOSED), and an acquire load that saw such a field would
- * make that store visible to the CAS, which would then fail.  An item is
- * claimed once; the owner returns only when every claimed item is done, so
- * `ctx` outlives every use.  Helpers that never arrive cost nothing.
+ * closed every slot for it, and an acquire load that saw such a field
+ * would make that store visible to the CAS, which would then fail.  An
+ * item is claimed once; the owner returns only when every claimed item is
+ * done, so `ctx` outlives every use.  Helpers that never arrive cost
+ * nothing: the caller takes their ranges.
+ *
+ * Ranges give locality: a kernel whose second pass splits the same data
+ * the same way (or in reverse, FBN_REVERSE) finds most of a thread's part
+ * in that thread's own cache.
  *
  * Sleeping: an idle helper spins for spin_us, then sleeps on a condition
- * variable.  It announces itself in `sleepers` (seq_cst) and re-reads the
- * state before it waits; the owner stores the state (seq_cst) and then
- * reads `sleepers`, so either the owner wakes the helper or the helper sees
- * the new job (no lost wake-up).
+ * variable.  It announces itself in `sleepers` (seq_cst) and re-reads
+ * `gen` before it waits; the owner stores `gen` (seq_cst) and then reads
+ * `sleepers`, so either the owner wakes the helper or the helper sees the
+ * new job (no lost wake-up).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -42,11 +49,11 @@ enum { FBN_SCHED_POOL = 0, FBN_SCHED_OPENMP = 1 };
 static int fbn_sched = FBN_SCHED_POOL;
 static const char *const fbn_sched_names[] = {"pool", "openmp"};
 
-static void run_serial(ptrdiff_t n, fbn_item_fn fn, void *ctx)
+static void run_serial(ptrdiff_t n, fbn_item_fn fn, void *ctx, int reverse)
 {
     ptrdiff_t i;
     for (i = 0; i < n; i++)
-        fn(ctx, i);
+        fn(ctx, reverse ? n - 1 - i : i);
 }
 
 #if FBN_POOL
@@ -145,12 +152,20 @@ static double now_us(void)
 #define CLOSED ((int64_t)0xFFFFFFFF)
 #define GEN(s) ((int64_t)((uint64_t)(s) >> 32))
 #define IDX(s) ((s) & CLOSED)
-#define MAX_HELPERS 255
+#define MAX_THREADS 256
+
+typedef struct {
+    fbn_atomic s;     /* (generation << 32) | items claimed */
+    fbn_atomic begin; /* first item of the range */
+    fbn_atomic len;   /* items in the range */
+    char pad[64 - 3 * sizeof(fbn_atomic)];
+} fbn_slot;
 
 static struct {
-    fbn_atomic state;    /* (generation << 32) | next item, see above */
-    fbn_atomic n;        /* items of the current job */
-    fbn_atomic helpers;  /* helpers allowed in the current job */
+    fbn_slot slot[MAX_THREADS];
+    fbn_atomic gen;      /* generation of the last job published */
+    fbn_atomic nranges;  /* ranges (= threads) of the current job */
+    fbn_atomic reverse;  /* ranges are worked through back to front */
     fbn_atomic done;     /* items of the current job completed */
     fbn_atomic_ptr fn;   /* fbn_item_fn of the current job */
     fbn_atomic_ptr ctx;
@@ -158,38 +173,52 @@ static struct {
     fbn_atomic sleepers; /* helpers waiting on cond */
     fbn_atomic spin_us;  /* idle spin before sleeping */
     int nworkers;        /* helpers started (under mutex) */
+    int64_t max_nr;      /* most ranges any job used (owner only) */
     fbn_mutex mutex;
     fbn_cond cond;
 } P;
 
-static volatile int P_ready = 0;
-
-/* Claims and runs items of job `gen` until none is left (or a newer job
- * replaced it).  `index` is the helper's number (-1: the owner). */
-static void work_on(int64_t gen, int index)
+/* Claims and runs items of range r of job `gen` until none is left there.
+ * Returns 0 when the job is gone (a newer one was published). */
+static int work_range(int64_t gen, int64_t r)
 {
+    fbn_slot *sl = &P.slot[r];
     for (;;) {
-        int64_t s = LD(&P.state);
-        int64_t k, n;
+        int64_t s = LD(&sl->s);
+        int64_t k, len, begin;
         fbn_item_fn fn;
         void *ctx;
+        int rev;
         if (GEN(s) != gen)
-            return;
+            return 0;
         k = IDX(s);
-        if (k == CLOSED) { /* being published */
+        if (k == CLOSED) {
             PAUSE();
             continue;
         }
         fn = (fbn_item_fn)LDP(&P.fn);
         ctx = LDP(&P.ctx);
-        n = LD(&P.n);
-        if (k >= n || (index >= 0 && index >= LD(&P.helpers)))
-            return;
-        if (CAS(&P.state, &s, s + 1)) {
-            fn(ctx, (ptrdiff_t)k);
+        begin = LD(&sl->begin);
+        len = LD(&sl->len);
+        rev = (int)LD(&P.reverse);
+        if (r >= LD(&P.nranges) || k >= len)
+            return 1;
+        if (CAS(&sl->s, &s, s + 1)) {
+            fn(ctx, (ptrdiff_t)(rev ? begin + len - 1 - k : begin + k));
             ADD(&P.done, 1);
         }
     }
+}
+
+/* Thread `me` (0: the owner) of job `gen`: its own range, then the others'. */
+static void work_on(int64_t gen, int64_t me)
+{
+    int64_t nr = LD(&P.nranges), i;
+    if (GEN(LD(&P.slot[0].s)) != gen || me >= nr)
+        return;
+    for (i = 0; i < nr; i++)
+        if (!work_range(gen, (me + i) % nr))
+            return;
 }
 
 #if defined(_WIN32)
@@ -198,29 +227,29 @@ static unsigned __stdcall worker_main(void *arg)
 static void *worker_main(void *arg)
 #endif
 {
-    int index = (int)(intptr_t)arg;
-    int64_t seen = GEN(LD(&P.state));
+    int64_t me = (int64_t)(intptr_t)arg + 1; /* range 0 is the owner's */
+    int64_t seen = LD(&P.gen);
     for (;;) {
         double t0 = now_us();
         long spins = 0;
-        int64_t s;
+        int64_t g;
         /* spin a while for the next job */
-        while (GEN(s = LD(&P.state)) == seen) {
+        while ((g = LD(&P.gen)) == seen) {
             PAUSE();
             if ((++spins & 63) == 0 && now_us() - t0 > (double)LD(&P.spin_us))
                 break;
         }
-        if (GEN(s) == seen) {
+        if (g == seen) {
             /* sleep until a job newer than `seen` is published */
             LOCK(&P.mutex);
             ADD(&P.sleepers, 1);
-            while (GEN(LD_SEQ(&P.state)) == seen)
+            while (LD_SEQ(&P.gen) == seen)
                 COND_WAIT(&P.cond, &P.mutex);
             ADD(&P.sleepers, -1);
             UNLOCK(&P.mutex);
         }
-        seen = GEN(LD(&P.state));
-        work_on(seen, index);
+        seen = LD(&P.gen);
+        work_on(seen, me);
     }
 #if defined(_WIN32)
     return 0;
@@ -232,8 +261,8 @@ static void *worker_main(void *arg)
 /* Starts helpers until there are `want` (fewer if the system refuses). */
 static void start_workers(int want)
 {
-    if (want > MAX_HELPERS)
-        want = MAX_HELPERS;
+    if (want > MAX_THREADS - 1)
+        want = MAX_THREADS - 1;
     LOCK(&P.mutex);
     while (P.nworkers < want) {
         int ok;
@@ -267,19 +296,23 @@ static void start_workers(int want)
 
 #if !defined(_WIN32)
 /* fork(): the child has only the forking thread.  Its pool starts empty
- * (helpers are started again on first use) and the job word is closed, so
- * that new helpers never see a job of the parent. */
+ * (helpers are started again on first use); no job of the parent is open
+ * in it. */
 static void atfork_prepare(void) { LOCK(&P.mutex); }
 static void atfork_parent(void) { UNLOCK(&P.mutex); }
 static void atfork_child(void)
 {
-    int64_t s = LD(&P.state);
+    int r;
+    int64_t g = LD(&P.gen) + 1;
     MUTEX_INIT(&P.mutex);
     COND_INIT(&P.cond);
     P.nworkers = 0;
+    P.max_nr = MAX_THREADS;
     ST(&P.busy, 0);
     ST(&P.sleepers, 0);
-    ST(&P.state, ((GEN(s) + 1) << 32) | CLOSED);
+    for (r = 0; r < MAX_THREADS; r++)
+        ST(&P.slot[r].s, (g << 32) | CLOSED);
+    ST(&P.gen, g);
 }
 #endif
 
@@ -291,7 +324,6 @@ static void pool_init_once(void)
 #if !defined(_WIN32)
     pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 #endif
-    P_ready = 1;
 }
 
 #if defined(_WIN32)
@@ -308,37 +340,46 @@ static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
 static void pool_init(void) { pthread_once(&pool_once, pool_init_once); }
 #endif
 
-static void pool_run(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads)
+static void pool_run(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads, int reverse)
 {
-    int64_t zero = 0, gen;
-    int helpers;
+    int64_t zero = 0, gen, r, nr;
     pool_init();
     if (!CAS(&P.busy, &zero, 1)) { /* another thread's call has the pool */
-        run_serial(n, fn, ctx);
+        run_serial(n, fn, ctx, reverse);
         return;
     }
     if (P.nworkers < nthreads - 1)
         start_workers(nthreads - 1);
-    helpers = P.nworkers < nthreads - 1 ? P.nworkers : nthreads - 1;
-    if (helpers < 1) {
+    nr = P.nworkers + 1 < nthreads ? P.nworkers + 1 : nthreads;
+    if (nr < 2) {
         ST(&P.busy, 0);
-        run_serial(n, fn, ctx);
+        run_serial(n, fn, ctx, reverse);
         return;
     }
-    gen = GEN(LD(&P.state)) + 1;
-    ST(&P.state, (gen << 32) | CLOSED);
+    gen = LD(&P.gen) + 1;
+    if (nr > P.max_nr)
+        P.max_nr = nr;
+    for (r = 0; r < P.max_nr; r++) /* every slot ever opened: stale claims fail */
+        ST(&P.slot[r].s, (gen << 32) | CLOSED);
     STP(&P.fn, (void *)fn);
     STP(&P.ctx, ctx);
-    ST(&P.n, (int64_t)n);
-    ST(&P.helpers, (int64_t)helpers);
+    ST(&P.nranges, nr);
+    ST(&P.reverse, reverse != 0);
     ST(&P.done, 0);
-    ST_SEQ(&P.state, gen << 32);
+    for (r = 0; r < nr; r++) {
+        int64_t b = (int64_t)n * r / nr, e = (int64_t)n * (r + 1) / nr;
+        ST(&P.slot[r].begin, b);
+        ST(&P.slot[r].len, e - b);
+    }
+    for (r = 0; r < nr; r++)
+        ST_SEQ(&P.slot[r].s, gen << 32);
+    ST_SEQ(&P.gen, gen);
     if (LD_SEQ(&P.sleepers) > 0) {
         LOCK(&P.mutex);
         COND_BROADCAST(&P.cond);
         UNLOCK(&P.mutex);
     }
-    work_on(gen, -1);
+    work_on(gen, 0);
     /* every item is claimed; wait for those that helpers are running */
     {
         long spins = 0;
@@ -355,7 +396,8 @@ static void pool_run(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads)
 
 /* ---- the interface ------------------------------------------------------ */
 
-void fbn_parallel_for(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads)
+void fbn_parallel_for(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads,
+                      int reverse)
 {
     if (n <= 0)
         return;
@@ -364,19 +406,19 @@ void fbn_parallel_for(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads)
 #if FBN_POOL
     if (nthreads > 1 && n < CLOSED) {
         if (fbn_sched == FBN_SCHED_POOL) {
-            pool_run(n, fn, ctx, nthreads);
+            pool_run(n, fn, ctx, nthreads, reverse);
         } else {
             ptrdiff_t i;
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
             for (i = 0; i < n; i++)
-                fn(ctx, i);
+                fn(ctx, reverse ? n - 1 - i : i);
         }
         return;
     }
 #else
     (void)nthreads;
 #endif
-    run_serial(n, fn, ctx);
+    run_serial(n, fn, ctx, reverse);
 }
 
 int fbn_set_scheduler(const char *name)

@@ -2,17 +2,20 @@
  * pool.h -- how the kernels' blocks are scheduled onto threads (internal;
  * fastbn.h is the public interface).
  *
- * fbn_parallel_for(n, fn, ctx, nthreads) calls fn(ctx, i) once for every
- * item i in [0, n), on the calling thread and up to nthreads - 1 helper
- * threads, and returns when every item is done.  Items must be independent;
- * which thread runs an item, and in which order, is not specified, so a
- * kernel that combines per-item results does so in item order afterwards
- * (its results then do not depend on the thread count).
+ * fbn_parallel_for(n, fn, ctx, nthreads, order) calls fn(ctx, i) once for
+ * every item i in [0, n), on the calling thread and up to nthreads - 1
+ * helper threads, and returns when every item is done.  Items must be
+ * independent; which thread runs an item is not specified, so a kernel
+ * that combines per-item results does so in item order afterwards (its
+ * results then do not depend on the thread count).  Each thread starts on
+ * its own contiguous range of items (thread r of t: [r*n/t, (r+1)*n/t)),
+ * front to back (FBN_FORWARD) or back to front (FBN_REVERSE), then helps
+ * with the others' ranges; a pass that splits the same data the same way
+ * as the pass before it thus finds most of its part in its own cache.
  *
  * Two schedulers implement it:
  *   "pool" (default): caller-runs.  The caller publishes the job, wakes
- *     sleeping helpers if there are any, and claims items itself from a
- *     shared counter.  Helpers that arrive late find fewer items (or none)
+ *     sleeping helpers if there are any, and claims items itself.  Helpers that arrive late find fewer items (or none)
  *     and the call returns as soon as every item is done, not when every
  *     helper has arrived: a helper that cannot get a core (another library's
  *     threads spinning on it) or is still waking up never makes the call
@@ -33,7 +36,11 @@
 
 typedef void (*fbn_item_fn)(void *ctx, ptrdiff_t item);
 
-void fbn_parallel_for(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads);
+#define FBN_FORWARD 0
+#define FBN_REVERSE 1
+
+void fbn_parallel_for(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads,
+                      int reverse);
 
 /* The scheduler controls (fbn_set_scheduler, fbn_set_spin_us, ...) are in
  * fastbn.h. */
