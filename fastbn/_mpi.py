@@ -145,14 +145,18 @@ def _grouped(values):
 
 
 def _failure_text(op, rank, size, messages, limit=4):
-    """The RuntimeError message on a rank whose own arguments were fine."""
+    """The RuntimeError message on a rank whose own arguments were fine;
+    ``messages`` has one entry per rank, None where the rank did not fail.
+    Ranks with the same message are named together, at most ``limit``
+    distinct messages are listed."""
     failed = _grouped(messages)
     failed.pop(None, None)
     ranks = [r for rs in failed.values() for r in rs]
     if len(failed) == 1:
         parts = list(failed)
-    else:
-        parts = [f"{_ranks_text(rs)}: {m}" for m, rs in list(failed.items())[:limit]]
+    else:  # the messages of most ranks first
+        groups = sorted(failed.items(), key=lambda mr: -len(mr[1]))
+        parts = [f"{_ranks_text(rs)}: {m}" for m, rs in groups[:limit]]
         if len(failed) > limit:
             parts.append(f"and {len(failed) - limit} other messages")
     return (f"synchronised batch norm {_SHORT[op]} failed on {_ranks_text(ranks)} "
