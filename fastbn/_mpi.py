@@ -110,17 +110,28 @@ def _check_comm(comm):
 # raised before the exchange (the other ranks must then be told) or after
 # it (every rank already knows).  Per thread: two threads may run
 # synchronised calls on two communicators.
-_local = threading.local()
+class _Local(threading.local):
+    count = 0
+
+
+_local = _Local()
 
 
 def _exchanges():
-    return getattr(_local, "count", 0)
+    return _local.count
+
+
+_CODES = {}
 
 
 def _dtype_code(dtype):
     """An int naming ``dtype`` identically in every process (NumPy's type
-    numbers of user dtypes such as bfloat16 depend on import order)."""
-    return zlib.crc32(np.dtype(dtype).name.encode())
+    numbers of user dtypes such as bfloat16 depend on import order).
+    Cached: ``dtype.name`` alone costs microseconds."""
+    code = _CODES.get(dtype)
+    if code is None:
+        code = _CODES[dtype] = zlib.crc32(np.dtype(dtype).name.encode())
+    return code
 
 
 def _ranks_text(ranks):
@@ -207,13 +218,14 @@ def _exchange(comm, MPI, op, C, dtype, error=None):
     ``allgather`` of (op, C, dtype) and every rank raises.  Returns when the
     data collective may run.
     """
-    _local.count = _exchanges() + 1
+    _local.count += 1
     if error is None:
         code = _dtype_code(dtype)
         head = np.array([0, C, -C, code, -code, op, -op], np.int64)
     else:
         head = np.array([1, 0, 0, 0, 0, op, -op], np.int64)
     comm.Allreduce(MPI.IN_PLACE, [head, MPI.INT64_T], op=MPI.MAX)
+    head = head.tolist()
     if head[0]:
         mine = None if error is None else f"{type(error).__name__}: {error}"
         messages = comm.allgather(mine)
