@@ -1,9 +1,10 @@
 """Synchronised batch normalization across MPI processes (``comm=``).
 
-Called by fastbn._api when a training-mode function gets ``comm=`` (an
-mpi4py communicator).  Each rank holds a part of the global batch; the
-statistics of the whole batch are combined with one small collective per
-step and every rank then normalises its own part locally:
+Called by fastbn._api (through ``run``) when a training-mode function gets
+``comm=`` (an mpi4py communicator).  Each rank holds a part of the global
+batch; the statistics of the whole batch are combined with one small data
+collective per pass (after a fixed-size status exchange, see below) and
+every rank then normalises its own part locally:
 
 forward   each rank computes per-channel (count, mean, M2) in float64 with
           the moments kernel, packs them into 2C+1 doubles and
