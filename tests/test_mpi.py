@@ -3,7 +3,9 @@
 The real checks run in MPI jobs: ``mpiexec -n 2`` and ``-n 3`` launch
 tests/mpi_worker.py, which compares, on every rank, the synchronised
 forward, backward and layer with single-process fastbn on the concatenated
-global batch (see its docstring).  The jobs run as root and oversubscribed
+global batch (see its docstring), and tests/mpi_errors_worker.py, which
+checks that an error on one rank raises on every rank and leaves comm
+usable (API.md, "MPI errors").  The jobs run as root and oversubscribed
 on small machines, with one OpenMP thread per rank, shared-memory transport
 only, and a timeout.  They are skipped only when mpi4py is not
 importable (and never under FASTBN_REQUIRE_MPI=1, which CI sets); a
