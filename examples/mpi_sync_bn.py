@@ -21,7 +21,10 @@ The script
 
 Per step fastbn communicates 2C+1 float64 values per rank forward (count,
 per-channel mean and M2, one Allgather) and 2C+1 backward (per-channel
-sum dy and sum dy*(x-mean), and the count, one Allreduce).
+sum dy and sum dy*(x-mean), and the count, one Allreduce).  Before each of
+these, a status exchange of 7 int64 (one Allreduce(MAX): did a rank fail,
+channel count, dtype, which call) lets an argument error on one rank raise
+on every rank instead of leaving the others waiting; it is timed too.
 """
 import argparse
 import time
@@ -100,6 +103,7 @@ def bench(shape, dtype, repeat):
     fwd_buf = np.zeros(2 * C + 1)
     fwd_all = np.empty((size, 2 * C + 1))
     bwd_buf = np.zeros(2 * C + 1)
+    head = np.zeros(7, np.int64)
     sdy, sdyx = _kernels.backward_reduce(dy, x, None, outer, C, inner, mean, nt)
 
     t = {}
@@ -111,6 +115,8 @@ def bench(shape, dtype, repeat):
                                False, y, nt), repeat)
     t["fwd collective: Allgather 2C+1"] = median_time(
         lambda: comm.Allgather([fwd_buf, MPI.DOUBLE], [fwd_all, MPI.DOUBLE]), repeat)
+    t["status exchange: Allreduce(MAX) 7 int64"] = median_time(
+        lambda: comm.Allreduce(MPI.IN_PLACE, [head, MPI.INT64_T], op=MPI.MAX), repeat)
     t["fwd whole step, comm="] = median_time(
         lambda: fastbn.batch_norm_train(x, gamma, beta, out=y, comm=comm), repeat)
     t["fwd whole step, local only (no comm)"] = median_time(
@@ -150,8 +156,13 @@ def bench(shape, dtype, repeat):
                   f"{fl * 1e3:.3f} ms ({100 * fc / fl:.2f} %)")
             print(f"  {name:6s} backward: collective {bc * 1e6:8.1f} us vs local kernels "
                   f"{bl * 1e3:.3f} ms ({100 * bc / bl:.2f} %)")
+            hc = t["status exchange: Allreduce(MAX) 7 int64"]
+            print(f"  {name:6s} status exchange (each pass): {hc * 1e6:8.1f} us, "
+                  f"{100 * hc / fl:.2f} % of the forward's kernels, "
+                  f"{100 * hc / bl:.2f} % of the backward's")
         print(f"  bytes per rank per step: forward {(2 * C + 1) * 8} sent, "
-              f"{size * (2 * C + 1) * 8} received; backward {(2 * C + 1) * 8}")
+              f"{size * (2 * C + 1) * 8} received; backward {(2 * C + 1) * 8}; "
+              f"plus 56 (status) each way")
 
 
 def main():

@@ -102,7 +102,8 @@ def merge_moments(parts):
 
 def _train(x, gamma, beta, axis, eps, relu, residual, out, comm, want_var):
     """Shared body of batch_norm_train and the layer.  Returns
-    (y, mean, invstd, var64 or None, count)."""
+    (y, mean, invstd, var64 or None, count).  With comm, call it through
+    fastbn._mpi.run (an error on any rank then raises on every rank)."""
     x = as_data(x)
     outer, C, inner, _ = view(x.shape, axis)
     dt = x.dtype
@@ -138,12 +139,18 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis=1, eps=1e-5, relu=False,
     optional, all in one fused pass per channel where the channel fits in
     cache.  ``out`` (C-contiguous, x's shape and dtype; ``out=x`` works in
     place) receives y.  ``comm`` (an mpi4py communicator) synchronises the
-    statistics over all its ranks.
+    statistics over all its ranks; an argument error on any rank then
+    raises on every rank (RuntimeError on the ranks whose arguments were
+    valid), and ranks that disagree on the channel count or dtype raise
+    ValueError.
 
     Returns ``(y, mean, invstd)`` with ``invstd = 1/sqrt(var + eps)``.
     """
-    y, mean, invstd, _, _ = _train(x, gamma, beta, axis, eps, relu, residual, out,
-                                   comm, False)
+    args = (x, gamma, beta, axis, eps, relu, residual, out, comm, False)
+    if comm is not None:  # an error on any rank raises on every rank
+        y, mean, invstd, _, _ = _mpi().run(_mpi().FORWARD, comm, _train, *args)
+    else:
+        y, mean, invstd, _, _ = _train(*args)
     return y, mean, invstd
 
 
@@ -188,8 +195,18 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
     forward fused a residual add) also the residual's gradient ``dy'``:
     ``(dx, dgamma, dbeta, dresidual)``.  ``dgamma = sum(dy' * xhat)`` and
     ``dbeta = sum(dy')`` are always returned, even when the forward had no
-    gamma or beta.  ``comm`` all-reduces the two per-channel sums.
+    gamma or beta.  ``comm`` all-reduces the two per-channel sums (with
+    ``training=True``), with the same error guarantee as batch_norm_train.
     """
+    args = (dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm)
+    if comm is not None and training:  # an error on any rank raises on every rank
+        return _mpi().run(_mpi().BACKWARD, comm, _backward, *args)
+    return _backward(*args)
+
+
+def _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm):
+    """Body of batch_norm_backward (with comm and training, through
+    fastbn._mpi.run)."""
     x = as_data(x)
     outer, C, inner, _ = view(x.shape, axis)
     dt = x.dtype

@@ -207,7 +207,18 @@ class BatchNorm:
         batch statistics are used; in training mode with running statistics
         these are then updated and ``num_batches_tracked`` is incremented.
         In eval mode the running statistics are used.
+
+        With ``comm`` in training mode, an error on any rank raises on every
+        rank (see ``batch_norm_train``); the layer's state is then unchanged.
         """
+        if self.comm is not None and self.training:
+            return _api._mpi().run(_api._mpi().FORWARD, self.comm, self._forward,
+                                   x, residual)
+        return self._forward(x, residual)
+
+    def _forward(self, x, residual):
+        """Body of ``__call__`` (with comm in training mode, through
+        fastbn._mpi.run)."""
         x = self._check_input(x)
         # statistics are synchronised over comm in training mode only, as in
         # PyTorch's SyncBatchNorm: evaluation never runs a collective
@@ -264,7 +275,11 @@ class BatchNorm:
         ``dx = dy' * gamma / sqrt(running_var + eps)``.
         """
         if self._cache is None:
-            raise RuntimeError("backward called before a forward call of the layer")
+            err = RuntimeError("backward called before a forward call of the layer")
+            if self.comm is not None and self.training:
+                # the other ranks may be in the backward's collective: tell them
+                _api._mpi().report_failure(_api._mpi().BACKWARD, self.comm, err)
+            raise err
         x, y, mean, invstd, frozen, has_res, comm = self._cache
         res = _api.batch_norm_backward(
             dy, x, mean, invstd, self.gamma, axis=self.axis, y=y,

@@ -3,7 +3,9 @@
 The real checks run in MPI jobs: ``mpiexec -n 2`` and ``-n 3`` launch
 tests/mpi_worker.py, which compares, on every rank, the synchronised
 forward, backward and layer with single-process fastbn on the concatenated
-global batch (see its docstring).  The jobs run as root and oversubscribed
+global batch (see its docstring), and tests/mpi_errors_worker.py, which
+checks that an error on one rank raises on every rank and leaves comm
+usable (API.md, "MPI errors").  The jobs run as root and oversubscribed
 on small machines, with one OpenMP thread per rank, shared-memory transport
 only, and a timeout.  They are skipped only when mpi4py is not
 importable (and never under FASTBN_REQUIRE_MPI=1, which CI sets); a
@@ -188,3 +190,67 @@ def test_example_runs_on_2_ranks():
     rc, out = run_mpi(2, example, "--quick")
     assert rc == 0, f"mpiexec -n 2 {example.name} --quick failed (exit {rc}):\n{out}"
     assert "matches single-process" in out, out
+
+
+# ------------------------------------------------------------- MPI errors
+ERRORS_WORKER = TESTS_DIR / "mpi_errors_worker.py"
+# the cases of each group of mpi_errors_worker.py, all of which must pass
+ERROR_CASES = {
+    "forward": ["bad shape (x is 1-D)", "x not an array", "bad dtype (int32 x)",
+                "NaN eps", "wrong channel count of gamma", "axis out of bounds",
+                "residual of another shape", "out of another dtype",
+                "bad eps next to an empty rank"],
+    "backward": ["bad shape (dy)", "bad dtype (complex x)",
+                 "wrong channel count of mean", "invstd missing",
+                 "y of another shape", "read-only out"],
+    "layer": ["wrong channel count of x", "bad shape (x is 1-D)",
+              "bad dtype (complex x)", "residual of another shape",
+              "backward: dy of another shape", "backward before any forward"],
+    "agree": ["forward: channel counts differ", "forward: dtypes differ",
+              "backward: channel counts differ", "backward: dtypes differ",
+              "layers: num_features differ", "layers: dtypes differ",
+              "different calls (forward and backward)", "two ranks fail differently",
+              "failure and disagreement"],
+}
+
+
+@pytest.mark.parametrize("group", list(ERROR_CASES))
+@pytest.mark.parametrize("nprocs", [2, 3])
+def test_error_on_one_rank_raises_on_every_rank(nprocs, group):
+    """API.md "MPI errors", in a real MPI job per group: each case raises the
+    expected exception on every rank within seconds (the failing rank its
+    own TypeError/ValueError, the others RuntimeError naming it; ValueError
+    everywhere when ranks disagree on C or dtype), then a correct call gives
+    the single-process result (see mpi_errors_worker.py).  A hang ends the
+    job through the worker's faulthandler deadline (60 s) or this timeout."""
+    need_mpi4py()
+    rc, out = run_mpi(nprocs, ERRORS_WORKER, group)
+    cases = ERROR_CASES[group]
+    assert rc == 0, f"mpiexec -n {nprocs} {ERRORS_WORKER.name} {group} failed " \
+                    f"(exit {rc}):\n{out}"
+    assert (f"mpi_errors_worker: {group}: {len(cases)} cases, 0 failed, on "
+            f"{nprocs} ranks") in out, out
+    for name in cases:
+        assert f"case {group}/{name}: ok (" in out, f"{name!r} did not pass:\n{out}"
+
+
+def test_messages_name_ranks_compactly():
+    """Large jobs: rank lists are compressed into ranges and at most a few
+    distinct messages are listed (pure formatting, no MPI)."""
+    assert _mpi._ranks_text([3]) == "rank 3"
+    assert _mpi._ranks_text([8, 0, 1, 2, 5, 7]) == "ranks 0-2, 5, 7-8"
+    msgs = [None] + [f"ValueError: eps must be > 0, got {-i}" for i in range(1, 7)] \
+        + ["TypeError: x must be a numpy.ndarray"] * 993
+    text = _mpi._failure_text(_mpi.FORWARD, 0, 1000, msgs)
+    assert text.startswith("synchronised batch norm forward failed on ranks 1-999 "
+                           "of 1000 in comm: "), text
+    assert "ranks 7-999: TypeError: x must be a numpy.ndarray" in text
+    assert "rank 1: ValueError: eps must be > 0, got -1" in text
+    assert "rank 3: ValueError: eps must be > 0, got -3" in text
+    assert "got -4" not in text and "and 3 other messages" in text
+    assert "The arguments on this rank (0) were valid" in text
+    err = _mpi._disagreement(_mpi.BACKWARD, 4, [(_mpi.BACKWARD, 3, "float32")] * 3
+                             + [(_mpi.BACKWARD, 5, "float64")])
+    assert isinstance(err, ValueError)
+    assert "3 on ranks 0-2; 5 on rank 3" in str(err)
+    assert "float32 on ranks 0-2; float64 on rank 3" in str(err)
