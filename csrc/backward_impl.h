@@ -17,9 +17,33 @@
 static inline void NAME(bsum_plain)(const T *g, const T *x, ptrdiff_t n,
                                     double m, double *s0, double *s1)
 {
-    double a0[FBN_LANES], a1[FBN_LANES];
     double t0 = s0[FBN_LANES], t1 = s1[FBN_LANES];
     ptrdiff_t i = 0;
+#if FBN_VEC
+    NAME(d8) a0, b0, a1, b1, mv = {m, m, m, m, m, m, m, m}, ga, gb;
+    NAME(t8) u, w;
+    memcpy(&a0, s0, sizeof a0);
+    memcpy(&b0, s0 + 8, sizeof b0);
+    memcpy(&a1, s1, sizeof a1);
+    memcpy(&b1, s1 + 8, sizeof b1);
+    for (; i + FBN_LANES <= n; i += FBN_LANES) {
+        FBN_LOAD8(u, g + i);
+        FBN_LOAD8(w, g + i + 8);
+        ga = FBN_TO_D8(u);
+        gb = FBN_TO_D8(w);
+        a0 += ga;
+        b0 += gb;
+        FBN_LOAD8(u, x + i);
+        FBN_LOAD8(w, x + i + 8);
+        a1 += ga * (FBN_TO_D8(u) - mv);
+        b1 += gb * (FBN_TO_D8(w) - mv);
+    }
+    memcpy(s0, &a0, sizeof a0);
+    memcpy(s0 + 8, &b0, sizeof b0);
+    memcpy(s1, &a1, sizeof a1);
+    memcpy(s1 + 8, &b1, sizeof b1);
+#else
+    double a0[FBN_LANES], a1[FBN_LANES];
     int k;
     memcpy(a0, s0, sizeof a0);
     memcpy(a1, s1, sizeof a1);
@@ -29,13 +53,14 @@ static inline void NAME(bsum_plain)(const T *g, const T *x, ptrdiff_t n,
             a0[k] += gk;
             a1[k] += gk * ((double)x[i + k] - m);
         }
+    memcpy(s0, a0, sizeof a0);
+    memcpy(s1, a1, sizeof a1);
+#endif
     for (; i < n; i++) {
         double gk = (double)g[i];
         t0 += gk;
         t1 += gk * ((double)x[i] - m);
     }
-    memcpy(s0, a0, sizeof a0);
-    memcpy(s1, a1, sizeof a1);
     s0[FBN_LANES] = t0;
     s1[FBN_LANES] = t1;
 }
@@ -293,15 +318,18 @@ static void NAME(bapply_span)(const T *dy, const T *x, const T *y, T *dx,
     ptrdiff_t i = s0;
     while (i < s1) {
         ptrdiff_t end = nt ? i + fbn_tile_len(dx + i, sizeof(T), s1 - i) : s1;
-        ptrdiff_t q = i;
-        while (q < end) {
-            ptrdiff_t r = q / inner, c = r % C;
-            ptrdiff_t len = fbn_min((r + 1) * inner, end) - q;
+        ptrdiff_t q = i, r = i / inner, c = r % C, rend = (r + 1) * inner;
+        while (q < end) { /* run r (channel c) ends at rend */
+            ptrdiff_t len = fbn_min(rend, end) - q;
             NAME(bapply_any)(dy + q, x + q, y ? y + q : NULL,
                              nt ? bx + (q - i) : dx + q,
                              dz ? (nt ? bz + (q - i) : dz + q) : NULL, len, k[c],
                              k[C + c], k[2 * C + c], k[3 * C + c], training);
             q += len;
+            if (q == rend) {
+                rend += inner;
+                c = c + 1 == C ? 0 : c + 1;
+            }
         }
         if (nt) {
             fbn_stream(dx + i, bx, (size_t)(end - i) * sizeof(T));
@@ -520,7 +548,7 @@ static int NAME(k_backward_reduce)(const T *dy, const T *x, const T *y,
     }
     if (C == 0)
         return FBN_OK;
-    fbn_plan_make(&p, outer, C, inner, sizeof(T), y ? 3 : 2, 0, FBN_OP_STATS,
+    fbn_plan_make(&p, outer, C, inner, sizeof(T), y ? 3 : 2, 0, 0, FBN_OP_STATS,
                   nthreads);
     memset(&b, 0, sizeof b);
     b.p = &p;
@@ -549,7 +577,7 @@ static int NAME(k_backward_apply)(const T *dy, const T *x, const T *y,
         return FBN_EINVAL;
     if (C == 0 || outer * inner == 0)
         return FBN_OK;
-    fbn_plan_make(&p, outer, C, inner, sizeof(T), y ? 3 : 2, dz ? 2 : 1,
+    fbn_plan_make(&p, outer, C, inner, sizeof(T), y ? 3 : 2, 0, dz ? 2 : 1,
                   FBN_OP_APPLY, nthreads);
     memset(&b, 0, sizeof b);
     b.p = &p;
@@ -594,7 +622,7 @@ static int NAME(k_backward)(const T *dy, const T *x, const T *y, ptrdiff_t outer
             dgamma[c] = dbeta[c] = (T)0;
         return FBN_OK;
     }
-    fbn_plan_make(&p, outer, C, inner, sizeof(T), y ? 3 : 2, dz ? 2 : 1,
+    fbn_plan_make(&p, outer, C, inner, sizeof(T), y ? 3 : 2, 0, dz ? 2 : 1,
                   FBN_OP_STATS | FBN_OP_APPLY, nthreads);
     b.p = &p;
     b.dy = dy;

@@ -411,11 +411,13 @@ typedef struct {
 } fbn_plan;
 
 /* Makes the plan of a call on the (outer, C, inner) view with elements of
- * sz bytes: nstat arrays read by the reductions, nnew arrays touched only
- * by the elementwise pass (outputs, residual), ops FBN_OP_*.  Needs
- * outer*inner >= 1 and C >= 1. */
+ * sz bytes: nstat arrays read by the reductions (and again by the
+ * elementwise pass), nextra arrays read only by the elementwise pass (the
+ * residual), nout arrays written, ops FBN_OP_*.  Needs outer*inner >= 1
+ * and C >= 1. */
 static void fbn_plan_make(fbn_plan *p, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
-                          size_t sz, int nstat, int nnew, int ops, int nthreads)
+                          size_t sz, int nstat, int nextra, int nout, int ops,
+                          int nthreads)
 {
     ptrdiff_t ntot = outer * inner, size = ntot * C;
     long long nt_bytes, fuse, tile, out_bytes = (long long)size * (long long)sz;
@@ -437,17 +439,24 @@ static void fbn_plan_make(fbn_plan *p, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t i
         p->nth = fbn_threads(nthreads, size, fbn_max(p->nb, p->nab));
         fbn_budgets(p->nth, &nt_bytes, &fuse, &tile);
         p->nt = FBN_HAVE_NT && (ops & FBN_OP_APPLY) && out_bytes >= nt_bytes;
+        (void)nextra;
+        (void)nout;
+        (void)nstat;
     } else {
         ptrdiff_t chan = ntot * (ptrdiff_t)sz;  /* bytes of a channel */
         ptrdiff_t run = inner * (ptrdiff_t)sz;  /* bytes of a run */
         ptrdiff_t g_run = fbn_min(fbn_min(fbn_cdiv(FBN_RUN_BYTES, run), C), FBN_TILE_C);
-        ptrdiff_t foot = chan * (nstat + nnew);
-        int nth;
+        ptrdiff_t foot;
+        int nth, nt_big;
         p->nk = fbn_cdiv(ntot, FBN_CHUNK);
         p->ab = FBN_APPLY_VALUES;
         p->nab = fbn_cdiv(size, p->ab);
         nth = fbn_threads(nthreads, size, fbn_max(C, p->nk));
         fbn_budgets(nth, &nt_bytes, &fuse, &tile);
+        nt_big = FBN_HAVE_NT && (ops & FBN_OP_APPLY) && out_bytes >= nt_bytes;
+        /* the bytes of a channel that a fused tile keeps in cache: outputs
+         * streamed past the caches do not count */
+        foot = chan * (nstat + nextra + (nt_big && run >= FBN_NT_RUN_BYTES ? 0 : nout));
         /* fused when a channel's arrays fit in the budget and there are
          * channels enough for every thread */
         p->fused = ops == (FBN_OP_STATS | FBN_OP_APPLY) && foot <= fuse &&
@@ -474,8 +483,7 @@ static void fbn_plan_make(fbn_plan *p, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t i
         /* streamed outputs: the elementwise blocks when the output is
          * large; fused tiles only when each sample's run is long (short
          * streamed runs leave partial lines: 1.7x slower at 7x7) */
-        p->nt = FBN_HAVE_NT && (ops & FBN_OP_APPLY) && out_bytes >= nt_bytes &&
-                (!p->fused || p->g * run >= FBN_NT_RUN_BYTES);
+        p->nt = nt_big && (!p->fused || p->g * run >= FBN_NT_RUN_BYTES);
     }
 }
 
@@ -484,10 +492,12 @@ static void fbn_plan_make(fbn_plan *p, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t i
  * channels per tile, chunks per tile, tiles, chunks per channel, row
  * blocks (channel-last statistics), transform blocks. */
 void fbn_describe_plan(ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner, int elsize,
-                       int nstat, int nnew, int ops, int nthreads, long long *fields)
+                       int nstat, int nextra, int nout, int ops, int nthreads,
+                       long long *fields)
 {
     fbn_plan p;
-    fbn_plan_make(&p, outer, C, inner, (size_t)elsize, nstat, nnew, ops, nthreads);
+    fbn_plan_make(&p, outer, C, inner, (size_t)elsize, nstat, nextra, nout, ops,
+                  nthreads);
     fields[0] = p.cl;
     fields[1] = p.nth;
     fields[2] = p.nt;

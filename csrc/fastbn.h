@@ -103,13 +103,14 @@ long fbn_set_spin_us(long us);
 int fbn_pool_threads(void);
 
 /* The plan a kernel makes for a call (for tests and the benchmark report):
- * nstat = arrays its reductions read, nnew = arrays only its elementwise
- * pass touches, ops = 1 (reductions) | 2 (elementwise pass); outer*inner
- * >= 1, C >= 1.  fields[0..9] receive: channel-last, threads, non-temporal
+ * nstat = arrays its reductions read, nextra = arrays only its elementwise
+ * pass reads, nout = arrays it writes, ops = 1 (reductions) | 2
+ * (elementwise pass); outer*inner >= 1, C >= 1.  fields[0..9] receive: channel-last, threads, non-temporal
  * stores, fused, channels per tile, chunks per tile, tiles, chunks per
  * channel, row blocks, elementwise blocks. */
 void fbn_describe_plan(ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner, int elsize,
-                       int nstat, int nnew, int ops, int nthreads, long long *fields);
+                       int nstat, int nextra, int nout, int ops, int nthreads,
+                       long long *fields);
 
 #define FBN_DECLARE(T, SFX)                                                    \
   /* Per-channel mean and M2 (sum of squared deviations) in double; the      \

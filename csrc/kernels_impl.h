@@ -46,28 +46,72 @@ typedef T NAME(vec) __attribute__((vector_size(32)));
 
 /* ---- reductions -------------------------------------------------------- */
 
+#if FBN_VEC
+/* The 16 double lanes as two vectors of 8, and 8 values of T: explicit
+ * vectors, because GCC may turn the plain lane loops into scalar code where
+ * they are inlined.  Element-wise IEEE arithmetic, so the bits are those of
+ * the scalar loops. */
+typedef double NAME(d8) __attribute__((vector_size(64)));
+typedef T NAME(t8) __attribute__((vector_size(8 * sizeof(T))));
+#define FBN_LOAD8(v, p) memcpy(&(v), (p), sizeof(v))
+#define FBN_TO_D8(v) __builtin_convertvector((v), NAME(d8))
+#endif
+
 /* Adds n values to the lane accumulators acc[0..FBN_LANES] (the last one
  * takes the values that do not fill a row of lanes), in double. */
 static inline void NAME(sum_acc)(const T *x, ptrdiff_t n, double *acc)
 {
-    double v[FBN_LANES], t = acc[FBN_LANES];
+    double t = acc[FBN_LANES];
     ptrdiff_t i = 0;
+#if FBN_VEC
+    NAME(d8) v0, v1;
+    NAME(t8) a, b;
+    memcpy(&v0, acc, sizeof v0);
+    memcpy(&v1, acc + 8, sizeof v1);
+    for (; i + FBN_LANES <= n; i += FBN_LANES) {
+        FBN_LOAD8(a, x + i);
+        FBN_LOAD8(b, x + i + 8);
+        v0 += FBN_TO_D8(a);
+        v1 += FBN_TO_D8(b);
+    }
+    memcpy(acc, &v0, sizeof v0);
+    memcpy(acc + 8, &v1, sizeof v1);
+#else
+    double v[FBN_LANES];
     int k;
     memcpy(v, acc, sizeof v);
     for (; i + FBN_LANES <= n; i += FBN_LANES)
         for (k = 0; k < FBN_LANES; k++)
             v[k] += (double)x[i + k];
+    memcpy(acc, v, sizeof v);
+#endif
     for (; i < n; i++)
         t += (double)x[i];
-    memcpy(acc, v, sizeof v);
     acc[FBN_LANES] = t;
 }
 
 /* Adds the squared deviations of n values from m to the lane accumulators. */
 static inline void NAME(ssd_acc)(const T *x, ptrdiff_t n, double m, double *acc)
 {
-    double v[FBN_LANES], t = acc[FBN_LANES];
+    double t = acc[FBN_LANES];
     ptrdiff_t i = 0;
+#if FBN_VEC
+    NAME(d8) v0, v1, mv = {m, m, m, m, m, m, m, m}, d0, d1;
+    NAME(t8) a, b;
+    memcpy(&v0, acc, sizeof v0);
+    memcpy(&v1, acc + 8, sizeof v1);
+    for (; i + FBN_LANES <= n; i += FBN_LANES) {
+        FBN_LOAD8(a, x + i);
+        FBN_LOAD8(b, x + i + 8);
+        d0 = FBN_TO_D8(a) - mv;
+        d1 = FBN_TO_D8(b) - mv;
+        v0 += d0 * d0;
+        v1 += d1 * d1;
+    }
+    memcpy(acc, &v0, sizeof v0);
+    memcpy(acc + 8, &v1, sizeof v1);
+#else
+    double v[FBN_LANES];
     int k;
     memcpy(v, acc, sizeof v);
     for (; i + FBN_LANES <= n; i += FBN_LANES)
@@ -75,11 +119,12 @@ static inline void NAME(ssd_acc)(const T *x, ptrdiff_t n, double m, double *acc)
             double d = (double)x[i + k] - m;
             v[k] += d * d;
         }
+    memcpy(acc, v, sizeof v);
+#endif
     for (; i < n; i++) {
         double d = (double)x[i] - m;
         t += d * d;
     }
-    memcpy(acc, v, sizeof v);
     acc[FBN_LANES] = t;
 }
 
@@ -256,14 +301,17 @@ static void NAME(apply_span)(const T *x, const T *z, T *y, ptrdiff_t C,
     ptrdiff_t i = s0;
     while (i < s1) {
         ptrdiff_t end = nt ? i + fbn_tile_len(y + i, sizeof(T), s1 - i) : s1;
-        ptrdiff_t q = i;
-        while (q < end) {
-            ptrdiff_t r = q / inner, c = r % C;
-            ptrdiff_t len = fbn_min((r + 1) * inner, end) - q;
+        ptrdiff_t q = i, r = i / inner, c = r % C, rend = (r + 1) * inner;
+        while (q < end) { /* run r (channel c) ends at rend */
+            ptrdiff_t len = fbn_min(rend, end) - q;
             NAME(apply_any)(x + q, z ? z + q : NULL, nt ? buf + (q - i) : y + q, len,
                             coef[c], coef[C + c], coef[2 * C + c], coef[3 * C + c],
                             relu);
             q += len;
+            if (q == rend) {
+                rend += inner;
+                c = c + 1 == C ? 0 : c + 1;
+            }
         }
         if (nt)
             fbn_stream(y + i, buf, (size_t)(end - i) * sizeof(T));
@@ -465,7 +513,7 @@ static int NAME(k_moments)(const T *x, ptrdiff_t outer, ptrdiff_t C,
     }
     if (C == 0)
         return FBN_OK;
-    fbn_plan_make(&p, outer, C, inner, sizeof(T), 1, 0, FBN_OP_STATS, nthreads);
+    fbn_plan_make(&p, outer, C, inner, sizeof(T), 1, 0, 0, FBN_OP_STATS, nthreads);
     memset(&f, 0, sizeof f);
     f.p = &p;
     f.x = x;
@@ -490,7 +538,7 @@ static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
         return FBN_EINVAL;
     if (C == 0)
         return FBN_OK;
-    fbn_plan_make(&p, outer, C, inner, sizeof(T), 1, z ? 2 : 1,
+    fbn_plan_make(&p, outer, C, inner, sizeof(T), 1, z ? 1 : 0, 1,
                   FBN_OP_STATS | FBN_OP_APPLY, nthreads);
     f.p = &p;
     f.x = x;
@@ -534,7 +582,7 @@ static int NAME(transform)(const T *x, ptrdiff_t outer, ptrdiff_t C,
     ptrdiff_t c;
     if (C == 0 || outer * inner == 0)
         return FBN_OK;
-    fbn_plan_make(&p, outer, C, inner, sizeof(T), 1, z ? 2 : 1, FBN_OP_APPLY,
+    fbn_plan_make(&p, outer, C, inner, sizeof(T), 1, z ? 1 : 0, 1, FBN_OP_APPLY,
                   nthreads);
     memset(&f, 0, sizeof f);
     f.p = &p;
@@ -589,6 +637,8 @@ static int NAME(k_apply)(const T *x, ptrdiff_t outer, ptrdiff_t C,
 #if FBN_VEC
 #undef FBN_VN
 #undef FBN_NV
+#undef FBN_LOAD8
+#undef FBN_TO_D8
 #endif
 
 static const FBN_OPS_TYPE(SFX) NAME(ops) = {

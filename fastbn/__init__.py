@@ -14,6 +14,10 @@ from . import _kernels
 # FASTBN_SIMD=baseline|avx2|avx512|auto picks the kernels' instruction set
 # (e.g. baseline under valgrind, which does not know AVX-512).
 _kernels.set_simd(_os.environ.get("FASTBN_SIMD", "auto").strip().lower() or "auto")
+# FASTBN_SCHEDULER=openmp runs the kernels' work in OpenMP parallel loops
+# instead of fastbn's caller-runs pool (for comparison; see README, Threads).
+if _os.environ.get("FASTBN_SCHEDULER", "").strip():
+    _kernels.set_scheduler(_os.environ["FASTBN_SCHEDULER"].strip().lower())
 from ._api import (batch_norm_backward, batch_norm_infer, batch_norm_train,
                    batch_stats, merge_moments, moments)
 from ._threads import get_num_threads, num_threads, set_num_threads, show_config

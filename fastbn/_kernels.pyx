@@ -33,7 +33,8 @@ cdef extern from "fastbn.h" nogil:
     long fbn_set_spin_us(long us)
     int fbn_pool_threads()
     void fbn_describe_plan(Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, int elsize,
-                           int nstat, int nnew, int ops, int nthreads, long long *fields)
+                           int nstat, int nextra, int nout, int ops, int nthreads,
+                           long long *fields)
     const char *fbn_simd()
     const char *fbn_simd_available()
 
@@ -230,11 +231,13 @@ def set_spin_us(long us):
     return fbn_set_spin_us(us)
 
 
-_PLAN_OPS = {  # (arrays read by the reductions, arrays only the elementwise
-               # pass touches, 1 = reductions | 2 = elementwise pass)
-    "moments": (1, 0, 1), "train": (1, 1, 3), "train_residual": (1, 2, 3),
-    "infer": (1, 1, 2), "backward": (2, 1, 3), "backward_relu": (3, 1, 3),
-    "backward_reduce": (2, 0, 1), "backward_apply": (2, 1, 2),
+_PLAN_OPS = {  # (arrays read by the reductions, arrays read only by the
+               # elementwise pass, arrays written, 1 = reductions | 2 =
+               # elementwise pass)
+    "moments": (1, 0, 0, 1), "train": (1, 0, 1, 3), "train_residual": (1, 1, 1, 3),
+    "infer": (1, 0, 1, 2), "backward": (2, 0, 1, 3), "backward_relu": (3, 0, 1, 3),
+    "backward_residual": (3, 0, 2, 3), "backward_reduce": (2, 0, 0, 1),
+    "backward_apply": (2, 0, 1, 2),
 }
 _PLAN_FIELDS = ("channel_last", "threads", "nontemporal", "fused", "tile_channels",
                 "tile_chunks", "tiles", "chunks", "row_blocks", "blocks")
@@ -250,12 +253,13 @@ def plan(str op, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, int itemsize,
         raise ValueError(f"op must be one of {sorted(_PLAN_OPS)}, got {op!r}")
     if outer * inner < 1 or C < 1:
         raise ValueError("plan needs outer*inner >= 1 and C >= 1")
-    nstat, nnew, ops = _PLAN_OPS[op]
-    fbn_describe_plan(outer, C, inner, itemsize, nstat, nnew, ops, nthreads, f)
+    nstat, nextra, nout, ops = _PLAN_OPS[op]
+    fbn_describe_plan(outer, C, inner, itemsize, nstat, nextra, nout, ops, nthreads, f)
     d = {k: int(f[i]) for i, k in enumerate(_PLAN_FIELDS)}
     d["strategy"] = ("channel-last" if d["channel_last"] else
                      "fused tiles" if d["fused"] else
-                     "elementwise blocks" if ops == 2 else "two-phase tiles")
+                     "elementwise blocks" if ops == 2 else
+                     "statistics tiles" if ops == 1 else "two-phase tiles")
     return d
 
 

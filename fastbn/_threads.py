@@ -6,9 +6,11 @@ module decides it.  Without a fastbn setting it is OpenMP's
 threadpoolctl's limits apply.  ``set_num_threads`` overrides that for the
 whole process.  fastbn never calls ``omp_set_num_threads``.
 
-libgomp is not fork-safe once a parallel region has run: a forked child that
-calls fastbn may hang.  Use the "spawn" or "forkserver" start method, or
-``OMP_NUM_THREADS=1`` (one thread never enters OpenMP) in such children.
+The work itself runs on fastbn's caller-runs pool (csrc/pool.c), which a
+forked child rebuilds for itself.  Only with ``FASTBN_SCHEDULER=openmp``
+do the kernels enter OpenMP parallel regions; libgomp is not fork-safe
+after one, so then use the "spawn" or "forkserver" start method, or
+``OMP_NUM_THREADS=1`` in forked children.
 """
 import contextlib
 import operator
@@ -74,6 +76,8 @@ def config():
         "openmp_runtime": _openmp_runtime(),
         "threads": get_num_threads(),
         "thread_setting": _setting,
+        "scheduler": _kernels.scheduler(),
+        "caches": dict(zip(("L1d", "L2", "L3"), _kernels.cache_sizes())),
         "compiler": _kernels.build_info().split("; ")[0],
         "simd_baseline": _kernels.build_info().split("; ")[-1],
         "simd": _kernels.simd(),
@@ -114,11 +118,15 @@ def show_config(file=None):
            if cfg["openmp"] else "no (serial build)")
     setting = ("fastbn.set_num_threads" if cfg["thread_setting"] is not None
                else "OpenMP default")
+    caches = ", ".join(f"{k} {v >> 10} KB" if v else f"{k} unknown"
+                       for k, v in cfg["caches"].items())
     lines = [
         f"fastbn {cfg['version']}",
         f"  numpy:    {cfg['numpy']}",
         f"  OpenMP:   {omp}",
-        f"  threads:  {cfg['threads']} ({setting})",
+        f"  threads:  {cfg['threads']} ({setting}), scheduled by the "
+        f"{cfg['scheduler']}" + (" (caller-runs)" if cfg["scheduler"] == "pool" else ""),
+        f"  caches:   {caches}",
         f"  compiler: {cfg['compiler']}",
         f"  SIMD:     {cfg['simd']} kernels in use (available: "
         f"{', '.join(cfg['simd_available'])}; compiled baseline "

@@ -1,4 +1,5 @@
-"""The build under test: compiled with OpenMP and really using it, or a
+"""The build under test: compiled with OpenMP and really running on several
+threads (fastbn's pool runs the work; OpenMP gives the thread count), or a
 serial build that says so and still works.
 
 Which build is expected comes from the environment, so that the same suite
@@ -139,7 +140,8 @@ _THREAD_PROBE = textwrap.dedent("""
     if n:
         fastbn.set_num_threads(n)
     # small call first: initialises the runtime (and any helper threads it
-    # starts on its own), below the size that goes parallel
+    # starts on its own), below the size that goes parallel; the pool's
+    # helpers start with the first parallel call
     fastbn.batch_norm_train(np.ones((2, 4, 8, 8), np.float32))
     x = np.random.default_rng(0).standard_normal((16, 64, 32, 32)).astype(np.float32)
     before = tasks()
@@ -187,7 +189,7 @@ def test_large_call_runs_on_more_than_one_os_thread(nthreads):
     if EXPECT_OPENMP:
         assert used >= 2
         assert after >= before + 1, (
-            f"an OpenMP call with {used} threads started no OS thread "
+            f"a call with {used} threads started no OS thread "
             f"({before} -> {after} threads)")
     else:
         assert used == (nthreads or 1)

@@ -187,8 +187,13 @@ def test_plans_follow_the_geometry(tuning):
     assert p["threads"] == 1
     p = _kernels.plan("train", 1000, 1, 100, 4, 1)       # C == 1
     assert p["chunks"] == 25 and not p["channel_last"]
-    p = _kernels.plan("backward_relu", 32, 64, 3136, 4, 2)  # 3 inputs + dx
+    # dy, x, y stay in cache, dx (25.7 MB, 12.5 KB runs) is streamed past it
+    p = _kernels.plan("backward_relu", 32, 64, 3136, 4, 2)
+    assert p["strategy"] == "fused tiles" and p["nontemporal"] == 1
+    p = _kernels.plan("backward_relu", 64, 64, 3136, 4, 2)  # 2.4 MB per channel
     assert p["strategy"] == "two-phase tiles"
+    p = _kernels.plan("moments", 64, 64, 3136, 4, 2)
+    assert p["strategy"] == "statistics tiles"
     with pytest.raises(ValueError, match="op must be"):
         _kernels.plan("nope", 1, 1, 1, 4, 1)
 
