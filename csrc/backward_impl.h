@@ -512,12 +512,13 @@ static void NAME(bsums_phase)(NAME(bwd) *b, double *sdy, double *sdyx)
 
 /* Scratch of a backward call: per-chunk/per-block sums (2 * nparts
  * doubles), 3*C doubles (the channel-last mean and two sums), then the
- * 4*C constants. */
-static int NAME(bwd_scratch)(NAME(bwd) *b, double **tmp, void **mem)
+ * 4*C constants; on the stack when they fit (as fwd_scratch). */
+static int NAME(bwd_scratch)(NAME(bwd) *b, double **tmp, void **mem, double *stack)
 {
     const fbn_plan *p = b->p;
     size_t nd = 2 * (size_t)fbn_plan_parts(p) + 3 * (size_t)p->C;
-    char *m = (char *)malloc(sizeof(double) * nd + sizeof(T) * 4 * (size_t)p->C);
+    size_t bytes = sizeof(double) * nd + sizeof(T) * 4 * (size_t)p->C;
+    char *m = bytes <= FBN_STACK_BYTES ? (char *)stack : (char *)malloc(bytes);
     if (m == NULL)
         return FBN_ENOMEM;
     b->pd = (double *)m;
@@ -525,7 +526,7 @@ static int NAME(bwd_scratch)(NAME(bwd) *b, double **tmp, void **mem)
     b->m = b->px + fbn_plan_parts(p);
     *tmp = b->m + p->C;
     b->k = (T *)(m + sizeof(double) * nd);
-    *mem = m;
+    *mem = m == (char *)stack ? NULL : m;
     return FBN_OK;
 }
 
@@ -536,7 +537,7 @@ static int NAME(k_backward_reduce)(const T *dy, const T *x, const T *y,
 {
     fbn_plan p;
     NAME(bwd) b;
-    double *tmp;
+    double *tmp, stack[FBN_STACK_BYTES / sizeof(double)];
     void *mem;
     ptrdiff_t c;
     if (outer < 0 || C < 0 || inner < 0)
@@ -556,7 +557,7 @@ static int NAME(k_backward_reduce)(const T *dy, const T *x, const T *y,
     b.x = x;
     b.y = y;
     b.mean = mean;
-    if (NAME(bwd_scratch)(&b, &tmp, &mem) != FBN_OK)
+    if (NAME(bwd_scratch)(&b, &tmp, &mem, stack) != FBN_OK)
         return FBN_ENOMEM;
     NAME(bsums_phase)(&b, sum_dy, sum_dyxmu);
     free(mem);
@@ -610,7 +611,7 @@ static int NAME(k_backward)(const T *dy, const T *x, const T *y, ptrdiff_t outer
 {
     fbn_plan p;
     NAME(bwd) b;
-    double *tmp;
+    double *tmp, stack[FBN_STACK_BYTES / sizeof(double)];
     void *mem;
     ptrdiff_t c;
     if (outer < 0 || C < 0 || inner < 0)
@@ -636,7 +637,7 @@ static int NAME(k_backward)(const T *dy, const T *x, const T *y, ptrdiff_t outer
     b.training = training;
     b.dgamma = dgamma;
     b.dbeta = dbeta;
-    if (NAME(bwd_scratch)(&b, &tmp, &mem) != FBN_OK)
+    if (NAME(bwd_scratch)(&b, &tmp, &mem, stack) != FBN_OK)
         return FBN_ENOMEM;
     if (p.fused) {
         fbn_parallel_for(p.ntiles, NAME(item_bfused_tile), &b, p.nth, FBN_FORWARD);

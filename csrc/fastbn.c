@@ -83,8 +83,10 @@
  * partial sums go to the double accumulators: 8 terms of float keep a
  * relative error below 5e-7 of each partial sum. */
 #define FBN_FLUSH 8
-/* Per-channel constants of up to this many channels live on the stack. */
+/* Per-channel constants of up to this many channels live on the stack, and
+ * a call's scratch when it needs at most this many bytes. */
 #define FBN_STACK_C 64
+#define FBN_STACK_BYTES 4096
 
 const char *fbn_strerror(int status)
 {

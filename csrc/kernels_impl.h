@@ -47,10 +47,10 @@ typedef T NAME(vec) __attribute__((vector_size(32)));
 /* ---- reductions -------------------------------------------------------- */
 
 #if FBN_VEC
-/* The 16 double lanes as two vectors of 8, and 8 values of T: explicit
- * vectors, because GCC may turn the plain lane loops into scalar code where
- * they are inlined.  Element-wise IEEE arithmetic, so the bits are those of
- * the scalar loops. */
+/* The 16 double lanes as two vectors of 8, and 8 values of T, for the
+ * backward's reductions: GCC turned their plain lane loops into scalar code
+ * where they are inlined.  Element-wise IEEE arithmetic, so the bits are
+ * those of the scalar loops. */
 typedef double NAME(d8) __attribute__((vector_size(64)));
 typedef T NAME(t8) __attribute__((vector_size(8 * sizeof(T))));
 #define FBN_LOAD8(v, p) memcpy(&(v), (p), sizeof(v))
@@ -58,60 +58,29 @@ typedef T NAME(t8) __attribute__((vector_size(8 * sizeof(T))));
 #endif
 
 /* Adds n values to the lane accumulators acc[0..FBN_LANES] (the last one
- * takes the values that do not fill a row of lanes), in double. */
+ * takes the values that do not fill a row of lanes), in double.  (GCC
+ * vectorises these lane loops well; the backward's needed explicit
+ * vectors.) */
 static inline void NAME(sum_acc)(const T *x, ptrdiff_t n, double *acc)
 {
-    double t = acc[FBN_LANES];
+    double v[FBN_LANES], t = acc[FBN_LANES];
     ptrdiff_t i = 0;
-#if FBN_VEC
-    NAME(d8) v0, v1;
-    NAME(t8) a, b;
-    memcpy(&v0, acc, sizeof v0);
-    memcpy(&v1, acc + 8, sizeof v1);
-    for (; i + FBN_LANES <= n; i += FBN_LANES) {
-        FBN_LOAD8(a, x + i);
-        FBN_LOAD8(b, x + i + 8);
-        v0 += FBN_TO_D8(a);
-        v1 += FBN_TO_D8(b);
-    }
-    memcpy(acc, &v0, sizeof v0);
-    memcpy(acc + 8, &v1, sizeof v1);
-#else
-    double v[FBN_LANES];
     int k;
     memcpy(v, acc, sizeof v);
     for (; i + FBN_LANES <= n; i += FBN_LANES)
         for (k = 0; k < FBN_LANES; k++)
             v[k] += (double)x[i + k];
-    memcpy(acc, v, sizeof v);
-#endif
     for (; i < n; i++)
         t += (double)x[i];
+    memcpy(acc, v, sizeof v);
     acc[FBN_LANES] = t;
 }
 
 /* Adds the squared deviations of n values from m to the lane accumulators. */
 static inline void NAME(ssd_acc)(const T *x, ptrdiff_t n, double m, double *acc)
 {
-    double t = acc[FBN_LANES];
+    double v[FBN_LANES], t = acc[FBN_LANES];
     ptrdiff_t i = 0;
-#if FBN_VEC
-    NAME(d8) v0, v1, mv = {m, m, m, m, m, m, m, m}, d0, d1;
-    NAME(t8) a, b;
-    memcpy(&v0, acc, sizeof v0);
-    memcpy(&v1, acc + 8, sizeof v1);
-    for (; i + FBN_LANES <= n; i += FBN_LANES) {
-        FBN_LOAD8(a, x + i);
-        FBN_LOAD8(b, x + i + 8);
-        d0 = FBN_TO_D8(a) - mv;
-        d1 = FBN_TO_D8(b) - mv;
-        v0 += d0 * d0;
-        v1 += d1 * d1;
-    }
-    memcpy(acc, &v0, sizeof v0);
-    memcpy(acc + 8, &v1, sizeof v1);
-#else
-    double v[FBN_LANES];
     int k;
     memcpy(v, acc, sizeof v);
     for (; i + FBN_LANES <= n; i += FBN_LANES)
@@ -119,12 +88,11 @@ static inline void NAME(ssd_acc)(const T *x, ptrdiff_t n, double m, double *acc)
             double d = (double)x[i + k] - m;
             v[k] += d * d;
         }
-    memcpy(acc, v, sizeof v);
-#endif
     for (; i < n; i++) {
         double d = (double)x[i] - m;
         t += d * d;
     }
+    memcpy(acc, v, sizeof v);
     acc[FBN_LANES] = t;
 }
 
@@ -478,19 +446,21 @@ static void NAME(stats_phase)(NAME(fwd) *f, double *mean, double *m2)
 }
 
 /* Scratch of a forward call: the per-chunk/per-block moments (2 * nparts
- * doubles), then 2*C doubles, then the 4*C constants. */
-static int NAME(fwd_scratch)(NAME(fwd) *f, double **tmp, void **mem)
+ * doubles), then 2*C doubles, then the 4*C constants; in `stack` (of
+ * FBN_STACK_BYTES) when it fits, else malloc'ed (*mem, to free). */
+static int NAME(fwd_scratch)(NAME(fwd) *f, double **tmp, void **mem, double *stack)
 {
     const fbn_plan *p = f->p;
     size_t nd = 2 * (size_t)fbn_plan_parts(p) + 2 * (size_t)p->C;
-    char *m = (char *)malloc(sizeof(double) * nd + sizeof(T) * 4 * (size_t)p->C);
+    size_t bytes = sizeof(double) * nd + sizeof(T) * 4 * (size_t)p->C;
+    char *m = bytes <= FBN_STACK_BYTES ? (char *)stack : (char *)malloc(bytes);
     if (m == NULL)
         return FBN_ENOMEM;
     f->pm = (double *)m;
     f->pq = f->pm + fbn_plan_parts(p);
     *tmp = f->pq + fbn_plan_parts(p);
     f->coef = (T *)(m + sizeof(double) * nd);
-    *mem = m;
+    *mem = m == (char *)stack ? NULL : m;
     return FBN_OK;
 }
 
@@ -501,7 +471,7 @@ static int NAME(k_moments)(const T *x, ptrdiff_t outer, ptrdiff_t C,
 {
     fbn_plan p;
     NAME(fwd) f;
-    double *tmp;
+    double *tmp, stack[FBN_STACK_BYTES / sizeof(double)];
     void *mem;
     ptrdiff_t c;
     if (outer < 0 || C < 0 || inner < 0)
@@ -517,7 +487,7 @@ static int NAME(k_moments)(const T *x, ptrdiff_t outer, ptrdiff_t C,
     memset(&f, 0, sizeof f);
     f.p = &p;
     f.x = x;
-    if (NAME(fwd_scratch)(&f, &tmp, &mem) != FBN_OK)
+    if (NAME(fwd_scratch)(&f, &tmp, &mem, stack) != FBN_OK)
         return FBN_ENOMEM;
     NAME(stats_phase)(&f, mean, m2);
     free(mem);
@@ -531,7 +501,7 @@ static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
 {
     fbn_plan p;
     NAME(fwd) f;
-    double *tmp;
+    double *tmp, stack[FBN_STACK_BYTES / sizeof(double)];
     void *mem;
     ptrdiff_t c;
     if (outer < 0 || C < 0 || inner < 0 || (outer * inner < 1 && C > 0) || !(eps > 0))
@@ -551,7 +521,7 @@ static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
     f.mean_out = mean_out;
     f.invstd_out = invstd_out;
     f.var_out = var_out;
-    if (NAME(fwd_scratch)(&f, &tmp, &mem) != FBN_OK)
+    if (NAME(fwd_scratch)(&f, &tmp, &mem, stack) != FBN_OK)
         return FBN_ENOMEM;
     if (p.fused) {
         fbn_parallel_for(p.ntiles, NAME(item_fused_tile), &f, p.nth, FBN_FORWARD);

@@ -11,6 +11,8 @@ import numpy as np
 
 from . import _kernels
 
+_plain = _kernels.plain
+
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
 
@@ -22,6 +24,8 @@ class OutDtypeError(TypeError, ValueError):
 def as_data(x, name="x", dtype=None):
     """``x`` as a C-contiguous, aligned, native float32/float64 array (copied
     only when needed).  With ``dtype``, the array is cast to it."""
+    if dtype is None and _plain(x):  # the common case, one C-level look
+        return x
     if type(x) is not np.ndarray:
         if not isinstance(x, np.ndarray):
             raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, "
@@ -95,6 +99,8 @@ def per_channel(v, name, C, dtype, allow_none=True):
 
 def like_x(v, name, x):
     """An array of x's shape, cast to x's dtype (residual, dy, y)."""
+    if _plain(v) and v.shape == x.shape and v.dtype == x.dtype:
+        return v
     if type(v) is not np.ndarray and not isinstance(v, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray of x's shape {x.shape}, "
                         f"got {type(v).__name__}")
@@ -120,6 +126,8 @@ def output(out, x, name="out"):
     """The output array: a new one, or ``out`` after checking it."""
     if out is None:
         return np.empty(x.shape, x.dtype)
+    if _plain(out, True) and out.shape == x.shape and out.dtype == x.dtype:
+        return out
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
     if out.shape != x.shape:

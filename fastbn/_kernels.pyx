@@ -161,6 +161,23 @@ def set_simd(str name):
                          f"'auto', {', '.join(repr(s) for s in simd_available())}")
 
 
+def plain(a, bint writeable=False):
+    """True if `a` is exactly a numpy.ndarray of native float32 or float64,
+    C-contiguous and aligned (and writeable if asked): the form the kernels
+    take as it is.  One C-level look at the array for the common case; the
+    checks in fastbn._checks handle every other case and its messages."""
+    if type(a) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    cdef int t = cnp.PyArray_TYPE(arr)
+    cdef int need = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
+    if writeable:
+        need |= cnp.NPY_ARRAY_WRITEABLE
+    return ((t == cnp.NPY_FLOAT32 or t == cnp.NPY_FLOAT64)
+            and cnp.PyArray_ISNOTSWAPPED(arr)
+            and (cnp.PyArray_FLAGS(arr) & need) == need)
+
+
 def partial_overlap(a, b):
     """True if the C-contiguous arrays a and b share memory without being the
     same block (same start and size): in place is fine, a shifted overlap
