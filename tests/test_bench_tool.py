@@ -21,7 +21,7 @@ from fastbn.bench.timing import Result, percentile
 from fastbn.bench.workloads import (COMPILE_SUBSET, MAX_ARRAY_BYTES, MODES,
                                     QUICK_SWEEP, WORKLOADS, Workload,
                                     filter_sweep, select_workloads,
-                                    sweep_workloads)
+                                    split_terms, sweep_workloads)
 from fastbn.bench.progress import eta, fmt_duration
 
 SWEEP = sweep_workloads()
@@ -137,6 +137,15 @@ def test_filter_sweep():
     alias = filter_sweep(SWEEP, ["(32,56,56,64)", "float32", "mode=train"])
     assert len(alias) == 1 and alias[0].view == (32 * 56 * 56, 64, 1)
     assert filter_sweep(SWEEP, ["no such row"]) == []
+
+
+def test_filter_terms_keep_shapes_whole():
+    assert split_terms("(1,56,56,64), NHWC,mode=train,") == [
+        "(1,56,56,64)", "NHWC", "mode=train"]
+    a = cli.parse_args(["--sweep-filter", "(1,56,56,64),mode=infer"])
+    rows = filter_sweep(SWEEP, a.sweep_filter)
+    assert [(w.shape, w.dtype) for w in rows] == [((1, 56, 56, 64),
+                                                   "float32")]
 
 
 def test_kernel_workloads():

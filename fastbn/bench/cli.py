@@ -17,7 +17,7 @@ from .progress import Progress
 from .report import Report, render, to_json
 from .workloads import (WORKLOADS, check_sweep_terms, family_counts,
                         filter_sweep, fmt_bytes, select_workloads,
-                        sweep_workloads)
+                        split_terms, sweep_workloads)
 
 PARTS = ("kernels", "sweep", "scenarios", "network")
 
@@ -76,11 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
                         ", ".join(w.key for w in WORKLOADS))
     p.add_argument("--sweep-filter", metavar="TERMS",
                    help="sweep rows to run (implies --sweep when no part is "
-                        "named): comma-separated terms that must all match "
-                        "a row: a substring of 'family layout (shape) dtype "
-                        "mode' (e.g. 'ResNet-50 layer4', NHWC, "
-                        "'(256,512,7,7)', float64, backward), mode=MODE, or "
-                        "max=MB (arrays of at most MB megabytes)")
+                        "named): terms separated by commas (outside "
+                        "parentheses) that must all match a row: a "
+                        "substring of 'family layout (shape) dtype mode' "
+                        "(e.g. 'ResNet-50 layer4', NHWC, '(256,512,7,7)', "
+                        "float64, backward), mode=MODE, or max=MB (arrays "
+                        "of at most MB megabytes)")
     p.add_argument("--sweep-compile", choices=("none", "subset", "all"),
                    default=None,
                    help="torch.compile in the sweep: none, the "
@@ -109,8 +110,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                 ", ".join(sorted(unknown)),
                 ", ".join(w.key for w in WORKLOADS)))
     if args.sweep_filter is not None:
-        args.sweep_filter = [t for t in args.sweep_filter.split(",")
-                             if t.strip()]
+        args.sweep_filter = split_terms(args.sweep_filter)
         if not args.sweep_filter:
             p.error("--sweep-filter needs at least one term")
         msg = check_sweep_terms(args.sweep_filter)

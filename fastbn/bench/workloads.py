@@ -405,6 +405,21 @@ def filter_sweep(workloads: Sequence[Workload], terms: Sequence[str]
     return kept
 
 
+def split_terms(text: str) -> List[str]:
+    """Split a --sweep-filter value at commas outside parentheses, so that
+    a shape such as (256,512,7,7) stays one term; empty terms dropped."""
+    terms, depth, cur = [], 0, []
+    for ch in text:
+        if ch == "," and depth == 0:
+            terms.append("".join(cur))
+            cur = []
+            continue
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        cur.append(ch)
+    terms.append("".join(cur))
+    return [t.strip() for t in terms if t.strip()]
+
+
 def check_sweep_terms(terms: Sequence[str]) -> Optional[str]:
     """An error message for a malformed filter term, or None."""
     for term in terms:
