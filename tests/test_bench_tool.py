@@ -137,6 +137,8 @@ def test_filter_sweep():
     alias = filter_sweep(SWEEP, ["(32,56,56,64)", "float32", "mode=train"])
     assert len(alias) == 1 and alias[0].view == (32 * 56 * 56, 64, 1)
     assert filter_sweep(SWEEP, ["no such row"]) == []
+    assert filter_sweep(SWEEP, ["compile"]) == [w for w in SWEEP
+                                                if w.compile]
 
 
 def test_filter_terms_keep_shapes_whole():

@@ -80,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "parentheses) that must all match a row: a "
                         "substring of 'family layout (shape) dtype mode' "
                         "(e.g. 'ResNet-50 layer4', NHWC, '(256,512,7,7)', "
-                        "float64, backward), mode=MODE, or max=MB (arrays "
-                        "of at most MB megabytes)")
+                        "float64, backward), mode=MODE, max=MB (arrays "
+                        "of at most MB megabytes), or compile (the rows "
+                        "where torch.compile runs by default)")
     p.add_argument("--sweep-compile", choices=("none", "subset", "all"),
                    default=None,
                    help="torch.compile in the sweep: none, the "

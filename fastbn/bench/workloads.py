@@ -40,11 +40,11 @@ SWEEP_TARGETS = {"train": 3.0, "infer": 1.6, "backward": 5.0}
 
 def fmt_bytes(n: float) -> str:
     """Bytes in binary units: '24.5 MB', '32 KB', '100 B'."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
+    for unit in ("B", "KB", "MB"):
+        if n < 1024:
             return ("%d %s" if unit == "B" else "%.3g %s") % (n, unit)
         n /= 1024
-    return str(n)
+    return "%.3g GB" % n
 
 
 @dataclasses.dataclass(frozen=True)
@@ -382,7 +382,9 @@ def filter_sweep(workloads: Sequence[Workload], terms: Sequence[str]
     (case-insensitive).
 
     A term ``mode=M`` keeps mode M only (e.g. ``mode=train``); a term
-    ``max=SIZE`` keeps arrays of at most SIZE megabytes.  Other terms are
+    ``max=SIZE`` keeps arrays of at most SIZE megabytes; the term
+    ``compile`` keeps the representative rows (where torch.compile runs by
+    default).  Other terms are
     substrings of the label: family, layout, shape (spelled ``(32,64,56,56)``
     or ``32,64``), dtype and mode.
     """
@@ -396,6 +398,8 @@ def filter_sweep(workloads: Sequence[Workload], terms: Sequence[str]
                 ok = w.mode == t[5:]
             elif t.startswith("max="):
                 ok = w.nbytes <= float(t[4:]) * 2 ** 20
+            elif t == "compile":
+                ok = w.compile
             else:
                 ok = t in label
             if not ok:
