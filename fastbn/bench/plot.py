@@ -42,6 +42,7 @@ def _kernels(ax, rep: Report) -> None:
                     "%.2g" % v, va="center", fontsize=5)
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
+    _plain_ticks(ax)
     ax.set_yticks(range(len(wrs)))
     ax.set_yticklabels([wr.workload.key for wr in wrs], fontsize=7)
     ax.invert_yaxis()
@@ -49,6 +50,20 @@ def _kernels(ax, rep: Report) -> None:
                   "better)")
     ax.set_title("Kernel workloads", fontsize=9)
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
+def _plain_ticks(ax) -> None:
+    """Tick labels of log axes as plain numbers (0.5, 2, 10), not 2x10^0;
+    minor ticks labelled only when the axis spans less than two decades."""
+    import math
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+    for axis, lim in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        if axis.get_scale() != "log":
+            continue
+        axis.set_major_formatter(FormatStrFormatter("%g"))
+        span = math.log10(max(lim) / max(min(lim), 1e-300))
+        axis.set_minor_formatter(FormatStrFormatter("%g") if span < 2
+                                 else NullFormatter())
 
 
 _COLORS = {"train": "tab:blue", "infer": "tab:green", "backward": "tab:red"}
@@ -80,14 +95,16 @@ def _sweep(ax_eager, ax_floor, rep: Report) -> None:
                        label="%s, %d thread%s" % (mode, t, "s" * (t > 1)))
         ax.set_xscale("log")
         ax.set_yscale("log")
+        _plain_ticks(ax)
         ax.set_xlabel("size of x (MB)")
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=6)
     ax_eager.axhline(1.0, color="black", linewidth=0.8)
+    largest = max(wr.workload.nbytes for wr in rep.sweep.rows) / 2 ** 20
     for mode in MODES:
         ax_floor.hlines(SWEEP_TARGETS[mode], TARGET_MIN_BYTES / 2 ** 20,
-                        ax_floor.get_xlim()[1], colors=_COLORS[mode],
-                        linestyles="dashed", linewidth=0.8)
+                        largest, colors=_COLORS[mode], linestyles="dashed",
+                        linewidth=0.8)
 
 
 def _scenarios(ax, rep: Report) -> None:
@@ -104,6 +121,7 @@ def _scenarios(ax, rep: Report) -> None:
             ax.hlines(1.0 / r.target[1], i - 0.4, i + 0.4, colors="black")
     ax.axhline(1.0, color="black", linewidth=0.5, linestyle="dotted")
     ax.set_yscale("log")
+    _plain_ticks(ax)
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels(labels, fontsize=5, rotation=60, ha="right")
     ax.set_ylabel("default threads / 1 thread")
@@ -157,6 +175,6 @@ def plot(rep: Report, path: str, title: str) -> None:
     if "network" in axes:
         _network(axes["network"], rep)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
     fig.savefig(path, dpi=110)
     plt.close(fig)
