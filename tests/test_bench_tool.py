@@ -412,6 +412,11 @@ def test_scenario_targets():
     assert row.ratio == 0.5 and row.met is True  # speed-up 2 >= 1.7
     row.results[1] = _res("b", "fastbn", 2, 1.25)
     assert row.met is False  # speed-up 1.6
+    one = ScenarioRow((16, 64, 28, 28), "back-to-back", 1, [
+        _res("a", "fastbn", 1, 2.0)])
+    assert one.ratio is None and one.met is None  # nothing to compare
+    head, rows = report.scenario_rows(ScenarioResult([one], 1, "blas"))
+    assert len(head) == len(rows[0]) and "met" not in head
 
 
 def test_percentile_and_eta():

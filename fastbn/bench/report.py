@@ -286,10 +286,12 @@ def scenario_rows(sc: ScenarioResult) -> Table:
     """fastbn at 1 and N threads per shape and scenario (median and 90th
     percentile), the ratio N / 1 against its target, and torch eager."""
     n = sc.threads
-    head = ["x", "scenario", "fastbn 1t median (p90)",
-            "fastbn %dt median (p90)" % n, "%dt / 1t" % n, "speed-up",
-            "target", "met", "eager 1t median (p90)",
-            "eager %dt median (p90)" % n, "check"]
+    counts = sorted({1, n})
+    head = ["x", "scenario"]
+    head += ["fastbn %dt median (p90)" % t for t in counts]
+    if n > 1:
+        head += ["%dt / 1t" % n, "speed-up", "target", "met"]
+    head += ["eager %dt median (p90)" % t for t in counts] + ["check"]
     rows = []
     for row in sc.rows:
         def cell(role, t):
@@ -300,15 +302,17 @@ def scenario_rows(sc: ScenarioResult) -> Table:
         ratio = row.ratio
         met = row.met
         checks = sorted({r.status for r in row.results})
-        rows.append(["(%s)" % ",".join(map(str, row.shape)), row.scenario,
-                     cell("fastbn", 1), cell("fastbn", n),
-                     _f(ratio, "%.2fx"),
-                     _f(None if not ratio else 1.0 / ratio, "%.2fx"),
-                     target_text(row.target) or "-",
-                     "-" if met is None else ("yes" if met else "NO"),
-                     cell("eager", 1), cell("eager", n),
-                     "ok" if checks == ["ok"] else "; ".join(
-                         c for c in checks if c != "ok")])
+        cells = ["(%s)" % ",".join(map(str, row.shape)), row.scenario]
+        cells += [cell("fastbn", t) for t in counts]
+        if n > 1:
+            cells += [_f(ratio, "%.2fx"),
+                      _f(None if not ratio else 1.0 / ratio, "%.2fx"),
+                      target_text(row.target) or "-",
+                      "-" if met is None else ("yes" if met else "NO")]
+        cells += [cell("eager", t) for t in counts]
+        cells.append("ok" if checks == ["ok"] else "; ".join(
+            c for c in checks if c != "ok"))
+        rows.append(cells)
     return head, rows
 
 
@@ -416,6 +420,11 @@ def sweep_notes(sweep: SweepResult) -> List[str]:
 
 
 def scenario_notes(sc: ScenarioResult) -> List[str]:
+    ratio = ("%dt / 1t = fastbn's median at %d threads / its median at 1 "
+             "thread; speed-up = its inverse.  Targets (issue 10): after "
+             "matmul <= 1.1x, after idle <= 1.0x, back-to-back speed-up >= "
+             "1.7x on (16,64,28,28) and >= 1.4x on (32,64,56,56).  "
+             % (sc.threads, sc.threads) if sc.threads > 1 else "")
     return [
         "Between calls: fastbn.batch_norm_train(x, relu=True, out=out), "
         "float32 NCHW, in a loop; before each call nothing "
@@ -423,15 +432,11 @@ def scenario_notes(sc: ScenarioResult) -> List[str]:
         "default threads: %s), or time.sleep(%g).  Only the batch-norm call "
         "is timed.  Blocks of calls per implementation (the first %d of "
         "each block not counted), implementations rotated between rounds; "
-        "median and 90th percentile (p90) over all counted calls.  "
-        "%dt / 1t = fastbn's median at %d threads / its median at 1 "
-        "thread; speed-up = its inverse.  Targets (issue 10): after matmul "
-        "<= 1.1x, after idle <= 1.0x, back-to-back speed-up >= 1.7x on "
-        "(16,64,28,28) and >= 1.4x on (32,64,56,56).  torch eager: "
-        "F.batch_norm(x, training=True) + relu_ in the same loop.  This "
-        "part took %.0f s." % (MATMUL_SIZE, MATMUL_SIZE, sc.blas or "?",
-                               IDLE_SECONDS, WARM_CALLS, sc.threads,
-                               sc.threads, sc.seconds),
+        "median and 90th percentile (p90) over all counted calls.  %storch "
+        "eager: F.batch_norm(x, training=True) + relu_ in the same loop.  "
+        "This part took %.0f s." % (MATMUL_SIZE, MATMUL_SIZE,
+                                    sc.blas or "?", IDLE_SECONDS, WARM_CALLS,
+                                    ratio, sc.seconds),
     ]
 
 
@@ -500,8 +505,10 @@ def blocks(rep: Report) -> List[tuple]:
         out.append(("table", head, rows) if rows else
                    ("p", "No row over 4 MB is above its target."))
     if rep.scenarios is not None:
-        out.append(("h2", "Between calls: fastbn at 1 thread and at %s" %
-                    threads_name(rep.scenarios.threads)))
+        n = rep.scenarios.threads
+        out.append(("h2", "Between calls: fastbn at 1 thread" + (
+            " and at %s" % threads_name(n) if n > 1 else
+            " (run with --threads N, N > 1, to compare)")))
         out.append(("table",) + scenario_rows(rep.scenarios))
     if rep.network is not None:
         out.append(("h2", "NumPy network step: ResNet basic block %s" %

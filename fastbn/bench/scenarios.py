@@ -81,9 +81,11 @@ class ScenarioRow:
 
     @property
     def ratio(self) -> Optional[float]:
-        """fastbn's median at N threads / its median at 1 thread."""
+        """fastbn's median at N threads / its median at 1 thread (None when
+        N is 1)."""
         one, many = self.find("fastbn", 1), self.find("fastbn", self.threads)
-        if one is None or many is None or not one.median or \
+        if self.threads == 1 or one is None or many is None or \
+                not one.median or \
                 many.median is None:
             return None
         return many.median / one.median
