@@ -341,7 +341,9 @@ def _fake_report():
     return report.Report([("CPU", "fake")], "fake settings", 2, True,
                          kernels=[kern], sweep=_fake_sweep(),
                          scenarios=ScenarioResult(rows, 2, "openblas"),
-                         network=net)
+                         network=net, other_load={"kernels": 0.02,
+                                                  "sweep": 0.4,
+                                                  "scenarios": None})
 
 
 def test_render_text_shows_losses_targets_and_the_floor():
@@ -354,6 +356,7 @@ def test_render_text_shows_losses_targets_and_the_floor():
     assert "furthest behind torch eager" in text
     assert "np.copyto of N equal slices" in text  # the floor is defined
     assert "checked in this run: yes" in text
+    assert "kernels 2%, sweep 40% (busy), scenarios n/a" in text
     # the between-calls table: 3x slower at 2 threads, target missed
     assert "3.00x" in text and "NO" in text
     # the failed torch row is reported, and the run counts as failed
@@ -417,6 +420,14 @@ def test_scenario_targets():
     assert one.ratio is None and one.met is None  # nothing to compare
     head, rows = report.scenario_rows(ScenarioResult([one], 1, "blas"))
     assert len(head) == len(rows[0]) and "met" not in head
+
+
+def test_other_load_share_is_a_fraction():
+    from fastbn.bench.machine import OtherLoad
+    load = OtherLoad()
+    sum(i * i for i in range(200000))  # some CPU time of our own
+    share = load.share()
+    assert share is None or 0.0 <= share <= 1.0
 
 
 def test_percentile_and_eta():

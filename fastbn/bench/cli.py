@@ -12,7 +12,7 @@ import sys
 
 from . import kernels, network, scenarios, sweep
 from .floor import copyto_releases_gil
-from .machine import blas_info, machine_info
+from .machine import OtherLoad, blas_info, machine_info
 from .progress import Progress
 from .report import Report, render, to_json
 from .workloads import (WORKLOADS, check_sweep_terms, family_counts,
@@ -236,26 +236,34 @@ def main(argv=None) -> int:
                  settings_text(args, rounds, compile_kernels, sweep_compile),
                  threads, gil)
     if "kernels" in args.parts:
+        load = OtherLoad()
         rep.kernels = kernels.run_kernels(
             select_workloads(args.quick, args.only), fastbn, threads,
             rounds["kernels"], torch=torch, compile_torch=compile_kernels,
             pause=args.pause, progress=progress)
+        rep.other_load["kernels"] = load.share()
     if "sweep" in args.parts:
+        load = OtherLoad()
         rep.sweep = sweep.run_sweep(
             chosen_sweep(args), fastbn, sorted({1, threads}),
             rounds["sweep"], torch=torch, compile_mode=sweep_compile,
             pause=args.pause, progress=progress)
+        rep.other_load["sweep"] = load.share()
     if "scenarios" in args.parts:
+        load = OtherLoad()
         calls = SCENARIO_CALLS[1] if args.quick else SCENARIO_CALLS[0]
         rep.scenarios = scenarios.run_scenarios(
             fastbn, threads, rounds["scenarios"], calls, torch=torch,
             shapes=scenarios.QUICK_SHAPES if args.quick else
             scenarios.SHAPES, blas=blas_info(), progress=progress)
+        rep.other_load["scenarios"] = load.share()
     if "network" in args.parts:
+        load = OtherLoad()
         rep.network = network.run_network(
             fastbn, threads, rounds["network"],
             shape=network.QUICK_SHAPE if args.quick else network.SHAPE,
             pause=args.pause, progress=progress)
+        rep.other_load["network"] = load.share()
     progress.done()
     sys.stdout.write(render(rep))
     if args.markdown:

@@ -7,7 +7,7 @@ import glob
 import io
 import os
 import platform
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -121,3 +121,54 @@ def machine_info(fastbn, torch, threads: int) -> List[Tuple[str, str]]:
             threads, torch.get_num_threads() if torch is not None else "-")),
         ("fastbn.show_config()", fastbn_config(fastbn)),
     ]
+
+
+def _cpu_seconds() -> Optional[Tuple[float, float]]:
+    """(busy, idle) CPU seconds of the whole machine since boot, summed over
+    CPUs, from /proc/stat (Linux); busy includes the hypervisor's steal."""
+    fields = _read("/proc/stat").split("\n", 1)[0].split()
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    v = [int(x) for x in fields[1:9]]
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    user, nice, system, idle, iowait, irq, softirq, steal = v
+    return ((user + nice + system + irq + softirq + steal) / tick,
+            (idle + iowait) / tick)
+
+
+class OtherLoad:
+    """CPU time that other processes (and the hypervisor's steal) used while
+    this process measured: started at construction, read by :meth:`share`.
+    """
+
+    def __init__(self):
+        self._start = self._sample()
+
+    @staticmethod
+    def _sample():
+        t = os.times()
+        return _cpu_seconds(), t.user + t.system
+
+    def share(self) -> Optional[float]:
+        """Others' CPU time / all CPUs' time since the start (0 to 1), or
+        None where /proc/stat is not available."""
+        (cpu0, own0), (cpu1, own1) = self._start, self._sample()
+        if cpu0 is None or cpu1 is None:
+            return None
+        busy = cpu1[0] - cpu0[0]
+        total = busy + cpu1[1] - cpu0[1]
+        if total <= 0:
+            return None
+        return min(1.0, max(0.0, (busy - (own1 - own0)) / total))
+
+
+def other_load_text(shares: Dict[str, Optional[float]]) -> str:
+    """'kernels 3%, sweep 41% (busy)' for the report's header."""
+    parts = []
+    for name, v in shares.items():
+        if v is None:
+            parts.append("%s n/a" % name)
+        else:
+            parts.append("%s %.0f%%%s" % (name, 100 * v,
+                                           " (busy)" if v > 0.1 else ""))
+    return ", ".join(parts)

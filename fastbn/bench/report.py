@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import textwrap
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .floor import SLICE_ALIGN
 from .impls import threads_name
+from .machine import other_load_text
 from .network import NetworkResult
 from .results import WorkloadResult
 from .scenarios import (IDLE_SECONDS, MATMUL_SIZE, WARM_CALLS, ScenarioResult,
@@ -39,6 +40,10 @@ class Report:
     sweep: Optional[SweepResult] = None
     scenarios: Optional[ScenarioResult] = None
     network: Optional[NetworkResult] = None
+    #: per part: the share of all CPUs' time that other processes used
+    #: while it ran (machine.OtherLoad; None where unknown)
+    other_load: Dict[str, Optional[float]] = dataclasses.field(
+        default_factory=dict)
 
     def failures(self) -> List[str]:
         """'part/row/implementation' of every failed verification."""
@@ -465,7 +470,12 @@ def blocks(rep: Report) -> List[tuple]:
     """The report as ("h1"|"h2"|"h3", text), ("table", head, rows),
     ("p", text) and ("notes", [text]) blocks."""
     out: List[tuple] = [("h1", "fastbn benchmark")]
-    out.append(("info", rep.info + [("settings", rep.settings)]))
+    info = rep.info + [("settings", rep.settings)]
+    if rep.other_load:
+        info.append(("other processes", "share of the CPUs used by other "
+                     "processes while each part ran: " +
+                     other_load_text(rep.other_load)))
+    out.append(("info", info))
     if rep.kernels:
         out.append(("h2", "Kernel workloads"))
         for wr in rep.kernels:
@@ -634,6 +644,7 @@ def to_json(rep: Report) -> dict:
             "threads": rep.threads,
             "floor": floor_note(rep.threads, rep.gil_released),
             "copyto_releases_gil": rep.gil_released,
+            "other_load": rep.other_load,
             "failures": rep.failures()}
     counts = sorted({1, rep.threads})
     if rep.kernels is not None:
