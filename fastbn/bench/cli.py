@@ -275,5 +275,5 @@ def main(argv=None) -> int:
     if args.plot:
         from .plot import plot
         plot(rep, args.plot, "fastbn, %d threads: %s" % (
-            threads, rep.info[0][1][:70]))
+            threads, rep.info[0][1].split(" RAM")[0][:100]))
     return 1 if rep.failures() else 0
