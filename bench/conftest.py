@@ -1,18 +1,21 @@
 """pytest-benchmark suites for fastbn (run explicitly: ``pytest bench/``).
 
 The workloads, inputs, float64 references and implementations come from
-``fastbn.bench`` (the ``python -m fastbn.bench`` report), so both measure
-the same thing.  Each test is one (workload, threads, implementation) case;
-the benchmark group is (mode, layout, shape, dtype, threads), so
-``pytest bench/`` prints fastbn, NumPy as users write it, tuned NumPy,
-np.copyto (the floor) and PyTorch eager (when installed) side by side.
+the ``fastbn.bench`` package (the ``python -m fastbn.bench`` report), so
+both measure the same thing.  Each test is one (workload, threads,
+implementation) case; the benchmark group is (mode, layout, shape, dtype,
+threads), so ``pytest bench/`` prints fastbn, NumPy as users write it,
+tuned NumPy, the copies (the floor: np.copyto on 1 thread and split over
+the group's thread count) and PyTorch eager (when installed) side by side.
 
 Every benchmark body checks its result against the float64 reference, so
 ``pytest bench/ --benchmark-disable`` is a quick correctness smoke run.
 
 Options: ``--bench-threads 1,2`` (thread counts; default 1 and
-fastbn.get_num_threads()), ``--bench-workloads KEY,...`` (default all, see
-``python -m fastbn.bench --help``), ``--bench-no-torch``.
+fastbn.get_num_threads()), ``--bench-workloads KEY,...`` (kernel workloads,
+default all, see ``python -m fastbn.bench --help``), ``--bench-sweep
+none|quick|all`` (rows of the shape sweep in test_bench_sweep.py, default
+quick), ``--bench-no-torch``.
 """
 
 import os
@@ -39,6 +42,10 @@ def pytest_addoption(parser):
     group.addoption("--bench-workloads", default=None,
                     help="comma-separated workload keys from fastbn.bench "
                          "(default: all)")
+    group.addoption("--bench-sweep", default="quick",
+                    choices=("none", "quick", "all"),
+                    help="shape-sweep rows for test_bench_sweep.py: none, "
+                         "the --quick subset (default) or all")
     group.addoption("--bench-no-torch", action="store_true",
                     help="leave PyTorch out even if it is installed")
 
@@ -77,24 +84,41 @@ def _torch_available(config):
     return True
 
 
-def _impl_names(w, with_torch):
+def _impl_names(w, threads, with_torch):
+    """The kernel suites' implementations of one case."""
     names = ["fastbn (out=)"]
     if w.main:
         names.append("fastbn")
-    names += ["numpy", "numpy tuned", "np.copyto (floor)"]
+    names += ["numpy", "numpy tuned", "np.copyto (1 thread)"]
+    if threads > 1:
+        names.append("np.copyto (%d threads)" % threads)
     if with_torch:
         names.append("torch eager")
     return names
 
 
+def _sweep_names(threads, with_torch):
+    """The sweep suite's implementations of one case."""
+    from fastbn.bench.impls import threads_name
+    t = threads_name(threads)
+    names = ["fastbn (%s)" % t, "np.copyto (1 thread)"]
+    if threads > 1:
+        names.append("np.copyto (%s)" % t)
+    if with_torch:
+        names.append("torch eager (%s)" % t)
+    return names
+
+
 def _slug(name):
-    return (name.replace("np.copyto (floor)", "floor")
-            .replace(" (out=)", "-out").replace(" ", "-"))
+    return (name.replace("np.copyto", "copy").replace(" (out=)", "-out")
+            .replace(" threads)", "t").replace(" thread)", "t")
+            .replace(" (", "-").replace(" ", "-"))
 
 
 def pytest_generate_tests(metafunc):
-    """Parametrise ``bench_case`` with (workload, threads, implementation)
-    for the modes a test module lists in ``MODES`` (and ``TINY``)."""
+    """Parametrise ``bench_case`` with (workload, threads, implementation,
+    sweep) for the modes a test module lists in ``MODES`` (and ``TINY``),
+    or the sweep's rows when the module sets ``SWEEP = True``."""
     if "bench_case" not in metafunc.fixturenames:
         return
     fastbn = _fastbn()
@@ -103,21 +127,31 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("bench_case", [pytest.param(
             ("import-error", _IMPORT_ERROR[0]), id="import-fastbn")])
         return
-    from fastbn.bench import WORKLOADS
-    modes = getattr(metafunc.module, "MODES", ("train", "infer", "backward"))
-    tiny = getattr(metafunc.module, "TINY", False)
-    only = metafunc.config.getoption("--bench-workloads")
-    only = [k.strip() for k in only.split(",")] if only else None
-    with_torch = _torch_available(metafunc.config)
+    from fastbn.bench import WORKLOADS, sweep_workloads
+    config = metafunc.config
+    sweep = getattr(metafunc.module, "SWEEP", False)
+    with_torch = _torch_available(config)
+    if sweep:
+        which = config.getoption("--bench-sweep")
+        workloads = [] if which == "none" else sweep_workloads(
+            quick=which == "quick")
+    else:
+        modes = getattr(metafunc.module, "MODES", ("train", "infer",
+                                                   "backward"))
+        tiny = getattr(metafunc.module, "TINY", False)
+        only = config.getoption("--bench-workloads")
+        only = [k.strip() for k in only.split(",")] if only else None
+        workloads = [w for w in WORKLOADS if w.mode in modes and
+                     w.tiny == tiny and not (only and w.key not in only)]
     cases = []
-    for w in WORKLOADS:
-        if w.mode not in modes or w.tiny != tiny or (only and w.key not in
-                                                     only):
-            continue
-        for t in _thread_counts(metafunc.config, fastbn):
-            for name in _impl_names(w, with_torch):
+    for w in workloads:
+        for t in _thread_counts(config, fastbn):
+            names = (_sweep_names(t, with_torch) if sweep else
+                     _impl_names(w, t, with_torch))
+            for name in names:
                 cases.append(pytest.param(
-                    (w, t, name), id="%s-t%d-%s" % (w.key, t, _slug(name))))
+                    (w, t, name, sweep),
+                    id="%s-t%d-%s" % (w.key, t, _slug(name))))
     if not cases:
         cases = [pytest.param(None, marks=pytest.mark.skip(
             reason="no workload selected"))]
@@ -170,8 +204,9 @@ def bench_run(request, _bench_inputs):
     def run(benchmark, case):
         if case[0] == "import-error":
             pytest.fail(case[1])
-        from fastbn import bench as fb
-        w, threads, name = case
+        from fastbn.bench import build_impls, check_result
+        from fastbn.bench.impls import build_sweep_impls
+        w, threads, name, sweep = case
         if w.mode == "backward" and name.startswith("fastbn") and \
                 not hasattr(fastbn, "batch_norm_backward"):
             pytest.skip("fastbn.batch_norm_backward is not available yet")
@@ -179,8 +214,11 @@ def bench_run(request, _bench_inputs):
         if name.startswith("torch"):
             torch = pytest.importorskip("torch")
         inp, ref = _bench_inputs.get(w)
-        impls = fb.build_impls(w, inp, fastbn, threads, torch,
-                               compare_one_thread=False)
+        if sweep:
+            impls = build_sweep_impls(w, inp, fastbn, [threads], torch)
+        else:
+            impls = build_impls(w, inp, fastbn, threads, torch,
+                                compare_one_thread=False)
         impl = next(i for i in impls if i.name == name)
         benchmark.group = "%s-threads%d" % (w.group, threads)
         benchmark.name = name
@@ -188,16 +226,14 @@ def bench_run(request, _bench_inputs):
             workload=w.key, threads=threads, bytes=w.nbytes,
             min_bytes_moved=w.min_bytes)
         old_torch = torch.get_num_threads() if torch is not None else None
-        if torch is not None:
-            torch.set_num_threads(threads)
         try:
-            with impl.context(fastbn):
-                impl.fn()  # warm-up (and torch.compile-style first calls)
+            with impl.setup():  # fastbn's or torch's thread count
+                impl.fn()  # warm-up
                 result = benchmark(impl.fn)
         finally:
             if torch is not None:
                 torch.set_num_threads(old_torch)
-        ok, err, msg = fb.check_result(impl, w, ref, result)
+        ok, err, msg = check_result(impl, w, ref, result)
         assert ok, "%s on %s (%d threads): %s" % (name, w.key, threads, msg)
 
     return run

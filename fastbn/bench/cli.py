@@ -1,0 +1,279 @@
+"""``python -m fastbn.bench``: options, the run of the chosen parts, output.
+
+Without a part option the full report runs: kernel workloads, shape sweep,
+between-calls scenarios and the NumPy network step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import kernels, network, scenarios, sweep
+from .floor import copyto_releases_gil
+from .machine import OtherLoad, blas_info, machine_info
+from .progress import Progress
+from .report import Report, render, to_json
+from .workloads import (WORKLOADS, check_sweep_terms, family_counts,
+                        filter_sweep, fmt_bytes, select_workloads,
+                        split_terms, sweep_workloads)
+
+PARTS = ("kernels", "sweep", "scenarios", "network")
+
+#: Timing rounds per part: (full, --quick).
+ROUNDS = {"kernels": (25, 7), "sweep": (5, 3), "scenarios": (5, 2),
+          "network": (7, 3)}
+#: Timed calls per block in the between-calls scenarios: (full, --quick).
+SCENARIO_CALLS = (20, 10)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fastbn.bench",
+        description="Time fastbn against NumPy, PyTorch and the floor (a "
+                    "copy of the same bytes on the same number of threads). "
+                    "Without a part option, the full report: kernel "
+                    "workloads, shape sweep, between-calls scenarios and "
+                    "the NumPy network step.")
+    parts = p.add_argument_group("parts (default: all)")
+    parts.add_argument("--kernels", action="store_true",
+                       help="the kernel workloads (standard shapes, every "
+                            "implementation, issue-9 targets)")
+    parts.add_argument("--sweep", action="store_true",
+                       help="the shape sweep: real networks' shapes, fastbn "
+                            "against torch eager and the floor at 1 and N "
+                            "threads, every loss shown")
+    parts.add_argument("--scenarios", action="store_true",
+                       help="between calls: back-to-back, after a NumPy "
+                            "matmul, after 2 ms idle; 1 thread vs default")
+    parts.add_argument("--network", action="store_true",
+                       help="a ResNet basic block step in NumPy with fastbn "
+                            "and with NumPy batch norm")
+    p.add_argument("--quick", action="store_true",
+                   help="a small subset of every part, fewer rounds, no "
+                        "torch.compile (about 2 minutes)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="threads for fastbn and torch (default: "
+                        "fastbn.get_num_threads()); fastbn is also timed at "
+                        "1 thread")
+    p.add_argument("--markdown", metavar="FILE", help="write a Markdown report")
+    p.add_argument("--plot", metavar="FILE",
+                   help="write a PNG chart (needs matplotlib)")
+    p.add_argument("--json", metavar="FILE",
+                   help="write all results (every sample) as JSON")
+    p.add_argument("--no-torch", action="store_true",
+                   help="do not time PyTorch even if it is installed")
+    p.add_argument("--no-compile", action="store_true",
+                   help="no torch.compile anywhere (always off with --quick)")
+    p.add_argument("--repeats", type=int, default=None, metavar="R",
+                   help="timing rounds of every part (defaults: kernels "
+                        "25/7 with --quick, tiny workloads 4x; sweep 5/3; "
+                        "scenarios 5/2; network 7/3)")
+    p.add_argument("--only", metavar="KEYS",
+                   help="kernel workloads to run, comma-separated (implies "
+                        "--kernels when no part is named): " +
+                        ", ".join(w.key for w in WORKLOADS))
+    p.add_argument("--sweep-filter", metavar="TERMS",
+                   help="sweep rows to run (implies --sweep when no part is "
+                        "named): terms separated by commas (outside "
+                        "parentheses) that must all match a row: a "
+                        "substring of 'family layout (shape) dtype mode' "
+                        "(e.g. 'ResNet-50 layer4', NHWC, '(256,512,7,7)', "
+                        "float64, backward), mode=MODE, max=MB (arrays "
+                        "of at most MB megabytes), or compile (the rows "
+                        "where torch.compile runs by default)")
+    p.add_argument("--sweep-compile", choices=("none", "subset", "all"),
+                   default=None,
+                   help="torch.compile in the sweep: none, the "
+                        "representative subset (default; none with --quick "
+                        "or --no-compile) or every row (hours)")
+    p.add_argument("--list", action="store_true",
+                   help="list the kernel workloads and sweep rows that "
+                        "would run, and exit")
+    p.add_argument("--pause", type=float, default=0.01, metavar="S",
+                   help="seconds of sleep between samples (default 0.01; "
+                        "libgomp's idle threads spin for milliseconds after "
+                        "a parallel region and would steal a core from the "
+                        "next implementation)")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse and check the options; resolve the parts to run."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.only:
+        args.only = [k.strip() for k in args.only.split(",") if k.strip()]
+        unknown = set(args.only) - {w.key for w in WORKLOADS}
+        if unknown:
+            p.error("unknown workload(s): %s (choose from %s)" % (
+                ", ".join(sorted(unknown)),
+                ", ".join(w.key for w in WORKLOADS)))
+    if args.sweep_filter is not None:
+        args.sweep_filter = split_terms(args.sweep_filter)
+        if not args.sweep_filter:
+            p.error("--sweep-filter needs at least one term")
+        msg = check_sweep_terms(args.sweep_filter)
+        if msg:
+            p.error("--sweep-filter: " + msg)
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be >= 1")
+    if args.repeats is not None and args.repeats < 1:
+        p.error("--repeats must be >= 1")
+    if args.pause < 0:
+        p.error("--pause must be >= 0")
+    if args.no_compile and args.sweep_compile not in (None, "none"):
+        p.error("--no-compile contradicts --sweep-compile %s" %
+                args.sweep_compile)
+    if args.sweep_compile is None:
+        args.sweep_compile = ("none" if args.quick or args.no_compile
+                              else "subset")
+    chosen = [part for part in PARTS if getattr(args, part)]
+    if not chosen:
+        if args.only:
+            chosen.append("kernels")
+        if args.sweep_filter:
+            chosen.append("sweep")
+    args.parts = chosen or list(PARTS)
+    if args.only and "kernels" not in args.parts:
+        p.error("--only selects kernel workloads, but --kernels is not "
+                "among the parts")
+    if args.sweep_filter and "sweep" not in args.parts:
+        p.error("--sweep-filter selects sweep rows, but --sweep is not "
+                "among the parts")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            p.error("--plot needs matplotlib: pip install matplotlib "
+                    "(or fastbn[plot])")
+    return args
+
+
+def import_torch(threads: int):
+    """torch with `threads` intra-op threads, or None if not importable."""
+    try:
+        import torch
+    except Exception:
+        return None
+    torch.set_num_threads(threads)
+    return torch
+
+
+def chosen_sweep(args) -> list:
+    """The sweep workloads the options select."""
+    ws = sweep_workloads(quick=args.quick)
+    if args.sweep_filter:
+        ws = filter_sweep(ws, args.sweep_filter)
+    return ws
+
+
+def list_selection(args) -> str:
+    """--list: what would run."""
+    lines = []
+    if "kernels" in args.parts:
+        ws = select_workloads(args.quick, args.only)
+        lines.append("kernel workloads (%d):" % len(ws))
+        lines += ["  %-20s %s" % (w.key, w.title) for w in ws]
+    if "sweep" in args.parts:
+        ws = chosen_sweep(args)
+        lines.append("sweep rows (%d; arrays per family: %s):" % (
+            len(ws), ", ".join("%s %d" % kv
+                               for kv in family_counts(ws).items())))
+        lines += ["  %-9s %s%s%s" % (fmt_bytes(w.nbytes), w.label,
+                                     " " + w.alias_text if w.aliases else "",
+                                     " [compile]" if w.compile else "")
+                  for w in ws]
+    if "scenarios" in args.parts:
+        lines.append("between calls: %s x %s" % (
+            scenarios.QUICK_SHAPES if args.quick else scenarios.SHAPES,
+            scenarios.SCENARIOS))
+    if "network" in args.parts:
+        lines.append("network step: ResNet basic block %s" % (
+            network.QUICK_SHAPE if args.quick else network.SHAPE,))
+    return "\n".join(lines) + "\n"
+
+
+def settings_text(args, rounds: dict, compile_kernels: bool,
+                  sweep_compile: str) -> str:
+    parts = []
+    for part in args.parts:
+        extra = ""
+        if part == "kernels":
+            extra = ", tiny 4x%s" % (", torch.compile" if compile_kernels
+                                     else "")
+        elif part == "sweep":
+            extra = ", torch.compile: %s" % sweep_compile
+        elif part == "scenarios":
+            extra = ", %d calls per block" % (
+                SCENARIO_CALLS[1] if args.quick else SCENARIO_CALLS[0])
+        parts.append("%s %d rounds%s" % (part, rounds[part], extra))
+    return "%s; %s" % ("--quick" if args.quick else "full", "; ".join(parts))
+
+
+def main(argv=None) -> int:
+    """Run the report; 0 if every verification passed, else 1."""
+    args = parse_args(argv)
+    if args.list:
+        sys.stdout.write(list_selection(args))
+        return 0
+    import fastbn
+
+    threads = args.threads or fastbn.get_num_threads()
+    torch = None if args.no_torch else import_torch(threads)
+    compile_kernels = torch is not None and not args.quick and \
+        not args.no_compile
+    sweep_compile = args.sweep_compile if torch is not None else "none"
+    rounds = {part: args.repeats or ROUNDS[part][args.quick]
+              for part in PARTS}
+    progress = Progress()
+    gil = copyto_releases_gil() if threads > 1 else None
+    if gil is False:
+        progress.note("WARNING: np.copyto does not release the GIL here: "
+                      "the N-thread copy is serialised")
+    rep = Report(machine_info(fastbn, torch, threads),
+                 settings_text(args, rounds, compile_kernels, sweep_compile),
+                 threads, gil)
+    if "kernels" in args.parts:
+        load = OtherLoad()
+        rep.kernels = kernels.run_kernels(
+            select_workloads(args.quick, args.only), fastbn, threads,
+            rounds["kernels"], torch=torch, compile_torch=compile_kernels,
+            pause=args.pause, progress=progress)
+        rep.other_load["kernels"] = load.share()
+    if "sweep" in args.parts:
+        load = OtherLoad()
+        rep.sweep = sweep.run_sweep(
+            chosen_sweep(args), fastbn, sorted({1, threads}),
+            rounds["sweep"], torch=torch, compile_mode=sweep_compile,
+            pause=args.pause, progress=progress)
+        rep.other_load["sweep"] = load.share()
+    if "scenarios" in args.parts:
+        load = OtherLoad()
+        calls = SCENARIO_CALLS[1] if args.quick else SCENARIO_CALLS[0]
+        rep.scenarios = scenarios.run_scenarios(
+            fastbn, threads, rounds["scenarios"], calls, torch=torch,
+            shapes=scenarios.QUICK_SHAPES if args.quick else
+            scenarios.SHAPES, blas=blas_info(), progress=progress)
+        rep.other_load["scenarios"] = load.share()
+    if "network" in args.parts:
+        load = OtherLoad()
+        rep.network = network.run_network(
+            fastbn, threads, rounds["network"],
+            shape=network.QUICK_SHAPE if args.quick else network.SHAPE,
+            pause=args.pause, progress=progress)
+        rep.other_load["network"] = load.share()
+    progress.done()
+    sys.stdout.write(render(rep))
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(render(rep, markdown=True))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(to_json(rep), f, indent=1)
+    if args.plot:
+        from .plot import plot
+        plot(rep, args.plot, "fastbn, %d threads: %s" % (
+            threads, rep.info[0][1].split(" RAM")[0][:100]))
+    return 1 if rep.failures() else 0
