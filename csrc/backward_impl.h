@@ -400,8 +400,11 @@ typedef struct {
     T *dx, *dz;
     int training;
     double *pd, *px; /* per-chunk or per-block sums */
-    double *m;       /* channel-last: the mean in double */
+    double *m;       /* channel-last: the mean of each virtual channel, in
+                        double (Cv values) */
     T *k;            /* 4*C constants (see bcoef_one) */
+    T *kv;           /* channel-last: those of the Cv virtual channels of
+                        folded rows (k when not folded) */
     T *dgamma, *dbeta;
 } NAME(bwd);
 
@@ -462,13 +465,20 @@ static void NAME(item_bfused_tile)(void *arg, ptrdiff_t t)
                           b->training, p->nt);
 }
 
+/* A block of (folded) rows' sums (channel-last); the last item takes the
+ * rows left over from folding. */
 static void NAME(item_bsums_rows)(void *arg, ptrdiff_t i)
 {
     NAME(bwd) *b = (NAME(bwd) *)arg;
     const fbn_plan *p = b->p;
-    NAME(bsum_rows)(b->dy, b->x, b->y, p->C, i * p->rb,
-                    fbn_min(i * p->rb + p->rb, p->outer), b->m, b->pd + i * p->C,
-                    b->px + i * p->C);
+    ptrdiff_t off = p->outerv * p->Cv;
+    if (i < p->nb)
+        NAME(bsum_rows)(b->dy, b->x, b->y, p->Cv, i * p->rb,
+                        fbn_min(i * p->rb + p->rb, p->outerv), b->m,
+                        b->pd + i * p->Cv, b->px + i * p->Cv);
+    else
+        NAME(bsum_rows)(b->dy + off, b->x + off, b->y ? b->y + off : NULL, p->C, 0,
+                        p->rem, b->m, b->pd + p->nb * p->Cv, b->px + p->nb * p->Cv);
 }
 
 /* A block of dx in memory order (scheduled as the forward's). */
@@ -476,10 +486,14 @@ static void NAME(item_bapply)(void *arg, ptrdiff_t i)
 {
     NAME(bwd) *b = (NAME(bwd) *)arg;
     const fbn_plan *p = b->p;
-    ptrdiff_t i0 = i * p->ab;
-    if (p->cl)
-        NAME(bapply_rows)(b->dy, b->x, b->y, b->dx, b->dz, p->C, i0,
-                          fbn_min(i0 + p->ab, p->outer), b->k, b->training, p->nt);
+    ptrdiff_t i0 = i * p->ab, off = p->outerv * p->Cv;
+    if (p->cl && i < p->nab)
+        NAME(bapply_rows)(b->dy, b->x, b->y, b->dx, b->dz, p->Cv, i0,
+                          fbn_min(i0 + p->ab, p->outerv), b->kv, b->training, p->nt);
+    else if (p->cl) /* the rows left over from folding */
+        NAME(bapply_rows)(b->dy + off, b->x + off, b->y ? b->y + off : NULL,
+                          b->dx + off, b->dz ? b->dz + off : NULL, p->C, 0, p->rem,
+                          b->k, b->training, p->nt);
     else
         NAME(bapply_span)(b->dy, b->x, b->y, b->dx, b->dz, p->C, p->inner, i0,
                           fbn_min(i0 + p->ab, p->ntot * p->C), b->k, b->training,
@@ -487,22 +501,39 @@ static void NAME(item_bapply)(void *arg, ptrdiff_t i)
 }
 
 /* The reductions phase: per-chunk or per-block sums, totalled per channel
- * in order into sdy[C], sdyx[C]. */
-static void NAME(bsums_phase)(NAME(bwd) *b, double *sdy, double *sdyx)
+ * in order into sdy[C], sdyx[C] (sv: scratch of 2*Cv doubles for
+ * channel-last plans: the virtual channels' totals, summed per channel in
+ * order, then the left-over rows'). */
+static void NAME(bsums_phase)(NAME(bwd) *b, double *sdy, double *sdyx, double *sv)
 {
     const fbn_plan *p = b->p;
-    ptrdiff_t c, i;
+    ptrdiff_t c, i, j;
     if (p->cl) {
-        for (c = 0; c < p->C; c++)
-            b->m[c] = (double)b->mean[c];
-        fbn_parallel_for(p->nb, NAME(item_bsums_rows), b, p->nth, FBN_FORWARD);
-        for (c = 0; c < p->C; c++)
-            sdy[c] = sdyx[c] = 0.0;
+        double *s0 = sv, *s1 = sv + p->Cv;
+        for (j = 0; j < p->Cv; j++)
+            b->m[j] = (double)b->mean[j % p->C];
+        fbn_parallel_for(fbn_stat_items(p), NAME(item_bsums_rows), b, p->nth,
+                         FBN_FORWARD);
+        for (j = 0; j < p->Cv; j++)
+            s0[j] = s1[j] = 0.0;
         for (i = 0; i < p->nb; i++)
-            for (c = 0; c < p->C; c++) {
-                sdy[c] += b->pd[i * p->C + c];
-                sdyx[c] += b->px[i * p->C + c];
+            for (j = 0; j < p->Cv; j++) {
+                s0[j] += b->pd[i * p->Cv + j];
+                s1[j] += b->px[i * p->Cv + j];
             }
+        for (c = 0; c < p->C; c++) {
+            double t0 = s0[c], t1 = s1[c];
+            for (i = 1; i < p->fold; i++) {
+                t0 += s0[c + i * p->C];
+                t1 += s1[c + i * p->C];
+            }
+            if (p->rem > 0) {
+                t0 += b->pd[p->nb * p->Cv + c];
+                t1 += b->px[p->nb * p->Cv + c];
+            }
+            sdy[c] = t0;
+            sdyx[c] = t1;
+        }
     } else {
         fbn_parallel_for(p->ntiles, NAME(item_bsums_tile), b, p->nth, FBN_FORWARD);
         for (c = 0; c < p->C; c++)
@@ -511,21 +542,24 @@ static void NAME(bsums_phase)(NAME(bwd) *b, double *sdy, double *sdyx)
 }
 
 /* Scratch of a backward call: per-chunk/per-block sums (2 * nparts
- * doubles), 3*C doubles (the channel-last mean and two sums), then the
- * 4*C constants; on the stack when they fit (as fwd_scratch). */
+ * doubles), Cv doubles (the channel-last mean), 2*C + 2*Cv doubles (*tmp),
+ * then the 4*C constants and, for folded channel-last rows, 4*Cv more; on
+ * the stack when they fit (as fwd_scratch). */
 static int NAME(bwd_scratch)(NAME(bwd) *b, double **tmp, void **mem, double *stack)
 {
     const fbn_plan *p = b->p;
-    size_t nd = 2 * (size_t)fbn_plan_parts(p) + 3 * (size_t)p->C;
-    size_t bytes = sizeof(double) * nd + sizeof(T) * 4 * (size_t)p->C;
+    size_t cv = p->cl ? (size_t)p->Cv : 0, nv = p->cl && p->fold > 1 ? cv : 0;
+    size_t nd = 2 * (size_t)fbn_plan_parts(p) + 3 * cv + 2 * (size_t)p->C;
+    size_t bytes = sizeof(double) * nd + sizeof(T) * 4 * ((size_t)p->C + nv);
     char *m = bytes <= FBN_STACK_BYTES ? (char *)stack : (char *)malloc(bytes);
     if (m == NULL)
         return FBN_ENOMEM;
     b->pd = (double *)m;
     b->px = b->pd + fbn_plan_parts(p);
     b->m = b->px + fbn_plan_parts(p);
-    *tmp = b->m + p->C;
+    *tmp = b->m + cv;
     b->k = (T *)(m + sizeof(double) * nd);
+    b->kv = nv ? b->k + 4 * p->C : b->k;
     *mem = m == (char *)stack ? NULL : m;
     return FBN_OK;
 }
@@ -559,7 +593,7 @@ static int NAME(k_backward_reduce)(const T *dy, const T *x, const T *y,
     b.mean = mean;
     if (NAME(bwd_scratch)(&b, &tmp, &mem, stack) != FBN_OK)
         return FBN_ENOMEM;
-    NAME(bsums_phase)(&b, sum_dy, sum_dyxmu);
+    NAME(bsums_phase)(&b, sum_dy, sum_dyxmu, tmp + 2 * C);
     free(mem);
     return FBN_OK;
 }
@@ -591,13 +625,16 @@ static int NAME(k_backward_apply)(const T *dy, const T *x, const T *y,
     b.dx = dx;
     b.dz = dz;
     b.training = training;
-    b.k = (T *)malloc(sizeof(T) * 4 * (size_t)C);
+    b.k = (T *)malloc(sizeof(T) * 4 * ((size_t)C + (p.cl && p.fold > 1 ? (size_t)p.Cv : 0)));
     if (b.k == NULL)
         return FBN_ENOMEM;
+    b.kv = p.cl && p.fold > 1 ? b.k + 4 * C : b.k;
     for (c = 0; c < C; c++)
         NAME(bfinish_channel)(&b, c, training ? sum_dy[c] : 0.0,
                               training ? sum_dyxmu[c] : 0.0, count);
-    fbn_parallel_for(p.nab, NAME(item_bapply), &b, p.nth, FBN_REVERSE);
+    if (p.cl)
+        NAME(unfold_coef)(&p, b.k, b.kv);
+    fbn_parallel_for(fbn_apply_items(&p), NAME(item_bapply), &b, p.nth, FBN_REVERSE);
     if (p.nt)
         fbn_sfence();
     free(b.k);
@@ -642,10 +679,12 @@ static int NAME(k_backward)(const T *dy, const T *x, const T *y, ptrdiff_t outer
     if (p.fused) {
         fbn_parallel_for(p.ntiles, NAME(item_bfused_tile), &b, p.nth, FBN_FORWARD);
     } else {
-        NAME(bsums_phase)(&b, tmp, tmp + C);
+        NAME(bsums_phase)(&b, tmp, tmp + C, tmp + 2 * C);
         for (c = 0; c < C; c++)
             NAME(bfinish_channel)(&b, c, tmp[c], tmp[C + c], (double)p.ntot);
-        fbn_parallel_for(p.nab, NAME(item_bapply), &b, p.nth, FBN_REVERSE);
+        if (p.cl)
+            NAME(unfold_coef)(&p, b.k, b.kv);
+        fbn_parallel_for(fbn_apply_items(&p), NAME(item_bapply), &b, p.nth, FBN_REVERSE);
     }
     if (p.nt)
         fbn_sfence();

@@ -407,9 +407,13 @@ typedef struct {
     ptrdiff_t nk;                    /* chunks per channel (channel-first) */
     ptrdiff_t g, kt, ncg, nkg, ntiles; /* tile: channels, chunks; groups of
                                         channels, of chunks; tiles */
-    ptrdiff_t rb, nb;                /* channel-last: rows per block, blocks */
-    ptrdiff_t ab, nab;               /* transform blocks: values (channel-first)
-                                        or rows (channel-last), and count */
+    ptrdiff_t fold, Cv, outerv, rem; /* channel-last: `fold` rows make one row
+                                        of Cv = C*fold virtual channels;
+                                        outerv such rows, then rem rows */
+    ptrdiff_t rb, nb;                /* channel-last: rows (of Cv) per
+                                        statistics block, blocks */
+    ptrdiff_t ab, nab;               /* elementwise blocks: values
+                                        (channel-first) or rows of Cv, count */
 } fbn_plan;
 
 /* Makes the plan of a call on the (outer, C, inner) view with elements of
@@ -434,11 +438,25 @@ static void fbn_plan_make(fbn_plan *p, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t i
     p->ntot = ntot;
     p->cl = inner == 1 && C > 1;
     if (p->cl) {
-        p->rb = fbn_block_rows(C);
-        p->nb = fbn_cdiv(outer, p->rb);
-        p->ab = fbn_max(1, FBN_APPLY_VALUES / C);
-        p->nab = fbn_cdiv(outer, p->ab);
-        p->nth = fbn_threads(nthreads, size, fbn_max(p->nb, p->nab));
+        /* few channels: SIMD runs across a row's channels, so k rows are
+         * taken as one row of C*k virtual channels (a multiple of 16, at
+         * least 64), whose moments or sums are merged per channel */
+        ptrdiff_t k = 1;
+        if (C < 64)
+            while (C * k < 64 || (C * k) % 16 != 0)
+                k++;
+        if (outer < k)
+            k = 1;
+        p->fold = k;
+        p->Cv = C * k;
+        p->outerv = outer / k;
+        p->rem = outer - p->outerv * k;
+        p->rb = fbn_block_rows(p->Cv);
+        p->nb = fbn_cdiv(p->outerv, p->rb);
+        p->ab = fbn_max(1, FBN_APPLY_VALUES / p->Cv);
+        p->nab = fbn_cdiv(p->outerv, p->ab);
+        p->nth = fbn_threads(nthreads, size,
+                             fbn_max(p->nb, p->nab) + (p->rem > 0));
         fbn_budgets(p->nth, &nt_bytes, &fuse, &tile);
         p->nt = FBN_HAVE_NT && (ops & FBN_OP_APPLY) && out_bytes >= nt_bytes;
         (void)nextra;
@@ -490,9 +508,10 @@ static void fbn_plan_make(fbn_plan *p, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t i
 }
 
 /* The plan a kernel would make, for tests and the benchmark report:
- * fields[0..9] = channel-last, threads, non-temporal stores, fused,
+ * fields[0..10] = channel-last, threads, non-temporal stores, fused,
  * channels per tile, chunks per tile, tiles, chunks per channel, row
- * blocks (channel-last statistics), transform blocks. */
+ * blocks (channel-last statistics), elementwise blocks, rows folded into
+ * one (channel-last). */
 void fbn_describe_plan(ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner, int elsize,
                        int nstat, int nextra, int nout, int ops, int nthreads,
                        long long *fields)
@@ -510,6 +529,7 @@ void fbn_describe_plan(ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner, int elsize
     fields[7] = p.nk;
     fields[8] = p.nb;
     fields[9] = p.nab;
+    fields[10] = p.cl ? p.fold : 1;
 }
 
 /* Channels [c0, c1) and chunks [k0, k1) of tile t (channel-first).  Tiles
@@ -526,10 +546,38 @@ static void fbn_tile_range(const fbn_plan *p, ptrdiff_t t, ptrdiff_t *c0,
     *k1 = fbn_min(*k0 + p->kt, p->nk);
 }
 
-/* Per-chunk or per-block results of a plan (C * nk or C * nb). */
+/* Per-chunk or per-block results of a plan: C * nk (channel-first), or
+ * Cv * nb and C for the rows left over from folding (channel-last). */
 static ptrdiff_t fbn_plan_parts(const fbn_plan *p)
 {
-    return p->C * (p->cl ? p->nb : p->nk);
+    return p->cl ? p->Cv * p->nb + p->C : p->C * p->nk;
+}
+
+/* Channel-last items: the blocks, and one more for the rows left over from
+ * folding. */
+static ptrdiff_t fbn_stat_items(const fbn_plan *p) { return p->nb + (p->rem > 0); }
+static ptrdiff_t fbn_apply_items(const fbn_plan *p)
+{
+    return p->cl ? p->nab + (p->rem > 0) : p->nab;
+}
+
+/* The moments of the C channels of a folded channel-last plan: the Cv
+ * virtual channels' moments (outerv values each) merged per channel in
+ * order, then the left-over rows' (pm_rem, pq_rem: rem values each). */
+static void fbn_unfold_moments(const fbn_plan *p, const double *mv, const double *qv,
+                               const double *pm_rem, const double *pq_rem,
+                               double *mean, double *m2)
+{
+    ptrdiff_t c, i;
+    for (c = 0; c < p->C; c++) {
+        double n = (double)p->outerv, m = mv[c], q = qv[c];
+        for (i = 1; i < p->fold; i++)
+            fbn_merge(&n, &m, &q, (double)p->outerv, mv[c + i * p->C], qv[c + i * p->C]);
+        if (p->rem > 0)
+            fbn_merge(&n, &m, &q, (double)p->rem, pm_rem[c], pq_rem[c]);
+        mean[c] = m;
+        m2[c] = q;
+    }
 }
 
 /* The moments of a channel from its nk chunk moments, merged in chunk

@@ -105,9 +105,10 @@ int fbn_pool_threads(void);
 /* The plan a kernel makes for a call (for tests and the benchmark report):
  * nstat = arrays its reductions read, nextra = arrays only its elementwise
  * pass reads, nout = arrays it writes, ops = 1 (reductions) | 2
- * (elementwise pass); outer*inner >= 1, C >= 1.  fields[0..9] receive: channel-last, threads, non-temporal
- * stores, fused, channels per tile, chunks per tile, tiles, chunks per
- * channel, row blocks, elementwise blocks. */
+ * (elementwise pass); outer*inner >= 1, C >= 1.  fields[0..10] receive:
+ * channel-last, threads, non-temporal stores, fused, channels per tile,
+ * chunks per tile, tiles, chunks per channel, row blocks, elementwise
+ * blocks, rows folded into one (channel-last rows of few channels). */
 void fbn_describe_plan(ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner, int elsize,
                        int nstat, int nextra, int nout, int ops, int nthreads,
                        long long *fields);

@@ -257,6 +257,18 @@ static void NAME(coef_one)(T *coef, ptrdiff_t C, ptrdiff_t c, double mean,
     coef[3 * C + c] = beta ? beta[c] : (T)0;
 }
 
+/* Channel-last: the 4*C constants (four arrays of C) repeated for the Cv
+ * virtual channels of folded rows, into coefv (four arrays of Cv). */
+static void NAME(unfold_coef)(const fbn_plan *p, const T *coef, T *coefv)
+{
+    ptrdiff_t a, j;
+    if (coefv == coef)
+        return;
+    for (a = 0; a < 4; a++)
+        for (j = 0; j < p->Cv; j++)
+            coefv[a * p->Cv + j] = coef[a * p->C + j % p->C];
+}
+
 /* The transform of the flat values [s0, s1) of a channel-first array (run
  * r of `inner` values has channel r % C).  With nt, y is written through
  * an L1 tile with non-temporal stores; tiles end on 64-byte boundaries of
@@ -355,6 +367,8 @@ typedef struct {
     double eps;
     double *pm, *pq;    /* per-chunk or per-block moments */
     T *coef;            /* 4*C constants (see coef_one) */
+    T *coefv;           /* channel-last: the constants of the Cv virtual
+                           channels of folded rows (coef when not folded) */
     T *mean_out, *invstd_out;
     double *var_out;
 } NAME(fwd);
@@ -402,13 +416,18 @@ static void NAME(item_fused_tile)(void *arg, ptrdiff_t t)
                          o * ci + c1 * p->inner, f->coef, f->relu, p->nt);
 }
 
-/* A block of rows' moments (channel-last). */
+/* A block of (folded) rows' moments (channel-last); the last item takes
+ * the rows left over from folding. */
 static void NAME(item_stats_rows)(void *arg, ptrdiff_t b)
 {
     NAME(fwd) *f = (NAME(fwd) *)arg;
     const fbn_plan *p = f->p;
-    NAME(block_moments)(f->x, p->C, b * p->rb, fbn_min(b * p->rb + p->rb, p->outer),
-                        f->pm + b * p->C, f->pq + b * p->C);
+    if (b < p->nb)
+        NAME(block_moments)(f->x, p->Cv, b * p->rb, fbn_min(b * p->rb + p->rb, p->outerv),
+                            f->pm + b * p->Cv, f->pq + b * p->Cv);
+    else
+        NAME(block_moments)(f->x + p->outerv * p->Cv, p->C, 0, p->rem,
+                            f->pm + p->nb * p->Cv, f->pq + p->nb * p->Cv);
 }
 
 /* A block of the transform, in memory order.  After a statistics pass the
@@ -418,10 +437,13 @@ static void NAME(item_apply)(void *arg, ptrdiff_t b)
 {
     NAME(fwd) *f = (NAME(fwd) *)arg;
     const fbn_plan *p = f->p;
-    ptrdiff_t i0 = b * p->ab;
-    if (p->cl)
-        NAME(apply_rows)(f->x, f->z, f->y, p->C, i0, fbn_min(i0 + p->ab, p->outer),
-                         f->coef, f->relu, p->nt);
+    ptrdiff_t i0 = b * p->ab, off = p->outerv * p->Cv;
+    if (p->cl && b < p->nab)
+        NAME(apply_rows)(f->x, f->z, f->y, p->Cv, i0, fbn_min(i0 + p->ab, p->outerv),
+                         f->coefv, f->relu, p->nt);
+    else if (p->cl) /* the rows left over from folding */
+        NAME(apply_rows)(f->x + off, f->z ? f->z + off : NULL, f->y + off, p->C, 0,
+                         p->rem, f->coef, f->relu, p->nt);
     else
         NAME(apply_span)(f->x, f->z, f->y, p->C, p->inner, i0,
                          fbn_min(i0 + p->ab, p->ntot * p->C), f->coef, f->relu,
@@ -429,14 +451,19 @@ static void NAME(item_apply)(void *arg, ptrdiff_t b)
 }
 
 /* The statistics phase: per-chunk (channel-first) or per-block
- * (channel-last) moments, merged per channel in order into mean[C], m2[C]. */
-static void NAME(stats_phase)(NAME(fwd) *f, double *mean, double *m2)
+ * (channel-last) moments, merged per channel in order into mean[C], m2[C]
+ * (mv, qv: scratch of Cv doubles for channel-last plans). */
+static void NAME(stats_phase)(NAME(fwd) *f, double *mean, double *m2, double *mv,
+                              double *qv)
 {
     const fbn_plan *p = f->p;
     ptrdiff_t c;
     if (p->cl) {
-        fbn_parallel_for(p->nb, NAME(item_stats_rows), f, p->nth, FBN_FORWARD);
-        fbn_merge_blocks(f->pm, f->pq, p->C, p->rb, p->nb, p->outer, mean, m2);
+        fbn_parallel_for(fbn_stat_items(p), NAME(item_stats_rows), f, p->nth,
+                         FBN_FORWARD);
+        fbn_merge_blocks(f->pm, f->pq, p->Cv, p->rb, p->nb, p->outerv, mv, qv);
+        fbn_unfold_moments(p, mv, qv, f->pm + p->nb * p->Cv, f->pq + p->nb * p->Cv,
+                           mean, m2);
     } else {
         fbn_parallel_for(p->ntiles, NAME(item_stats_tile), f, p->nth, FBN_FORWARD);
         for (c = 0; c < p->C; c++)
@@ -446,13 +473,15 @@ static void NAME(stats_phase)(NAME(fwd) *f, double *mean, double *m2)
 }
 
 /* Scratch of a forward call: the per-chunk/per-block moments (2 * nparts
- * doubles), then 2*C doubles, then the 4*C constants; in `stack` (of
- * FBN_STACK_BYTES) when it fits, else malloc'ed (*mem, to free). */
+ * doubles), then 2*C + 2*Cv doubles (*tmp), then the 4*C constants and, for
+ * folded channel-last rows, 4*Cv more; in `stack` (of FBN_STACK_BYTES)
+ * when it fits, else malloc'ed (*mem, to free). */
 static int NAME(fwd_scratch)(NAME(fwd) *f, double **tmp, void **mem, double *stack)
 {
     const fbn_plan *p = f->p;
-    size_t nd = 2 * (size_t)fbn_plan_parts(p) + 2 * (size_t)p->C;
-    size_t bytes = sizeof(double) * nd + sizeof(T) * 4 * (size_t)p->C;
+    size_t cv = p->cl ? (size_t)p->Cv : 0, nv = p->cl && p->fold > 1 ? cv : 0;
+    size_t nd = 2 * (size_t)fbn_plan_parts(p) + 2 * (size_t)p->C + 2 * cv;
+    size_t bytes = sizeof(double) * nd + sizeof(T) * 4 * ((size_t)p->C + nv);
     char *m = bytes <= FBN_STACK_BYTES ? (char *)stack : (char *)malloc(bytes);
     if (m == NULL)
         return FBN_ENOMEM;
@@ -460,6 +489,7 @@ static int NAME(fwd_scratch)(NAME(fwd) *f, double **tmp, void **mem, double *sta
     f->pq = f->pm + fbn_plan_parts(p);
     *tmp = f->pq + fbn_plan_parts(p);
     f->coef = (T *)(m + sizeof(double) * nd);
+    f->coefv = nv ? f->coef + 4 * p->C : f->coef;
     *mem = m == (char *)stack ? NULL : m;
     return FBN_OK;
 }
@@ -489,7 +519,7 @@ static int NAME(k_moments)(const T *x, ptrdiff_t outer, ptrdiff_t C,
     f.x = x;
     if (NAME(fwd_scratch)(&f, &tmp, &mem, stack) != FBN_OK)
         return FBN_ENOMEM;
-    NAME(stats_phase)(&f, mean, m2);
+    NAME(stats_phase)(&f, mean, m2, tmp + 2 * C, tmp + 2 * C + p.Cv);
     free(mem);
     return FBN_OK;
 }
@@ -526,10 +556,12 @@ static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
     if (p.fused) {
         fbn_parallel_for(p.ntiles, NAME(item_fused_tile), &f, p.nth, FBN_FORWARD);
     } else {
-        NAME(stats_phase)(&f, tmp, tmp + C);
+        NAME(stats_phase)(&f, tmp, tmp + C, tmp + 2 * C, tmp + 2 * C + p.Cv);
         for (c = 0; c < C; c++)
             NAME(finish_channel)(&f, c, tmp[c], tmp[C + c]);
-        fbn_parallel_for(p.nab, NAME(item_apply), &f, p.nth, FBN_REVERSE);
+        if (p.cl)
+            NAME(unfold_coef)(&p, f.coef, f.coefv);
+        fbn_parallel_for(fbn_apply_items(&p), NAME(item_apply), &f, p.nth, FBN_REVERSE);
     }
     if (p.nt)
         fbn_sfence();
@@ -548,7 +580,8 @@ static int NAME(transform)(const T *x, ptrdiff_t outer, ptrdiff_t C,
 {
     fbn_plan p;
     NAME(fwd) f;
-    T stack_coef[4 * FBN_STACK_C];
+    T stack_coef[8 * FBN_STACK_C];
+    size_t nc;
     ptrdiff_t c;
     if (C == 0 || outer * inner == 0)
         return FBN_OK;
@@ -560,9 +593,12 @@ static int NAME(transform)(const T *x, ptrdiff_t outer, ptrdiff_t C,
     f.z = z;
     f.y = y;
     f.relu = relu;
-    f.coef = C <= FBN_STACK_C ? stack_coef : (T *)malloc(sizeof(T) * 4 * (size_t)C);
+    /* the constants, and those of folded channel-last rows */
+    nc = 4 * (size_t)C + (p.cl && p.fold > 1 ? 4 * (size_t)p.Cv : 0);
+    f.coef = nc <= 8 * FBN_STACK_C ? stack_coef : (T *)malloc(sizeof(T) * nc);
     if (f.coef == NULL)
         return FBN_ENOMEM;
+    f.coefv = nc > 4 * (size_t)C ? f.coef + 4 * C : f.coef;
     for (c = 0; c < C; c++) {
         if (mean_d)
             NAME(coef_one)(f.coef, C, c, mean_d[c], invstd_d[c], gamma, beta);
@@ -570,8 +606,10 @@ static int NAME(transform)(const T *x, ptrdiff_t outer, ptrdiff_t C,
             NAME(coef_one)(f.coef, C, c, (double)mean_t[c],
                            1.0 / sqrt((double)var_t[c] + eps), gamma, beta);
     }
+    if (p.cl)
+        NAME(unfold_coef)(&p, f.coef, f.coefv);
     /* after the moments kernel (the MPI forward), back to front as above */
-    fbn_parallel_for(p.nab, NAME(item_apply), &f, p.nth,
+    fbn_parallel_for(fbn_apply_items(&p), NAME(item_apply), &f, p.nth,
                      mean_d ? FBN_REVERSE : FBN_FORWARD);
     if (p.nt)
         fbn_sfence();

@@ -257,7 +257,7 @@ _PLAN_OPS = {  # (arrays read by the reductions, arrays read only by the
     "backward_apply": (2, 0, 1, 2),
 }
 _PLAN_FIELDS = ("channel_last", "threads", "nontemporal", "fused", "tile_channels",
-                "tile_chunks", "tiles", "chunks", "row_blocks", "blocks")
+                "tile_chunks", "tiles", "chunks", "row_blocks", "blocks", "fold")
 
 
 def plan(str op, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, int itemsize,
@@ -265,7 +265,7 @@ def plan(str op, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, int itemsize,
     """The work plan the kernel of `op` makes for the (outer, C, inner) view
     (see fbn_describe_plan): a dict with "strategy" ("channel-last",
     "fused tiles" or "two-phase tiles") and the plan's fields."""
-    cdef long long f[10]
+    cdef long long f[11]
     if op not in _PLAN_OPS:
         raise ValueError(f"op must be one of {sorted(_PLAN_OPS)}, got {op!r}")
     if outer * inner < 1 or C < 1:

@@ -22,8 +22,10 @@ CASES = [
     ((64, 3, 33, 17), 1),    # few channels, several chunks each
     ((9, 70, 7, 7), 1),      # more channels than a tile holds (64)
     ((3, 5, 3001), 1),       # runs cross chunk boundaries (3 chunks)
-    ((700, 45), 1),          # channel-last (NC)
-    ((5, 9, 11, 40), -1),    # channel-last (NHWC)
+    ((700, 45), 1),          # channel-last (NC): 16 rows folded, 12 left over
+    ((5, 9, 11, 40), -1),    # channel-last (NHWC): 2 rows folded, 1 left over
+    ((300, 70), 1),          # channel-last, not folded (70 channels)
+    ((17, 20, 20, 3), -1),   # channel-last, 3 channels: 32 rows folded, 16 left
     ((3, 1, 2000), 1),       # one channel: one contiguous run
     ((9000, 1), 1),          # one channel, (N, 1), 3 chunks
 ]
@@ -182,7 +184,11 @@ def test_plans_follow_the_geometry(tuning):
     p = _kernels.plan("infer", 32, 64, 12544, 4, 2)
     assert p["strategy"] == "elementwise blocks" and p["nontemporal"] == 1
     p = _kernels.plan("train", 32 * 56 * 56, 64, 1, 4, 2)  # NHWC
-    assert p["strategy"] == "channel-last"
+    assert p["strategy"] == "channel-last" and p["fold"] == 1
+    p = _kernels.plan("train", 32 * 224 * 224, 3, 1, 4, 2)  # NHWC, 3 channels
+    assert p["fold"] == 32                                 # rows of 96 values
+    p = _kernels.plan("train", 7, 3, 1, 4, 1)               # too few rows to fold
+    assert p["fold"] == 1
     p = _kernels.plan("train", 8, 16, 64, 4, 2)          # tiny: the caller only
     assert p["threads"] == 1
     p = _kernels.plan("train", 1000, 1, 100, 4, 1)       # C == 1
