@@ -320,7 +320,10 @@ static void pool_init_once(void)
 {
     MUTEX_INIT(&P.mutex);
     COND_INIT(&P.cond);
-    ST(&P.spin_us, 100);
+    /* long enough for back-to-back calls (a few us of Python between them)
+     * to find the helpers awake, short enough not to keep a core from the
+     * next library's threads (a NumPy matmul's) for long */
+    ST(&P.spin_us, 50);
 #if !defined(_WIN32)
     pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 #endif

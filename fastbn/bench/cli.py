@@ -23,7 +23,7 @@ PARTS = ("kernels", "sweep", "scenarios", "network")
 
 #: Timing rounds per part: (full, --quick).
 ROUNDS = {"kernels": (25, 7), "sweep": (5, 3), "scenarios": (5, 2),
-          "network": (7, 3)}
+          "network": (21, 5)}
 #: Timed calls per block in the between-calls scenarios: (full, --quick).
 SCENARIO_CALLS = (20, 10)
 
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None, metavar="R",
                    help="timing rounds of every part (defaults: kernels "
                         "25/7 with --quick, tiny workloads 4x; sweep 5/3; "
-                        "scenarios 5/2; network 7/3)")
+                        "scenarios 5/2; network 21/5)")
     p.add_argument("--only", metavar="KEYS",
                    help="kernel workloads to run, comma-separated (implies "
                         "--kernels when no part is named): " +

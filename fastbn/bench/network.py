@@ -22,6 +22,7 @@ every batch norm follows a matmul, as in a real network.
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 from typing import Dict, List, Optional, Tuple
 
@@ -203,13 +204,20 @@ class NetworkResult:
                 return v
         return None
 
-    def ratio(self, a: str, b: str) -> Optional[float]:
-        """Median step time of variant a / that of variant b."""
+    def ratio(self, a: str, b: str, part: str = "step") -> Optional[float]:
+        """Step (or batch-norm part) time of variant a / that of variant b:
+        the median over rounds of the ratio within each round.  The
+        variants of a round run one after the other, so pairing them takes
+        out the slow drifts of a shared machine that separate medians keep
+        (seen here: the same step at 78 ms in one minute, 116 in another)."""
         va, vb = self.get(a), self.get(b)
-        if va is None or vb is None or not vb.step.median or \
-                va.step.median is None:
+        if va is None or vb is None:
             return None
-        return va.step.median / vb.step.median
+        sa, sb = getattr(va, part).samples, getattr(vb, part).samples
+        pairs = [x / y for x, y in zip(sa, sb) if y > 0]
+        if not pairs or len(sa) != len(sb):
+            return None
+        return statistics.median(pairs)
 
     @property
     def names(self) -> Tuple[str, str, str]:

@@ -323,18 +323,16 @@ def scenario_rows(sc: ScenarioResult) -> Table:
 
 def network_rows(net: NetworkResult) -> Table:
     head = ["batch norm", "step median", "step min", "batch norm part",
-            "step / fastbn 1t step", "check"]
+            "step / fastbn 1t step", "batch norm / fastbn 1t", "check"]
     rows = []
-    one = net.get("fastbn (1 thread)")
+    one = "fastbn (1 thread)"
     for v in net.variants:
-        rel = (v.step.median / one.step.median
-               if one is not None and one.step.median and v.step.median
-               else None)
         check = v.step.status
         if v.step.ok and v.step.error is not None:
             check = "ok (%.0e)" % v.step.error
         rows.append([v.name, fmt_time(v.step.median), fmt_time(v.step.best),
-                     fmt_time(v.bn.median), _f(rel, "%.2fx"), check])
+                     fmt_time(v.bn.median), _f(net.ratio(v.name, one), "%.2fx"),
+                     _f(net.ratio(v.name, one, "bn"), "%.2fx"), check])
     return head, rows
 
 
@@ -453,9 +451,11 @@ def network_notes(net: NetworkResult) -> List[str]:
         "NumPy's BLAS at its default threads.  fastbn: fused ReLU and "
         "residual, forward and backward; NumPy batch norm: as users write "
         "it.  Every variant's output and gradients were checked against the "
-        "float64 step (check column).  step / fastbn 1t step = median step "
-        "time / that of fastbn at 1 thread; 'batch norm part' = median time "
-        "spent inside the batch-norm calls of a step.  Targets (issue 10): "
+        "float64 step (check column).  'batch norm part' = median time spent "
+        "inside the batch-norm calls of a step.  step / fastbn 1t step (and "
+        "batch norm / fastbn 1t) = the median over rounds of the ratio of "
+        "the two in the same round (the variants of a round run one after "
+        "the other, in an order rotated from round to round).  Targets (issue 10): "
         "fastbn at the default threads no slower than at 1 thread, and "
         "faster than the NumPy-BN step.  This part took %.0f s."
         % ("(%s)" % ",".join(map(str, net.shape)), net.seconds),
