@@ -272,15 +272,19 @@ static void NAME(unfold_coef)(const fbn_plan *p, const T *coef, T *coefv)
 /* The transform of the flat values [s0, s1) of a channel-first array (run
  * r of `inner` values has channel r % C).  With nt, y is written through
  * an L1 tile with non-temporal stores; tiles end on 64-byte boundaries of
- * y, so each line is written whole, however short the runs are. */
+ * y, so each line is written whole, however short the runs are.  pf != 0:
+ * piece by piece, the values pf elements further on are prefetched. */
 static void NAME(apply_span)(const T *x, const T *z, T *y, ptrdiff_t C,
                              ptrdiff_t inner, ptrdiff_t s0, ptrdiff_t s1,
-                             const T *coef, int relu, int nt)
+                             const T *coef, int relu, int nt, ptrdiff_t pf)
 {
     T buf[FBN_TILE];
     ptrdiff_t i = s0;
     while (i < s1) {
-        ptrdiff_t end = nt ? i + fbn_tile_len(y + i, sizeof(T), s1 - i) : s1;
+        ptrdiff_t end = nt ? i + fbn_tile_len(y + i, sizeof(T), s1 - i)
+                           : (pf ? fbn_min(i + FBN_TILE, s1) : s1);
+        if (pf)
+            fbn_prefetch(x + i + pf, (size_t)(end - i) * sizeof(T));
         ptrdiff_t q = i, r = i / inner, c = r % C, rend = (r + 1) * inner;
         while (q < end) { /* run r (channel c) ends at rend */
             ptrdiff_t len = fbn_min(rend, end) - q;
@@ -413,7 +417,8 @@ static void NAME(item_fused_tile)(void *arg, ptrdiff_t t)
     }
     for (o = 0; o < p->outer; o++)
         NAME(apply_span)(f->x, f->z, f->y, p->C, p->inner, o * ci + c0 * p->inner,
-                         o * ci + c1 * p->inner, f->coef, f->relu, p->nt);
+                         o * ci + c1 * p->inner, f->coef, f->relu, p->nt,
+                         (p->pf && c1 < p->C) ? (c1 - c0) * p->inner : 0);
 }
 
 /* A block of (folded) rows' moments (channel-last); the last item takes
@@ -447,7 +452,7 @@ static void NAME(item_apply)(void *arg, ptrdiff_t b)
     else
         NAME(apply_span)(f->x, f->z, f->y, p->C, p->inner, i0,
                          fbn_min(i0 + p->ab, p->ntot * p->C), f->coef, f->relu,
-                         p->nt);
+                         p->nt, 0);
 }
 
 /* The statistics phase: per-chunk (channel-first) or per-block
