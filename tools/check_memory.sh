@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Memory checks of the C kernels:
+# Memory and thread checks of the C kernels:
 #  1. an AddressSanitizer + UndefinedBehaviorSanitizer build (FASTBN_SANITIZE=1)
-#     runs the kernel-heavy part of the test suite;
+#     runs the kernel-heavy part of the test suite (every plan forced, the
+#     scheduler tests);
 #  2. valgrind memcheck runs tools/memcheck_sample.py on the normal build with
 #     the portable kernels (FASTBN_SIMD=baseline: valgrind cannot decode
-#     AVX-512) and fails on any error in fastbn's code.
-# Usage: bash tools/check_memory.sh   (needs gcc's libasan/libubsan, valgrind)
+#     AVX-512) and fails on any error in fastbn's code;
+#  3. ThreadSanitizer runs tools/pool_stress.c against csrc/pool.c: callers
+#     at once, helpers asleep, spinning and late; any report fails.
+# Usage: bash tools/check_memory.sh   (needs gcc's libasan/libubsan/libtsan,
+# valgrind)
 # (--capture=sys: a sanitizer report goes to fd 2 and must not be swallowed)
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,7 +30,7 @@ preload="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   "$work/asan/bin/python" -m pytest -q -x --capture=sys -p no:cacheprovider \
       test_forward.py test_backward.py test_stats.py test_threads.py test_errors.py \
-      test_store_paths.py )
+      test_strategies.py test_scheduler.py )
 
 echo "== valgrind memcheck"
 python3 -m venv "$work/vg"
@@ -44,4 +48,11 @@ if grep -E -A25 '^==[0-9]+== (Invalid|Conditional|Use of uninit|Mismatched|Sysca
     exit 1
 fi
 echo "valgrind: no errors in fastbn's code ($(grep -c '^==[0-9]*== [A-Z]' "$log" || true) report lines in all)"
+
+echo "== ThreadSanitizer: the pool under stress"
+gcc -O1 -g -fsanitize=thread -fopenmp -pthread -I"$top/csrc" \
+    "$top/tools/pool_stress.c" "$top/csrc/pool.c" -o "$work/pool_stress"
+for run in 1 2 3; do
+    TSAN_OPTIONS="halt_on_error=1 exitcode=66" "$work/pool_stress"
+done
 echo "memory checks passed"
