@@ -408,6 +408,24 @@ typedef struct {
     T *dgamma, *dbeta;
 } NAME(bwd);
 
+/* The arguments every backward kernel shares, into b (the rest zero). */
+static void NAME(bwd_init)(NAME(bwd) *b, const fbn_plan *p, const T *dy,
+                           const T *x, const T *y, const T *mean, const T *invstd,
+                           const T *gamma, int training, T *dx, T *dz)
+{
+    memset(b, 0, sizeof *b);
+    b->p = p;
+    b->dy = dy;
+    b->x = x;
+    b->y = y;
+    b->mean = mean;
+    b->invstd = invstd;
+    b->gamma = gamma;
+    b->training = training;
+    b->dx = dx;
+    b->dz = dz;
+}
+
 /* The constants of channel c from its reductions (and dgamma, dbeta when
  * they are wanted). */
 static void NAME(bfinish_channel)(NAME(bwd) *b, ptrdiff_t c, double sdy,
@@ -587,12 +605,7 @@ static int NAME(k_backward_reduce)(const T *dy, const T *x, const T *y,
         return FBN_OK;
     fbn_plan_make(&p, outer, C, inner, sizeof(T), y ? 3 : 2, 0, 0, FBN_OP_STATS,
                   nthreads);
-    memset(&b, 0, sizeof b);
-    b.p = &p;
-    b.dy = dy;
-    b.x = x;
-    b.y = y;
-    b.mean = mean;
+    NAME(bwd_init)(&b, &p, dy, x, y, mean, NULL, NULL, 0, NULL, NULL);
     if (NAME(bwd_scratch)(&b, &tmp, &mem, stack) != FBN_OK)
         return FBN_ENOMEM;
     NAME(bsums_phase)(&b, sum_dy, sum_dyxmu, tmp + 2 * C);
@@ -616,17 +629,7 @@ static int NAME(k_backward_apply)(const T *dy, const T *x, const T *y,
         return FBN_OK;
     fbn_plan_make(&p, outer, C, inner, sizeof(T), y ? 3 : 2, 0, dz ? 2 : 1,
                   FBN_OP_APPLY, nthreads);
-    memset(&b, 0, sizeof b);
-    b.p = &p;
-    b.dy = dy;
-    b.x = x;
-    b.y = y;
-    b.mean = mean;
-    b.invstd = invstd;
-    b.gamma = gamma;
-    b.dx = dx;
-    b.dz = dz;
-    b.training = training;
+    NAME(bwd_init)(&b, &p, dy, x, y, mean, invstd, gamma, training, dx, dz);
     b.k = (T *)malloc(sizeof(T) * 4 * ((size_t)C + (p.cl && p.fold > 1 ? (size_t)p.Cv : 0)));
     if (b.k == NULL)
         return FBN_ENOMEM;
@@ -664,16 +667,7 @@ static int NAME(k_backward)(const T *dy, const T *x, const T *y, ptrdiff_t outer
     }
     fbn_plan_make(&p, outer, C, inner, sizeof(T), y ? 3 : 2, 0, dz ? 2 : 1,
                   FBN_OP_STATS | FBN_OP_APPLY, nthreads);
-    b.p = &p;
-    b.dy = dy;
-    b.x = x;
-    b.y = y;
-    b.mean = mean;
-    b.invstd = invstd;
-    b.gamma = gamma;
-    b.dx = dx;
-    b.dz = dz;
-    b.training = training;
+    NAME(bwd_init)(&b, &p, dy, x, y, mean, invstd, gamma, training, dx, dz);
     b.dgamma = dgamma;
     b.dbeta = dbeta;
     if (NAME(bwd_scratch)(&b, &tmp, &mem, stack) != FBN_OK)

@@ -100,12 +100,11 @@ def merge_moments(parts):
     return mean, m2 / n
 
 
-def _train(x, gamma, beta, axis, eps, relu, residual, out, comm, want_var):
-    """Shared body of batch_norm_train and the layer.  Returns
-    (y, mean, invstd, var64 or None, count).  With comm, call it through
-    fastbn._mpi.run (an error on any rank then raises on every rank)."""
-    # the common case (plain arrays, no gamma/beta, a float eps) takes the
-    # inline tests; anything else goes through fastbn._checks
+def _forward_args(x, gamma, beta, axis, eps, residual, out):
+    """The checked arguments of a forward call: (x, outer, C, inner, gamma,
+    beta, eps, z, y).  The common case (plain arrays, no gamma/beta, a float
+    eps) takes the inline tests; anything else goes through
+    fastbn._checks, whose errors name the argument."""
     if not _plain(x):
         x = as_data(x)
     outer, C, inner, _ = view(x.shape, axis)
@@ -123,6 +122,15 @@ def _train(x, gamma, beta, axis, eps, relu, residual, out, comm, want_var):
         y = output(out, x)
         if y is not x or z is not None:
             no_partial_overlap(y, "out", x, z)
+    return x, outer, C, inner, gamma, beta, eps, z, y
+
+
+def _train(x, gamma, beta, axis, eps, relu, residual, out, comm, want_var):
+    """Shared body of batch_norm_train and the layer.  Returns
+    (y, mean, invstd, var64 or None, count).  With comm, call it through
+    fastbn._mpi.run (an error on any rank then raises on every rank)."""
+    x, outer, C, inner, gamma, beta, eps, z, y = _forward_args(
+        x, gamma, beta, axis, eps, residual, out)
     if comm is not None:
         mean, invstd, var, count = _mpi().train_forward(
             comm, x, outer, C, inner, gamma, beta, z, eps, bool(relu), y, _nthreads())
@@ -171,25 +179,10 @@ def batch_norm_infer(x, mean, var, gamma=None, beta=None, *, axis=1, eps=1e-5,
     one pass.  ``mean`` and ``var`` (e.g. running statistics) have shape
     ``(C,)`` and are cast to ``x.dtype``.  Returns y (``out`` if given).
     """
-    if not _plain(x):  # fast tests for the common case, as in _train
-        x = as_data(x)
-    outer, C, inner, _ = view(x.shape, axis)
-    dt = x.dtype
-    mean = per_channel(mean, "mean", C, dt, allow_none=False)
-    var = per_channel(var, "var", C, dt, allow_none=False)
-    if gamma is not None:
-        gamma = per_channel(gamma, "gamma", C, dt)
-    if beta is not None:
-        beta = per_channel(beta, "beta", C, dt)
-    if type(eps) is not float or not eps > 0:
-        eps = eps_value(eps)
-    z = None if residual is None else like_x(residual, "residual", x)
-    if out is None:
-        y = np.empty(x.shape, dt)
-    else:
-        y = output(out, x)
-        if y is not x or z is not None:
-            no_partial_overlap(y, "out", x, z)
+    x, outer, C, inner, gamma, beta, eps, z, y = _forward_args(
+        x, gamma, beta, axis, eps, residual, out)
+    mean = per_channel(mean, "mean", C, x.dtype, allow_none=False)
+    var = per_channel(var, "var", C, x.dtype, allow_none=False)
     _kernels.infer_forward(x, outer, C, inner, mean, var, gamma, beta, z, eps,
                            bool(relu), y, _nthreads())
     return y
