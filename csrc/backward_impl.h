@@ -332,9 +332,9 @@ static void NAME(bapply_span)(const T *dy, const T *x, const T *y, T *dx,
             }
         }
         if (nt) {
-            fbn_stream(dx + i, bx, (size_t)(end - i) * sizeof(T));
+            NAME(stream)(dx + i, bx, (size_t)(end - i) * sizeof(T));
             if (dz)
-                fbn_stream(dz + i, bz, (size_t)(end - i) * sizeof(T));
+                NAME(stream)(dz + i, bz, (size_t)(end - i) * sizeof(T));
         }
         i = end;
     }
@@ -385,9 +385,9 @@ static void NAME(bapply_rows)(const T *dy, const T *x, const T *y, T *dx,
         size_t bytes = (size_t)(nr * C) * sizeof(T);
         NAME(brows_any)(dy + r * C, x + r * C, y ? y + r * C : NULL, bx,
                         dz ? bz : NULL, C, 0, nr, k, training);
-        fbn_stream(dx + r * C, bx, bytes);
+        NAME(stream)(dx + r * C, bx, bytes);
         if (dz)
-            fbn_stream(dz + r * C, bz, bytes);
+            NAME(stream)(dz + r * C, bz, bytes);
     }
 }
 

@@ -26,6 +26,9 @@
 
 #if defined(__SSE2__) || defined(_M_X64)
 #include <emmintrin.h>
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h> /* the AVX-512 kernels' 64-byte streaming stores */
+#endif
 #define FBN_HAVE_NT 1
 #else
 #define FBN_HAVE_NT 0
@@ -674,7 +677,9 @@ FBN_DEFINE_OPS(double, f64)
 /* The portable baseline (SSE2 on x86-64; whatever the target has
  * elsewhere). */
 #define FBN_ISA base
+#define FBN_WIDE_NT 0
 #include "isa_instances.h"
+#undef FBN_WIDE_NT
 #undef FBN_ISA
 
 /* x86-64 with GCC or clang: the same source compiled for AVX2 and for
@@ -692,7 +697,9 @@ FBN_DEFINE_OPS(double, f64)
 #pragma GCC target("avx2")
 #endif
 #define FBN_ISA avx2
+#define FBN_WIDE_NT 32
 #include "isa_instances.h"
+#undef FBN_WIDE_NT
 #undef FBN_ISA
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -703,7 +710,9 @@ FBN_DEFINE_OPS(double, f64)
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,prefer-vector-width=512")
 #endif
 #define FBN_ISA avx512
+#define FBN_WIDE_NT 64
 #include "isa_instances.h"
+#undef FBN_WIDE_NT
 #undef FBN_ISA
 #if defined(__clang__)
 #pragma clang attribute pop
