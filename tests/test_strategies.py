@@ -265,3 +265,28 @@ def test_scheduler_names(scheduler):
     with pytest.raises(ValueError, match="scheduler must be"):
         scheduler("tbb")
     assert _kernels.scheduler() == "openmp"
+
+
+@pytest.mark.parametrize("isa", _kernels.simd_available())
+@pytest.mark.parametrize("shape,axis", [((6, 37, 5, 9), 1), ((3, 5, 3001), 1),
+                                        ((17, 20, 20, 3), -1)], ids=str)
+def test_streamed_plans_give_the_same_bits_on_every_simd_level(tuning, isa,
+                                                               shape, axis):
+    """Streamed outputs use 16-, 32- or 64-byte stores by SIMD level (with
+    their own unaligned heads and tails): every level, every plan, the
+    bits of the plain baseline."""
+    x, g, b, z, dy = _inputs(shape, axis, np.float32)
+    old = _kernels.simd()
+    try:
+        _kernels.set_simd("baseline")
+        with fastbn.num_threads(1):
+            ref = _run_all(x, g, b, z, dy, axis)
+        _kernels.set_simd(isa)
+        for settings in (dict(fuse=1 << 50, nt=0), dict(fuse=0, nt=0, tile=1)):
+            tuning(serial=0, **settings)
+            for threads in (1, 2):
+                with fastbn.num_threads(threads):
+                    got = _run_all(x, g, b, z, dy, axis)
+                _assert_same(ref, got, f"{isa}, {settings}, {threads} threads")
+    finally:
+        _kernels.set_simd(old)
