@@ -533,7 +533,7 @@ static void NAME(bsums_phase)(NAME(bwd) *b, double *sdy, double *sdyx, double *s
         for (j = 0; j < p->Cv; j++)
             b->m[j] = (double)b->mean[j % p->C];
         fbn_parallel_for(fbn_stat_items(p), NAME(item_bsums_rows), b, p->nth,
-                         FBN_FORWARD);
+                         FBN_FORWARD | p->light);
         for (j = 0; j < p->Cv; j++)
             s0[j] = s1[j] = 0.0;
         for (i = 0; i < p->nb; i++)
@@ -555,7 +555,8 @@ static void NAME(bsums_phase)(NAME(bwd) *b, double *sdy, double *sdyx, double *s
             sdyx[c] = t1;
         }
     } else {
-        fbn_parallel_for(p->ntiles, NAME(item_bsums_tile), b, p->nth, FBN_FORWARD);
+        fbn_parallel_for(p->ntiles, NAME(item_bsums_tile), b, p->nth,
+                         FBN_FORWARD | p->light);
         for (c = 0; c < p->C; c++)
             NAME(chunk_totals)(b, c, sdy + c, sdyx + c);
     }
@@ -639,7 +640,8 @@ static int NAME(k_backward_apply)(const T *dy, const T *x, const T *y,
                               training ? sum_dyxmu[c] : 0.0, count);
     if (p.cl)
         NAME(unfold_coef)(&p, b.k, b.kv);
-    fbn_parallel_for(fbn_apply_items(&p), NAME(item_bapply), &b, p.nth, FBN_REVERSE);
+    fbn_parallel_for(fbn_apply_items(&p), NAME(item_bapply), &b, p.nth,
+                     FBN_REVERSE | p.light);
     if (p.nt)
         fbn_sfence();
     free(b.k);
@@ -673,14 +675,16 @@ static int NAME(k_backward)(const T *dy, const T *x, const T *y, ptrdiff_t outer
     if (NAME(bwd_scratch)(&b, &tmp, &mem, stack) != FBN_OK)
         return FBN_ENOMEM;
     if (p.fused) {
-        fbn_parallel_for(p.ntiles, NAME(item_bfused_tile), &b, p.nth, FBN_FORWARD);
+        fbn_parallel_for(p.ntiles, NAME(item_bfused_tile), &b, p.nth,
+                         FBN_FORWARD | p.light);
     } else {
         NAME(bsums_phase)(&b, tmp, tmp + C, tmp + 2 * C);
         for (c = 0; c < C; c++)
             NAME(bfinish_channel)(&b, c, tmp[c], tmp[C + c], (double)p.ntot);
         if (p.cl)
             NAME(unfold_coef)(&p, b.k, b.kv);
-        fbn_parallel_for(fbn_apply_items(&p), NAME(item_bapply), &b, p.nth, FBN_REVERSE);
+        fbn_parallel_for(fbn_apply_items(&p), NAME(item_bapply), &b, p.nth,
+                     FBN_REVERSE | p.light);
     }
     if (p.nt)
         fbn_sfence();

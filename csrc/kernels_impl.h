@@ -495,12 +495,13 @@ static void NAME(stats_phase)(NAME(fwd) *f, double *mean, double *m2, double *mv
     ptrdiff_t c;
     if (p->cl) {
         fbn_parallel_for(fbn_stat_items(p), NAME(item_stats_rows), f, p->nth,
-                         FBN_FORWARD);
+                         FBN_FORWARD | p->light);
         fbn_merge_blocks(f->pm, f->pq, p->Cv, p->rb, p->nb, p->outerv, mv, qv);
         fbn_unfold_moments(p, mv, qv, f->pm + p->nb * p->Cv, f->pq + p->nb * p->Cv,
                            mean, m2);
     } else {
-        fbn_parallel_for(p->ntiles, NAME(item_stats_tile), f, p->nth, FBN_FORWARD);
+        fbn_parallel_for(p->ntiles, NAME(item_stats_tile), f, p->nth,
+                         FBN_FORWARD | p->light);
         for (c = 0; c < p->C; c++)
             fbn_merge_chunks(f->pm + c * p->nk, f->pq + c * p->nk, p->nk, p->ntot,
                              mean + c, m2 + c);
@@ -589,14 +590,16 @@ static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
     if (NAME(fwd_scratch)(&f, &tmp, &mem, stack) != FBN_OK)
         return FBN_ENOMEM;
     if (p.fused) {
-        fbn_parallel_for(p.ntiles, NAME(item_fused_tile), &f, p.nth, FBN_FORWARD);
+        fbn_parallel_for(p.ntiles, NAME(item_fused_tile), &f, p.nth,
+                         FBN_FORWARD | p.light);
     } else {
         NAME(stats_phase)(&f, tmp, tmp + C, tmp + 2 * C, tmp + 2 * C + p.Cv);
         for (c = 0; c < C; c++)
             NAME(finish_channel)(&f, c, tmp[c], tmp[C + c]);
         if (p.cl)
             NAME(unfold_coef)(&p, f.coef, f.coefv);
-        fbn_parallel_for(fbn_apply_items(&p), NAME(item_apply), &f, p.nth, FBN_REVERSE);
+        fbn_parallel_for(fbn_apply_items(&p), NAME(item_apply), &f, p.nth,
+                         FBN_REVERSE | p.light);
     }
     if (p.nt)
         fbn_sfence();
@@ -645,7 +648,7 @@ static int NAME(transform)(const T *x, ptrdiff_t outer, ptrdiff_t C,
         NAME(unfold_coef)(&p, f.coef, f.coefv);
     /* after the moments kernel (the MPI forward), back to front as above */
     fbn_parallel_for(fbn_apply_items(&p), NAME(item_apply), &f, p.nth,
-                     mean_d ? FBN_REVERSE : FBN_FORWARD);
+                     (mean_d ? FBN_REVERSE : FBN_FORWARD) | p.light);
     if (p.nt)
         fbn_sfence();
     if (f.coef != stack_coef)

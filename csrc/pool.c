@@ -25,12 +25,19 @@
  * the same way (or in reverse, FBN_REVERSE) finds most of a thread's part
  * in that thread's own cache.
  *
+ * A helper that wakes on the CPU its caller published the job from takes
+ * no item and sleeps again at once: the system placed it there because
+ * the other CPUs are busy, and it would only take time from the caller.
+ *
  * Sleeping: an idle helper spins for spin_us, then sleeps on a condition
  * variable.  It announces itself in `sleepers` (seq_cst) and re-reads
  * `gen` before it waits; the owner stores `gen` (seq_cst) and then reads
  * `sleepers`, so either the owner wakes the helper or the helper sees the
  * new job (no lost wake-up).
  */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE /* sched_getcpu */
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,9 +56,10 @@ enum { FBN_SCHED_POOL = 0, FBN_SCHED_OPENMP = 1 };
 static int fbn_sched = FBN_SCHED_POOL;
 static const char *const fbn_sched_names[] = {"pool", "openmp"};
 
-static void run_serial(ptrdiff_t n, fbn_item_fn fn, void *ctx, int reverse)
+static void run_serial(ptrdiff_t n, fbn_item_fn fn, void *ctx, int flags)
 {
     ptrdiff_t i;
+    int reverse = flags & FBN_REVERSE;
     for (i = 0; i < n; i++)
         fn(ctx, reverse ? n - 1 - i : i);
 }
@@ -147,6 +155,15 @@ static double now_us(void)
 #define YIELD() sched_yield()
 #endif
 
+/* The CPU the calling thread runs on, -1 where the system does not say. */
+#if defined(__linux__)
+static int fbn_cpu(void) { return sched_getcpu(); }
+#elif defined(_WIN32)
+static int fbn_cpu(void) { return (int)GetCurrentProcessorNumber(); }
+#else
+static int fbn_cpu(void) { return -1; }
+#endif
+
 /* ---- the pool ----------------------------------------------------------- */
 
 #define CLOSED ((int64_t)0xFFFFFFFF)
@@ -170,6 +187,8 @@ static struct {
     fbn_atomic_ptr fn;   /* fbn_item_fn of the current job */
     fbn_atomic_ptr ctx;
     fbn_atomic busy;     /* 1 while a caller owns the pool */
+    fbn_atomic owner_cpu; /* the CPU the current job's caller published it
+                             from (-1: unknown) */
     fbn_atomic sleepers; /* helpers waiting on cond */
     fbn_atomic spin_us;  /* idle spin before sleeping */
     int nworkers;        /* helpers started (under mutex) */
@@ -210,15 +229,23 @@ static int work_range(int64_t gen, int64_t r)
     }
 }
 
-/* Thread `me` (0: the owner) of job `gen`: its own range, then the others'. */
-static void work_on(int64_t gen, int64_t me)
+/* Thread `me` (0: the owner) of job `gen`: its own range, then the others'.
+ * A helper that finds itself on the CPU its caller published the job from
+ * takes nothing (returns 0): the system put it there because the other
+ * CPUs are busy (another library's threads spinning), and every item it
+ * ran would be time taken from the caller. */
+static int work_on(int64_t gen, int64_t me)
 {
-    int64_t nr = LD(&P.nranges), i;
+    int64_t nr = LD(&P.nranges), i, cpu;
     if (GEN(LD(&P.slot[0].s)) != gen || me >= nr)
-        return;
+        return 1;
+    cpu = LD(&P.owner_cpu);
+    if (me > 0 && cpu >= 0 && fbn_cpu() == cpu)
+        return 0;
     for (i = 0; i < nr; i++)
         if (!work_range(gen, (me + i) % nr))
-            return;
+            return 1;
+    return 1;
 }
 
 #if defined(_WIN32)
@@ -229,12 +256,14 @@ static void *worker_main(void *arg)
 {
     int64_t me = (int64_t)(intptr_t)arg + 1; /* range 0 is the owner's */
     int64_t seen = LD(&P.gen);
+    int spin = 1;
     for (;;) {
         double t0 = now_us();
         long spins = 0;
         int64_t g;
-        /* spin a while for the next job */
-        while ((g = LD(&P.gen)) == seen) {
+        /* spin a while for the next job (not when the last one found this
+         * thread on its caller's CPU: the spin would take it from it) */
+        while ((g = LD(&P.gen)) == seen && spin) {
             PAUSE();
             if ((++spins & 63) == 0 && now_us() - t0 > (double)LD(&P.spin_us))
                 break;
@@ -249,7 +278,7 @@ static void *worker_main(void *arg)
             UNLOCK(&P.mutex);
         }
         seen = LD(&P.gen);
-        work_on(seen, me);
+        spin = work_on(seen, me);
     }
 #if defined(_WIN32)
     return 0;
@@ -343,20 +372,21 @@ static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
 static void pool_init(void) { pthread_once(&pool_once, pool_init_once); }
 #endif
 
-static void pool_run(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads, int reverse)
+static void pool_run(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads, int flags)
 {
     int64_t zero = 0, gen, r, nr;
+    int reverse = flags & FBN_REVERSE;
     pool_init();
     if (!CAS(&P.busy, &zero, 1)) { /* another thread's call has the pool */
-        run_serial(n, fn, ctx, reverse);
+        run_serial(n, fn, ctx, flags);
         return;
     }
-    if (P.nworkers < nthreads - 1)
+    if (P.nworkers < nthreads - 1 && !(flags & FBN_LIGHT))
         start_workers(nthreads - 1);
     nr = P.nworkers + 1 < nthreads ? P.nworkers + 1 : nthreads;
-    if (nr < 2) {
-        ST(&P.busy, 0);
-        run_serial(n, fn, ctx, reverse);
+    if (nr < 2 || ((flags & FBN_LIGHT) && LD_SEQ(&P.sleepers) >= P.nworkers)) {
+        ST(&P.busy, 0); /* no helper, or all asleep and the job is short */
+        run_serial(n, fn, ctx, flags);
         return;
     }
     gen = LD(&P.gen) + 1;
@@ -376,8 +406,9 @@ static void pool_run(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads, int r
     }
     for (r = 0; r < nr; r++)
         ST_SEQ(&P.slot[r].s, gen << 32);
+    ST(&P.owner_cpu, fbn_cpu());
     ST_SEQ(&P.gen, gen);
-    if (LD_SEQ(&P.sleepers) > 0) {
+    if (!(flags & FBN_LIGHT) && LD_SEQ(&P.sleepers) > 0) {
         LOCK(&P.mutex);
         COND_BROADCAST(&P.cond);
         UNLOCK(&P.mutex);
@@ -400,7 +431,7 @@ static void pool_run(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads, int r
 /* ---- the interface ------------------------------------------------------ */
 
 void fbn_parallel_for(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads,
-                      int reverse)
+                      int flags)
 {
     if (n <= 0)
         return;
@@ -409,9 +440,10 @@ void fbn_parallel_for(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads,
 #if FBN_POOL
     if (nthreads > 1 && n < CLOSED) {
         if (fbn_sched == FBN_SCHED_POOL) {
-            pool_run(n, fn, ctx, nthreads, reverse);
+            pool_run(n, fn, ctx, nthreads, flags);
         } else {
             ptrdiff_t i;
+            int reverse = flags & FBN_REVERSE;
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
             for (i = 0; i < n; i++)
                 fn(ctx, reverse ? n - 1 - i : i);
@@ -421,7 +453,7 @@ void fbn_parallel_for(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads,
 #else
     (void)nthreads;
 #endif
-    run_serial(n, fn, ctx, reverse);
+    run_serial(n, fn, ctx, flags);
 }
 
 int fbn_set_scheduler(const char *name)

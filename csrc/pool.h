@@ -2,7 +2,7 @@
  * pool.h -- how the kernels' blocks are scheduled onto threads (internal;
  * fastbn.h is the public interface).
  *
- * fbn_parallel_for(n, fn, ctx, nthreads, order) calls fn(ctx, i) once for
+ * fbn_parallel_for(n, fn, ctx, nthreads, flags) calls fn(ctx, i) once for
  * every item i in [0, n), on the calling thread and up to nthreads - 1
  * helper threads, and returns when every item is done.  Items must be
  * independent; which thread runs an item is not specified, so a kernel
@@ -12,6 +12,8 @@
  * front to back (FBN_FORWARD) or back to front (FBN_REVERSE), then helps
  * with the others' ranges; a pass that splits the same data the same way
  * as the pass before it thus finds most of its part in its own cache.
+ * With FBN_LIGHT, helpers that sleep are left asleep (the caller works
+ * alone unless some are awake, e.g. between back-to-back calls).
  *
  * Two schedulers implement it:
  *   "pool" (default): caller-runs.  The caller publishes the job, wakes
@@ -37,10 +39,12 @@
 typedef void (*fbn_item_fn)(void *ctx, ptrdiff_t item);
 
 #define FBN_FORWARD 0
-#define FBN_REVERSE 1
+#define FBN_REVERSE 1 /* ranges are worked through back to front */
+#define FBN_LIGHT 2   /* a short job: do not wake sleeping helpers (waking
+                         one takes longer than the job), use awake ones */
 
 void fbn_parallel_for(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads,
-                      int reverse);
+                      int flags);
 
 /* The scheduler controls (fbn_set_scheduler, fbn_set_spin_us, ...) are in
  * fastbn.h. */

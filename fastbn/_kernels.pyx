@@ -25,9 +25,9 @@ cdef extern from "fastbn.h" nogil:
     void fbn_init()
     void fbn_cache_sizes(long long *l1, long long *l2, long long *l3)
     void fbn_set_tuning(long long nt_bytes, long long fuse_bytes, long long tile_bytes,
-                        long long serial_values)
+                        long long serial_values, long long wake_values)
     void fbn_get_tuning(long long *nt_bytes, long long *fuse_bytes, long long *tile_bytes,
-                        long long *serial_values)
+                        long long *serial_values, long long *wake_values)
     int fbn_set_scheduler(const char *name)
     const char *fbn_scheduler()
     long fbn_set_spin_us(long us)
@@ -191,33 +191,34 @@ def partial_overlap(a, b):
     return pa < pb + nb and pb < pa + na
 
 
-def set_tuning(nt=None, fuse=None, tile=None, serial=None):
+def set_tuning(nt=None, fuse=None, tile=None, serial=None, wake=None):
     """Strategy tuning for measurements and tests (see fbn_set_tuning in
     csrc/fastbn.h): byte thresholds for non-temporal stores (`nt`), fused
-    channel-first tiles (`fuse`), the bytes of a statistics tile (`tile`),
-    and the number of values below which a call runs on its caller alone
-    (`serial`).  None (or < 0) means the default.  No setting changes a
+    channel-first tiles (`fuse`), the bytes of a statistics tile (`tile`);
+    the number of values below which a call runs on its caller alone
+    (`serial`), and below which it does not wake sleeping helpers
+    (`wake`).  None (or < 0) means the default.  No setting changes a
     result's bits.  Returns the previous settings as a dict (None where
     default), so that ``set_tuning(**old)`` restores them."""
     global _tuning
     old = dict(_tuning)
-    new = {"nt": nt, "fuse": fuse, "tile": tile, "serial": serial}
+    new = {"nt": nt, "fuse": fuse, "tile": tile, "serial": serial, "wake": wake}
     for k, v in new.items():
         new[k] = None if v is None or v < 0 else int(v)
     v = [-1 if v is None else v for v in new.values()]
-    fbn_set_tuning(v[0], v[1], v[2], v[3])
+    fbn_set_tuning(v[0], v[1], v[2], v[3], v[4])
     _tuning = new
     return old
 
 
-_tuning = {"nt": None, "fuse": None, "tile": None, "serial": None}
+_tuning = {"nt": None, "fuse": None, "tile": None, "serial": None, "wake": None}
 
 
 def tuning():
-    """The thresholds in effect: {"nt", "fuse", "tile", "serial"}."""
-    cdef long long a, b, c, d
-    fbn_get_tuning(&a, &b, &c, &d)
-    return {"nt": a, "fuse": b, "tile": c, "serial": d}
+    """The thresholds in effect: {"nt", "fuse", "tile", "serial", "wake"}."""
+    cdef long long a, b, c, d, e
+    fbn_get_tuning(&a, &b, &c, &d, &e)
+    return {"nt": a, "fuse": b, "tile": c, "serial": d, "wake": e}
 
 
 def cache_sizes():

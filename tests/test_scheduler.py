@@ -5,7 +5,7 @@ helpers do: arrive late, sleep between calls, spin, or be busy with another
 Python thread's call (that call then runs on its caller alone).  Calls from
 many Python threads at once must all finish (no deadlock) with the right
 results, and a forked child must be able to use its own pool.  Every test
-runs the parallel path on small arrays (``set_tuning(serial=0)``) so that
+runs the parallel path on small arrays (``set_tuning(serial=0, wake=0)``) so that
 many calls fit in a few seconds.
 """
 import os
@@ -31,7 +31,7 @@ CASES = [((8, 32, 9, 9), 1), ((512, 48), 1), ((6, 10, 10, 24), -1),
 @pytest.fixture
 def parallel_small():
     """The pool runs even small calls; scheduler and spin restored after."""
-    old = _kernels.set_tuning(serial=0)
+    old = _kernels.set_tuning(serial=0, wake=0)
     old_sched = _kernels.scheduler()
     old_spin = _kernels.set_spin_us(100)
     _kernels.set_spin_us(old_spin)
@@ -139,7 +139,7 @@ def test_pool_grows_with_the_thread_count(parallel_small):
 CHILD = r"""
 import os, sys, numpy as np, fastbn
 from fastbn import _kernels
-_kernels.set_tuning(serial=0)
+_kernels.set_tuning(serial=0, wake=0)
 x = np.random.default_rng(0).standard_normal((16, 32, 9, 9)).astype(np.float32)
 with fastbn.num_threads(2):
     ref = fastbn.batch_norm_train(x, relu=True)[0]     # the parent's pool runs
@@ -166,3 +166,29 @@ def test_forked_child_uses_its_own_pool():
     proc = subprocess.run([sys.executable, "-c", CHILD], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, (proc.returncode, proc.stderr)
+
+
+LIGHT = r"""
+import sys, numpy as np, fastbn
+from fastbn import _kernels
+with fastbn.num_threads(2):
+    small = np.ones((16, 64, 14, 14), np.float32)      # 200704 values: short
+    for _ in range(20):
+        fastbn.batch_norm_train(small, relu=True)
+    after_small = _kernels.pool_threads()
+    big = np.ones((16, 64, 28, 28), np.float32)        # 802816 values
+    fastbn.batch_norm_train(big, relu=True)
+    print(after_small, _kernels.pool_threads())
+"""
+
+
+def test_short_calls_do_not_wake_helpers():
+    """Calls under the wake threshold (256K values) run on their caller
+    while the helpers sleep (here: none was ever started), and a longer
+    call starts them."""
+    proc = subprocess.run([sys.executable, "-c", LIGHT], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    after_small, after_big = map(int, proc.stdout.split())
+    assert after_small == 0
+    assert after_big >= 1

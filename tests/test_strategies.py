@@ -137,7 +137,7 @@ def test_every_plan_gives_the_same_bits(tuning, scheduler, shape, axis, dtype):
     itemsize = np.dtype(dtype).itemsize
     with fastbn.num_threads(1):
         ref = _run_all(x, g, b, z, dy, axis)
-    tuning(serial=0)  # small arrays use the threads too
+    tuning(serial=0, wake=0)  # small arrays use the threads too
     seen = set()
     for sched in ("pool", "openmp"):
         if _kernels.scheduler() == "serial":
@@ -145,7 +145,7 @@ def test_every_plan_gives_the_same_bits(tuning, scheduler, shape, axis, dtype):
         scheduler(sched)
         for threads in (1, 2, 4):
             for name, settings, want in PLANS:
-                tuning(serial=0, **settings)
+                tuning(serial=0, wake=0, **settings)
                 plan = _kernels.plan("train", outer, C, inner, itemsize, threads)
                 if plan["channel_last"] or (want == "fused tiles" and threads > 1
                                             and C < 2 * threads):
@@ -240,9 +240,11 @@ def test_unaligned_inputs_are_copied_and_unaligned_out_refused(dtype):
 def test_set_tuning_returns_previous_and_restores(tuning):
     default = _kernels.tuning()
     old = tuning(nt=123, fuse=0)
-    assert old == {"nt": None, "fuse": None, "tile": None, "serial": None}
+    assert old == {"nt": None, "fuse": None, "tile": None, "serial": None,
+                   "wake": None}
     assert _kernels.tuning()["nt"] == 123 and _kernels.tuning()["fuse"] == 0
-    assert tuning(**old) == {"nt": 123, "fuse": 0, "tile": None, "serial": None}
+    assert tuning(**old) == {"nt": 123, "fuse": 0, "tile": None, "serial": None,
+                             "wake": None}
     assert _kernels.tuning() == default
 
 
@@ -283,7 +285,7 @@ def test_streamed_plans_give_the_same_bits_on_every_simd_level(tuning, isa,
             ref = _run_all(x, g, b, z, dy, axis)
         _kernels.set_simd(isa)
         for settings in (dict(fuse=1 << 50, nt=0), dict(fuse=0, nt=0, tile=1)):
-            tuning(serial=0, **settings)
+            tuning(serial=0, wake=0, **settings)
             for threads in (1, 2):
                 with fastbn.num_threads(threads):
                     got = _run_all(x, g, b, z, dy, axis)

@@ -15,8 +15,9 @@ CASES = [((3, 5, 7), 1), ((17, 3), 1), ((2, 3, 4, 5), -1), ((9, 1), 1),
 # the default plans, then every plan forced on these small arrays: the pool
 # (no serial cut-off), fused tiles, two-phase tiles of one chunk, and
 # non-temporal stores (normally only for outputs larger than the L3)
-PLANS = [dict(), dict(serial=0, fuse=1 << 50), dict(serial=0, fuse=0, tile=1),
-         dict(serial=0, fuse=1 << 50, nt=0), dict(serial=0, fuse=0, nt=0)]
+PLANS = [dict(), dict(serial=0, wake=0, fuse=1 << 50),
+         dict(serial=0, wake=0, fuse=0, tile=1),
+         dict(serial=0, wake=0, fuse=1 << 50, nt=0), dict(serial=0, wake=0, fuse=0, nt=0)]
 for nthreads, tuning in [(n, t) for n in (1, 2) for t in PLANS]:
     _kernels.set_tuning(**tuning)
     with fastbn.num_threads(nthreads):
