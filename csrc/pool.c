@@ -170,6 +170,12 @@ static int fbn_cpu(void) { return -1; }
 #define GEN(s) ((int64_t)((uint64_t)(s) >> 32))
 #define IDX(s) ((s) & CLOSED)
 #define MAX_THREADS 256
+/* Short jobs (FBN_LIGHT) wake sleeping helpers only within a burst: at
+ * least BURST jobs in a row, each begun less than RECENT_NS after the one
+ * before ended (back-to-back calls; not a call after other work, whose two
+ * phases make a pair). */
+#define RECENT_NS 200000
+#define BURST 4
 
 typedef struct {
     fbn_atomic s;     /* (generation << 32) | items claimed */
@@ -191,6 +197,9 @@ static struct {
                              from (-1: unknown) */
     fbn_atomic sleepers; /* helpers waiting on cond */
     fbn_atomic spin_us;  /* idle spin before sleeping */
+    fbn_atomic last_end;  /* when the last job ended (ns, any caller) */
+    fbn_atomic streak;    /* jobs that began less than RECENT_NS after the
+                             previous one ended, in a row */
     int nworkers;        /* helpers started (under mutex) */
     int64_t max_nr;      /* most ranges any job used (owner only) */
     fbn_mutex mutex;
@@ -372,13 +381,32 @@ static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
 static void pool_init(void) { pthread_once(&pool_once, pool_init_once); }
 #endif
 
+/* Counts the job that starts now in the burst of back-to-back jobs; 1 if
+ * the burst is long enough for a short job to wake sleeping helpers. */
+static int in_burst(void)
+{
+    int64_t t = (int64_t)(now_us() * 1000.0), s;
+    if (t - LD(&P.last_end) < RECENT_NS)
+        s = ADD(&P.streak, 1) + 1;
+    else {
+        s = 1;
+        ST(&P.streak, 1);
+    }
+    return s >= BURST;
+}
+
+static void job_ended(void) { ST(&P.last_end, (int64_t)(now_us() * 1000.0)); }
+
 static void pool_run(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads, int flags)
 {
     int64_t zero = 0, gen, r, nr;
     int reverse = flags & FBN_REVERSE;
     pool_init();
+    if (flags & FBN_LIGHT && in_burst())
+        flags &= ~FBN_LIGHT;
     if (!CAS(&P.busy, &zero, 1)) { /* another thread's call has the pool */
         run_serial(n, fn, ctx, flags);
+        job_ended();
         return;
     }
     if (P.nworkers < nthreads - 1 && !(flags & FBN_LIGHT))
@@ -387,6 +415,7 @@ static void pool_run(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads, int f
     if (nr < 2 || ((flags & FBN_LIGHT) && LD_SEQ(&P.sleepers) >= P.nworkers)) {
         ST(&P.busy, 0); /* no helper, or all asleep and the job is short */
         run_serial(n, fn, ctx, flags);
+        job_ended();
         return;
     }
     gen = LD(&P.gen) + 1;
@@ -423,6 +452,7 @@ static void pool_run(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads, int f
                 YIELD();
         }
     }
+    job_ended();
     ST(&P.busy, 0);
 }
 

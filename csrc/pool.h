@@ -13,7 +13,9 @@
  * with the others' ranges; a pass that splits the same data the same way
  * as the pass before it thus finds most of its part in its own cache.
  * With FBN_LIGHT, helpers that sleep are left asleep (the caller works
- * alone unless some are awake, e.g. between back-to-back calls).
+ * alone unless some are awake), except within a burst of back-to-back
+ * jobs (the first few run alone, then the helpers are woken and stay
+ * awake between the jobs that follow).
  *
  * Two schedulers implement it:
  *   "pool" (default): caller-runs.  The caller publishes the job, wakes
