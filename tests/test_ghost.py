@@ -675,7 +675,9 @@ def test_forward_matches_tf_keras_virtual_batch_size(shape, k):
     layer = tf_keras.layers.BatchNormalization(axis=-1, epsilon=eps,
                                                virtual_batch_size=k)
     layer.build(shape)
-    layer.set_weights([gamma, beta, np.zeros(C, np.float32), np.ones(C, np.float32)])
+    ws = [gamma, beta, np.zeros(C, np.float32), np.ones(C, np.float32)]
+    # (with virtual batches Keras keeps its weights in a broadcastable shape)
+    layer.set_weights([w.reshape(tuple(v.shape)) for w, v in zip(ws, layer.weights)])
     # fastbn group g, sample i (x[g*k + i]) goes to Keras position i*G + g
     order = np.arange(N).reshape(G, k).T.reshape(-1)
     yk = layer(x[order], training=True).numpy()
