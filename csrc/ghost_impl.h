@@ -29,6 +29,7 @@ typedef struct {
     ptrdiff_t ncoef;  /* constants per group: 4*C, and 4*Cv when folded */
     fbn_item_fn item; /* the ordinary item run in each group */
     ptrdiff_t per;    /* its items per group */
+    double *gtmp;     /* whole-group items: 2*C + 2*Cv doubles per group */
 } NAME(gfwd);
 
 /* The state of group g, into *f. */
@@ -89,6 +90,44 @@ static void NAME(gmerge)(const NAME(fwd) *f, double *mean, double *m2, double *m
     }
 }
 
+/* A whole channel-last group in one item, when a group's arrays fit in the
+ * cache budget: its statistics blocks, their merge and its constants, then
+ * its transform while its values are still in cache.  The same functions
+ * in the same order as the phases, so the same bits; but no serial merge
+ * of every group on the caller between two parallel jobs (with many small
+ * groups, e.g. (16384, 64) in groups of 128 rows, that was most of the
+ * call). */
+static void NAME(item_group_fwd)(void *arg, ptrdiff_t g)
+{
+    const NAME(gfwd) *gf = (const NAME(gfwd) *)arg;
+    const fbn_plan *p = gf->f.p;
+    ptrdiff_t i, c, C = p->C;
+    double *tmp = gf->gtmp + g * (2 * C + 2 * p->Cv);
+    NAME(fwd) f;
+    NAME(gfwd_group)(gf, g, &f);
+    for (i = 0; i < fbn_stat_items(p); i++)
+        NAME(item_stats_rows)(&f, i);
+    NAME(gmerge)(&f, tmp, tmp + C, tmp + 2 * C, tmp + 2 * C + p->Cv);
+    for (c = 0; c < C; c++)
+        NAME(finish_channel)(&f, c, tmp[c], tmp[C + c]);
+    NAME(unfold_coef)(p, f.coef, f.coefv);
+    for (i = 0; i < fbn_apply_items(p); i++)
+        NAME(item_apply)(&f, i);
+}
+
+/* Whole-group items for a ghost call of `groups` channel-last groups of
+ * `gbytes` bytes each per array, `arrays` arrays: when each group fits in
+ * the cache budget and there are groups enough for every thread. */
+static int NAME(whole_groups)(const fbn_plan *p, ptrdiff_t groups, ptrdiff_t gbytes,
+                              int arrays)
+{
+    long long nt, fuse, tile;
+    if (!p->cl || groups < 2 || (p->nth > 1 && groups < 2 * (ptrdiff_t)p->nth))
+        return 0;
+    fbn_budgets(p->nth, &nt, &fuse, &tile);
+    return (long long)gbytes * arrays <= fuse;
+}
+
 static int NAME(k_train_ghost)(const T *x, ptrdiff_t groups, ptrdiff_t outer,
                                ptrdiff_t C, ptrdiff_t inner, const T *gamma,
                                const T *beta, const T *z, double eps, int relu,
@@ -100,6 +139,7 @@ static int NAME(k_train_ghost)(const T *x, ptrdiff_t groups, ptrdiff_t outer,
     NAME(gfwd) gf;
     NAME(fwd) fg;
     ptrdiff_t og, g, c, parts, cv, nv;
+    int whole;
     size_t nd, bytes;
     char *mem;
     double *tmp;
@@ -121,9 +161,12 @@ static int NAME(k_train_ghost)(const T *x, ptrdiff_t groups, ptrdiff_t outer,
     parts = fbn_plan_parts(&p);
     cv = p.cl ? p.Cv : 0;
     nv = p.cl && p.fold > 1 ? p.Cv : 0;
+    whole = NAME(whole_groups)(&p, groups, og * C * inner * (ptrdiff_t)sizeof(T),
+                               z ? 3 : 2);
     /* per group: 2*parts doubles of moments and the constants; then
-     * 2*C + 2*cv doubles for the merges */
-    nd = 2 * (size_t)groups * (size_t)parts + 2 * (size_t)C + 2 * (size_t)cv;
+     * 2*C + 2*cv doubles for the merges (per group for whole-group items) */
+    nd = 2 * (size_t)groups * (size_t)parts +
+         (whole ? (size_t)groups : 1) * (2 * (size_t)C + 2 * (size_t)cv);
     bytes = sizeof(double) * nd + sizeof(T) * 4 * (size_t)groups * (size_t)(C + nv);
     mem = (char *)malloc(bytes);
     if (mem == NULL)
@@ -151,8 +194,11 @@ static int NAME(k_train_ghost)(const T *x, ptrdiff_t groups, ptrdiff_t outer,
     gf.vals = og * C * inner;
     gf.parts = parts;
     gf.ncoef = 4 * (C + nv);
+    gf.gtmp = tmp;
     if (p.fused) {
         NAME(gfwd_run)(&gf, groups, NAME(item_fused_tile), p.ntiles, FBN_FORWARD);
+    } else if (whole) {
+        fbn_parallel_for(groups, NAME(item_group_fwd), &gf, p.nth, FBN_FORWARD | p.light);
     } else {
         if (p.cl)
             NAME(gfwd_run)(&gf, groups, NAME(item_stats_rows), fbn_stat_items(&p),
@@ -184,6 +230,7 @@ typedef struct {
     ptrdiff_t cv;     /* channel-last: Cv (the doubles of b.m per group) */
     fbn_item_fn item;
     ptrdiff_t per;
+    double *gtmp;     /* whole-group items: 2*C + 2*Cv doubles per group */
 } NAME(gbwd);
 
 static void NAME(gbwd_group)(const NAME(gbwd) *gb, ptrdiff_t g, NAME(bwd) *b)
@@ -262,6 +309,26 @@ static void NAME(gbtotals)(const NAME(bwd) *b, double *sdy, double *sdyx, double
     }
 }
 
+/* A whole channel-last group of the backward in one item (as
+ * item_group_fwd): its sums, totals and constants, then its dx. */
+static void NAME(item_group_bwd)(void *arg, ptrdiff_t g)
+{
+    const NAME(gbwd) *gb = (const NAME(gbwd) *)arg;
+    const fbn_plan *p = gb->b.p;
+    ptrdiff_t i, c, C = p->C;
+    double *tmp = gb->gtmp + g * (2 * C + 2 * p->Cv);
+    NAME(bwd) b;
+    NAME(gbwd_group)(gb, g, &b);
+    for (i = 0; i < fbn_stat_items(p); i++)
+        NAME(item_bsums_rows)(&b, i);
+    NAME(gbtotals)(&b, tmp, tmp + C, tmp + 2 * C);
+    for (c = 0; c < C; c++)
+        NAME(bfinish_channel)(&b, c, tmp[c], tmp[C + c], (double)p->ntot);
+    NAME(unfold_coef)(p, b.k, b.kv);
+    for (i = 0; i < fbn_apply_items(p); i++)
+        NAME(item_bapply)(&b, i);
+}
+
 static int NAME(k_backward_ghost)(const T *dy, const T *x, const T *y,
                                   ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C,
                                   ptrdiff_t inner, const T *mean, const T *invstd,
@@ -273,6 +340,7 @@ static int NAME(k_backward_ghost)(const T *dy, const T *x, const T *y,
     NAME(gbwd) gb;
     NAME(bwd) bg;
     ptrdiff_t og, g, c, j, parts, cv, nv;
+    int whole;
     size_t nd, bytes;
     char *mem;
     double *tmp, *dg64, *db64;
@@ -295,11 +363,13 @@ static int NAME(k_backward_ghost)(const T *dy, const T *x, const T *y,
     parts = fbn_plan_parts(&p);
     cv = p.cl ? p.Cv : 0;
     nv = p.cl && p.fold > 1 ? p.Cv : 0;
+    whole = NAME(whole_groups)(&p, groups, og * C * inner * (ptrdiff_t)sizeof(T),
+                               (y ? 3 : 2) + (dz ? 2 : 1));
     /* per group: 2*parts doubles of sums, cv doubles of means, the two
      * gradients (2*C doubles) and the constants; then 2*C + 2*cv doubles
-     * for the totals */
+     * for the totals (per group for whole-group items) */
     nd = (size_t)groups * (2 * (size_t)parts + (size_t)cv + 2 * (size_t)C) +
-         2 * (size_t)C + 2 * (size_t)cv;
+         (whole ? (size_t)groups : 1) * (2 * (size_t)C + 2 * (size_t)cv);
     bytes = sizeof(double) * nd + sizeof(T) * 4 * (size_t)groups * (size_t)(C + nv);
     mem = (char *)malloc(bytes);
     if (mem == NULL)
@@ -326,8 +396,11 @@ static int NAME(k_backward_ghost)(const T *dy, const T *x, const T *y,
         for (g = 0; g < groups; g++)
             for (j = 0; j < cv; j++)
                 gb.b.m[g * cv + j] = (double)mean[g * C + j % C];
+    gb.gtmp = tmp;
     if (p.fused) {
         NAME(gbwd_run)(&gb, groups, NAME(item_bfused_tile), p.ntiles, FBN_FORWARD);
+    } else if (whole) {
+        fbn_parallel_for(groups, NAME(item_group_bwd), &gb, p.nth, FBN_FORWARD | p.light);
     } else {
         if (p.cl)
             NAME(gbwd_run)(&gb, groups, NAME(item_bsums_rows), fbn_stat_items(&p),

@@ -311,8 +311,12 @@ class BatchNorm:
         if self.training and self.track_running_stats:
             # the average over the groups of the group means and of the
             # group unbiased variances (every group has n values per channel)
-            self._update_running(mean.astype(np.float64).mean(axis=0),
-                                 var.mean(axis=0), n)
+            G = mean.shape[0]
+            if G == 1:
+                self._update_running(mean[0], var[0], n)
+            else:
+                self._update_running(np.add.reduce(mean, 0, np.float64) / G,
+                                     np.add.reduce(var, 0) / G, n)
         self._cache = (x, y if self.relu else None, mean, invstd, False,
                        residual is not None, None)
         self._ghost_cache = (self.virtual_batch_size, r, d)

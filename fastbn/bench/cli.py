@@ -24,7 +24,7 @@ PARTS = ("kernels", "sweep", "scenarios", "network", "ghost")
 
 #: Timing rounds per part: (full, --quick).
 ROUNDS = {"kernels": (25, 7), "sweep": (5, 3), "scenarios": (5, 2),
-          "network": (21, 5), "ghost": (15, 5)}
+          "network": (21, 5), "ghost": (41, 11)}
 #: Timed calls per block in the between-calls scenarios: (full, --quick).
 SCENARIO_CALLS = (20, 10)
 
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None, metavar="R",
                    help="timing rounds of every part (defaults: kernels "
                         "25/7 with --quick, tiny workloads 4x; sweep 5/3; "
-                        "scenarios 5/2; network 21/5; ghost 15/5)")
+                        "scenarios 5/2; network 21/5; ghost 41/11)")
     p.add_argument("--only", metavar="KEYS",
                    help="kernel workloads to run, comma-separated (implies "
                         "--kernels when no part is named): " +
