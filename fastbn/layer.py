@@ -202,7 +202,7 @@ class BatchNorm:
         if k is not None and self.comm is not None:
             raise ValueError("virtual_batch_size cannot be combined with comm= "
                              "(ghost batches are local by definition)")
-        rmax, dmax = _ghost.check_renorm_clipping(renorm_clipping)
+        _ghost.check_renorm_clipping(renorm_clipping)
         renorm = bool(renorm)
         if renorm and not self.track_running_stats:
             raise ValueError("renorm=True needs running statistics "
@@ -213,10 +213,22 @@ class BatchNorm:
                              "(synchronised batch norm) in this version")
         self.virtual_batch_size = k
         self.renorm = renorm
-        self.renorm_clipping = (None if renorm_clipping is None else
-                                {"rmax": rmax, "dmax": dmax})
-        self._rclip = (rmax, dmax)
+        self.renorm_clipping = renorm_clipping
         self._ghost_cache = None
+
+    @property
+    def renorm_clipping(self):
+        """``{'rmax': ..., 'dmax': ...}`` (floats; inf: no clipping) or None.
+        May be set between steps (e.g. relaxed from rmax=1, dmax=0 to 3 and
+        5 as in Ioffe 2017); checked as the constructor's argument."""
+        return self._renorm_clipping
+
+    @renorm_clipping.setter
+    def renorm_clipping(self, clipping):
+        rmax, dmax = _ghost.check_renorm_clipping(clipping)
+        self._renorm_clipping = (None if clipping is None else
+                                 {"rmax": rmax, "dmax": dmax})
+        self._rclip = (rmax, dmax)
 
     # ------------------------------------------------------------------ modes
     def train(self, mode=True):

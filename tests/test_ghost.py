@@ -654,6 +654,24 @@ def test_renorm_errors():
         fastbn.BatchNorm(3, renorm=True, comm=object())
     bn = fastbn.BatchNorm(3, renorm=True, renorm_clipping={"rmax": 3, "dmax": 5})
     assert bn.renorm_clipping == {"rmax": 3.0, "dmax": 5.0}
+    with pytest.raises(ValueError, match=r"renorm_clipping\['rmax'\] must be >= 1"):
+        bn.renorm_clipping = {"rmax": 0}
+    assert bn.renorm_clipping == {"rmax": 3.0, "dmax": 5.0}  # unchanged
+
+
+def test_renorm_clipping_may_change_between_steps(rng):
+    """Ioffe's schedule: start as batch norm (rmax=1, dmax=0), relax."""
+    x = make_x(rng, (8, 3, 5), 1, np.float64)
+    rm, rv = rng.standard_normal(3), rng.uniform(0.2, 4.0, 3)
+    bn = _renorm_layer(3, 1, np.float64, rm, rv, {"rmax": 1, "dmax": 0})
+    y0 = bn(x)
+    assert_close(y0, reference.batch_norm_train(x, bn.gamma, bn.beta)[0], np.float64)
+    bn.running_mean[...] = rm
+    bn.running_var[...] = rv
+    bn.renorm_clipping = None
+    assert bn.renorm_clipping is None
+    assert_close(bn(x), reference.batch_norm_infer(x, rm, rv, bn.gamma, bn.beta),
+                 np.float64)
 
 
 # ------------------------------------------------------- tf-keras 2 (oracle)
