@@ -706,3 +706,13 @@ def test_forward_matches_tf_keras_virtual_batch_size(shape, k):
     assert_close(ours, y, np.float32, factor=10)
     # and the reorder matters: on the batch as it is, Keras's groups differ
     assert not np.allclose(ours, layer(x, training=True).numpy(), atol=1e-3)
+
+
+def test_comm_with_virtual_batch_size_raises_on_every_rank():
+    """With a real communicator: the ranks that pass both raise ValueError,
+    the others RuntimeError naming them; nobody hangs."""
+    from test_mpi import TESTS_DIR, need_mpi4py, run_mpi
+    need_mpi4py()
+    rc, out = run_mpi(2, TESTS_DIR / "mpi_ghost_worker.py")
+    assert rc == 0, out
+    assert "mpi_ghost_worker: 2 ranks ok" in out, out
