@@ -43,11 +43,14 @@
 #define FBN_MIN_ROWS 64
 /* Problems with fewer values than this run on the calling thread. */
 #define FBN_SERIAL_MAX 32768
-/* Problems with fewer values than this do not wake sleeping helpers (they
- * use awake ones): waking one took 30-300 us on a 2-vCPU VM, about the
- * time of the whole call, and next to another library's spinning threads
- * the wake itself cost the caller about 10 us. */
-#define FBN_WAKE_VALUES 262144
+/* Calls that move fewer bytes than this (every array read or written,
+ * counted once) do not wake sleeping helpers (they use awake ones): waking
+ * one took 30-300 us on a 2-vCPU VM, about the time of the whole call, and
+ * next to another library's spinning threads the wake itself cost the
+ * caller about 10 us.  Counting bytes, not values, makes the rule follow
+ * the work: a backward moves four arrays, a forward two, float64 twice the
+ * bytes of float32 (2 MB: a float32 forward of 256K values). */
+#define FBN_WAKE_BYTES 2097152
 /* Independent accumulators in the reductions: lets the compiler vectorise
  * without reassociating (results do not depend on the data's alignment). */
 #define FBN_LANES 16
@@ -172,10 +175,10 @@ const char *fbn_build_info(void) { return FBN_COMPILER "; " FBN_SIMD; }
 static long long fbn_cache[3];
 /* Tuning: -1 means "from the caches" (see fbn_budget). */
 static long long fbn_tune_nt = -1, fbn_tune_fuse = -1, fbn_tune_tile = -1;
-/* Problems with fewer values run on the caller alone, or do not wake
- * sleeping helpers (tunable for tests). */
+/* Problems with fewer values run on the caller alone; calls that move
+ * fewer bytes do not wake sleeping helpers (tunable for tests). */
 static long long fbn_serial_max = FBN_SERIAL_MAX;
-static long long fbn_wake_min = FBN_WAKE_VALUES;
+static long long fbn_wake_min = FBN_WAKE_BYTES;
 
 #if defined(__linux__)
 #include <stdio.h>
@@ -286,21 +289,21 @@ static void fbn_budgets(int nth, long long *nt, long long *fuse, long long *tile
 }
 
 void fbn_set_tuning(long long nt_bytes, long long fuse_bytes, long long tile_bytes,
-                    long long serial_values, long long wake_values)
+                    long long serial_values, long long wake_bytes)
 {
     fbn_tune_nt = nt_bytes < 0 ? -1 : nt_bytes;
     fbn_tune_fuse = fuse_bytes < 0 ? -1 : fuse_bytes;
     fbn_tune_tile = tile_bytes < 0 ? -1 : tile_bytes;
     fbn_serial_max = serial_values < 0 ? FBN_SERIAL_MAX : serial_values;
-    fbn_wake_min = wake_values < 0 ? FBN_WAKE_VALUES : wake_values;
+    fbn_wake_min = wake_bytes < 0 ? FBN_WAKE_BYTES : wake_bytes;
 }
 
 void fbn_get_tuning(long long *nt_bytes, long long *fuse_bytes, long long *tile_bytes,
-                    long long *serial_values, long long *wake_values)
+                    long long *serial_values, long long *wake_bytes)
 {
     fbn_budgets(1, nt_bytes, fuse_bytes, tile_bytes);
     *serial_values = fbn_serial_max;
-    *wake_values = fbn_wake_min;
+    *wake_bytes = fbn_wake_min;
 }
 
 /* ---- memory traffic ------------------------------------------------------ */
@@ -459,7 +462,7 @@ static void fbn_plan_make_g(fbn_plan *p, ptrdiff_t groups, ptrdiff_t outer, ptrd
     ptrdiff_t ntot = outer * inner, size = ntot * C * groups;
     long long nt_bytes, fuse, tile, out_bytes = (long long)size * (long long)sz;
     memset(p, 0, sizeof *p);
-    p->light = size < fbn_wake_min ? FBN_LIGHT : 0;
+    p->light = out_bytes * (nstat + nextra + nout) < fbn_wake_min ? FBN_LIGHT : 0;
     if (C == 1) { /* one contiguous run */
         outer = 1;
         inner = ntot;

@@ -82,14 +82,15 @@ void fbn_cache_sizes(long long *l1, long long *l2, long long *l3);
  *   tile_bytes: bytes read by one statistics tile (default 1/4 of L2);
  *   serial_values: calls on fewer values run on the caller alone
  *               (default 32768);
- *   wake_values: calls on fewer values do not wake sleeping helpers, they
- *               use those that are awake (default 262144).
+ *   wake_bytes: calls that move fewer bytes (every array read or written,
+ *               once) do not wake sleeping helpers, they use those that
+ *               are awake (default 2 MB).
  * No setting changes a result's bits, only the speed.  fbn_get_tuning
  * gives the values in effect. */
 void fbn_set_tuning(long long nt_bytes, long long fuse_bytes, long long tile_bytes,
-                    long long serial_values, long long wake_values);
+                    long long serial_values, long long wake_bytes);
 void fbn_get_tuning(long long *nt_bytes, long long *fuse_bytes, long long *tile_bytes,
-                    long long *serial_values, long long *wake_values);
+                    long long *serial_values, long long *wake_bytes);
 
 /* Scheduling of the kernels' work onto threads (see pool.h).
  * fbn_set_scheduler("pool" | "openmp"): the caller-runs pool (default) or

@@ -25,9 +25,9 @@ cdef extern from "fastbn.h" nogil:
     void fbn_init()
     void fbn_cache_sizes(long long *l1, long long *l2, long long *l3)
     void fbn_set_tuning(long long nt_bytes, long long fuse_bytes, long long tile_bytes,
-                        long long serial_values, long long wake_values)
+                        long long serial_values, long long wake_bytes)
     void fbn_get_tuning(long long *nt_bytes, long long *fuse_bytes, long long *tile_bytes,
-                        long long *serial_values, long long *wake_values)
+                        long long *serial_values, long long *wake_bytes)
     int fbn_set_scheduler(const char *name)
     const char *fbn_scheduler()
     long fbn_set_spin_us(long us)
@@ -196,8 +196,8 @@ def set_tuning(nt=None, fuse=None, tile=None, serial=None, wake=None):
     csrc/fastbn.h): byte thresholds for non-temporal stores (`nt`), fused
     channel-first tiles (`fuse`), the bytes of a statistics tile (`tile`);
     the number of values below which a call runs on its caller alone
-    (`serial`), and below which it does not wake sleeping helpers
-    (`wake`).  None (or < 0) means the default.  No setting changes a
+    (`serial`), and the bytes a call moves (every array read or written,
+    once) below which it does not wake sleeping helpers (`wake`).  None (or < 0) means the default.  No setting changes a
     result's bits.  Returns the previous settings as a dict (None where
     default), so that ``set_tuning(**old)`` restores them."""
     global _tuning

@@ -184,7 +184,7 @@ with fastbn.num_threads(2):
 
 
 def test_short_calls_wake_helpers_only_in_bursts():
-    """Calls under the wake threshold (256K values) with other work or idle
+    """Calls under the wake threshold (moving under 2 MB) with other work or idle
     time between them run on their caller while the helpers sleep (here:
     none is ever started); back-to-back, the first few run alone and then
     the helpers are woken (started)."""
