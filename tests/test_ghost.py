@@ -716,3 +716,41 @@ def test_comm_with_virtual_batch_size_raises_on_every_rank():
     rc, out = run_mpi(2, TESTS_DIR / "mpi_ghost_worker.py")
     assert rc == 0, out
     assert "mpi_ghost_worker: 2 ranks ok" in out, out
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_shapes_against_reference(seed, tuning, restore_threads):
+    """Random shapes, channel axes, group sizes, options, plans and thread
+    counts: the forward against the float64 reference, the backward's dx
+    against each group's reference gradient."""
+    rng = np.random.default_rng(100 + seed)
+    ndim = int(rng.integers(2, 5))
+    shape = [int(v) for v in rng.integers(1, 9, ndim)]
+    k = int(rng.integers(1, 5))
+    shape[0] = k * int(rng.integers(1, 6))
+    if k * int(np.prod(shape[1:])) // shape[1] < 2:
+        shape[-1] += 2  # at least 2 values per channel in a group (axis 1)
+    shape = tuple(shape)
+    axis = int(rng.integers(1, ndim)) - (ndim if rng.random() < 0.5 else 0)
+    C = shape[axis]
+    if k * int(np.prod(shape)) // shape[0] // C < 2:
+        pytest.skip("fewer than 2 values per channel in a group")
+    dtype = np.float64 if rng.random() < 0.5 else np.float32
+    relu, use_z = bool(rng.random() < 0.5), bool(rng.random() < 0.5)
+    tuning(serial=0, wake=0, fuse=[None, 0, 1 << 50][seed % 3])
+    x, g, b, z, _, _ = _problem(rng, shape, axis, dtype, residual=use_z)
+    dy = rng.standard_normal(shape).astype(dtype)
+    with fastbn.num_threads(1 + seed % 3):
+        y, m, s = fastbn.batch_norm_train(x, g, b, axis=axis, relu=relu, residual=z,
+                                          virtual_batch_size=k)
+        dx = fastbn.batch_norm_backward(dy, x, m, s, g, axis=axis,
+                                        y=y if relu else None,
+                                        virtual_batch_size=k)[0]
+    ry, rm, rs = ref_ghost(x, g, b, axis, k, relu, z)
+    assert_close(y, ry, dtype)
+    assert_close(m, rm, dtype)
+    for i in range(shape[0] // k):
+        sl = slice(i * k, (i + 1) * k)
+        rdx = ref_backward(dy[sl], x[sl], m[i], s[i], g, axis,
+                           y[sl] if relu else None)[0]
+        assert_close(dx[sl], rdx, dtype, factor=10)
