@@ -406,6 +406,11 @@ typedef struct {
     T *kv;           /* channel-last: those of the Cv virtual channels of
                         folded rows (k when not folded) */
     T *dgamma, *dbeta;
+    const double *rr, *rd; /* batch renormalization's r and d (C values
+                              each; NULL: none) */
+    double *dg64, *db64;   /* ghost batches: dgamma and dbeta of the
+                              group in double (C values each), in place
+                              of dgamma, dbeta */
 } NAME(bwd);
 
 /* The arguments every backward kernel shares, into b (the rest zero). */
@@ -426,12 +431,37 @@ static void NAME(bwd_init)(NAME(bwd) *b, const fbn_plan *p, const T *dy,
     b->dz = dz;
 }
 
+/* bfinish_channel of a ghost group or a renormalised forward: the scale
+ * is gamma*r (r = 1 without renormalization), dgamma = r*sum(dy'*xhat) +
+ * d*sum(dy') and dbeta = sum(dy') go to dg64, db64 in double. */
+static void NAME(bfinish_ghost)(NAME(bwd) *b, ptrdiff_t c, double sdy, double sdyx,
+                                double count)
+{
+    ptrdiff_t C = b->p->C;
+    int tr = b->training;
+    double inv = (double)b->invstd[c], r = b->rr ? b->rr[c] : 1.0;
+    double A = (b->gamma ? (double)b->gamma[c] : 1.0) * r * inv;
+    double dg = sdyx * inv;
+    b->k[c] = b->mean[c];
+    b->k[C + c] = (T)A;
+    b->k[2 * C + c] = (T)(-A * inv * inv * ((tr ? sdyx : 0.0) / (tr ? count : 1.0)));
+    b->k[3 * C + c] = (T)(-A * ((tr ? sdy : 0.0) / (tr ? count : 1.0)));
+    if (b->rr)
+        dg = r * dg + b->rd[c] * sdy;
+    b->dg64[c] = dg;
+    b->db64[c] = sdy;
+}
+
 /* The constants of channel c from its reductions (and dgamma, dbeta when
  * they are wanted). */
 static void NAME(bfinish_channel)(NAME(bwd) *b, ptrdiff_t c, double sdy,
                                   double sdyx, double count)
 {
     int tr = b->training;
+    if (b->dg64) {
+        NAME(bfinish_ghost)(b, c, sdy, sdyx, count);
+        return;
+    }
     NAME(bcoef_one)(b->k, b->p->C, c, b->mean, b->invstd, b->gamma, tr ? sdy : 0.0,
                     tr ? sdyx : 0.0, tr ? count : 1.0);
     if (b->dgamma) {

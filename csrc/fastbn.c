@@ -451,12 +451,15 @@ typedef struct {
  * sz bytes: nstat arrays read by the reductions (and again by the
  * elementwise pass), nextra arrays read only by the elementwise pass (the
  * residual), nout arrays written, ops FBN_OP_*.  Needs outer*inner >= 1
- * and C >= 1. */
-static void fbn_plan_make(fbn_plan *p, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
-                          size_t sz, int nstat, int nextra, int nout, int ops,
-                          int nthreads)
+ * and C >= 1.  groups > 1 (ghost batches, ghost_impl.h): the call is that
+ * many independent (outer, C, inner) blocks one after the other, each with
+ * this plan, whose items all run in one parallel job; the threads, light
+ * calls and streamed stores are chosen for the whole call. */
+static void fbn_plan_make_g(fbn_plan *p, ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C,
+                            ptrdiff_t inner, size_t sz, int nstat, int nextra, int nout,
+                            int ops, int nthreads)
 {
-    ptrdiff_t ntot = outer * inner, size = ntot * C;
+    ptrdiff_t ntot = outer * inner, size = ntot * C * groups;
     long long nt_bytes, fuse, tile, out_bytes = (long long)size * (long long)sz;
     memset(p, 0, sizeof *p);
     p->light = out_bytes * (nstat + nextra + nout) < fbn_wake_min ? FBN_LIGHT : 0;
@@ -488,7 +491,7 @@ static void fbn_plan_make(fbn_plan *p, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t i
         p->ab = fbn_max(1, FBN_APPLY_VALUES / p->Cv);
         p->nab = fbn_cdiv(p->outerv, p->ab);
         p->nth = fbn_threads(nthreads, size,
-                             fbn_max(p->nb, p->nab) + (p->rem > 0));
+                             groups * (fbn_max(p->nb, p->nab) + (p->rem > 0)));
         fbn_budgets(p->nth, &nt_bytes, &fuse, &tile);
         p->nt = FBN_HAVE_NT && (ops & FBN_OP_APPLY) && out_bytes >= nt_bytes;
         (void)nextra;
@@ -503,7 +506,7 @@ static void fbn_plan_make(fbn_plan *p, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t i
         p->nk = fbn_cdiv(ntot, FBN_CHUNK);
         p->ab = FBN_APPLY_VALUES;
         p->nab = fbn_cdiv(size, p->ab);
-        nth = fbn_threads(nthreads, size, fbn_max(C, p->nk));
+        nth = fbn_threads(nthreads, size, groups * fbn_max(C, p->nk));
         fbn_budgets(nth, &nt_bytes, &fuse, &tile);
         nt_big = FBN_HAVE_NT && (ops & FBN_OP_APPLY) && out_bytes >= nt_bytes;
         /* the bytes of a channel that a fused tile keeps in cache: outputs
@@ -512,12 +515,12 @@ static void fbn_plan_make(fbn_plan *p, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t i
         /* fused when a channel's arrays fit in the budget and there are
          * channels enough for every thread */
         p->fused = ops == (FBN_OP_STATS | FBN_OP_APPLY) && foot <= fuse &&
-                   (nth == 1 || C >= 2 * (ptrdiff_t)nth);
+                   (nth == 1 || groups * C >= 2 * (ptrdiff_t)nth);
         if (p->fused) {
             ptrdiff_t g_fit = fbn_max(1, (ptrdiff_t)(fuse / foot));
             p->g = fbn_min(g_fit, g_run);
             if (nth > 1)
-                p->g = fbn_max(1, fbn_min(p->g, C / (FBN_ITEMS_PER_THREAD * nth)));
+                p->g = fbn_max(1, fbn_min(p->g, groups * C / (FBN_ITEMS_PER_THREAD * nth)));
             p->kt = p->nk;
         } else {
             ptrdiff_t ncg;
@@ -525,8 +528,8 @@ static void fbn_plan_make(fbn_plan *p, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t i
             p->kt = (ptrdiff_t)(tile / (p->g * FBN_CHUNK * (ptrdiff_t)sz * fbn_max(1, nstat)));
             p->kt = fbn_max(1, fbn_min(p->kt, p->nk));
             ncg = fbn_cdiv(C, p->g);
-            if (nth > 1 && ncg * fbn_cdiv(p->nk, p->kt) < FBN_ITEMS_PER_THREAD * nth)
-                p->kt = fbn_max(1, p->nk / fbn_cdiv(FBN_ITEMS_PER_THREAD * nth, ncg));
+            if (nth > 1 && groups * ncg * fbn_cdiv(p->nk, p->kt) < FBN_ITEMS_PER_THREAD * nth)
+                p->kt = fbn_max(1, p->nk / fbn_cdiv(FBN_ITEMS_PER_THREAD * nth, groups * ncg));
         }
         p->ncg = fbn_cdiv(C, p->g);
         p->nkg = fbn_cdiv(p->nk, p->kt);
@@ -543,6 +546,14 @@ static void fbn_plan_make(fbn_plan *p, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t i
     }
 }
 
+/* The plan of an ordinary call: one group. */
+static void fbn_plan_make(fbn_plan *p, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
+                          size_t sz, int nstat, int nextra, int nout, int ops,
+                          int nthreads)
+{
+    fbn_plan_make_g(p, 1, outer, C, inner, sz, nstat, nextra, nout, ops, nthreads);
+}
+
 /* The plan a kernel would make, for tests and the benchmark report:
  * fields[0..10] = channel-last, threads, non-temporal stores, fused,
  * channels per tile, chunks per tile, tiles, chunks per channel, row
@@ -555,6 +566,27 @@ void fbn_describe_plan(ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner, int elsize
     fbn_plan p;
     fbn_plan_make(&p, outer, C, inner, (size_t)elsize, nstat, nextra, nout, ops,
                   nthreads);
+    fields[0] = p.cl;
+    fields[1] = p.nth;
+    fields[2] = p.nt;
+    fields[3] = p.fused;
+    fields[4] = p.g;
+    fields[5] = p.kt;
+    fields[6] = p.ntiles;
+    fields[7] = p.nk;
+    fields[8] = p.nb;
+    fields[9] = p.nab;
+    fields[10] = p.cl ? p.fold : 1;
+}
+
+/* The plan of a ghost call over `groups` blocks (fields as above). */
+void fbn_describe_plan_groups(ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C,
+                              ptrdiff_t inner, int elsize, int nstat, int nextra,
+                              int nout, int ops, int nthreads, long long *fields)
+{
+    fbn_plan p;
+    fbn_plan_make_g(&p, groups, outer, C, inner, (size_t)elsize, nstat, nextra, nout,
+                    ops, nthreads);
     fields[0] = p.cl;
     fields[1] = p.nth;
     fields[2] = p.nt;
@@ -687,6 +719,24 @@ static void fbn_merge_blocks(const double *pm, const double *pq, ptrdiff_t C,
 FBN_DEFINE_OPS(float, f32)
 FBN_DEFINE_OPS(double, f64)
 
+/* Table of one element type's ghost-batch and renormalization kernels
+ * (ghost_impl.h; same signatures as fastbn.h). */
+#define FBN_GOPS_TYPE_(s) fbn_gops_##s
+#define FBN_GOPS_TYPE(s) FBN_GOPS_TYPE_(s)
+#define FBN_DEFINE_GOPS(T, SFX)                                                \
+    typedef struct {                                                           \
+        int (*train_forward)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t,       \
+                             ptrdiff_t, const T *, const T *, const T *,       \
+                             double, int, const fbn_renorm *, T *, T *, T *,   \
+                             double *, double *, double *, int);               \
+        int (*backward)(const T *, const T *, const T *, ptrdiff_t, ptrdiff_t, \
+                        ptrdiff_t, ptrdiff_t, const T *, const T *, const T *, \
+                        const double *, const double *, int, T *, T *, T *,    \
+                        T *, int);                                             \
+    } fbn_gops_##SFX;
+FBN_DEFINE_GOPS(float, f32)
+FBN_DEFINE_GOPS(double, f64)
+
 /* The portable baseline (SSE2 on x86-64; whatever the target has
  * elsewhere). */
 #define FBN_ISA base
@@ -812,3 +862,44 @@ const char *fbn_simd_available(void)
 #include "dispatch_impl.h"
 #undef T
 #undef SFX
+
+/* ---- ghost batches and renormalization: dispatch ------------------------ */
+
+static const fbn_gops_f32 *const fbn_gtable_f32[] = {
+    &gops_f32_base,
+#if FBN_HAVE_DISPATCH
+    &gops_f32_avx2, &gops_f32_avx512,
+#endif
+};
+static const fbn_gops_f64 *const fbn_gtable_f64[] = {
+    &gops_f64_base,
+#if FBN_HAVE_DISPATCH
+    &gops_f64_avx2, &gops_f64_avx512,
+#endif
+};
+
+#define FBN_GHOST_ENTRIES(T, SFX)                                              \
+    int fbn_train_forward_ghost_##SFX(                                         \
+        const T *x, ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C,            \
+        ptrdiff_t inner, const T *gamma, const T *beta, const T *z,            \
+        double eps, int relu, const fbn_renorm *rn, T *y, T *mean_out,         \
+        T *invstd_out, double *var_out, double *r_out, double *d_out,          \
+        int nthreads)                                                          \
+    {                                                                          \
+        return fbn_gtable_##SFX[fbn_active_isa()]->train_forward(              \
+            x, groups, outer, C, inner, gamma, beta, z, eps, relu, rn, y,      \
+            mean_out, invstd_out, var_out, r_out, d_out, nthreads);            \
+    }                                                                          \
+    int fbn_backward_ghost_##SFX(                                              \
+        const T *dy, const T *x, const T *y, ptrdiff_t groups,                 \
+        ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner, const T *mean,          \
+        const T *invstd, const T *gamma, const double *r, const double *d,     \
+        int training, T *dx, T *dz, T *dgamma, T *dbeta, int nthreads)         \
+    {                                                                          \
+        return fbn_gtable_##SFX[fbn_active_isa()]->backward(                   \
+            dy, x, y, groups, outer, C, inner, mean, invstd, gamma, r, d,      \
+            training, dx, dz, dgamma, dbeta, nthreads);                        \
+    }
+FBN_GHOST_ENTRIES(float, f32)
+FBN_GHOST_ENTRIES(double, f64)
+#undef FBN_GHOST_ENTRIES

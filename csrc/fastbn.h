@@ -191,6 +191,70 @@ FBN_DECLARE(double, f64)
 
 #undef FBN_DECLARE
 
+/* ---- ghost (virtual) batches and batch renormalization ------------------
+ *
+ * Ghost batches: the (outer, C, inner) block is `groups` blocks of
+ * (outer/groups, C, inner) one after the other (the batch axis split into
+ * groups of consecutive samples), each normalised with its own statistics
+ * exactly as an ordinary call on that block would (bit for bit); the
+ * items of all groups run in one parallel job.  outer % groups must be 0
+ * (FBN_EINVAL otherwise).  Per-group results are (groups, C) arrays,
+ * group-major.
+ *
+ * Batch renormalization (Ioffe 2017): with the batch statistics mu_B,
+ * sigma_B = sqrt(var_B + eps) of a group and the running ones mu,
+ * sigma = sqrt(running_var + eps):
+ *   r = clip(sigma_B / sigma, 1/rmax, rmax),
+ *   d = clip((mu_B - mu) / sigma, -dmax, dmax),
+ *   y = act(gamma * ((x - mu_B) / sigma_B * r + d) + beta + z),
+ * computed as the ordinary pass with per-channel constants
+ * a = gamma*r/sigma_B, b = beta + gamma*d (no extra pass).  The backward
+ * holds r and d constant: dx is the ordinary backward with gamma*r as the
+ * scale, dgamma = sum(dy' * (r*xhat + d)), dbeta = sum(dy'). */
+typedef struct {
+    const double *mean;  /* C running means */
+    const double *sigma; /* C values sqrt(running_var + eps) */
+    double rmax;         /* >= 1; INFINITY: r not clipped */
+    double dmax;         /* >= 0; INFINITY: d not clipped */
+} fbn_renorm;
+
+#define FBN_DECLARE_GHOST(T, SFX)                                              \
+  /* Training forward over `groups` ghost batches, optionally renormalised   \
+   * (rn not NULL).  Arguments as fbn_train_forward; mean_out, invstd_out:   \
+   * groups*C values of T; var_out (may be NULL): groups*C doubles;          \
+   * r_out, d_out: groups*C doubles, r and d (needed when rn is given, else  \
+   * may be NULL).  Needs outer/groups*inner >= 1.  groups == 1 without rn   \
+   * is fbn_train_forward itself. */                                         \
+  int fbn_train_forward_ghost_##SFX(                                         \
+      const T *x, ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C,            \
+      ptrdiff_t inner, const T *gamma, const T *beta, const T *z,            \
+      double eps, int relu, const fbn_renorm *rn, T *y, T *mean_out,         \
+      T *invstd_out, double *var_out, double *r_out, double *d_out,          \
+      int nthreads);                                                         \
+                                                                             \
+  /* Whole backward over `groups` ghost batches: mean, invstd: groups*C      \
+   * values of T (what the forward returned); gamma: C values (may be NULL); \
+   * r, d: groups*C doubles from a renormalised forward (both NULL           \
+   * otherwise).  dgamma, dbeta: C values of T, the sums over the groups     \
+   * (in double, in group order).  Other arguments as fbn_backward;          \
+   * groups == 1 without r and d is fbn_backward itself. */                  \
+  int fbn_backward_ghost_##SFX(                                              \
+      const T *dy, const T *x, const T *y, ptrdiff_t groups,                 \
+      ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner, const T *mean,          \
+      const T *invstd, const T *gamma, const double *r, const double *d,     \
+      int training, T *dx, T *dz, T *dgamma, T *dbeta, int nthreads);
+
+FBN_DECLARE_GHOST(float, f32)
+FBN_DECLARE_GHOST(double, f64)
+
+#undef FBN_DECLARE_GHOST
+
+/* The plan of a ghost call (fbn_describe_plan's fields) over `groups`
+ * blocks of (outer, C, inner) each. */
+void fbn_describe_plan_groups(ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C,
+                              ptrdiff_t inner, int elsize, int nstat, int nextra,
+                              int nout, int ops, int nthreads, long long *fields);
+
 #ifdef __cplusplus
 }
 #endif

@@ -405,7 +405,34 @@ typedef struct {
                            channels of folded rows (coef when not folded) */
     T *mean_out, *invstd_out;
     double *var_out;
+    const fbn_renorm *rn; /* batch renormalization (NULL: none) */
+    double *r_out, *d_out; /* its r and d, C values each (with rn) */
 } NAME(fwd);
+
+/* Batch renormalization of channel c (f->rn, see fastbn.h): r and d from
+ * the batch's mean and variance and the running statistics, clipped, and
+ * the constants a = gamma*r*invstd, b = beta + gamma*d in place of
+ * coef_one's.  NaN in the statistics stays NaN (and stays in channel c). */
+static void NAME(renorm_channel)(NAME(fwd) *f, ptrdiff_t c, double mean, double var)
+{
+    const fbn_renorm *rn = f->rn;
+    ptrdiff_t C = f->p->C;
+    double sb = sqrt(var + f->eps), inv = 1.0 / sb;
+    double s = rn->sigma[c], g = f->gamma ? (double)f->gamma[c] : 1.0;
+    double r = sb / s, d = (mean - rn->mean[c]) / s;
+    if (r < 1.0 / rn->rmax)
+        r = 1.0 / rn->rmax;
+    else if (r > rn->rmax)
+        r = rn->rmax;
+    if (d < -rn->dmax)
+        d = -rn->dmax;
+    else if (d > rn->dmax)
+        d = rn->dmax;
+    f->coef[2 * C + c] = (T)(g * r * inv);
+    f->coef[3 * C + c] = (T)((f->beta ? (double)f->beta[c] : 0.0) + g * d);
+    f->r_out[c] = r;
+    f->d_out[c] = d;
+}
 
 /* The statistics of one channel from its merged moments: its constants and
  * the outputs of the training forward. */
@@ -418,6 +445,8 @@ static void NAME(finish_channel)(NAME(fwd) *f, ptrdiff_t c, double mean, double 
     f->invstd_out[c] = (T)inv;
     if (f->var_out)
         f->var_out[c] = var;
+    if (f->rn)
+        NAME(renorm_channel)(f, c, mean, var);
 }
 
 /* A statistics tile (channel-first): moments of its chunks. */
@@ -576,6 +605,7 @@ static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
         return FBN_OK;
     fbn_plan_make(&p, outer, C, inner, sizeof(T), 1, z ? 1 : 0, 1,
                   FBN_OP_STATS | FBN_OP_APPLY, nthreads);
+    memset(&f, 0, sizeof f);
     f.p = &p;
     f.x = x;
     f.z = z;
@@ -679,6 +709,7 @@ static int NAME(k_apply)(const T *x, ptrdiff_t outer, ptrdiff_t C,
 }
 
 #include "backward_impl.h"
+#include "ghost_impl.h"
 
 #if FBN_VEC
 #undef FBN_VN

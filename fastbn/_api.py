@@ -147,7 +147,7 @@ def _train(x, gamma, beta, axis, eps, relu, residual, out, comm, want_var):
 
 
 def batch_norm_train(x, gamma=None, beta=None, *, axis=1, eps=1e-5, relu=False,
-                     residual=None, out=None, comm=None):
+                     residual=None, out=None, comm=None, virtual_batch_size=None):
     """Training-mode batch normalization.
 
     ``y = relu((x - mean) / sqrt(var + eps) * gamma + beta + residual)`` with
@@ -161,8 +161,21 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis=1, eps=1e-5, relu=False,
     valid), and ranks that disagree on the channel count or dtype raise
     ValueError.
 
+    ``virtual_batch_size=k`` (ghost batch normalization, Hoffer et al.
+    2017): axis 0 (the batch axis; not the channel axis) is split into
+    ``G = N // k`` groups of ``k`` consecutive samples (samples
+    ``g*k .. g*k+k-1`` form group ``g``), each normalised with its own
+    statistics; ``mean`` and ``invstd`` then have shape ``(G, C)`` (pass
+    them and the same ``virtual_batch_size`` to batch_norm_backward).
+    ``N % k`` must be 0; ``k = N`` gives ordinary batch norm bit for bit.
+    Keras's ``virtual_batch_size`` groups every G-th sample instead.  Not
+    combinable with ``comm``.
+
     Returns ``(y, mean, invstd)`` with ``invstd = 1/sqrt(var + eps)``.
     """
+    if virtual_batch_size is not None:
+        return _ghost_train(x, gamma, beta, axis, eps, relu, residual, out, comm,
+                            virtual_batch_size)
     args = (x, gamma, beta, axis, eps, relu, residual, out, comm, False)
     if comm is not None:  # an error on any rank raises on every rank
         y, mean, invstd, _, _ = _mpi().run(_mpi().FORWARD, comm, _train, *args)
@@ -189,7 +202,8 @@ def batch_norm_infer(x, mean, var, gamma=None, beta=None, *, axis=1, eps=1e-5,
 
 
 def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
-                        training=True, residual=False, out=None, comm=None):
+                        training=True, residual=False, out=None, comm=None,
+                        virtual_batch_size=None):
     """Gradients of batch normalization.
 
     ``dy`` is the gradient of the loss with respect to the forward output,
@@ -206,7 +220,14 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
     ``dbeta = sum(dy')`` are always returned, even when the forward had no
     gamma or beta.  ``comm`` all-reduces the two per-channel sums (with
     ``training=True``), with the same error guarantee as batch_norm_train.
+    With ``virtual_batch_size=k`` (as given to batch_norm_train) the
+    gradient is that of each ghost batch through its own statistics
+    (``mean``, ``invstd`` of shape ``(G, C)``); ``dgamma`` and ``dbeta``
+    are summed over the groups.
     """
+    if virtual_batch_size is not None:
+        return _ghost_backward(dy, x, mean, invstd, gamma, axis, y, training,
+                               residual, out, comm, virtual_batch_size)
     args = (dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm)
     if comm is not None and training:  # an error on any rank raises on every rank
         return _mpi().run(_mpi().BACKWARD, comm, _backward, *args)
@@ -241,3 +262,25 @@ def _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm
     if residual:
         return dx, dgamma, dbeta, dz
     return dx, dgamma, dbeta
+
+
+def _ghost_train(x, gamma, beta, axis, eps, relu, residual, out, comm, k):
+    """batch_norm_train with virtual_batch_size (fastbn._ghost)."""
+    from . import _ghost
+    k = _ghost.check_virtual_batch_size(k)
+    if comm is not None:
+        _ghost.comm_error(False, comm)
+    y, mean, invstd, _, _, _, _ = _ghost.train(x, gamma, beta, axis, eps, relu,
+                                               residual, out, k)
+    return y, mean, invstd
+
+
+def _ghost_backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out,
+                    comm, k):
+    """batch_norm_backward with virtual_batch_size (fastbn._ghost)."""
+    from . import _ghost
+    k = _ghost.check_virtual_batch_size(k)
+    if comm is not None:
+        _ghost.comm_error(True, comm)
+    return _ghost.backward(dy, x, mean, invstd, gamma, axis, y, training, residual,
+                           out, k)

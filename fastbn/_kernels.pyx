@@ -479,3 +479,162 @@ def backward(dy, x, y, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, mean,
                                   <double *>pdg, <double *>pdb, nthreads)
     _check(st)
     return dgamma, dbeta
+
+
+# ---- ghost (virtual) batches and batch renormalization (csrc/ghost_impl.h)
+
+cdef extern from "fastbn.h" nogil:
+    ctypedef struct fbn_renorm:
+        const double *mean
+        const double *sigma
+        double rmax
+        double dmax
+    void fbn_describe_plan_groups(Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
+                                  Py_ssize_t inner, int elsize, int nstat, int nextra,
+                                  int nout, int ops, int nthreads, long long *fields)
+    int fbn_train_forward_ghost_f32(const float *x, Py_ssize_t groups, Py_ssize_t outer,
+                                    Py_ssize_t C, Py_ssize_t inner, const float *gamma,
+                                    const float *beta, const float *z, double eps,
+                                    int relu, const fbn_renorm *rn, float *y,
+                                    float *mean_out, float *invstd_out,
+                                    double *var_out, double *r_out, double *d_out,
+                                    int nthreads)
+    int fbn_train_forward_ghost_f64(const double *x, Py_ssize_t groups, Py_ssize_t outer,
+                                    Py_ssize_t C, Py_ssize_t inner, const double *gamma,
+                                    const double *beta, const double *z, double eps,
+                                    int relu, const fbn_renorm *rn, double *y,
+                                    double *mean_out, double *invstd_out,
+                                    double *var_out, double *r_out, double *d_out,
+                                    int nthreads)
+    int fbn_backward_ghost_f32(const float *dy, const float *x, const float *y,
+                               Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
+                               Py_ssize_t inner, const float *mean, const float *invstd,
+                               const float *gamma, const double *r, const double *d,
+                               int training, float *dx, float *dz, float *dgamma,
+                               float *dbeta, int nthreads)
+    int fbn_backward_ghost_f64(const double *dy, const double *x, const double *y,
+                               Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
+                               Py_ssize_t inner, const double *mean,
+                               const double *invstd, const double *gamma,
+                               const double *r, const double *d, int training,
+                               double *dx, double *dz, double *dgamma, double *dbeta,
+                               int nthreads)
+
+
+cdef inline object _empty2(Py_ssize_t g, Py_ssize_t n, int typenum):
+    """A new (g, n) array."""
+    cdef cnp.npy_intp dims[2]
+    dims[0] = g
+    dims[1] = n
+    return cnp.PyArray_EMPTY(2, dims, typenum, 0)
+
+
+def plan_groups(str op, Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
+                Py_ssize_t inner, int itemsize, int nthreads):
+    """The plan of a ghost call of `op` over `groups` blocks of (outer, C,
+    inner) each (see plan())."""
+    cdef long long f[11]
+    if op not in _PLAN_OPS:
+        raise ValueError(f"op must be one of {sorted(_PLAN_OPS)}, got {op!r}")
+    if outer * inner < 1 or C < 1 or groups < 1:
+        raise ValueError("plan_groups needs outer*inner >= 1, C >= 1, groups >= 1")
+    nstat, nextra, nout, ops = _PLAN_OPS[op]
+    fbn_describe_plan_groups(groups, outer, C, inner, itemsize, nstat, nextra, nout,
+                             ops, nthreads, f)
+    d = {k: int(f[i]) for i, k in enumerate(_PLAN_FIELDS)}
+    d["strategy"] = ("channel-last" if d["channel_last"] else
+                     "fused tiles" if d["fused"] else
+                     "elementwise blocks" if ops == 2 else
+                     "statistics tiles" if ops == 1 else "two-phase tiles")
+    return d
+
+
+def train_forward_ghost(x, Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
+                        Py_ssize_t inner, gamma, beta, z, double eps, bint relu, y,
+                        int nthreads, bint want_var=False, rn_mean=None,
+                        rn_sigma=None, double rmax=np.inf, double dmax=np.inf):
+    """Training forward over `groups` ghost batches into y, renormalised when
+    rn_mean and rn_sigma (float64 running mean and sqrt(running_var + eps))
+    are given.  Returns (mean, invstd, var64 or None, r or None, d or None),
+    each of shape (groups, C)."""
+    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    cdef bint renorm = rn_mean is not None
+    mean = _empty2(groups, C, typenum)
+    invstd = _empty2(groups, C, typenum)
+    var = _empty2(groups, C, cnp.NPY_FLOAT64) if want_var else None
+    r = _empty2(groups, C, cnp.NPY_FLOAT64) if renorm else None
+    d = _empty2(groups, C, cnp.NPY_FLOAT64) if renorm else None
+    cdef fbn_renorm rn
+    cdef fbn_renorm *prn = NULL
+    if renorm:
+        rn.mean = <double *>_ptr(rn_mean)
+        rn.sigma = <double *>_ptr(rn_sigma)
+        rn.rmax = rmax
+        rn.dmax = dmax
+        prn = &rn
+    cdef void *px = _ptr(x)
+    cdef void *pg = _ptr(gamma)
+    cdef void *pb = _ptr(beta)
+    cdef void *pz = _ptr(z)
+    cdef void *py = _ptr(y)
+    cdef void *pm = _ptr(mean)
+    cdef void *pi = _ptr(invstd)
+    cdef double *pv = <double *>_ptr(var)
+    cdef double *pr = <double *>_ptr(r)
+    cdef double *pd = <double *>_ptr(d)
+    cdef int st
+    if _is_f32(x):
+        with nogil:
+            st = fbn_train_forward_ghost_f32(<float *>px, groups, outer, C, inner,
+                                             <float *>pg, <float *>pb, <float *>pz,
+                                             eps, relu, prn, <float *>py, <float *>pm,
+                                             <float *>pi, pv, pr, pd, nthreads)
+    else:
+        with nogil:
+            st = fbn_train_forward_ghost_f64(<double *>px, groups, outer, C, inner,
+                                             <double *>pg, <double *>pb, <double *>pz,
+                                             eps, relu, prn, <double *>py,
+                                             <double *>pm, <double *>pi, pv, pr, pd,
+                                             nthreads)
+    _check(st)
+    return mean, invstd, var, r, d
+
+
+def backward_ghost(dy, x, y, Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
+                   Py_ssize_t inner, mean, invstd, gamma, r, d, bint training, dx, dz,
+                   int nthreads):
+    """Backward over `groups` ghost batches into dx (and dz); mean, invstd
+    (x's dtype) and r, d (float64, a renormalised forward's, or None) hold
+    groups*C values.  Returns (dgamma, dbeta), summed over the groups."""
+    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    dgamma = _empty(C, typenum)
+    dbeta = _empty(C, typenum)
+    cdef void *pdy = _ptr(dy)
+    cdef void *px = _ptr(x)
+    cdef void *py = _ptr(y)
+    cdef void *pm = _ptr(mean)
+    cdef void *pi = _ptr(invstd)
+    cdef void *pg = _ptr(gamma)
+    cdef double *pr = <double *>_ptr(r)
+    cdef double *pd = <double *>_ptr(d)
+    cdef void *pdx = _ptr(dx)
+    cdef void *pdz = _ptr(dz)
+    cdef void *pdg = _ptr(dgamma)
+    cdef void *pdb = _ptr(dbeta)
+    cdef int st
+    if _is_f32(x):
+        with nogil:
+            st = fbn_backward_ghost_f32(<float *>pdy, <float *>px, <float *>py, groups,
+                                        outer, C, inner, <float *>pm, <float *>pi,
+                                        <float *>pg, pr, pd, training, <float *>pdx,
+                                        <float *>pdz, <float *>pdg, <float *>pdb,
+                                        nthreads)
+    else:
+        with nogil:
+            st = fbn_backward_ghost_f64(<double *>pdy, <double *>px, <double *>py,
+                                        groups, outer, C, inner, <double *>pm,
+                                        <double *>pi, <double *>pg, pr, pd, training,
+                                        <double *>pdx, <double *>pdz, <double *>pdg,
+                                        <double *>pdb, nthreads)
+    _check(st)
+    return dgamma, dbeta

@@ -21,7 +21,7 @@ import operator
 
 import numpy as np
 
-from . import _api
+from . import _api, _ghost
 from ._checks import as_data, eps_value, view
 
 __all__ = ["BatchNorm"]
@@ -85,6 +85,26 @@ class BatchNorm:
         combined over ``comm``.  Evaluation mode never communicates (with
         ``track_running_stats=False`` it uses each rank's own batch), as
         PyTorch's SyncBatchNorm does.
+    virtual_batch_size : int or None, default None
+        Ghost batch normalization (Hoffer et al. 2017, TabNet): wherever
+        batch statistics are used, axis 0 (the batch axis; it must not be
+        the channel axis) is split into groups of ``k`` consecutive samples,
+        each normalised with its own statistics (``N % k`` must be 0).  The
+        running statistics are updated once per call with the average over
+        the groups of the group means and of the group unbiased variances.
+        Keras's ``virtual_batch_size`` groups every G-th sample instead.  Not
+        combinable with ``comm``.
+    renorm : bool, default False
+        Batch renormalization (Ioffe 2017): in training mode
+        ``y = gamma * ((x - mu_B) / sigma_B * r + d) + beta`` with
+        ``r = clip(sigma_B / sigma, 1/rmax, rmax)`` and
+        ``d = clip((mu_B - mu) / sigma, -dmax, dmax)`` from the running
+        statistics before this call's update (``sigma = sqrt(running_var +
+        eps)``); ``r`` and ``d`` are constants for the gradient.  Needs
+        ``track_running_stats=True``; evaluation mode is unchanged.
+    renorm_clipping : dict or None, default None
+        ``{'rmax': >= 1, 'dmax': >= 0}``; a missing key (or None) means no
+        clipping of that correction.
 
     Attributes
     ----------
@@ -118,7 +138,8 @@ class BatchNorm:
 
     def __init__(self, num_features, *, axis=1, eps=1e-5, momentum=0.1,
                  center=True, scale=True, relu=False, track_running_stats=True,
-                 dtype=np.float32, comm=None):
+                 dtype=np.float32, comm=None, virtual_batch_size=None, renorm=False,
+                 renorm_clipping=None):
         try:
             C = operator.index(num_features)
         except TypeError:
@@ -169,6 +190,45 @@ class BatchNorm:
         self.training = True
         self.dgamma = self.dbeta = None
         self._cache = None
+        self._init_ghost(virtual_batch_size, renorm, renorm_clipping)
+
+    def _init_ghost(self, virtual_batch_size, renorm, renorm_clipping):
+        """Check and set the ghost-batch and renormalization options."""
+        k = _ghost.check_virtual_batch_size(virtual_batch_size)
+        if k is not None and self.axis == 0:
+            raise ValueError("virtual_batch_size splits the batch axis (axis 0) into "
+                             "ghost batches, so the channel axis must not be 0; got "
+                             "axis=0")
+        if k is not None and self.comm is not None:
+            raise ValueError("virtual_batch_size cannot be combined with comm= "
+                             "(ghost batches are local by definition)")
+        _ghost.check_renorm_clipping(renorm_clipping)
+        renorm = bool(renorm)
+        if renorm and not self.track_running_stats:
+            raise ValueError("renorm=True needs running statistics "
+                             "(track_running_stats=True): r and d compare the batch "
+                             "statistics with them")
+        if renorm and self.comm is not None:
+            raise ValueError("renorm=True is not supported together with comm= "
+                             "(synchronised batch norm) in this version")
+        self.virtual_batch_size = k
+        self.renorm = renorm
+        self.renorm_clipping = renorm_clipping
+        self._ghost_cache = None
+
+    @property
+    def renorm_clipping(self):
+        """``{'rmax': ..., 'dmax': ...}`` (floats; inf: no clipping) or None.
+        May be set between steps (e.g. relaxed from rmax=1, dmax=0 to 3 and
+        5 as in Ioffe 2017); checked as the constructor's argument."""
+        return self._renorm_clipping
+
+    @renorm_clipping.setter
+    def renorm_clipping(self, clipping):
+        rmax, dmax = _ghost.check_renorm_clipping(clipping)
+        self._renorm_clipping = (None if clipping is None else
+                                 {"rmax": rmax, "dmax": dmax})
+        self._rclip = (rmax, dmax)
 
     # ------------------------------------------------------------------ modes
     def train(self, mode=True):
@@ -220,6 +280,9 @@ class BatchNorm:
         """Body of ``__call__`` (with comm in training mode, through
         fastbn._mpi.run)."""
         x = self._check_input(x)
+        if (self.training or not self.track_running_stats) and (
+                self.virtual_batch_size is not None or self.renorm and self.training):
+            return self._forward_ghost(x, residual)
         # statistics are synchronised over comm in training mode only, as in
         # PyTorch's SyncBatchNorm: evaluation never runs a collective
         comm = self.comm if self.training else None
@@ -241,9 +304,35 @@ class BatchNorm:
             frozen = True
         self._cache = (x, y if self.relu else None, mean, invstd, frozen,
                        residual is not None, comm)
+        self._ghost_cache = None
         return y
 
     forward = __call__
+
+    def _forward_ghost(self, x, residual):
+        """The forward with batch statistics over ghost batches and/or with
+        renormalization (fastbn._ghost)."""
+        rn = None
+        renorm = self.renorm and self.training
+        if renorm:
+            sigma = np.sqrt(self.running_var.astype(np.float64) + self.eps)
+            rn = (self.running_mean.astype(np.float64), sigma) + self._rclip
+        y, mean, invstd, var, r, d, n = _ghost.train(
+            x, self.gamma, self.beta, self.axis, self.eps, self.relu, residual, None,
+            self.virtual_batch_size, rn, True)
+        if self.training and self.track_running_stats:
+            # the average over the groups of the group means and of the
+            # group unbiased variances (every group has n values per channel)
+            G = mean.shape[0]
+            if G == 1:
+                self._update_running(mean[0], var[0], n)
+            else:
+                self._update_running(np.add.reduce(mean, 0, np.float64) / G,
+                                     np.add.reduce(var, 0) / G, n)
+        self._cache = (x, y if self.relu else None, mean, invstd, False,
+                       residual is not None, None)
+        self._ghost_cache = (self.virtual_batch_size, r, d)
+        return y
 
     def _update_running(self, mean, var, count):
         self.num_batches_tracked += 1
@@ -281,9 +370,14 @@ class BatchNorm:
                 _api._mpi().report_failure(_api._mpi().BACKWARD, self.comm, err)
             raise err
         x, y, mean, invstd, frozen, has_res, comm = self._cache
-        res = _api.batch_norm_backward(
-            dy, x, mean, invstd, self.gamma, axis=self.axis, y=y,
-            training=not frozen, residual=has_res, comm=comm)
+        if self._ghost_cache is not None:
+            k, r, d = self._ghost_cache
+            res = _ghost.backward(dy, x, mean, invstd, self.gamma, self.axis, y,
+                                  True, has_res, None, k, r, d)
+        else:
+            res = _api.batch_norm_backward(
+                dy, x, mean, invstd, self.gamma, axis=self.axis, y=y,
+                training=not frozen, residual=has_res, comm=comm)
         self.dgamma = res[1] if self.gamma is not None else None
         self.dbeta = res[2] if self.beta is not None else None
         if has_res:
@@ -446,7 +540,8 @@ class BatchNorm:
         kw = dict(axis=self.axis, eps=self.eps, momentum=self.momentum,
                   center=self.center, scale=self.scale, relu=self.relu,
                   track_running_stats=self.track_running_stats, dtype=self.dtype,
-                  comm=self.comm)
+                  comm=self.comm, virtual_batch_size=self.virtual_batch_size,
+                  renorm=self.renorm, renorm_clipping=self.renorm_clipping)
         kw.update(changes)
         return BatchNorm(self.num_features, **kw)
 
@@ -459,4 +554,8 @@ class BatchNorm:
                  f"dtype={self.dtype.name}"]
         if self.comm is not None:
             parts.append("comm=...")
+        if self.virtual_batch_size is not None:
+            parts.append(f"virtual_batch_size={self.virtual_batch_size}")
+        if self.renorm:
+            parts.append(f"renorm=True, renorm_clipping={self.renorm_clipping!r}")
         return f"BatchNorm({', '.join(parts)}) [{mode}]"

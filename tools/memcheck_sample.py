@@ -43,4 +43,31 @@ for nthreads, tuning in [(n, t) for n in (1, 2) for t in PLANS]:
                 fastbn.batch_norm_backward(dy, x, m, s, None, axis=axis,
                                            training=False)
                 fastbn.batch_norm_backward(dy, x, m, s, g, axis=axis, out=dy)
+
+# ghost batches (virtual_batch_size) and batch renormalization, every plan
+GHOST = [((6, 5, 7), 1, 2), ((64, 3), 1, 16), ((6, 3, 4, 5), -1, 3),
+         ((600, 9), -1, 100), ((10, 70, 3), 1, 5), ((8, 1, 30), 1, 4)]
+for nthreads, tuning in [(n, t) for n in (1, 2) for t in PLANS]:
+    _kernels.set_tuning(**tuning)
+    with fastbn.num_threads(nthreads):
+        for shape, axis, k in GHOST:
+            for dt in (np.float32, np.float64):
+                x = rng.standard_normal(shape).astype(dt)
+                C = shape[axis]
+                g = rng.random(C).astype(dt) + 0.5
+                z = rng.standard_normal(shape).astype(dt)
+                dy = rng.standard_normal(shape).astype(dt)
+                y, m, s = fastbn.batch_norm_train(x, g, None, axis=axis, relu=True,
+                                                  residual=z, virtual_batch_size=k)
+                fastbn.batch_norm_backward(dy, x, m, s, g, axis=axis, y=y,
+                                           residual=True, virtual_batch_size=k)
+                fastbn.batch_norm_backward(dy, x, m, s, None, axis=axis,
+                                           training=False, virtual_batch_size=k)
+                for vbs in (None, k):
+                    bn = fastbn.BatchNorm(C, axis=axis, dtype=dt, relu=True,
+                                          virtual_batch_size=vbs, renorm=True,
+                                          renorm_clipping={"rmax": 2, "dmax": 1})
+                    bn(x, residual=z)
+                    bn.backward(dy)
+_kernels.set_tuning()
 print("memcheck sample done")

@@ -21,6 +21,8 @@ The package, by file:
 - ``kernels.py``, ``sweep.py``, ``scenarios.py``, ``network.py``: the four
   parts of the report (kernel workloads, shape sweep with its loss counts,
   between-calls scenarios, NumPy network step);
+- ``ghost.py``: ghost batches and batch renormalization against ordinary
+  batch norm (``--ghost``);
 - ``machine.py``: the header (CPU, caches, versions);
 - ``report.py``: tables as text, Markdown and JSON; ``plot.py``: the PNG;
 - ``progress.py``: progress and ETA on stderr; ``cli.py``: the options.

@@ -1,7 +1,8 @@
 """``python -m fastbn.bench``: options, the run of the chosen parts, output.
 
 Without a part option the full report runs: kernel workloads, shape sweep,
-between-calls scenarios and the NumPy network step.
+between-calls scenarios, the NumPy network step, and ghost batches and
+batch renormalization against ordinary batch norm.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import json
 import sys
 
-from . import kernels, network, scenarios, sweep
+from . import ghost, kernels, network, scenarios, sweep
 from .floor import copyto_releases_gil
 from .machine import OtherLoad, blas_info, machine_info
 from .progress import Progress
@@ -19,11 +20,11 @@ from .workloads import (WORKLOADS, check_sweep_terms, family_counts,
                         filter_sweep, fmt_bytes, select_workloads,
                         split_terms, sweep_workloads)
 
-PARTS = ("kernels", "sweep", "scenarios", "network")
+PARTS = ("kernels", "sweep", "scenarios", "network", "ghost")
 
 #: Timing rounds per part: (full, --quick).
 ROUNDS = {"kernels": (25, 7), "sweep": (5, 3), "scenarios": (5, 2),
-          "network": (21, 5)}
+          "network": (21, 5), "ghost": (41, 11)}
 #: Timed calls per block in the between-calls scenarios: (full, --quick).
 SCENARIO_CALLS = (20, 10)
 
@@ -34,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time fastbn against NumPy, PyTorch and the floor (a "
                     "copy of the same bytes on the same number of threads). "
                     "Without a part option, the full report: kernel "
-                    "workloads, shape sweep, between-calls scenarios and "
-                    "the NumPy network step.")
+                    "workloads, shape sweep, between-calls scenarios, "
+                    "the NumPy network step, and ghost batches and batch "
+                    "renormalization.")
     parts = p.add_argument_group("parts (default: all)")
     parts.add_argument("--kernels", action="store_true",
                        help="the kernel workloads (standard shapes, every "
@@ -50,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parts.add_argument("--network", action="store_true",
                        help="a ResNet basic block step in NumPy with fastbn "
                             "and with NumPy batch norm")
+    parts.add_argument("--ghost", action="store_true",
+                       help="ghost batches (virtual_batch_size) and batch "
+                            "renormalization against ordinary batch norm")
     p.add_argument("--quick", action="store_true",
                    help="a small subset of every part, fewer rounds, no "
                         "torch.compile (about 2 minutes)")
@@ -69,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None, metavar="R",
                    help="timing rounds of every part (defaults: kernels "
                         "25/7 with --quick, tiny workloads 4x; sweep 5/3; "
-                        "scenarios 5/2; network 21/5)")
+                        "scenarios 5/2; network 21/5; ghost 41/11)")
     p.add_argument("--only", metavar="KEYS",
                    help="kernel workloads to run, comma-separated (implies "
                         "--kernels when no part is named): " +
@@ -192,6 +197,11 @@ def list_selection(args) -> str:
     if "network" in args.parts:
         lines.append("network step: ResNet basic block %s" % (
             network.QUICK_SHAPE if args.quick else network.SHAPE,))
+    if "ghost" in args.parts:
+        rows = (ghost.QUICK_GHOST_ROWS + ghost.QUICK_RENORM_ROWS if args.quick
+                else ghost.GHOST_ROWS + ghost.RENORM_ROWS)
+        lines.append("ghost batches and renormalization (%d rows):" % len(rows))
+        lines += ["  %s %s" % (r[0], r[1]) for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -264,6 +274,12 @@ def main(argv=None) -> int:
             shape=network.QUICK_SHAPE if args.quick else network.SHAPE,
             pause=args.pause, progress=progress)
         rep.other_load["network"] = load.share()
+    if "ghost" in args.parts:
+        load = OtherLoad()
+        rep.ghost = ghost.run_ghost(fastbn, threads, rounds["ghost"],
+                                    quick=args.quick, pause=args.pause,
+                                    progress=progress)
+        rep.other_load["ghost"] = load.share()
     progress.done()
     sys.stdout.write(render(rep))
     if args.markdown:

@@ -14,6 +14,7 @@ import textwrap
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .floor import SLICE_ALIGN
+from .ghost import GHOST_NOTES, GhostResult, ghost_json, ghost_rows
 from .impls import threads_name
 from .machine import other_load_text
 from .network import NetworkResult
@@ -40,6 +41,7 @@ class Report:
     sweep: Optional[SweepResult] = None
     scenarios: Optional[ScenarioResult] = None
     network: Optional[NetworkResult] = None
+    ghost: Optional[GhostResult] = None
     #: per part: the share of all CPUs' time that other processes used
     #: while it ran (machine.OtherLoad; None where unknown)
     other_load: Dict[str, Optional[float]] = dataclasses.field(
@@ -60,6 +62,9 @@ class Report:
         for v in (self.network.variants if self.network else []):
             if v.step.failed:
                 out.append("network/%s" % v.name)
+        for row in (self.ghost.rows if self.ghost else []):
+            if row.failed:
+                out.append("ghost/%s" % row.label)
         return sorted(set(out))
 
 
@@ -525,6 +530,9 @@ def blocks(rep: Report) -> List[tuple]:
                     "(%s)" % ",".join(map(str, rep.network.shape))))
         out.append(("table",) + network_rows(rep.network))
         out.append(("table",) + network_target_rows(rep.network))
+    if rep.ghost is not None:
+        out.append(("h2", "Ghost batches and batch renormalization"))
+        out.append(("table",) + ghost_rows(rep.ghost))
     notes = [floor_note(rep.threads, rep.gil_released)]
     if rep.kernels:
         notes += list(KERNEL_NOTES)
@@ -534,6 +542,8 @@ def blocks(rep: Report) -> List[tuple]:
         notes += scenario_notes(rep.scenarios)
     if rep.network is not None:
         notes += network_notes(rep.network)
+    if rep.ghost is not None:
+        notes += GHOST_NOTES
     out.append(("h2", "Notes"))
     out.append(("notes", notes))
     failed = rep.failures()
@@ -681,4 +691,6 @@ def to_json(rep: Report) -> dict:
                          for v in net.variants],
             "targets": [{"what": what, "ratio": r, "target": text,
                          "met": met} for what, r, text, met in net.targets()]}
+    if rep.ghost is not None:
+        data["ghost"] = ghost_json(rep.ghost)
     return data
