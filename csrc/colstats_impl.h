@@ -1,0 +1,446 @@
+/*
+ * colstats_impl.h -- per-column statistics that skip NaN (optionally
+ * weighted) and the per-column standardisation of a 2-D matrix, written
+ * once for an element type.
+ *
+ * Included by colstats.c with T (float or double), SFX (f32 or f64) and
+ * CS_ISA (base, avx2, avx512) defined; CS(f) names f_SFX_ISA.  Everything
+ * is static; CS(ops) at the end is what colstats.c dispatches to.
+ *
+ * A matrix has n rows (samples) and p columns (features); element (r, c)
+ * is at x[r*p + c] (row-major, C order) or x[c*n + r] (column-major,
+ * Fortran order).  The arithmetic of a column never depends on the
+ * layout's work split, the thread count or the instruction set:
+ *   row-major: blocks of cs_block_rows(p) rows; inside a block each column
+ *     is summed row by row, in strips of CS_LANES columns whose
+ *     accumulators stay in registers;
+ *   column-major: chunks of CS_CHUNK rows of one column; inside a chunk
+ *     value i goes to lane i % CS_LANES, and the lanes are added in a
+ *     fixed tree.
+ * Each block or chunk takes two passes, the second from cache: its
+ * weighted mean, then the weighted deviations from it and their squares
+ * (the corrected two-pass algorithm of Chan, Golub and LeVeque: the sum of
+ * the deviations corrects the mean and the sum of squares).  The
+ * per-block moments are merged with Chan's formula in a fixed pairwise
+ * tree (cs_merge_parts), so the mean's rounding grows with the log of the
+ * number of blocks, not with their number.
+ */
+#define CS_CAT_(a, b, c) a##_##b##_##c
+#define CS_CAT(a, b, c) CS_CAT_(a, b, c)
+#define CS(f) CS_CAT(f, SFX, CS_ISA)
+
+/* ---- statistics ------------------------------------------------------ */
+
+/* Row-major: the moments of the rows [r0, r1) of strip [c0, c0 + w) (w <=
+ * CS_LANES) into k, s (first pass: weight and weighted sum) then q (second
+ * pass: weighted squared deviations from s/k). */
+static inline void CS(strip_moments)(const T *x, ptrdiff_t p, ptrdiff_t r0,
+                                     ptrdiff_t r1, ptrdiff_t c0, int w,
+                                     const double *wt, double *k, double *s,
+                                     double *q)
+{
+    double ks[CS_LANES], ss[CS_LANES], qs[CS_LANES], es[CS_LANES], m[CS_LANES];
+    ptrdiff_t r;
+    int j;
+    for (j = 0; j < CS_LANES; j++)
+        ks[j] = ss[j] = qs[j] = es[j] = 0.0;
+    if (w == CS_LANES) {
+        if (wt) {
+            for (r = r0; r < r1; r++) {
+                const T *xr = x + r * p + c0;
+                double g = wt[r];
+                for (j = 0; j < CS_LANES; j++) {
+                    double v = (double)xr[j];
+                    int ok = v == v;
+                    ks[j] += ok ? g : 0.0;
+                    ss[j] += ok ? g * v : 0.0;
+                }
+            }
+        } else {
+            for (r = r0; r < r1; r++) {
+                const T *xr = x + r * p + c0;
+                for (j = 0; j < CS_LANES; j++) {
+                    double v = (double)xr[j];
+                    int ok = v == v;
+                    ks[j] += ok ? 1.0 : 0.0;
+                    ss[j] += ok ? v : 0.0;
+                }
+            }
+        }
+    } else {
+        for (r = r0; r < r1; r++) {
+            const T *xr = x + r * p + c0;
+            double g = wt ? wt[r] : 1.0;
+            for (j = 0; j < w; j++) {
+                double v = (double)xr[j];
+                int ok = v == v;
+                ks[j] += ok ? g : 0.0;
+                ss[j] += ok ? g * v : 0.0;
+            }
+        }
+    }
+    for (j = 0; j < CS_LANES; j++)
+        m[j] = ks[j] != 0.0 ? ss[j] / ks[j] : 0.0;
+    if (w == CS_LANES) {
+        if (wt) {
+            for (r = r0; r < r1; r++) {
+                const T *xr = x + r * p + c0;
+                double g = wt[r];
+                for (j = 0; j < CS_LANES; j++) {
+                    double v = (double)xr[j];
+                    double d = v - m[j];
+                    int ok = v == v;
+                    es[j] += ok ? g * d : 0.0;
+                    qs[j] += ok ? g * (d * d) : 0.0;
+                }
+            }
+        } else {
+            for (r = r0; r < r1; r++) {
+                const T *xr = x + r * p + c0;
+                for (j = 0; j < CS_LANES; j++) {
+                    double v = (double)xr[j];
+                    double d = v - m[j];
+                    int ok = v == v;
+                    es[j] += ok ? d : 0.0;
+                    qs[j] += ok ? d * d : 0.0;
+                }
+            }
+        }
+    } else {
+        for (r = r0; r < r1; r++) {
+            const T *xr = x + r * p + c0;
+            double g = wt ? wt[r] : 1.0;
+            for (j = 0; j < w; j++) {
+                double v = (double)xr[j];
+                double d = v - m[j];
+                int ok = v == v;
+                es[j] += ok ? g * d : 0.0;
+                qs[j] += ok ? g * (d * d) : 0.0;
+            }
+        }
+    }
+    for (j = 0; j < w; j++)
+        cs_corrected(ks[j], m[j], es[j], qs[j], k + j, s + j, q + j);
+}
+
+/* Column-major: the moments of the contiguous values v[0..len) (rows
+ * starting at r0 of one column) into *k, *m, *q. */
+static inline void CS(run_moments)(const T *v, ptrdiff_t len, const double *wt,
+                                   double *k, double *m, double *q)
+{
+    double ka[CS_LANES], sa[CS_LANES], qa[CS_LANES], ea[CS_LANES];
+    double kt = 0.0, st = 0.0, qt = 0.0, et = 0.0, mean;
+    ptrdiff_t i = 0;
+    int j;
+    for (j = 0; j < CS_LANES; j++)
+        ka[j] = sa[j] = qa[j] = ea[j] = 0.0;
+    if (wt) {
+        for (; i + CS_LANES <= len; i += CS_LANES)
+            for (j = 0; j < CS_LANES; j++) {
+                double x = (double)v[i + j], g = wt[i + j];
+                int ok = x == x;
+                ka[j] += ok ? g : 0.0;
+                sa[j] += ok ? g * x : 0.0;
+            }
+        for (; i < len; i++) {
+            double x = (double)v[i], g = wt[i];
+            int ok = x == x;
+            kt += ok ? g : 0.0;
+            st += ok ? g * x : 0.0;
+        }
+    } else {
+        for (; i + CS_LANES <= len; i += CS_LANES)
+            for (j = 0; j < CS_LANES; j++) {
+                double x = (double)v[i + j];
+                int ok = x == x;
+                ka[j] += ok ? 1.0 : 0.0;
+                sa[j] += ok ? x : 0.0;
+            }
+        for (; i < len; i++) {
+            double x = (double)v[i];
+            int ok = x == x;
+            kt += ok ? 1.0 : 0.0;
+            st += ok ? x : 0.0;
+        }
+    }
+    *k = cs_lanes_total(ka) + kt;
+    st += cs_lanes_total(sa);
+    mean = *k != 0.0 ? st / *k : 0.0;
+    i = 0;
+    if (wt) {
+        for (; i + CS_LANES <= len; i += CS_LANES)
+            for (j = 0; j < CS_LANES; j++) {
+                double x = (double)v[i + j], d = x - mean, g = wt[i + j];
+                int ok = x == x;
+                ea[j] += ok ? g * d : 0.0;
+                qa[j] += ok ? g * (d * d) : 0.0;
+            }
+        for (; i < len; i++) {
+            double x = (double)v[i], d = x - mean, g = wt[i];
+            int ok = x == x;
+            et += ok ? g * d : 0.0;
+            qt += ok ? g * (d * d) : 0.0;
+        }
+    } else {
+        for (; i + CS_LANES <= len; i += CS_LANES)
+            for (j = 0; j < CS_LANES; j++) {
+                double x = (double)v[i + j], d = x - mean;
+                int ok = x == x;
+                ea[j] += ok ? d : 0.0;
+                qa[j] += ok ? d * d : 0.0;
+            }
+        for (; i < len; i++) {
+            double x = (double)v[i], d = x - mean;
+            int ok = x == x;
+            et += ok ? d : 0.0;
+            qt += ok ? d * d : 0.0;
+        }
+    }
+    cs_corrected(*k, mean, cs_lanes_total(ea) + et, cs_lanes_total(qa) + qt, k, m, q);
+}
+
+/* One statistics item: a block of rows (row-major) or a chunk of one
+ * column (column-major). */
+static void CS(item_stats)(void *arg, ptrdiff_t b)
+{
+    cs_job *jb = (cs_job *)arg;
+    const T *x = (const T *)jb->x;
+    if (jb->colmajor) {
+        ptrdiff_t c = b / jb->nparts, k = b % jb->nparts;
+        ptrdiff_t r0 = k * CS_CHUNK, r1 = cs_min(r0 + CS_CHUNK, jb->n);
+        double *o = jb->part + 3 * b;
+        CS(run_moments)(x + c * jb->n + r0, r1 - r0, jb->w ? jb->w + r0 : NULL, o,
+                        o + 1, o + 2);
+    } else {
+        ptrdiff_t r0 = b * jb->rows, r1 = cs_min(r0 + jb->rows, jb->n), c0;
+        double *k = jb->part + 3 * jb->p * b, *s = k + jb->p, *q = s + jb->p;
+        for (c0 = 0; c0 < jb->p; c0 += CS_LANES) {
+            int w = (int)cs_min(CS_LANES, jb->p - c0);
+            CS(strip_moments)(x, jb->p, r0, r1, c0, w, jb->w, k + c0, s + c0, q + c0);
+        }
+    }
+}
+
+static int CS(k_colstats)(const T *x, ptrdiff_t n, ptrdiff_t p, int colmajor,
+                          const double *w, double *count, double *mean,
+                          double *m2, int nthreads)
+{
+    cs_job jb;
+    ptrdiff_t items, c;
+    if (n < 0 || p < 0)
+        return FBN_EINVAL;
+    if (p == 0)
+        return FBN_OK;
+    if (n == 0) {
+        for (c = 0; c < p; c++) {
+            count[c] = m2[c] = 0.0;
+            mean[c] = NAN;
+        }
+        return FBN_OK;
+    }
+    memset(&jb, 0, sizeof jb);
+    jb.x = x;
+    jb.n = n;
+    jb.p = p;
+    jb.colmajor = colmajor;
+    jb.w = w;
+    if (colmajor) {
+        jb.nparts = cs_cdiv(n, CS_CHUNK);
+        items = p * jb.nparts;
+    } else {
+        jb.rows = cs_block_rows(p);
+        jb.nparts = cs_cdiv(n, jb.rows);
+        items = jb.nparts;
+    }
+    /* the parts, then room for one column's parts to merge */
+    jb.part = (double *)malloc(sizeof(double) * 3 * ((size_t)p + 1) * (size_t)jb.nparts);
+    if (jb.part == NULL)
+        return FBN_ENOMEM;
+    fbn_parallel_for(items, CS(item_stats), &jb, cs_threads(nthreads, n * p, items),
+                     FBN_FORWARD | (n * p < CS_WAKE_VALUES ? FBN_LIGHT : 0));
+    cs_merge_parts(&jb, jb.part + 3 * (size_t)p * (size_t)jb.nparts, count, mean, m2);
+    free(jb.part);
+    return FBN_OK;
+}
+
+/* ---- standardisation --------------------------------------------------- */
+
+/* y = (x - m) / s (inverse: y = x * s + m) for the values of rows [r0, r1)
+ * (row-major, every column) into y; returns the largest |x| that is not
+ * NaN (to find infinities). */
+static inline T CS(rows_std)(const T *x, T *y, ptrdiff_t p, ptrdiff_t r0, ptrdiff_t r1,
+                             const T *m, const T *s, int inverse)
+{
+    T mx = (T)0;
+    ptrdiff_t r, c;
+    for (r = r0; r < r1; r++) {
+        const T *xr = x + r * p;
+        T *yr = y + (r - r0) * p;
+        if (inverse) {
+#pragma omp simd reduction(max : mx)
+            for (c = 0; c < p; c++) {
+                T v = xr[c], a = v < (T)0 ? -v : v;
+                mx = a > mx ? a : mx;
+                yr[c] = v * s[c] + m[c];
+            }
+        } else {
+#pragma omp simd reduction(max : mx)
+            for (c = 0; c < p; c++) {
+                T v = xr[c], a = v < (T)0 ? -v : v;
+                mx = a > mx ? a : mx;
+                yr[c] = (v - m[c]) / s[c];
+            }
+        }
+    }
+    return mx;
+}
+
+/* The same for len contiguous values of one column (constants m, s). */
+static inline T CS(run_std)(const T *x, T *y, ptrdiff_t len, T m, T s, int inverse)
+{
+    T mx = (T)0;
+    ptrdiff_t i;
+    if (inverse) {
+#pragma omp simd reduction(max : mx)
+        for (i = 0; i < len; i++) {
+            T v = x[i], a = v < (T)0 ? -v : v;
+            mx = a > mx ? a : mx;
+            y[i] = v * s + m;
+        }
+    } else {
+#pragma omp simd reduction(max : mx)
+        for (i = 0; i < len; i++) {
+            T v = x[i], a = v < (T)0 ? -v : v;
+            mx = a > mx ? a : mx;
+            y[i] = (v - m) / s;
+        }
+    }
+    return mx;
+}
+
+/* The largest |x| that is not NaN of n contiguous values. */
+static inline T CS(scan)(const T *x, ptrdiff_t n)
+{
+    T mx = (T)0;
+    ptrdiff_t i;
+#pragma omp simd reduction(max : mx)
+    for (i = 0; i < n; i++) {
+        T v = x[i], a = v < (T)0 ? -v : v;
+        mx = a > mx ? a : mx;
+    }
+    return mx;
+}
+
+/* One standardisation item: CS_APPLY_VALUES values in memory order; with
+ * non-temporal stores the results go through an L1 tile.  Without y, the
+ * item only looks for infinities. */
+static void CS(item_std)(void *arg, ptrdiff_t b)
+{
+    cs_job *jb = (cs_job *)arg;
+    const T *x = (const T *)jb->x, *m = (const T *)jb->mt, *s = m + jb->p;
+    T *y = (T *)jb->y;
+    T buf[CS_TILE];
+    T mx = (T)0, t;
+    if (y == NULL) {
+        ptrdiff_t i0 = jb->colmajor ? b * CS_APPLY_VALUES : b * jb->rows * jb->p;
+        ptrdiff_t i1 = jb->colmajor ? cs_min(i0 + CS_APPLY_VALUES, jb->n * jb->p)
+                                    : cs_min(b * jb->rows + jb->rows, jb->n) * jb->p;
+        mx = CS(scan)(x + i0, i1 - i0);
+    } else if (jb->colmajor) {
+        ptrdiff_t total = jb->n * jb->p;
+        ptrdiff_t i = b * CS_APPLY_VALUES, end = cs_min(i + CS_APPLY_VALUES, total);
+        while (i < end) {
+            ptrdiff_t c = i / jb->n, stop = cs_min(end, (c + 1) * jb->n);
+            if (jb->nt) {
+                ptrdiff_t len = cs_tile_len(y + i, sizeof(T), stop - i, CS_TILE);
+                t = CS(run_std)(x + i, buf, len, m[c], s[c], jb->inverse);
+                cs_stream(y + i, buf, (size_t)len * sizeof(T));
+                stop = i + len;
+            } else {
+                t = CS(run_std)(x + i, y + i, stop - i, m[c], s[c], jb->inverse);
+            }
+            mx = t > mx ? t : mx;
+            i = stop;
+        }
+    } else {
+        ptrdiff_t r = b * jb->rows, r1 = cs_min(r + jb->rows, jb->n);
+        ptrdiff_t tr = CS_TILE / jb->p;
+        if (!jb->nt || tr < 1) {
+            mx = CS(rows_std)(x, y + r * jb->p, jb->p, r, r1, m, s, jb->inverse);
+        } else {
+            for (; r < r1; r += tr) {
+                ptrdiff_t re = cs_min(r + tr, r1);
+                t = CS(rows_std)(x, buf, jb->p, r, re, m, s, jb->inverse);
+                mx = t > mx ? t : mx;
+                cs_stream(y + r * jb->p, buf, (size_t)((re - r) * jb->p) * sizeof(T));
+            }
+        }
+    }
+    jb->flags[b] = mx == (T)INFINITY;
+}
+
+static int CS(k_standardize)(const T *x, ptrdiff_t n, ptrdiff_t p, int colmajor,
+                             const double *mean, const double *scale, int inverse,
+                             T *y, int *has_inf, int nthreads)
+{
+    cs_job jb;
+    T stack[2 * CS_STACK_C], *mt;
+    ptrdiff_t items, c, b;
+    int nth, bad = 0;
+    if (has_inf)
+        *has_inf = 0;
+    if (n < 0 || p < 0)
+        return FBN_EINVAL;
+    if (n == 0 || p == 0)
+        return FBN_OK;
+    /* the constants in T, as NumPy's astype rounds them (no centring: 0, no
+     * scaling: 1, which leave every value's bits as they are) */
+    mt = p <= CS_STACK_C ? stack : (T *)malloc(sizeof(T) * 2 * (size_t)p);
+    if (mt == NULL)
+        return FBN_ENOMEM;
+    for (c = 0; c < p; c++) {
+        mt[c] = mean ? (T)mean[c] : (T)0;
+        mt[p + c] = scale ? (T)scale[c] : (T)1;
+    }
+    memset(&jb, 0, sizeof jb);
+    jb.x = x;
+    jb.y = y;
+    jb.n = n;
+    jb.p = p;
+    jb.colmajor = colmajor;
+    jb.mt = mt;
+    jb.inverse = inverse;
+    if (colmajor) {
+        items = cs_cdiv(n * p, CS_APPLY_VALUES);
+    } else {
+        jb.rows = cs_max(1, CS_APPLY_VALUES / p);
+        items = cs_cdiv(n, jb.rows);
+    }
+    nth = cs_threads(nthreads, n * p, items);
+    jb.nt = y != NULL && (const void *)x != (const void *)y &&
+            cs_stream_output(n * p * (ptrdiff_t)sizeof(T), nth);
+    jb.flags = (unsigned char *)malloc((size_t)items);
+    if (jb.flags == NULL) {
+        if (mt != stack)
+            free(mt);
+        return FBN_ENOMEM;
+    }
+    fbn_parallel_for(items, CS(item_std), &jb, nth,
+                     FBN_FORWARD | (n * p < CS_WAKE_VALUES ? FBN_LIGHT : 0));
+    if (jb.nt)
+        cs_sfence();
+    for (b = 0; b < items; b++)
+        bad |= jb.flags[b];
+    if (has_inf)
+        *has_inf = bad;
+    free(jb.flags);
+    if (mt != stack)
+        free(mt);
+    return FBN_OK;
+}
+
+static const CS_OPS_TYPE(SFX) CS(ops) = {CS(k_colstats), CS(k_standardize)};
+
+#undef CS
+#undef CS_CAT
+#undef CS_CAT_
