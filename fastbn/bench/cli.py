@@ -1,7 +1,8 @@
 """``python -m fastbn.bench``: options, the run of the chosen parts, output.
 
 Without a part option the full report runs: kernel workloads, shape sweep,
-between-calls scenarios and the NumPy network step.
+between-calls scenarios, the NumPy network step and the scikit-learn
+StandardScaler comparison.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import json
 import sys
 
-from . import kernels, network, scenarios, sweep
+from . import kernels, network, scaler, scenarios, sweep
 from .floor import copyto_releases_gil
 from .machine import OtherLoad, blas_info, machine_info
 from .progress import Progress
@@ -19,11 +20,11 @@ from .workloads import (WORKLOADS, check_sweep_terms, family_counts,
                         filter_sweep, fmt_bytes, select_workloads,
                         split_terms, sweep_workloads)
 
-PARTS = ("kernels", "sweep", "scenarios", "network")
+PARTS = ("kernels", "sweep", "scenarios", "network", "sklearn")
 
 #: Timing rounds per part: (full, --quick).
 ROUNDS = {"kernels": (25, 7), "sweep": (5, 3), "scenarios": (5, 2),
-          "network": (21, 5)}
+          "network": (21, 5), "sklearn": (5, 3)}
 #: Timed calls per block in the between-calls scenarios: (full, --quick).
 SCENARIO_CALLS = (20, 10)
 
@@ -34,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time fastbn against NumPy, PyTorch and the floor (a "
                     "copy of the same bytes on the same number of threads). "
                     "Without a part option, the full report: kernel "
-                    "workloads, shape sweep, between-calls scenarios and "
-                    "the NumPy network step.")
+                    "workloads, shape sweep, between-calls scenarios, "
+                    "the NumPy network step and the scikit-learn "
+                    "StandardScaler comparison.")
     parts = p.add_argument_group("parts (default: all)")
     parts.add_argument("--kernels", action="store_true",
                        help="the kernel workloads (standard shapes, every "
@@ -50,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     parts.add_argument("--network", action="store_true",
                        help="a ResNet basic block step in NumPy with fastbn "
                             "and with NumPy batch norm")
+    parts.add_argument("--sklearn", action="store_true",
+                       help="fastbn.sklearn.StandardScaler against "
+                            "scikit-learn's: fit, transform, fit_transform, "
+                            "partial_fit in 10 chunks (needs scikit-learn)")
     p.add_argument("--quick", action="store_true",
                    help="a small subset of every part, fewer rounds, no "
                         "torch.compile (about 2 minutes)")
@@ -192,6 +198,9 @@ def list_selection(args) -> str:
     if "network" in args.parts:
         lines.append("network step: ResNet basic block %s" % (
             network.QUICK_SHAPE if args.quick else network.SHAPE,))
+    if "sklearn" in args.parts:
+        lines.append("scikit-learn StandardScaler: %s x %s" % (
+            scaler.QUICK_SHAPE if args.quick else scaler.SHAPE, scaler.OPS))
     return "\n".join(lines) + "\n"
 
 
@@ -264,6 +273,12 @@ def main(argv=None) -> int:
             shape=network.QUICK_SHAPE if args.quick else network.SHAPE,
             pause=args.pause, progress=progress)
         rep.other_load["network"] = load.share()
+    if "sklearn" in args.parts:
+        load = OtherLoad()
+        rep.sklearn = scaler.run_scaler(fastbn, threads, rounds["sklearn"],
+                                        quick=args.quick, pause=args.pause,
+                                        progress=progress)
+        rep.other_load["sklearn"] = load.share()
     progress.done()
     sys.stdout.write(render(rep))
     if args.markdown:

@@ -17,6 +17,7 @@ from .floor import SLICE_ALIGN
 from .impls import threads_name
 from .machine import other_load_text
 from .network import NetworkResult
+from .scaler import ScalerResult, scaler_json, scaler_notes, scaler_rows
 from .results import WorkloadResult
 from .scenarios import (IDLE_SECONDS, MATMUL_SIZE, WARM_CALLS, ScenarioResult,
                         target_text)
@@ -40,6 +41,7 @@ class Report:
     sweep: Optional[SweepResult] = None
     scenarios: Optional[ScenarioResult] = None
     network: Optional[NetworkResult] = None
+    sklearn: Optional[ScalerResult] = None
     #: per part: the share of all CPUs' time that other processes used
     #: while it ran (machine.OtherLoad; None where unknown)
     other_load: Dict[str, Optional[float]] = dataclasses.field(
@@ -60,6 +62,10 @@ class Report:
         for v in (self.network.variants if self.network else []):
             if v.step.failed:
                 out.append("network/%s" % v.name)
+        for r in (self.sklearn.rows if self.sklearn else []):
+            if r.failed:
+                out.append("sklearn/%s %s/%s" % (r.dtype, "nan" if r.nan else
+                                                 "finite", r.op))
         return sorted(set(out))
 
 
@@ -525,6 +531,13 @@ def blocks(rep: Report) -> List[tuple]:
                     "(%s)" % ",".join(map(str, rep.network.shape))))
         out.append(("table",) + network_rows(rep.network))
         out.append(("table",) + network_target_rows(rep.network))
+    if rep.sklearn is not None:
+        out.append(("h2", "scikit-learn StandardScaler (%s)" %
+                    " x ".join(map(str, rep.sklearn.shape))))
+        if rep.sklearn.skipped:
+            out.append(("p", "Skipped: " + rep.sklearn.skipped))
+        else:
+            out.append(("table",) + scaler_rows(rep.sklearn))
     notes = [floor_note(rep.threads, rep.gil_released)]
     if rep.kernels:
         notes += list(KERNEL_NOTES)
@@ -534,6 +547,8 @@ def blocks(rep: Report) -> List[tuple]:
         notes += scenario_notes(rep.scenarios)
     if rep.network is not None:
         notes += network_notes(rep.network)
+    if rep.sklearn is not None:
+        notes += scaler_notes(rep.sklearn)
     out.append(("h2", "Notes"))
     out.append(("notes", notes))
     failed = rep.failures()
@@ -681,4 +696,6 @@ def to_json(rep: Report) -> dict:
                          for v in net.variants],
             "targets": [{"what": what, "ratio": r, "target": text,
                          "met": met} for what, r, text, met in net.targets()]}
+    if rep.sklearn is not None:
+        data["sklearn"] = scaler_json(rep.sklearn)
     return data
