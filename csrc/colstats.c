@@ -40,12 +40,15 @@
 /* Values per standardisation item, and per L1 tile of streamed output. */
 #define CS_APPLY_VALUES 16384
 #define CS_TILE 1024
-/* Calls on fewer values run on the caller; calls on fewer values do not
- * wake sleeping helpers (as the batch-norm kernels do). */
-#define CS_SERIAL_MAX 32768
-#define CS_WAKE_VALUES 262144
 /* Constants of up to this many columns live on the stack. */
 #define CS_STACK_C 256
+/* GCC and clang vector extensions for the statistics' lanes (other
+ * compilers run the same arithmetic as scalar loops). */
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(FBN_NO_VEC)
+#define CS_VEC 1
+#else
+#define CS_VEC 0
+#endif
 
 static inline ptrdiff_t cs_min(ptrdiff_t a, ptrdiff_t b) { return a < b ? a : b; }
 static inline ptrdiff_t cs_max(ptrdiff_t a, ptrdiff_t b) { return a > b ? a : b; }
@@ -58,12 +61,24 @@ static inline ptrdiff_t cs_block_rows(ptrdiff_t p)
     return r < CS_MIN_ROWS ? CS_MIN_ROWS : r;
 }
 
-/* Threads for `work` values in `items` items. */
+/* Threads for `work` values in `items` items: the caller alone below the
+ * batch-norm kernels' serial threshold (fbn_set_tuning's serial_values). */
 static int cs_threads(int nthreads, ptrdiff_t work, ptrdiff_t items)
 {
-    if (nthreads < 2 || work < CS_SERIAL_MAX || items < 2)
+    long long nt, fuse, tile, serial, wake;
+    fbn_get_tuning(&nt, &fuse, &tile, &serial, &wake);
+    if (nthreads < 2 || (long long)work < serial || items < 2)
         return 1;
     return (ptrdiff_t)nthreads > items ? (int)items : nthreads;
+}
+
+/* FBN_LIGHT for calls under the wake threshold (fbn_set_tuning's
+ * wake_values): they do not wake sleeping helpers. */
+static int cs_light(ptrdiff_t work)
+{
+    long long nt, fuse, tile, serial, wake;
+    fbn_get_tuning(&nt, &fuse, &tile, &serial, &wake);
+    return (long long)work < wake ? FBN_LIGHT : 0;
 }
 
 /* Total of CS_LANES accumulators in a fixed pairwise tree. */
@@ -165,14 +180,14 @@ static void cs_merge_parts(const cs_job *jb, double *tmp, double *count, double 
 
 /* Whether an output of `bytes` goes out with non-temporal stores: when it
  * is larger than the L2 caches of the threads writing it (it leaves them
- * anyway, and a streamed line is not read before it is written). */
+ * anyway, and a streamed line is not read before it is written), the
+ * batch-norm kernels' rule; fbn_set_tuning's nt_bytes (per thread here)
+ * moves the threshold for both. */
 static int cs_stream_output(ptrdiff_t bytes, int nth)
 {
-    long long l1, l2, l3;
-    fbn_cache_sizes(&l1, &l2, &l3);
-    if (l2 <= 0)
-        l2 = 1LL << 20;
-    return CS_HAVE_NT && (long long)bytes >= l2 * (nth > 1 ? nth : 1);
+    long long nt, fuse, tile, serial, wake;
+    fbn_get_tuning(&nt, &fuse, &tile, &serial, &wake);
+    return CS_HAVE_NT && (long long)bytes >= nt * (nth > 1 ? nth : 1);
 }
 
 /* Elements (at most `left`, at most `tile`) of an L1 tile that starts at

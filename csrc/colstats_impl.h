@@ -15,8 +15,8 @@
  *     is summed row by row, in strips of CS_LANES columns whose
  *     accumulators stay in registers;
  *   column-major: chunks of CS_CHUNK rows of one column; inside a chunk
- *     value i goes to lane i % CS_LANES, and the lanes are added in a
- *     fixed tree.
+ *     value i goes to lane i % CS_LANES, and the lanes' moments are merged
+ *     in a fixed tree.
  * Each block or chunk takes two passes, the second from cache: its
  * weighted mean, then the weighted deviations from it and their squares
  * (the corrected two-pass algorithm of Chan, Golub and LeVeque: the sum of
@@ -31,172 +31,278 @@
 
 /* ---- statistics ------------------------------------------------------ */
 
-/* Row-major: the moments of the rows [r0, r1) of strip [c0, c0 + w) (w <=
- * CS_LANES) into k, s (first pass: weight and weighted sum) then q (second
- * pass: weighted squared deviations from s/k). */
-static inline void CS(strip_moments)(const T *x, ptrdiff_t p, ptrdiff_t r0,
-                                     ptrdiff_t r1, ptrdiff_t c0, int w,
-                                     const double *wt, double *k, double *s,
-                                     double *q)
+#if CS_VEC
+/* Eight double lanes, and eight values of T, as GCC/clang vectors (one
+ * AVX-512 register; two AVX2 or four SSE2 ones): the
+ * lane-by-lane arithmetic of the scalar code below (a value that is NaN
+ * adds +0.0, by a mask instead of a branch, which compilers do not
+ * if-convert under IEEE exception semantics), so both give the same bits. */
+typedef double CS(dv) __attribute__((vector_size(64)));
+typedef long long CS(iv) __attribute__((vector_size(64)));
+typedef T CS(tv) __attribute__((vector_size(8 * sizeof(T))));
+
+/* dst = the eight values of T at p, in double (macros: a function
+ * returning a 64-byte vector would change the ABI in the baseline build) */
+#define CS_LOAD4(dst, p)                                                        \
+    do {                                                                        \
+        CS(tv) tv_;                                                             \
+        memcpy(&tv_, (p), sizeof tv_);                                          \
+        (dst) = __builtin_convertvector(tv_, CS(dv));                           \
+    } while (0)
+/* a where ok (all bits set), else +0.0 */
+#define CS_KEEP(a, ok) ((CS(dv))((CS(iv))(a) & (ok)))
+
+/* The two passes over CS_LANES contiguous values per step, `steps` steps
+ * `stride` values apart (row-major strip: one row per step; column-major
+ * run: 16 consecutive values per step), lane j taking value j of each
+ * step.  Weights: one per step (gstep, row-major), one per value (gval,
+ * column-major) or none.  Lane totals into k, s (the first pass's mean),
+ * e (sum of w*(x - mean)) and q (sum of w*(x - mean)^2). */
+static inline void CS(lanes2)(const T *x, ptrdiff_t steps, ptrdiff_t stride,
+                              const double *gstep, const double *gval,
+                              double *k, double *s, double *e, double *q)
 {
-    double ks[CS_LANES], ss[CS_LANES], qs[CS_LANES], es[CS_LANES], m[CS_LANES];
+    CS(dv) ka[2], sa[2], ea[2], qa[2], ma[2];
+    const CS(dv) one = {1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0};
+    const CS(dv) zero = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    double m[CS_LANES];
+    ptrdiff_t r;
+    int h, j;
+    for (h = 0; h < 2; h++)
+        ka[h] = sa[h] = ea[h] = qa[h] = zero;
+    if (!gstep && !gval) {
+        /* First without masks: when no lane's sum is NaN, no value was NaN
+         * and the masked passes would give these very bits (every weight
+         * 1, nothing masked); else they run. */
+        CS(dv) any = zero;
+        for (r = 0; r < steps; r++) {
+            const T *xr = x + r * stride;
+            for (h = 0; h < 2; h++) {
+                CS(dv) v;
+                CS_LOAD4(v, xr + 8 * h);
+                sa[h] += v;
+            }
+        }
+        for (h = 0; h < 2; h++)
+            any += sa[h];
+        if (any[0] == any[0] && any[1] == any[1] && any[2] == any[2] && any[3] == any[3] &&
+            any[4] == any[4] && any[5] == any[5] && any[6] == any[6] && any[7] == any[7]) {
+            double n = (double)steps;
+            memcpy(s, sa, sizeof sa);
+            for (j = 0; j < CS_LANES; j++) {
+                k[j] = n;
+                m[j] = n != 0.0 ? s[j] / n : 0.0;
+            }
+            memcpy(ma, m, sizeof ma);
+            for (r = 0; r < steps; r++) {
+                const T *xr = x + r * stride;
+                for (h = 0; h < 2; h++) {
+                    CS(dv) v, d;
+                    CS_LOAD4(v, xr + 8 * h);
+                    d = v - ma[h];
+                    ea[h] += d;
+                    qa[h] += d * d;
+                }
+            }
+            memcpy(s, m, sizeof m);
+            memcpy(e, ea, sizeof ea);
+            memcpy(q, qa, sizeof qa);
+            return;
+        }
+        for (h = 0; h < 2; h++)
+            sa[h] = zero;
+    }
+    for (r = 0; r < steps; r++) {
+        const T *xr = x + r * stride;
+        for (h = 0; h < 2; h++) {
+            CS(dv) v, g;
+            CS(iv) ok;
+            CS_LOAD4(v, xr + 8 * h);
+            ok = v == v;
+            if (gstep) {
+                double gs = gstep[r];
+                g = (CS(dv)){gs, gs, gs, gs, gs, gs, gs, gs};
+            } else if (gval) {
+                memcpy(&g, gval + r * CS_LANES + 8 * h, sizeof g);
+            } else {
+                ka[h] += CS_KEEP(one, ok);
+                sa[h] += CS_KEEP(v, ok);
+                continue;
+            }
+            ka[h] += CS_KEEP(g, ok);
+            sa[h] += CS_KEEP(g * v, ok);
+        }
+    }
+    memcpy(k, ka, sizeof ka);
+    memcpy(s, sa, sizeof sa);
+    for (j = 0; j < CS_LANES; j++)
+        m[j] = k[j] != 0.0 ? s[j] / k[j] : 0.0;
+    memcpy(ma, m, sizeof ma);
+    for (r = 0; r < steps; r++) {
+        const T *xr = x + r * stride;
+        for (h = 0; h < 2; h++) {
+            CS(dv) v, g, d;
+            CS(iv) ok;
+            CS_LOAD4(v, xr + 8 * h);
+            d = v - ma[h];
+            ok = v == v;
+            if (gstep) {
+                double gs = gstep[r];
+                g = (CS(dv)){gs, gs, gs, gs, gs, gs, gs, gs};
+            } else if (gval) {
+                memcpy(&g, gval + r * CS_LANES + 8 * h, sizeof g);
+            } else {
+                ea[h] += CS_KEEP(d, ok);
+                qa[h] += CS_KEEP(d * d, ok);
+                continue;
+            }
+            ea[h] += CS_KEEP(g * d, ok);
+            qa[h] += CS_KEEP(g * (d * d), ok);
+        }
+    }
+    memcpy(s, m, sizeof m);
+    memcpy(e, ea, sizeof ea);
+    memcpy(q, qa, sizeof qa);
+}
+#undef CS_LOAD4
+#undef CS_KEEP
+#else
+/* The same with scalar lanes (compilers without vector extensions). */
+static inline void CS(lanes2)(const T *x, ptrdiff_t steps, ptrdiff_t stride,
+                              const double *gstep, const double *gval,
+                              double *k, double *s, double *e, double *q)
+{
+    double m[CS_LANES];
     ptrdiff_t r;
     int j;
     for (j = 0; j < CS_LANES; j++)
-        ks[j] = ss[j] = qs[j] = es[j] = 0.0;
-    if (w == CS_LANES) {
-        if (wt) {
-            for (r = r0; r < r1; r++) {
-                const T *xr = x + r * p + c0;
-                double g = wt[r];
-                for (j = 0; j < CS_LANES; j++) {
-                    double v = (double)xr[j];
-                    int ok = v == v;
-                    ks[j] += ok ? g : 0.0;
-                    ss[j] += ok ? g * v : 0.0;
-                }
-            }
-        } else {
-            for (r = r0; r < r1; r++) {
-                const T *xr = x + r * p + c0;
-                for (j = 0; j < CS_LANES; j++) {
-                    double v = (double)xr[j];
-                    int ok = v == v;
-                    ks[j] += ok ? 1.0 : 0.0;
-                    ss[j] += ok ? v : 0.0;
-                }
+        k[j] = s[j] = e[j] = q[j] = 0.0;
+    for (r = 0; r < steps; r++)
+        for (j = 0; j < CS_LANES; j++) {
+            double v = (double)x[r * stride + j];
+            double g = gstep ? gstep[r] : gval ? gval[r * CS_LANES + j] : 1.0;
+            if (v == v) {
+                k[j] += g;
+                s[j] += gstep || gval ? g * v : v;
+            } else {
+                k[j] += 0.0;
+                s[j] += 0.0;
             }
         }
-    } else {
-        for (r = r0; r < r1; r++) {
-            const T *xr = x + r * p + c0;
-            double g = wt ? wt[r] : 1.0;
-            for (j = 0; j < w; j++) {
-                double v = (double)xr[j];
-                int ok = v == v;
-                ks[j] += ok ? g : 0.0;
-                ss[j] += ok ? g * v : 0.0;
-            }
-        }
-    }
     for (j = 0; j < CS_LANES; j++)
-        m[j] = ks[j] != 0.0 ? ss[j] / ks[j] : 0.0;
-    if (w == CS_LANES) {
-        if (wt) {
-            for (r = r0; r < r1; r++) {
-                const T *xr = x + r * p + c0;
-                double g = wt[r];
-                for (j = 0; j < CS_LANES; j++) {
-                    double v = (double)xr[j];
-                    double d = v - m[j];
-                    int ok = v == v;
-                    es[j] += ok ? g * d : 0.0;
-                    qs[j] += ok ? g * (d * d) : 0.0;
-                }
-            }
-        } else {
-            for (r = r0; r < r1; r++) {
-                const T *xr = x + r * p + c0;
-                for (j = 0; j < CS_LANES; j++) {
-                    double v = (double)xr[j];
-                    double d = v - m[j];
-                    int ok = v == v;
-                    es[j] += ok ? d : 0.0;
-                    qs[j] += ok ? d * d : 0.0;
-                }
-            }
+        m[j] = k[j] != 0.0 ? s[j] / k[j] : 0.0;
+    for (r = 0; r < steps; r++)
+        for (j = 0; j < CS_LANES; j++) {
+            double v = (double)x[r * stride + j], d = v - m[j];
+            double g = gstep ? gstep[r] : gval ? gval[r * CS_LANES + j] : 1.0;
+            int w = gstep || gval;
+            e[j] += v == v ? (w ? g * d : d) : 0.0;
+            q[j] += v == v ? (w ? g * (d * d) : d * d) : 0.0;
         }
+    memcpy(s, m, sizeof m);
+}
+#endif
+
+/* Row-major: the moments of the rows [r0, r1) of strip [c0, c0 + w) (w <=
+ * CS_LANES) into k, s, q (weight, mean, M2 about the mean; see
+ * cs_corrected). */
+static void CS(strip_moments)(const T *x, ptrdiff_t p, ptrdiff_t r0, ptrdiff_t r1,
+                              ptrdiff_t c0, int w, const double *wt, double *k,
+                              double *s, double *q)
+{
+    double ks[CS_LANES], ss[CS_LANES], es[CS_LANES], qs[CS_LANES], m[CS_LANES];
+    ptrdiff_t r;
+    int j;
+    if (w == CS_LANES) {
+        CS(lanes2)(x + r0 * p + c0, r1 - r0, p, wt ? wt + r0 : NULL, NULL, ks, ss, es,
+                   qs);
     } else {
+        /* the last strip of fewer columns: scalar lanes, the same
+         * arithmetic */
+        for (j = 0; j < w; j++)
+            ks[j] = ss[j] = es[j] = qs[j] = 0.0;
         for (r = r0; r < r1; r++) {
             const T *xr = x + r * p + c0;
             double g = wt ? wt[r] : 1.0;
             for (j = 0; j < w; j++) {
                 double v = (double)xr[j];
-                double d = v - m[j];
-                int ok = v == v;
-                es[j] += ok ? g * d : 0.0;
-                qs[j] += ok ? g * (d * d) : 0.0;
+                if (v == v) {
+                    ks[j] += g;
+                    ss[j] += wt ? g * v : v;
+                } else {
+                    ks[j] += 0.0;
+                    ss[j] += 0.0;
+                }
             }
         }
+        for (j = 0; j < w; j++)
+            m[j] = ks[j] != 0.0 ? ss[j] / ks[j] : 0.0;
+        for (r = r0; r < r1; r++) {
+            const T *xr = x + r * p + c0;
+            double g = wt ? wt[r] : 1.0;
+            for (j = 0; j < w; j++) {
+                double v = (double)xr[j], d = v - m[j];
+                es[j] += v == v ? (wt ? g * d : d) : 0.0;
+                qs[j] += v == v ? (wt ? g * (d * d) : d * d) : 0.0;
+            }
+        }
+        memcpy(ss, m, sizeof(double) * (size_t)w);
     }
     for (j = 0; j < w; j++)
-        cs_corrected(ks[j], m[j], es[j], qs[j], k + j, s + j, q + j);
+        cs_corrected(ks[j], ss[j], es[j], qs[j], k + j, s + j, q + j);
 }
 
 /* Column-major: the moments of the contiguous values v[0..len) (rows
- * starting at r0 of one column) into *k, *m, *q. */
-static inline void CS(run_moments)(const T *v, ptrdiff_t len, const double *wt,
-                                   double *k, double *m, double *q)
+ * starting at r0 of one column; wt: their weights or NULL) into *k, *m,
+ * *q.  Value i goes to lane i % CS_LANES (the last len % CS_LANES values
+ * to one more accumulator); the lanes are added in a fixed tree. */
+static void CS(run_moments)(const T *v, ptrdiff_t len, const double *wt, double *k,
+                            double *m, double *q)
 {
-    double ka[CS_LANES], sa[CS_LANES], qa[CS_LANES], ea[CS_LANES];
-    double kt = 0.0, st = 0.0, qt = 0.0, et = 0.0, mean;
-    ptrdiff_t i = 0;
-    int j;
-    for (j = 0; j < CS_LANES; j++)
-        ka[j] = sa[j] = qa[j] = ea[j] = 0.0;
-    if (wt) {
-        for (; i + CS_LANES <= len; i += CS_LANES)
-            for (j = 0; j < CS_LANES; j++) {
-                double x = (double)v[i + j], g = wt[i + j];
-                int ok = x == x;
-                ka[j] += ok ? g : 0.0;
-                sa[j] += ok ? g * x : 0.0;
-            }
-        for (; i < len; i++) {
-            double x = (double)v[i], g = wt[i];
-            int ok = x == x;
-            kt += ok ? g : 0.0;
-            st += ok ? g * x : 0.0;
-        }
-    } else {
-        for (; i + CS_LANES <= len; i += CS_LANES)
-            for (j = 0; j < CS_LANES; j++) {
-                double x = (double)v[i + j];
-                int ok = x == x;
-                ka[j] += ok ? 1.0 : 0.0;
-                sa[j] += ok ? x : 0.0;
-            }
-        for (; i < len; i++) {
-            double x = (double)v[i];
-            int ok = x == x;
-            kt += ok ? 1.0 : 0.0;
-            st += ok ? x : 0.0;
+    double ka[CS_LANES], qa[CS_LANES], ea[CS_LANES], ma[CS_LANES];
+    double kt = 0.0, st = 0.0, qt = 0.0, et = 0.0, mt;
+    ptrdiff_t i, full = len / CS_LANES * CS_LANES;
+    CS(lanes2)(v, full / CS_LANES, CS_LANES, NULL, wt, ka, ma, ea, qa);
+    for (i = full; i < len; i++) {
+        double x = (double)v[i], g = wt ? wt[i] : 1.0;
+        if (x == x) {
+            kt += g;
+            st += wt ? g * x : x;
         }
     }
-    *k = cs_lanes_total(ka) + kt;
-    st += cs_lanes_total(sa);
-    mean = *k != 0.0 ? st / *k : 0.0;
-    i = 0;
-    if (wt) {
-        for (; i + CS_LANES <= len; i += CS_LANES)
-            for (j = 0; j < CS_LANES; j++) {
-                double x = (double)v[i + j], d = x - mean, g = wt[i + j];
-                int ok = x == x;
-                ea[j] += ok ? g * d : 0.0;
-                qa[j] += ok ? g * (d * d) : 0.0;
-            }
-        for (; i < len; i++) {
-            double x = (double)v[i], d = x - mean, g = wt[i];
-            int ok = x == x;
-            et += ok ? g * d : 0.0;
-            qt += ok ? g * (d * d) : 0.0;
-        }
-    } else {
-        for (; i + CS_LANES <= len; i += CS_LANES)
-            for (j = 0; j < CS_LANES; j++) {
-                double x = (double)v[i + j], d = x - mean;
-                int ok = x == x;
-                ea[j] += ok ? d : 0.0;
-                qa[j] += ok ? d * d : 0.0;
-            }
-        for (; i < len; i++) {
-            double x = (double)v[i], d = x - mean;
-            int ok = x == x;
-            et += ok ? d : 0.0;
-            qt += ok ? d * d : 0.0;
+    mt = kt != 0.0 ? st / kt : 0.0;
+    for (i = full; i < len; i++) {
+        double x = (double)v[i], g = wt ? wt[i] : 1.0, d = x - mt;
+        if (x == x) {
+            et += wt ? g * d : d;
+            qt += wt ? g * (d * d) : d * d;
         }
     }
-    cs_corrected(*k, mean, cs_lanes_total(ea) + et, cs_lanes_total(qa) + qt, k, m, q);
+    /* the lanes and the rest merged as parts of one run */
+    {
+        double n = 0.0, mm = 0.0, qq = 0.0, pk, pm, pq;
+        int j;
+        for (j = 0; j < CS_LANES; j++) {
+            cs_corrected(ka[j], ma[j], ea[j], qa[j], &pk, &pm, &pq);
+            ka[j] = pk;
+            ma[j] = pm;
+            qa[j] = pq;
+        }
+        /* pairwise over the lanes, then the rest */
+        for (j = 1; j < CS_LANES; j *= 2) {
+            int a;
+            for (a = 0; a + j < CS_LANES; a += 2 * j)
+                cs_merge(ka + a, ma + a, qa + a, ka[a + j], ma[a + j], qa[a + j]);
+        }
+        n = ka[0];
+        mm = ma[0];
+        qq = qa[0];
+        cs_corrected(kt, mt, et, qt, &pk, &pm, &pq);
+        cs_merge(&n, &mm, &qq, pk, pm, pq);
+        *k = n;
+        *m = mm;
+        *q = qq;
+    }
 }
 
 /* One statistics item: a block of rows (row-major) or a chunk of one
@@ -257,7 +363,7 @@ static int CS(k_colstats)(const T *x, ptrdiff_t n, ptrdiff_t p, int colmajor,
     if (jb.part == NULL)
         return FBN_ENOMEM;
     fbn_parallel_for(items, CS(item_stats), &jb, cs_threads(nthreads, n * p, items),
-                     FBN_FORWARD | (n * p < CS_WAKE_VALUES ? FBN_LIGHT : 0));
+                     FBN_FORWARD | cs_light(n * p));
     cs_merge_parts(&jb, jb.part + 3 * (size_t)p * (size_t)jb.nparts, count, mean, m2);
     free(jb.part);
     return FBN_OK;
@@ -426,7 +532,7 @@ static int CS(k_standardize)(const T *x, ptrdiff_t n, ptrdiff_t p, int colmajor,
         return FBN_ENOMEM;
     }
     fbn_parallel_for(items, CS(item_std), &jb, nth,
-                     FBN_FORWARD | (n * p < CS_WAKE_VALUES ? FBN_LIGHT : 0));
+                     FBN_FORWARD | cs_light(n * p));
     if (jb.nt)
         cs_sfence();
     for (b = 0; b < items; b++)

@@ -212,3 +212,21 @@ def test_empty_and_bad_sizes():
     with pytest.raises(ValueError, match="invalid argument"):
         _kernels.standardize(np.zeros((2, 2)), 2, -2, False, None, None, False,
                              np.zeros((2, 2)), 1)
+
+
+@pytest.mark.parametrize("nt", [0, 1 << 60])
+def test_tuning_thresholds_change_no_bits(nt, rng):
+    # serial=0: even tiny calls split over threads; nt: streamed output
+    # always or never.  None of it changes a bit.
+    x = make(rng, (301, 19), np.float32, nan=0.02)
+    w = rng.uniform(0, 2, 301)
+    mean, scale = rng.standard_normal(19), rng.uniform(0.5, 2, 19)
+    ref = colstats(x, w, threads=1), standardize(x, mean, scale, threads=1)[0]
+    old = _kernels.set_tuning(serial=0, wake=0, nt=nt)
+    try:
+        got = colstats(x, w, threads=4), standardize(x, mean, scale, threads=4)[0]
+    finally:
+        _kernels.set_tuning(**old)
+    for a, b in zip(got[0], ref[0]):
+        assert_bitwise_equal(a, b)
+    assert_bitwise_equal(got[1], ref[1])
