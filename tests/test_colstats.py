@@ -218,9 +218,10 @@ def test_empty_and_bad_sizes():
 def test_tuning_thresholds_change_no_bits(nt, rng):
     # serial=0: even tiny calls split over threads; nt: streamed output
     # always or never.  None of it changes a bit.
-    x = make(rng, (301, 19), np.float32, nan=0.02)
-    w = rng.uniform(0, 2, 301)
-    mean, scale = rng.standard_normal(19), rng.uniform(0.5, 2, 19)
+    # 25600 values (under the default serial threshold) in 2 row blocks
+    x = make(rng, (400, 64), np.float32, nan=0.02)
+    w = rng.uniform(0, 2, 400)
+    mean, scale = rng.standard_normal(64), rng.uniform(0.5, 2, 64)
     ref = colstats(x, w, threads=1), standardize(x, mean, scale, threads=1)[0]
     old = _kernels.set_tuning(serial=0, wake=0, nt=nt)
     try:
