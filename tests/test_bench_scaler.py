@@ -92,4 +92,5 @@ def test_a_small_real_run(monkeypatch):
     for r in res.rows:
         assert r.status.startswith("ok"), (r.dtype, r.nan, r.op, r.status)
         assert r.fastbn > 0 and r.sklearn > 0 and r.speedup > 0
-        assert (r.copy is not None) == (r.op == "fit_transform")
+        assert (r.copy is not None) == (r.op in ("transform", "fit_transform"))
+        assert (r.bn is not None) == (r.op == "fit_transform")

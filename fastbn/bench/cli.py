@@ -24,7 +24,7 @@ PARTS = ("kernels", "sweep", "scenarios", "network", "sklearn")
 
 #: Timing rounds per part: (full, --quick).
 ROUNDS = {"kernels": (25, 7), "sweep": (5, 3), "scenarios": (5, 2),
-          "network": (21, 5), "sklearn": (5, 3)}
+          "network": (21, 5), "sklearn": (3, 2)}
 #: Timed calls per block in the between-calls scenarios: (full, --quick).
 SCENARIO_CALLS = (20, 10)
 

@@ -10,10 +10,12 @@ side, interleaved round by round:
 Before timing, every fastbn result is checked against scikit-learn's on
 the same data: ``mean_``, ``var_``, ``scale_`` and the transformed data
 within relative 1e-5 (float32) or 1e-10 (float64), with an absolute
-1e-6 / 1e-12 for transformed values near 0.  The ``fit_transform`` rows
-also show the time of ``np.copy`` of the array (the floor of a pass that
-reads and writes it) and of ``fastbn.batch_norm_train(x, axis=-1)`` (the
-same arithmetic without scikit-learn's validation).
+1e-6 / 1e-12 for transformed values near 0.  The ``transform`` and
+``fit_transform`` rows also show the time of ``np.copy`` of the array (the
+floor of any transform that returns a new array: a fresh array, whose pages
+the OS zeroes when they are first written, one read and one write), and
+the ``fit_transform`` rows that of ``fastbn.batch_norm_train(x, axis=-1)``
+(the same arithmetic without scikit-learn's validation).
 
 Needs scikit-learn; without it the part reports that it was skipped.
 """
@@ -63,7 +65,7 @@ class ScalerRow:
     sklearn: Optional[float]
     status: str                 # "ok" or "FAILED: ..."
     error: Optional[float] = None   # worst relative error seen
-    copy: Optional[float] = None    # np.copy of the array (fit_transform rows)
+    copy: Optional[float] = None    # np.copy of the array (transform rows)
     bn: Optional[float] = None      # fastbn.batch_norm_train(x, axis=-1)
     ratios: List[float] = dataclasses.field(default_factory=list)
 
@@ -212,8 +214,9 @@ def run_scaler(fastbn, threads: int, rounds: int, *, quick: bool = False,
             impls = [Impl("fastbn", "fastbn", op_fn(op, "fastbn"), threads=threads,
                           setup=lambda: fastbn.num_threads(threads)),
                      Impl("scikit-learn", "numpy", op_fn(op, "sklearn"))]
-            if op == "fit_transform":
+            if op in ("transform", "fit_transform"):
                 impls.append(Impl("np.copy", "floor", lambda: np.copy(X)))
+            if op == "fit_transform":
                 impls.append(Impl("batch_norm_train", "fastbn",
                                   lambda: fastbn.batch_norm_train(X, axis=-1),
                                   threads=threads,
@@ -261,9 +264,11 @@ def scaler_notes(res: ScalerResult) -> List[str]:
         "transform copies (copy=True); partial_fit x10 = a fresh scaler fed "
         "the array in 10 row chunks.  speed-up = scikit-learn time / fastbn "
         "time, the median of the ratios of the two in each round (they run "
-        "side by side, interleaved).  np.copy and batch_norm_train (the same "
-        "arithmetic, channels-last) are on the fit_transform rows for "
-        "scale.  Every fastbn result was checked against scikit-learn's "
+        "side by side, interleaved).  np.copy (a new array: allocation, the "
+        "OS zeroing its pages, one read and one write; the floor of any "
+        "transform that returns a new array) is on the transform rows, and "
+        "batch_norm_train (the same arithmetic, channels-last) on the "
+        "fit_transform rows, for scale.  Every fastbn result was checked against scikit-learn's "
         "first (check column: worst relative error of mean_, var_, scale_ and "
         "the transformed data; limits 1e-5 float32, 1e-10 float64).  This "
         "part took %.0f s." % (threads_name(res.threads), res.versions,
