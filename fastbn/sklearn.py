@@ -185,29 +185,30 @@ class StandardScaler(_SkStandardScaler):
                           ensure_all_finite=False, reset=first_call)
         if sparse.issparse(X) or X.dtype not in _KERNEL_DTYPES:
             return _SK_PARTIAL_FIT(self, X, y, sample_weight)
-        ctx = None
-        if hasattr(self, "_init_callback_context"):
-            ctx = self._init_callback_context()
-            ctx.call_on_fit_task_begin(estimator=self, X=X, y=y,
-                                       metadata={"sample_weight": sample_weight})
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
             w = np.ascontiguousarray(sample_weight, dtype=np.float64)
         else:
             w = None
         n, p = X.shape
+        Xk, colmajor = _layout(X)
+        count, mean, m2 = _kernels.colstats(Xk, n, p, colmajor, w, _nthreads())
+        if not (np.isfinite(mean) | (count == 0)).all() or not np.isfinite(m2).all():
+            # an infinity raises scikit-learn's error (before any state
+            # changes); huge finite values (a sum that overflows) give
+            # scikit-learn's inf/nan too
+            assert_all_finite(X, allow_nan=True, estimator_name=type(self).__name__,
+                              input_name="X")
+        ctx = None
+        if hasattr(self, "_init_callback_context"):
+            ctx = self._init_callback_context()
+            ctx.call_on_fit_task_begin(estimator=self, X=X, y=y,
+                                       metadata={"sample_weight": sample_weight})
         if not first_call and np.size(self.n_samples_seen_) == 1:
             # as scikit-learn: a scalar count becomes per feature, in int64
             # (weighted: in X's dtype) before the update
             self.n_samples_seen_ = np.repeat(self.n_samples_seen_, p).astype(
                 np.int64 if sample_weight is None else X.dtype, copy=False)
-        Xk, colmajor = _layout(X)
-        count, mean, m2 = _kernels.colstats(Xk, n, p, colmajor, w, _nthreads())
-        if not (np.isfinite(mean) | (count == 0)).all() or not np.isfinite(m2).all():
-            # an infinity raises scikit-learn's error; huge finite values
-            # (a sum that overflows) give scikit-learn's inf/nan too
-            assert_all_finite(X, allow_nan=True, estimator_name=type(self).__name__,
-                              input_name="X")
         self._merge_moments(count, mean, m2, first_call,
                             _sample_count_dtype(w is not None, X.dtype))
         if ctx is not None:

@@ -346,6 +346,15 @@ def test_infinity_raises_sklearns_error(order, dtype, rng):
     assert _message(lambda: StandardScaler().partial_fit(X)) == \
         _message(lambda: SkScaler().partial_fit(X))
     good = make(rng, (300, 5), dtype, 0.01, order)
+    # a failed partial_fit leaves the fitted state as it was
+    s = StandardScaler().partial_fit(good[:100])
+    state = {k: np.copy(getattr(s, k)) for k in ("mean_", "var_", "scale_",
+                                                  "n_samples_seen_")}
+    with pytest.raises(ValueError, match="infinity"):
+        s.partial_fit(X)
+    for k, v in state.items():
+        assert_bitwise_equal(getattr(s, k), v)
+        assert type(getattr(s, k)) is type(v) or np.ndim(v) == 0
     ours, ref = StandardScaler(copy=False).fit(good), SkScaler(copy=False).fit(good)
     before = X.copy(order=order)
     assert _message(lambda: ours.transform(X)) == _message(lambda: ref.transform(X))
