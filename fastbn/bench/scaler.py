@@ -166,7 +166,7 @@ def run_scaler(fastbn, threads: int, rounds: int, *, quick: bool = False,
     rows = []
     for dtype, nan in cases:
         if progress is not None:
-            progress.start("%s %s" % (dtype, "1%% NaN" if nan else "finite"))
+            progress.start("%s %s" % (dtype, "1% NaN" if nan else "finite"))
         X = make_data(shape, dtype, nan)
         chunks = np.array_split(X, CHUNKS)
         # correctness first: every operation against scikit-learn's
