@@ -21,12 +21,6 @@
 #include "fastbn.h"
 #include "pool.h"
 
-#if defined(__SSE2__) || defined(_M_X64)
-#include <emmintrin.h>
-#define CS_HAVE_NT 1
-#else
-#define CS_HAVE_NT 0
-#endif
 
 /* Values per row block (row-major statistics), at least CS_MIN_ROWS rows:
  * a block (64 KB of float) is read twice, the second time from cache. */
@@ -37,9 +31,8 @@
 /* Independent accumulators: one per column of a strip (row-major), one
  * per lane of a run (column-major). */
 #define CS_LANES 16
-/* Values per standardisation item, and per L1 tile of streamed output. */
+/* Values per standardisation item. */
 #define CS_APPLY_VALUES 16384
-#define CS_TILE 1024
 /* Constants of up to this many columns live on the stack. */
 #define CS_STACK_C 256
 /* GCC and clang vector extensions for the statistics' lanes (other
@@ -108,7 +101,6 @@ typedef struct {
                             [column][chunk][3] (column-major) */
     const void *mt;      /* standardisation: 2*p constants of T (mean, scale) */
     int inverse;         /* standardisation: y = x * scale + mean */
-    int nt;              /* standardisation: non-temporal output stores */
     unsigned char *flags; /* standardisation: item saw an infinity */
 } cs_job;
 
@@ -176,71 +168,6 @@ static void cs_merge_parts(const cs_job *jb, double *tmp, double *count, double 
         mean[c] = tmp[0] != 0.0 ? tmp[1] : NAN;
         m2[c] = tmp[2];
     }
-}
-
-/* Whether an output of `bytes` goes out with non-temporal stores: when it
- * is larger than the L2 caches of the threads writing it (it leaves them
- * anyway, and a streamed line is not read before it is written), the
- * batch-norm kernels' rule; fbn_set_tuning's nt_bytes (per thread here)
- * moves the threshold for both. */
-static int cs_stream_output(ptrdiff_t bytes, int nth)
-{
-    long long nt, fuse, tile, serial, wake;
-    fbn_get_tuning(&nt, &fuse, &tile, &serial, &wake);
-    return CS_HAVE_NT && (long long)bytes >= nt * (nth > 1 ? nth : 1);
-}
-
-/* Elements (at most `left`, at most `tile`) of an L1 tile that starts at
- * p and ends on a 64-byte boundary, so that streamed tiles write whole
- * lines. */
-static inline ptrdiff_t cs_tile_len(const void *p, size_t sz, ptrdiff_t left,
-                                    ptrdiff_t tile)
-{
-    uintptr_t a = (uintptr_t)p;
-    uintptr_t e = (a + (size_t)tile * sz) & ~(uintptr_t)63;
-    ptrdiff_t n = (ptrdiff_t)((e - a) / sz);
-    if (n < 1)
-        n = 1;
-    return n < left ? n : left;
-}
-
-/* Copies n bytes to dst with non-temporal stores where dst is 16-byte
- * aligned (plain copies for the unaligned head and the tail). */
-static void cs_stream(void *dst, const void *src, size_t n)
-{
-#if CS_HAVE_NT
-    char *d = (char *)dst;
-    const char *s = (const char *)src;
-    size_t head = (16 - ((size_t)(uintptr_t)d & 15)) & 15;
-    if (head > n)
-        head = n;
-    memcpy(d, s, head);
-    d += head;
-    s += head;
-    n -= head;
-    for (; n >= 64; n -= 64, d += 64, s += 64) {
-        __m128i a = _mm_loadu_si128((const __m128i *)s);
-        __m128i b = _mm_loadu_si128((const __m128i *)(s + 16));
-        __m128i c = _mm_loadu_si128((const __m128i *)(s + 32));
-        __m128i e = _mm_loadu_si128((const __m128i *)(s + 48));
-        _mm_stream_si128((__m128i *)d, a);
-        _mm_stream_si128((__m128i *)(d + 16), b);
-        _mm_stream_si128((__m128i *)(d + 32), c);
-        _mm_stream_si128((__m128i *)(d + 48), e);
-    }
-    for (; n >= 16; n -= 16, d += 16, s += 16)
-        _mm_stream_si128((__m128i *)d, _mm_loadu_si128((const __m128i *)s));
-    memcpy(d, s, n);
-#else
-    memcpy(dst, src, n);
-#endif
-}
-
-static inline void cs_sfence(void)
-{
-#if CS_HAVE_NT
-    _mm_sfence();
-#endif
 }
 
 /* Table of one element type's kernels (signatures as in fastbn.h). */

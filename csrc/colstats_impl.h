@@ -437,15 +437,16 @@ static inline T CS(scan)(const T *x, ptrdiff_t n)
     return mx;
 }
 
-/* One standardisation item: CS_APPLY_VALUES values in memory order; with
- * non-temporal stores the results go through an L1 tile.  Without y, the
- * item only looks for infinities. */
+/* One standardisation item: CS_APPLY_VALUES values in memory order, with
+ * plain stores (non-temporal ones, through an L1 tile as the batch-norm
+ * kernels stream, took 1.3-1.6x as long for the 256 MB outputs of the
+ * issue-13 benchmark on this project's VM, into fresh or reused arrays).
+ * Without y, the item only looks for infinities. */
 static void CS(item_std)(void *arg, ptrdiff_t b)
 {
     cs_job *jb = (cs_job *)arg;
     const T *x = (const T *)jb->x, *m = (const T *)jb->mt, *s = m + jb->p;
     T *y = (T *)jb->y;
-    T buf[CS_TILE];
     T mx = (T)0, t;
     if (y == NULL) {
         ptrdiff_t i0 = jb->colmajor ? b * CS_APPLY_VALUES : b * jb->rows * jb->p;
@@ -457,30 +458,13 @@ static void CS(item_std)(void *arg, ptrdiff_t b)
         ptrdiff_t i = b * CS_APPLY_VALUES, end = cs_min(i + CS_APPLY_VALUES, total);
         while (i < end) {
             ptrdiff_t c = i / jb->n, stop = cs_min(end, (c + 1) * jb->n);
-            if (jb->nt) {
-                ptrdiff_t len = cs_tile_len(y + i, sizeof(T), stop - i, CS_TILE);
-                t = CS(run_std)(x + i, buf, len, m[c], s[c], jb->inverse);
-                cs_stream(y + i, buf, (size_t)len * sizeof(T));
-                stop = i + len;
-            } else {
-                t = CS(run_std)(x + i, y + i, stop - i, m[c], s[c], jb->inverse);
-            }
+            t = CS(run_std)(x + i, y + i, stop - i, m[c], s[c], jb->inverse);
             mx = t > mx ? t : mx;
             i = stop;
         }
     } else {
         ptrdiff_t r = b * jb->rows, r1 = cs_min(r + jb->rows, jb->n);
-        ptrdiff_t tr = CS_TILE / jb->p;
-        if (!jb->nt || tr < 1) {
-            mx = CS(rows_std)(x, y + r * jb->p, jb->p, r, r1, m, s, jb->inverse);
-        } else {
-            for (; r < r1; r += tr) {
-                ptrdiff_t re = cs_min(r + tr, r1);
-                t = CS(rows_std)(x, buf, jb->p, r, re, m, s, jb->inverse);
-                mx = t > mx ? t : mx;
-                cs_stream(y + r * jb->p, buf, (size_t)((re - r) * jb->p) * sizeof(T));
-            }
-        }
+        mx = CS(rows_std)(x, y + r * jb->p, jb->p, r, r1, m, s, jb->inverse);
     }
     jb->flags[b] = mx == (T)INFINITY;
 }
@@ -523,8 +507,6 @@ static int CS(k_standardize)(const T *x, ptrdiff_t n, ptrdiff_t p, int colmajor,
         items = cs_cdiv(n, jb.rows);
     }
     nth = cs_threads(nthreads, n * p, items);
-    jb.nt = y != NULL && (const void *)x != (const void *)y &&
-            cs_stream_output(n * p * (ptrdiff_t)sizeof(T), nth);
     jb.flags = (unsigned char *)malloc((size_t)items);
     if (jb.flags == NULL) {
         if (mt != stack)
@@ -533,8 +515,6 @@ static int CS(k_standardize)(const T *x, ptrdiff_t n, ptrdiff_t p, int colmajor,
     }
     fbn_parallel_for(items, CS(item_std), &jb, nth,
                      FBN_FORWARD | cs_light(n * p));
-    if (jb.nt)
-        cs_sfence();
     for (b = 0; b < items; b++)
         bad |= jb.flags[b];
     if (has_inf)

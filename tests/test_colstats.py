@@ -170,7 +170,7 @@ def test_standardize_is_numpys_arithmetic(shape, order, dtype, rng):
 
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_standardize_in_place_large_and_threads(order, dtype, rng):
-    # large enough for streamed (non-temporal) output and several threads
+    # large enough for several threads and many items
     x = make(rng, (70000, 33), dtype, nan=0.001, order=order)
     mean = rng.standard_normal(33)
     scale = rng.uniform(0.1, 3, 33)
@@ -214,16 +214,15 @@ def test_empty_and_bad_sizes():
                              np.zeros((2, 2)), 1)
 
 
-@pytest.mark.parametrize("nt", [0, 1 << 60])
-def test_tuning_thresholds_change_no_bits(nt, rng):
-    # serial=0: even tiny calls split over threads; nt: streamed output
-    # always or never.  None of it changes a bit.
+def test_tuning_thresholds_change_no_bits(rng):
+    # serial=0, wake=0: even small calls split over threads and wake the
+    # helpers.  None of it changes a bit.
     # 25600 values (under the default serial threshold) in 2 row blocks
     x = make(rng, (400, 64), np.float32, nan=0.02)
     w = rng.uniform(0, 2, 400)
     mean, scale = rng.standard_normal(64), rng.uniform(0.5, 2, 64)
     ref = colstats(x, w, threads=1), standardize(x, mean, scale, threads=1)[0]
-    old = _kernels.set_tuning(serial=0, wake=0, nt=nt)
+    old = _kernels.set_tuning(serial=0, wake=0)
     try:
         got = colstats(x, w, threads=4), standardize(x, mean, scale, threads=4)[0]
     finally:
