@@ -254,6 +254,40 @@ FBN_DECLARE_GHOST(double, f64)
 void fbn_describe_plan_groups(ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C,
                               ptrdiff_t inner, int elsize, int nstat, int nextra,
                               int nout, int ops, int nthreads, long long *fields);
+/* Per-column statistics of a 2-D matrix and its standardisation
+ * (colstats.c; fastbn.sklearn.StandardScaler's dense paths).  The matrix
+ * has n rows and p columns; element (r, c) is at x[r*p + c] when colmajor
+ * is 0 (C order), at x[c*n + r] when it is 1 (Fortran order).
+ *
+ * fbn_colstats: per column, the values that are not NaN, weighted by
+ * w[r] (n doubles; NULL: weight 1), give
+ *   count[c] = sum of their weights (their number without w),
+ *   mean[c]  = weighted mean (NaN when count[c] is 0),
+ *   m2[c]    = sum of w * (x - mean)^2,
+ * each p doubles (written).  Two passes per cache-resident block in
+ * double, blocks merged with Chan's formula in order: bitwise the same
+ * for every thread count and instruction set.  n may be 0.
+ *
+ * fbn_standardize: y = (x - mean) / scale per column (inverse = 1:
+ * y = x * scale + mean), computed in T with mean and scale first rounded
+ * to T (the arithmetic of NumPy's `x -= mean.astype(T); x /= scale...`).
+ * mean NULL: no centring; scale NULL: no scaling.  NaN stays NaN.  y has
+ * x's layout and may equal x (in place), nothing else may overlap; y
+ * NULL: nothing is written, x is only searched for infinities.
+ * *has_inf (may be NULL) receives 1 if x holds +-inf, else 0. */
+#define FBN_DECLARE_COLSTATS(T, SFX)                                          \
+  int fbn_colstats_##SFX(const T *x, ptrdiff_t n, ptrdiff_t p, int colmajor,  \
+                         const double *w, double *count, double *mean,        \
+                         double *m2, int nthreads);                           \
+  int fbn_standardize_##SFX(const T *x, ptrdiff_t n, ptrdiff_t p,             \
+                            int colmajor, const double *mean,                 \
+                            const double *scale, int inverse, T *y,           \
+                            int *has_inf, int nthreads);
+
+FBN_DECLARE_COLSTATS(float, f32)
+FBN_DECLARE_COLSTATS(double, f64)
+
+#undef FBN_DECLARE_COLSTATS
 
 #ifdef __cplusplus
 }

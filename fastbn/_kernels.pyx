@@ -98,6 +98,18 @@ cdef extern from "fastbn.h" nogil:
                          const double *mean, const double *invstd, const double *gamma,
                          int training, double *dx, double *dz, double *dgamma,
                          double *dbeta, int nthreads)
+    int fbn_colstats_f32(const float *x, Py_ssize_t n, Py_ssize_t p, int colmajor,
+                         const double *w, double *count, double *mean, double *m2,
+                         int nthreads)
+    int fbn_colstats_f64(const double *x, Py_ssize_t n, Py_ssize_t p, int colmajor,
+                         const double *w, double *count, double *mean, double *m2,
+                         int nthreads)
+    int fbn_standardize_f32(const float *x, Py_ssize_t n, Py_ssize_t p, int colmajor,
+                            const double *mean, const double *scale, int inverse,
+                            float *y, int *has_inf, int nthreads)
+    int fbn_standardize_f64(const double *x, Py_ssize_t n, Py_ssize_t p, int colmajor,
+                            const double *mean, const double *scale, int inverse,
+                            double *y, int *has_inf, int nthreads)
 
 
 cdef inline void *_ptr(object a):
@@ -638,3 +650,48 @@ def backward_ghost(dy, x, y, Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
                                         <double *>pdb, nthreads)
     _check(st)
     return dgamma, dbeta
+def colstats(x, Py_ssize_t n, Py_ssize_t p, bint colmajor, w, int nthreads):
+    """Per-column (count, mean, m2) in float64 of the (n, p) matrix x (its
+    data read in C order, or Fortran order with colmajor), NaN skipped,
+    weighted by the float64 array w (n values) or not (None)."""
+    count = _empty(p, cnp.NPY_FLOAT64)
+    mean = _empty(p, cnp.NPY_FLOAT64)
+    m2 = _empty(p, cnp.NPY_FLOAT64)
+    cdef void *px = _ptr(x)
+    cdef double *pw = <double *>_ptr(w)
+    cdef double *pk = <double *>_ptr(count)
+    cdef double *pm = <double *>_ptr(mean)
+    cdef double *pq = <double *>_ptr(m2)
+    cdef int st
+    if _is_f32(x):
+        with nogil:
+            st = fbn_colstats_f32(<float *>px, n, p, colmajor, pw, pk, pm, pq, nthreads)
+    else:
+        with nogil:
+            st = fbn_colstats_f64(<double *>px, n, p, colmajor, pw, pk, pm, pq,
+                                  nthreads)
+    _check(st)
+    return count, mean, m2
+
+
+def standardize(x, Py_ssize_t n, Py_ssize_t p, bint colmajor, mean, scale,
+                bint inverse, y, int nthreads):
+    """y = (x - mean) / scale per column (inverse: y = x * scale + mean) in
+    x's dtype, mean and scale float64 arrays of p values or None; y has x's
+    layout and dtype (it may be x; None: x is only searched for
+    infinities).  Returns True if x holds an infinity."""
+    cdef void *px = _ptr(x)
+    cdef double *pm = <double *>_ptr(mean)
+    cdef double *ps = <double *>_ptr(scale)
+    cdef void *py = _ptr(y)
+    cdef int st, bad = 0
+    if _is_f32(x):
+        with nogil:
+            st = fbn_standardize_f32(<float *>px, n, p, colmajor, pm, ps, inverse,
+                                     <float *>py, &bad, nthreads)
+    else:
+        with nogil:
+            st = fbn_standardize_f64(<double *>px, n, p, colmajor, pm, ps, inverse,
+                                     <double *>py, &bad, nthreads)
+    _check(st)
+    return bool(bad)

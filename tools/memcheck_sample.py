@@ -69,5 +69,23 @@ for nthreads, tuning in [(n, t) for n in (1, 2) for t in PLANS]:
                                           renorm_clipping={"rmax": 2, "dmax": 1})
                     bn(x, residual=z)
                     bn.backward(dy)
+# the per-column kernels of fastbn.sklearn (csrc/colstats.c): C and Fortran
+# order, NaN, weights, in place, the search for infinities, every plan
+for tuning in [dict(), dict(serial=0, wake=0, nt=0)]:
+    _kernels.set_tuning(**tuning)
+    for n, p in [(1, 1), (7, 3), (33, 17), (300, 70), (5000, 2)]:
+        for dt in (np.float32, np.float64):
+            for order in "CF":
+                x = np.asarray(rng.standard_normal((n, p)), dtype=dt, order=order)
+                x[rng.random((n, p)) < 0.1] = np.nan
+                cm = order == "F" and (p == 1 or n > 1)
+                w = rng.random(n)
+                for ww in (None, w):
+                    k, m, q = _kernels.colstats(x, n, p, cm, ww, 2)
+                s = np.sqrt(q / np.maximum(k, 1)) + 1
+                y = np.empty_like(x, order=order)
+                _kernels.standardize(x, n, p, cm, m, s, False, y, 2)
+                _kernels.standardize(y, n, p, cm, m, s, True, y, 2)
+                _kernels.standardize(x, n, p, cm, None, None, False, None, 2)
 _kernels.set_tuning()
 print("memcheck sample done")

@@ -1,8 +1,9 @@
 """``python -m fastbn.bench``: options, the run of the chosen parts, output.
 
 Without a part option the full report runs: kernel workloads, shape sweep,
-between-calls scenarios, the NumPy network step, and ghost batches and
-batch renormalization against ordinary batch norm.
+between-calls scenarios, the NumPy network step, ghost batches and
+batch renormalization against ordinary batch norm, and the scikit-learn
+StandardScaler comparison.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import json
 import sys
 
-from . import ghost, kernels, network, scenarios, sweep
+from . import ghost, kernels, network, scaler, scenarios, sweep
 from .floor import copyto_releases_gil
 from .machine import OtherLoad, blas_info, machine_info
 from .progress import Progress
@@ -20,11 +21,11 @@ from .workloads import (WORKLOADS, check_sweep_terms, family_counts,
                         filter_sweep, fmt_bytes, select_workloads,
                         split_terms, sweep_workloads)
 
-PARTS = ("kernels", "sweep", "scenarios", "network", "ghost")
+PARTS = ("kernels", "sweep", "scenarios", "network", "ghost", "sklearn")
 
 #: Timing rounds per part: (full, --quick).
 ROUNDS = {"kernels": (25, 7), "sweep": (5, 3), "scenarios": (5, 2),
-          "network": (21, 5), "ghost": (41, 11)}
+          "network": (21, 5), "ghost": (41, 11), "sklearn": (3, 2)}
 #: Timed calls per block in the between-calls scenarios: (full, --quick).
 SCENARIO_CALLS = (20, 10)
 
@@ -36,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "copy of the same bytes on the same number of threads). "
                     "Without a part option, the full report: kernel "
                     "workloads, shape sweep, between-calls scenarios, "
-                    "the NumPy network step, and ghost batches and batch "
-                    "renormalization.")
+                    "the NumPy network step, ghost batches and batch "
+                    "renormalization, and the scikit-learn StandardScaler "
+                    "comparison.")
     parts = p.add_argument_group("parts (default: all)")
     parts.add_argument("--kernels", action="store_true",
                        help="the kernel workloads (standard shapes, every "
@@ -55,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     parts.add_argument("--ghost", action="store_true",
                        help="ghost batches (virtual_batch_size) and batch "
                             "renormalization against ordinary batch norm")
+    parts.add_argument("--sklearn", action="store_true",
+                       help="fastbn.sklearn.StandardScaler against "
+                            "scikit-learn's: fit, transform, fit_transform, "
+                            "partial_fit in 10 chunks (needs scikit-learn)")
     p.add_argument("--quick", action="store_true",
                    help="a small subset of every part, fewer rounds, no "
                         "torch.compile (about 2 minutes)")
@@ -202,6 +208,9 @@ def list_selection(args) -> str:
                 else ghost.GHOST_ROWS + ghost.RENORM_ROWS)
         lines.append("ghost batches and renormalization (%d rows):" % len(rows))
         lines += ["  %s %s" % (r[0], r[1]) for r in rows]
+    if "sklearn" in args.parts:
+        lines.append("scikit-learn StandardScaler: %s x %s" % (
+            scaler.QUICK_SHAPE if args.quick else scaler.SHAPE, scaler.OPS))
     return "\n".join(lines) + "\n"
 
 
@@ -280,6 +289,12 @@ def main(argv=None) -> int:
                                     quick=args.quick, pause=args.pause,
                                     progress=progress)
         rep.other_load["ghost"] = load.share()
+    if "sklearn" in args.parts:
+        load = OtherLoad()
+        rep.sklearn = scaler.run_scaler(fastbn, threads, rounds["sklearn"],
+                                        quick=args.quick, pause=args.pause,
+                                        progress=progress)
+        rep.other_load["sklearn"] = load.share()
     progress.done()
     sys.stdout.write(render(rep))
     if args.markdown:

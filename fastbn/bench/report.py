@@ -18,6 +18,7 @@ from .ghost import GHOST_NOTES, GhostResult, ghost_json, ghost_rows
 from .impls import threads_name
 from .machine import other_load_text
 from .network import NetworkResult
+from .scaler import ScalerResult, scaler_json, scaler_notes, scaler_rows
 from .results import WorkloadResult
 from .scenarios import (IDLE_SECONDS, MATMUL_SIZE, WARM_CALLS, ScenarioResult,
                         target_text)
@@ -42,6 +43,7 @@ class Report:
     scenarios: Optional[ScenarioResult] = None
     network: Optional[NetworkResult] = None
     ghost: Optional[GhostResult] = None
+    sklearn: Optional[ScalerResult] = None
     #: per part: the share of all CPUs' time that other processes used
     #: while it ran (machine.OtherLoad; None where unknown)
     other_load: Dict[str, Optional[float]] = dataclasses.field(
@@ -65,6 +67,10 @@ class Report:
         for row in (self.ghost.rows if self.ghost else []):
             if row.failed:
                 out.append("ghost/%s" % row.label)
+        for r in (self.sklearn.rows if self.sklearn else []):
+            if r.failed:
+                out.append("sklearn/%s %s/%s" % (r.dtype, "nan" if r.nan else
+                                                 "finite", r.op))
         return sorted(set(out))
 
 
@@ -533,6 +539,13 @@ def blocks(rep: Report) -> List[tuple]:
     if rep.ghost is not None:
         out.append(("h2", "Ghost batches and batch renormalization"))
         out.append(("table",) + ghost_rows(rep.ghost))
+    if rep.sklearn is not None:
+        out.append(("h2", "scikit-learn StandardScaler (%s)" %
+                    " x ".join(map(str, rep.sklearn.shape))))
+        if rep.sklearn.skipped:
+            out.append(("p", "Skipped: " + rep.sklearn.skipped))
+        else:
+            out.append(("table",) + scaler_rows(rep.sklearn))
     notes = [floor_note(rep.threads, rep.gil_released)]
     if rep.kernels:
         notes += list(KERNEL_NOTES)
@@ -544,6 +557,8 @@ def blocks(rep: Report) -> List[tuple]:
         notes += network_notes(rep.network)
     if rep.ghost is not None:
         notes += GHOST_NOTES
+    if rep.sklearn is not None:
+        notes += scaler_notes(rep.sklearn)
     out.append(("h2", "Notes"))
     out.append(("notes", notes))
     failed = rep.failures()
@@ -693,4 +708,6 @@ def to_json(rep: Report) -> dict:
                          "met": met} for what, r, text, met in net.targets()]}
     if rep.ghost is not None:
         data["ghost"] = ghost_json(rep.ghost)
+    if rep.sklearn is not None:
+        data["sklearn"] = scaler_json(rep.sklearn)
     return data
