@@ -2,7 +2,8 @@
  * fastbn.c -- batch-normalization kernels (see fastbn.h for the interface).
  *
  * The kernels are written once, in kernels_impl.h, and instantiated here for
- * float and double.  This file holds what does not depend on the element
+ * float and double, and for the half types float16 and bfloat16 (stored as
+ * 16-bit patterns, computed in float: half_convert.h).  This file holds what does not depend on the element
  * type: status strings, OpenMP queries, the thread policy, the statistics
  * merge, and the walk over one channel's values in channel-first layout.
  *
@@ -657,32 +658,36 @@ static void fbn_merge_blocks(const double *pm, const double *pq, ptrdiff_t C,
 /* Table of one element type's kernels (same signatures as fastbn.h). */
 #define FBN_OPS_TYPE_(s) fbn_ops_##s
 #define FBN_OPS_TYPE(s) FBN_OPS_TYPE_(s)
-#define FBN_DEFINE_OPS(T, SFX)                                                 \
+#define FBN_DEFINE_OPS(T, R, SFX)                                               \
     typedef struct {                                                           \
         int (*moments)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, double *,   \
                        double *, int);                                         \
         int (*train_forward)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t,       \
-                             const T *, const T *, const T *, double, int,     \
-                             T *, T *, T *, double *, int);                    \
+                             const R *, const R *, const T *, double, int,     \
+                             T *, R *, R *, double *, int);                    \
         int (*infer_forward)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t,       \
-                             const T *, const T *, const T *, const T *,       \
+                             const R *, const R *, const R *, const R *,       \
                              const T *, double, int, T *, int);                \
         int (*apply)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t,               \
-                     const double *, const double *, const T *, const T *,     \
+                     const double *, const double *, const R *, const R *,     \
                      const T *, int, T *, int);                                \
         int (*backward_reduce)(const T *, const T *, const T *, ptrdiff_t,     \
-                               ptrdiff_t, ptrdiff_t, const T *, double *,      \
+                               ptrdiff_t, ptrdiff_t, const R *, double *,      \
                                double *, int);                                 \
         int (*backward_apply)(const T *, const T *, const T *, ptrdiff_t,      \
-                              ptrdiff_t, ptrdiff_t, const T *, const T *,      \
-                              const T *, const double *, const double *,       \
+                              ptrdiff_t, ptrdiff_t, const R *, const R *,      \
+                              const R *, const double *, const double *,       \
                               double, int, T *, T *, int);                     \
         int (*backward)(const T *, const T *, const T *, ptrdiff_t, ptrdiff_t, \
-                        ptrdiff_t, const T *, const T *, const T *, int, T *,  \
-                        T *, T *, T *, int);                                   \
+                        ptrdiff_t, const R *, const R *, const R *, int, T *,  \
+                        T *, R *, R *, int);                                   \
     } fbn_ops_##SFX;
-FBN_DEFINE_OPS(float, f32)
-FBN_DEFINE_OPS(double, f64)
+FBN_DEFINE_OPS(float, float, f32)
+FBN_DEFINE_OPS(double, double, f64)
+FBN_DEFINE_OPS(fbn_half, float, f16)
+FBN_DEFINE_OPS(fbn_half, float, bf16)
+
+#include "half_convert.h"
 
 /* The portable baseline (SSE2 on x86-64; whatever the target has
  * elsewhere). */
@@ -750,6 +755,18 @@ static const fbn_ops_f64 *const fbn_table_f64[] = {
     &ops_f64_avx2, &ops_f64_avx512,
 #endif
 };
+static const fbn_ops_f16 *const fbn_table_f16[] = {
+    &ops_f16_base,
+#if FBN_HAVE_DISPATCH
+    &ops_f16_avx2, &ops_f16_avx512,
+#endif
+};
+static const fbn_ops_bf16 *const fbn_table_bf16[] = {
+    &ops_bf16_base,
+#if FBN_HAVE_DISPATCH
+    &ops_bf16_avx2, &ops_bf16_avx512,
+#endif
+};
 
 /* Best instruction set this CPU (and OS) supports among those built. */
 static int fbn_best_isa(void)
@@ -799,13 +816,33 @@ const char *fbn_simd_available(void)
 }
 
 #define T float
+#define R float
 #define SFX f32
 #include "dispatch_impl.h"
 #undef T
+#undef R
 #undef SFX
 
 #define T double
+#define R double
 #define SFX f64
 #include "dispatch_impl.h"
 #undef T
+#undef R
+#undef SFX
+
+#define T fbn_half
+#define R float
+#define SFX f16
+#include "dispatch_impl.h"
+#undef T
+#undef R
+#undef SFX
+
+#define T fbn_half
+#define R float
+#define SFX bf16
+#include "dispatch_impl.h"
+#undef T
+#undef R
 #undef SFX

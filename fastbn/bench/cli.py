@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from . import kernels, network, scenarios, sweep
+from . import half, kernels, network, scenarios, sweep
 from .floor import copyto_releases_gil
 from .machine import OtherLoad, blas_info, machine_info
 from .progress import Progress
@@ -19,11 +19,11 @@ from .workloads import (WORKLOADS, check_sweep_terms, family_counts,
                         filter_sweep, fmt_bytes, select_workloads,
                         split_terms, sweep_workloads)
 
-PARTS = ("kernels", "sweep", "scenarios", "network")
+PARTS = ("kernels", "sweep", "scenarios", "network", "half")
 
 #: Timing rounds per part: (full, --quick).
 ROUNDS = {"kernels": (25, 7), "sweep": (5, 3), "scenarios": (5, 2),
-          "network": (21, 5)}
+          "network": (21, 5), "half": (11, 5)}
 #: Timed calls per block in the between-calls scenarios: (full, --quick).
 SCENARIO_CALLS = (20, 10)
 
@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     parts.add_argument("--network", action="store_true",
                        help="a ResNet basic block step in NumPy with fastbn "
                             "and with NumPy batch norm")
+    parts.add_argument("--half", action="store_true",
+                       help="half precision: fastbn on float16 and bfloat16 "
+                            "beside its float32, and torch eager on half "
+                            "tensors (bfloat16 needs ml_dtypes)")
     p.add_argument("--quick", action="store_true",
                    help="a small subset of every part, fewer rounds, no "
                         "torch.compile (about 2 minutes)")
@@ -192,6 +196,10 @@ def list_selection(args) -> str:
     if "network" in args.parts:
         lines.append("network step: ResNet basic block %s" % (
             network.QUICK_SHAPE if args.quick else network.SHAPE,))
+    if "half" in args.parts:
+        lines.append("half precision: %s x %s" % (
+            [s for _, s, _ in (half.QUICK_SHAPES if args.quick
+                               else half.SHAPES)], half.MODES))
     return "\n".join(lines) + "\n"
 
 
@@ -264,6 +272,12 @@ def main(argv=None) -> int:
             shape=network.QUICK_SHAPE if args.quick else network.SHAPE,
             pause=args.pause, progress=progress)
         rep.other_load["network"] = load.share()
+    if "half" in args.parts:
+        load = OtherLoad()
+        rep.half = half.run_half(fastbn, threads, rounds["half"],
+                                 quick=args.quick, torch=torch,
+                                 pause=args.pause, progress=progress)
+        rep.other_load["half"] = load.share()
     progress.done()
     sys.stdout.write(render(rep))
     if args.markdown:

@@ -40,6 +40,7 @@ class Report:
     sweep: Optional[SweepResult] = None
     scenarios: Optional[ScenarioResult] = None
     network: Optional[NetworkResult] = None
+    half: Optional[object] = None  # half.HalfResult (--half)
     #: per part: the share of all CPUs' time that other processes used
     #: while it ran (machine.OtherLoad; None where unknown)
     other_load: Dict[str, Optional[float]] = dataclasses.field(
@@ -60,6 +61,8 @@ class Report:
         for v in (self.network.variants if self.network else []):
             if v.step.failed:
                 out.append("network/%s" % v.name)
+        if self.half is not None:
+            out += self.half.failures()
         return sorted(set(out))
 
 
@@ -525,6 +528,11 @@ def blocks(rep: Report) -> List[tuple]:
                     "(%s)" % ",".join(map(str, rep.network.shape))))
         out.append(("table",) + network_rows(rep.network))
         out.append(("table",) + network_target_rows(rep.network))
+    if rep.half is not None:
+        from .half import half_rows
+        out.append(("h2", "Half precision: float16 and bfloat16 beside "
+                          "float32 (%s)" % threads_name(rep.half.threads)))
+        out.append(("table",) + half_rows(rep.half))
     notes = [floor_note(rep.threads, rep.gil_released)]
     if rep.kernels:
         notes += list(KERNEL_NOTES)
@@ -534,6 +542,9 @@ def blocks(rep: Report) -> List[tuple]:
         notes += scenario_notes(rep.scenarios)
     if rep.network is not None:
         notes += network_notes(rep.network)
+    if rep.half is not None:
+        from .half import half_notes
+        notes += half_notes(rep.half)
     out.append(("h2", "Notes"))
     out.append(("notes", notes))
     failed = rep.failures()
@@ -681,4 +692,7 @@ def to_json(rep: Report) -> dict:
                          for v in net.variants],
             "targets": [{"what": what, "ratio": r, "target": text,
                          "met": met} for what, r, text, met in net.targets()]}
+    if rep.half is not None:
+        from .half import half_json
+        data["half"] = half_json(rep.half)
     return data

@@ -1,0 +1,112 @@
+/*
+ * half_impl.h -- the hot loops of the half types (float16, bfloat16),
+ * included by kernels_impl.h when FBN_HALF is set (T = fbn_half, R = float).
+ *
+ * Each takes its values in L1 tiles of FBN_TILE: widened to float
+ * (exactly), run through the float kernels' own loop (FBN_F32(f): the f32
+ * instance for the same instruction set, compiled before this one), and
+ * the results rounded once back to the half type.  FBN_TILE is a multiple
+ * of FBN_LANES, so a reduction's lanes see each value in the order the
+ * float kernel's would: the results are bitwise those of the float kernel
+ * on the widened data, for every plan, thread count and instruction set.
+ * (Conversions inside the float loops kept GCC from vectorising them; the
+ * separate conversion loops vectorise.)
+ */
+#define FBN_F32(f) FBN_CAT(f, f32, FBN_ISA)
+
+/* n elements (at most FBN_TILE) widened to float. */
+static inline void NAME(widen)(const T *x, float *w, ptrdiff_t n)
+{
+    ptrdiff_t i;
+#pragma omp simd
+    for (i = 0; i < n; i++)
+        w[i] = FBN_LD(x[i]);
+}
+
+/* n floats rounded once to the half type. */
+static inline void NAME(narrow)(const float *w, T *y, ptrdiff_t n)
+{
+    ptrdiff_t i;
+#pragma omp simd
+    for (i = 0; i < n; i++)
+        y[i] = FBN_ST(w[i]);
+}
+
+static inline void NAME(sum_acc)(const T *x, ptrdiff_t n, double *acc)
+{
+    float w[FBN_TILE];
+    ptrdiff_t t;
+    for (t = 0; t < n; t += FBN_TILE) {
+        ptrdiff_t len = fbn_min(FBN_TILE, n - t);
+        NAME(widen)(x + t, w, len);
+        FBN_F32(sum_acc)(w, len, acc);
+    }
+}
+
+static inline void NAME(ssd_acc)(const T *x, ptrdiff_t n, double m, double *acc)
+{
+    float w[FBN_TILE];
+    ptrdiff_t t;
+    for (t = 0; t < n; t += FBN_TILE) {
+        ptrdiff_t len = fbn_min(FBN_TILE, n - t);
+        NAME(widen)(x + t, w, len);
+        FBN_F32(ssd_acc)(w, len, m, acc);
+    }
+}
+
+/* x, z and y may be the same array (a tile is read before it is written). */
+static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
+                                    R mh, R ml, R a, R b, int relu, int hasz)
+{
+    float w[FBN_TILE], wz[FBN_TILE];
+    ptrdiff_t t;
+    for (t = 0; t < n; t += FBN_TILE) {
+        ptrdiff_t len = fbn_min(FBN_TILE, n - t);
+        NAME(widen)(x + t, w, len);
+        if (hasz)
+            NAME(widen)(z + t, wz, len);
+        FBN_F32(apply_body)(w, wz, w, len, mh, ml, a, b, relu, hasz);
+        NAME(narrow)(w, y + t, len);
+    }
+}
+
+/* The backward's reductions of n values (dy' = dy where y > 0 when y is
+ * given): the float kernel's bsum_body, tile by tile. */
+static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
+                            double m, double *s0, double *s1)
+{
+    float wg[FBN_TILE], wx[FBN_TILE], wy[FBN_TILE];
+    ptrdiff_t t;
+    for (t = 0; t < n; t += FBN_TILE) {
+        ptrdiff_t len = fbn_min(FBN_TILE, n - t);
+        NAME(widen)(dy + t, wg, len);
+        NAME(widen)(x + t, wx, len);
+        if (y) {
+            NAME(widen)(y + t, wy, len);
+            FBN_F32(mask_grad)(wg, wy, wg, len);
+        }
+        FBN_F32(bsum_plain)(wg, wx, len, m, s0, s1);
+    }
+}
+
+/* dx (and dz) of n values of one channel; dx may equal dy. */
+static inline void NAME(bapply_body)(const T *dy, const T *x, const T *y,
+                                     T *dx, T *dz, ptrdiff_t n, R m, R A, R B,
+                                     R D, int mask, int training, int hasdz)
+{
+    float wg[FBN_TILE], wx[FBN_TILE], wy[FBN_TILE], wz[FBN_TILE];
+    ptrdiff_t t;
+    for (t = 0; t < n; t += FBN_TILE) {
+        ptrdiff_t len = fbn_min(FBN_TILE, n - t);
+        NAME(widen)(dy + t, wg, len);
+        if (training)
+            NAME(widen)(x + t, wx, len);
+        if (mask)
+            NAME(widen)(y + t, wy, len);
+        FBN_F32(bapply_body)(wg, wx, wy, wg, wz, len, m, A, B, D, mask, training,
+                             hasdz);
+        if (hasdz)
+            NAME(narrow)(wz, dz + t, len);
+        NAME(narrow)(wg, dx + t, len);
+    }
+}
