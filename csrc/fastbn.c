@@ -693,7 +693,9 @@ FBN_DEFINE_OPS(fbn_half, float, bf16)
  * elsewhere). */
 #define FBN_ISA base
 #define FBN_WIDE_NT 0
+#define FBN_F16C 0
 #include "isa_instances.h"
+#undef FBN_F16C
 #undef FBN_WIDE_NT
 #undef FBN_ISA
 
@@ -706,27 +708,34 @@ FBN_DEFINE_OPS(fbn_half, float, bf16)
     && !defined(FBN_NO_DISPATCH)
 #define FBN_HAVE_DISPATCH 1
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx2,f16c"))), apply_to = function)
 #else
 #pragma GCC push_options
-#pragma GCC target("avx2")
+#pragma GCC target("avx2,f16c")
 #endif
+/* F16C (every AVX2 CPU has it): float16 conversions in one instruction
+ * (VCVTPH2PS, VCVTPS2PH), bitwise those of half_convert.h (checked for
+ * every float16 and every float by tools/check_half_convert.c) */
 #define FBN_ISA avx2
 #define FBN_WIDE_NT 32
+#define FBN_F16C 256
 #include "isa_instances.h"
+#undef FBN_F16C
 #undef FBN_WIDE_NT
 #undef FBN_ISA
 #if defined(__clang__)
 #pragma clang attribute pop
-#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,f16c"))), apply_to = function)
 #else
 #pragma GCC pop_options
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,prefer-vector-width=512")
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,f16c,prefer-vector-width=512")
 #endif
 #define FBN_ISA avx512
 #define FBN_WIDE_NT 64
+#define FBN_F16C 512
 #include "isa_instances.h"
+#undef FBN_F16C
 #undef FBN_WIDE_NT
 #undef FBN_ISA
 #if defined(__clang__)
@@ -773,6 +782,9 @@ static int fbn_best_isa(void)
 {
 #if FBN_HAVE_DISPATCH
     __builtin_cpu_init();
+    /* (F16C: the float16 kernels' conversions; every AVX2 CPU has it) */
+    if (!__builtin_cpu_supports("f16c"))
+        return FBN_ISA_BASE;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
         return FBN_ISA_AVX512;

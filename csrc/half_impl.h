@@ -14,22 +14,49 @@
  */
 #define FBN_F32(f) FBN_CAT(f, f32, FBN_ISA)
 
-/* n elements (at most FBN_TILE) widened to float. */
+/* n elements (at most FBN_TILE) widened to float.  float16 with F16C
+ * (FBN_F16C: 256 or 512 bits at a time): VCVTPH2PS, exact like
+ * fbn_f16_to_f32 (NaN quieted alike). */
 static inline void NAME(widen)(const T *x, float *w, ptrdiff_t n)
 {
-    ptrdiff_t i;
+    ptrdiff_t i = 0;
+#if FBN_HALF == 1 && FBN_F16C == 512
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(w + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(x + i))));
+#elif FBN_HALF == 1 && FBN_F16C == 256
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(w + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
+#endif
+    {
+        ptrdiff_t j;
 #pragma omp simd
-    for (i = 0; i < n; i++)
-        w[i] = FBN_LD(x[i]);
+        for (j = i; j < n; j++)
+            w[j] = FBN_LD(x[j]);
+    }
 }
 
-/* n floats rounded once to the half type. */
+/* n floats rounded once to the half type.  float16 with F16C: VCVTPS2PH
+ * with round to nearest even, bitwise fbn_f32_to_f16 for every float
+ * (denormals produced, whatever MXCSR's flush modes). */
 static inline void NAME(narrow)(const float *w, T *y, ptrdiff_t n)
 {
-    ptrdiff_t i;
+    ptrdiff_t i = 0;
+#if FBN_HALF == 1 && FBN_F16C == 512
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(y + i),
+                            _mm512_cvtps_ph(_mm512_loadu_ps(w + i),
+                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif FBN_HALF == 1 && FBN_F16C == 256
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(y + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(w + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+    {
+        ptrdiff_t j;
 #pragma omp simd
-    for (i = 0; i < n; i++)
-        y[i] = FBN_ST(w[i]);
+        for (j = i; j < n; j++)
+            y[j] = FBN_ST(w[j]);
+    }
 }
 
 static inline void NAME(sum_acc)(const T *x, ptrdiff_t n, double *acc)
