@@ -59,6 +59,59 @@ static inline void NAME(narrow)(const float *w, T *y, ptrdiff_t n)
     }
 }
 
+#if FBN_F16C == 512
+/* AVX-512: the reductions convert in registers (no tile): 16 values
+ * widened at once, the lanes as two vectors of 8 doubles, each lane adding
+ * its values in the float kernel's order (same bits). */
+static inline __m512 NAME(load16)(const T *x)
+{
+    __m256i h = _mm256_loadu_si256((const __m256i *)x);
+#if FBN_HALF == 1
+    return _mm512_cvtph_ps(h);
+#else
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+#endif
+}
+
+static inline void NAME(sum_acc)(const T *x, ptrdiff_t n, double *acc)
+{
+    __m512d a0 = _mm512_loadu_pd(acc), a1 = _mm512_loadu_pd(acc + 8);
+    double t = acc[FBN_LANES];
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = NAME(load16)(x + i);
+        a0 = _mm512_add_pd(a0, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+        a1 = _mm512_add_pd(a1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)));
+    }
+    for (; i < n; i++)
+        t += (double)FBN_LD(x[i]);
+    _mm512_storeu_pd(acc, a0);
+    _mm512_storeu_pd(acc + 8, a1);
+    acc[FBN_LANES] = t;
+}
+
+static inline void NAME(ssd_acc)(const T *x, ptrdiff_t n, double m, double *acc)
+{
+    __m512d a0 = _mm512_loadu_pd(acc), a1 = _mm512_loadu_pd(acc + 8);
+    __m512d mv = _mm512_set1_pd(m);
+    double t = acc[FBN_LANES];
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = NAME(load16)(x + i);
+        __m512d d0 = _mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v)), mv);
+        __m512d d1 = _mm512_sub_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)), mv);
+        a0 = _mm512_add_pd(a0, _mm512_mul_pd(d0, d0));
+        a1 = _mm512_add_pd(a1, _mm512_mul_pd(d1, d1));
+    }
+    for (; i < n; i++) {
+        double d = (double)FBN_LD(x[i]) - m;
+        t += d * d;
+    }
+    _mm512_storeu_pd(acc, a0);
+    _mm512_storeu_pd(acc + 8, a1);
+    acc[FBN_LANES] = t;
+}
+#else
 static inline void NAME(sum_acc)(const T *x, ptrdiff_t n, double *acc)
 {
     float w[FBN_TILE];
@@ -80,6 +133,7 @@ static inline void NAME(ssd_acc)(const T *x, ptrdiff_t n, double m, double *acc)
         FBN_F32(ssd_acc)(w, len, m, acc);
     }
 }
+#endif
 
 /* x, z and y may be the same array (a tile is read before it is written). */
 static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
