@@ -135,6 +135,55 @@ static inline void NAME(ssd_acc)(const T *x, ptrdiff_t n, double m, double *acc)
 }
 #endif
 
+#if FBN_F16C == 512
+/* 16 floats rounded once to the half type, stored at y. */
+static inline void NAME(store16)(T *y, __m512 t)
+{
+#if FBN_HALF == 1
+    _mm256_storeu_si256((__m256i *)y,
+                        _mm512_cvtps_ph(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#else
+    /* fbn_f32_to_bf16, lane by lane */
+    __m512i u = _mm512_castps_si512(t);
+    __m512i hi = _mm512_srli_epi32(u, 16);
+    __m512i r = _mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
+                         _mm512_and_si512(hi, _mm512_set1_epi32(1))), 16);
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(
+        _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
+    _mm256_storeu_si256((__m256i *)y, _mm512_cvtepi32_epi16(r));
+#endif
+}
+
+/* AVX-512: the float kernel's arithmetic in registers, 16 values at a time
+ * (max(0, t) is t < 0 ? 0 : t: NaN and -0 stay), the rest one by one;
+ * x, z and y may be the same array. */
+static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
+                                    R mh, R ml, R a, R b, int relu, int hasz)
+{
+    __m512 vmh = _mm512_set1_ps(mh), vml = _mm512_set1_ps(ml);
+    __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), zero = _mm512_setzero_ps();
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 t = _mm512_sub_ps(_mm512_sub_ps(NAME(load16)(x + i), vmh), vml);
+        t = _mm512_add_ps(_mm512_mul_ps(t, va), vb);
+        if (hasz)
+            t = _mm512_add_ps(t, NAME(load16)(z + i));
+        if (relu)
+            t = _mm512_max_ps(zero, t);
+        NAME(store16)(y + i, t);
+    }
+    for (; i < n; i++) {
+        R t = ((FBN_LD(x[i]) - mh) - ml) * a + b;
+        if (hasz)
+            t += FBN_LD(z[i]);
+        if (relu)
+            t = t < (R)0 ? (R)0 : t;
+        y[i] = FBN_ST(t);
+    }
+}
+#else
 /* x, z and y may be the same array (a tile is read before it is written). */
 static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
                                     R mh, R ml, R a, R b, int relu, int hasz)
@@ -150,6 +199,7 @@ static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
         NAME(narrow)(w, y + t, len);
     }
 }
+#endif
 
 /* The backward's reductions of n values (dy' = dy where y > 0 when y is
  * given): the float kernel's bsum_body, tile by tile. */
