@@ -168,7 +168,7 @@ FBN_NOINLINE static void NAME(bsum_long_rows)(const T *dy, const T *x, const T *
     }
 }
 
-static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
+static void FBN_GENERIC(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
                             ptrdiff_t r0, ptrdiff_t r1, const double *m,
                             double *s0, double *s1)
 {
@@ -258,6 +258,32 @@ static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
         }
     }
 }
+
+#if FBN_HALF
+/* The block's rows of dy, x (and y) widened into buffers, then the float
+ * kernel's bsum_rows (its tiles start at the block's first row either
+ * way, so the sums are the same). */
+static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
+                            ptrdiff_t r0, ptrdiff_t r1, const double *m,
+                            double *s0, double *s1)
+{
+    ptrdiff_t n = (r1 - r0) * C, t;
+    float *w = (float *)malloc(sizeof(float) * 3 * (size_t)(n > 0 ? n : 1));
+    if (w == NULL) {
+        FBN_GENERIC(bsum_rows)(dy, x, y, C, r0, r1, m, s0, s1);
+        return;
+    }
+    for (t = 0; t < n; t += FBN_TILE) {
+        ptrdiff_t len = fbn_min(FBN_TILE, n - t), o = r0 * C + t;
+        NAME(widen)(dy + o, w + t, len);
+        NAME(widen)(x + o, w + n + t, len);
+        if (y)
+            NAME(widen)(y + o, w + 2 * n + t, len);
+    }
+    FBN_F32(bsum_rows)(w, w + n, y ? w + 2 * n : NULL, C, 0, r1 - r0, m, s0, s1);
+    free(w);
+}
+#endif
 
 #if !FBN_HALF /* (half_impl.h) */
 /* dx (and dz) for n contiguous values of one channel.  dx may equal dy. */
@@ -355,7 +381,7 @@ static void NAME(bapply_span)(const T *dy, const T *x, const T *y, T *dx,
 }
 
 /* Rows [r0, r1) of dx (channel-last); the constants are per channel. */
-static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx,
+static void FBN_GENERIC(brows_any)(const T *dy, const T *x, const T *y, T *dx,
                               T *dz, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
                               const R *k, int training)
 {
@@ -382,6 +408,35 @@ static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx,
         }
     }
 }
+
+#if FBN_HALF
+/* Groups of rows widened into L1 tiles, the float kernel's brows_any, and
+ * rounded once (rows longer than a tile: the generic form). */
+static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx, T *dz,
+                            ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1, const R *k,
+                            int training)
+{
+    float wg[FBN_TILE], wx[FBN_TILE], wy[FBN_TILE], wz[FBN_TILE];
+    ptrdiff_t g = FBN_TILE / C, r;
+    if (g < 1) {
+        FBN_GENERIC(brows_any)(dy, x, y, dx, dz, C, r0, r1, k, training);
+        return;
+    }
+    for (r = r0; r < r1; r += g) {
+        ptrdiff_t len = fbn_min(g, r1 - r) * C, o = r * C;
+        NAME(widen)(dy + o, wg, len);
+        if (training)
+            NAME(widen)(x + o, wx, len);
+        if (y)
+            NAME(widen)(y + o, wy, len);
+        FBN_F32(brows_any)(wg, wx, y ? wy : NULL, wg, dz ? wz : NULL, C, 0, len / C, k,
+                           training);
+        if (dz)
+            NAME(narrow)(wz, dz + o, len);
+        NAME(narrow)(wg, dx + o, len);
+    }
+}
+#endif
 
 /* Rows [r0, r1) (channel-last); with nt, groups of rows go through L1
  * tiles and out with non-temporal stores. */

@@ -116,6 +116,15 @@ typedef R NAME(t8) __attribute__((vector_size(8 * sizeof(R))));
 #define FBN_TO_D8(v) __builtin_convertvector((v), NAME(d8))
 #endif
 
+/* The generic form of a function that half_impl.h wraps (the half types
+ * run the float kernel's on widened rows; this one when a buffer cannot be
+ * had). */
+#if FBN_HALF
+#define FBN_GENERIC(f) FBN_CAT(f##_generic, SFX, FBN_ISA)
+#else
+#define FBN_GENERIC(f) NAME(f)
+#endif
+
 #if FBN_HALF
 #include "half_impl.h"
 #else
@@ -209,7 +218,7 @@ static void NAME(tile_moments)(const T *x, const fbn_plan *p, ptrdiff_t c0,
 
 /* Two-pass moments of rows [r0, r1) (channel-last), written to mean[C] and
  * m2[C]. */
-static void NAME(block_moments)(const T *x, ptrdiff_t C, ptrdiff_t r0,
+static void FBN_GENERIC(block_moments)(const T *x, ptrdiff_t C, ptrdiff_t r0,
                                 ptrdiff_t r1, double *mean, double *m2)
 {
     /* Strips of FBN_LANES channels, whose accumulators stay in registers
@@ -270,6 +279,28 @@ static void NAME(block_moments)(const T *x, ptrdiff_t C, ptrdiff_t r0,
         }
     }
 }
+
+#if FBN_HALF
+/* Rows [r0, r1) widened into one buffer, then the float kernel's
+ * block_moments (its sums run over the block's rows in the same order). */
+static void NAME(block_moments)(const T *x, ptrdiff_t C, ptrdiff_t r0,
+                                ptrdiff_t r1, double *mean, double *m2)
+{
+    ptrdiff_t n = (r1 - r0) * C;
+    float *w = (float *)malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+    if (w == NULL) {
+        FBN_GENERIC(block_moments)(x, C, r0, r1, mean, m2);
+        return;
+    }
+    {
+        ptrdiff_t t;
+        for (t = 0; t < n; t += FBN_TILE)
+            NAME(widen)(x + r0 * C + t, w + t, fbn_min(FBN_TILE, n - t));
+    }
+    FBN_F32(block_moments)(w, C, 0, r1 - r0, mean, m2);
+    free(w);
+}
+#endif
 
 /* ---- normalisation ----------------------------------------------------- */
 
@@ -390,7 +421,7 @@ static inline void NAME(rows_body)(const T *x, const T *z, T *y, ptrdiff_t C,
     }
 }
 
-static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
+static void FBN_GENERIC(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
                            ptrdiff_t r0, ptrdiff_t r1, const R *coef, int relu)
 {
     if (relu) {
@@ -405,6 +436,29 @@ static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
             NAME(rows_body)(x, z, y, C, r0, r1, coef, 0, 0);
     }
 }
+
+#if FBN_HALF
+/* Groups of rows widened into L1 tiles, the float kernel's rows_any, and
+ * rounded once (rows longer than a tile: the generic form). */
+static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
+                           ptrdiff_t r0, ptrdiff_t r1, const R *coef, int relu)
+{
+    float w[FBN_TILE], wz[FBN_TILE];
+    ptrdiff_t k = FBN_TILE / C, r;
+    if (k < 1) {
+        FBN_GENERIC(rows_any)(x, z, y, C, r0, r1, coef, relu);
+        return;
+    }
+    for (r = r0; r < r1; r += k) {
+        ptrdiff_t nr = fbn_min(k, r1 - r);
+        NAME(widen)(x + r * C, w, nr * C);
+        if (z)
+            NAME(widen)(z + r * C, wz, nr * C);
+        FBN_F32(rows_any)(w, z ? wz : NULL, w, C, 0, nr, coef, relu);
+        NAME(narrow)(w, y + r * C, nr * C);
+    }
+}
+#endif
 
 /* Rows [r0, r1), channel-last; with nt, groups of rows go through a tile
  * in L1 and out with non-temporal stores. */
@@ -727,6 +781,7 @@ static int NAME(k_apply)(const T *x, ptrdiff_t outer, ptrdiff_t C,
 #endif
 #undef FBN_LD
 #undef FBN_ST
+#undef FBN_GENERIC
 #if FBN_HALF
 #undef FBN_F32
 #endif

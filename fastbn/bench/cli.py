@@ -1,7 +1,7 @@
 """``python -m fastbn.bench``: options, the run of the chosen parts, output.
 
 Without a part option the full report runs: kernel workloads, shape sweep,
-between-calls scenarios and the NumPy network step.
+between-calls scenarios, the NumPy network step and half precision.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time fastbn against NumPy, PyTorch and the floor (a "
                     "copy of the same bytes on the same number of threads). "
                     "Without a part option, the full report: kernel "
-                    "workloads, shape sweep, between-calls scenarios and "
-                    "the NumPy network step.")
+                    "workloads, shape sweep, between-calls scenarios, "
+                    "the NumPy network step and half precision.")
     parts = p.add_argument_group("parts (default: all)")
     parts.add_argument("--kernels", action="store_true",
                        help="the kernel workloads (standard shapes, every "
