@@ -30,7 +30,10 @@ preload="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   "$work/asan/bin/python" -m pytest -q -x --capture=sys -p no:cacheprovider \
       test_forward.py test_backward.py test_stats.py test_threads.py test_errors.py \
-      test_strategies.py test_scheduler.py )
+      test_strategies.py test_scheduler.py test_half.py \
+      -k "not test_short_calls_wake_helpers_only_in_bursts" )
+# (that test times calls against the pool's 200 us burst window, which the
+# instrumented -O1 build's calls outlast; it runs in every other CI step)
 
 echo "== valgrind memcheck"
 python3 -m venv "$work/vg"

@@ -22,7 +22,7 @@ for nthreads, tuning in [(n, t) for n in (1, 2) for t in PLANS]:
     _kernels.set_tuning(**tuning)
     with fastbn.num_threads(nthreads):
         for shape, axis in CASES:
-            for dt in (np.float32, np.float64):
+            for dt in (np.float32, np.float64, np.float16):
                 x = rng.standard_normal(shape).astype(dt)
                 C = shape[axis]
                 g = rng.random(C).astype(dt) + 0.5
