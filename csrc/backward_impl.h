@@ -1,7 +1,7 @@
 /*
  * backward_impl.h -- the backward kernels, written once for an element type.
- * Included at the end of kernels_impl.h (T, SFX and NAME defined there),
- * with the same plans and items as the forward.
+ * Included at the end of kernels_impl.h (T, R, SFX, NAME, FBN_LD and
+ * FBN_ST defined there), with the same plans and items as the forward.
  *
  * With dy' = dy * (y > 0) when the forward fused a ReLU (y given), the
  * per-channel reductions are sum_dy = sum(dy') and
@@ -12,6 +12,7 @@
  * and the residual's gradient (dz) is dy'.
  */
 
+#if !FBN_HALF /* (half_impl.h: bsum_body) */
 /* Adds the reductions of n contiguous values to the lane accumulators
  * s0 (sum g) and s1 (sum g * (x - m)), FBN_LANES + 1 each, in double. */
 static inline void NAME(bsum_plain)(const T *g, const T *x, ptrdiff_t n,
@@ -49,21 +50,22 @@ static inline void NAME(bsum_plain)(const T *g, const T *x, ptrdiff_t n,
     memcpy(a1, s1, sizeof a1);
     for (; i + FBN_LANES <= n; i += FBN_LANES)
         for (k = 0; k < FBN_LANES; k++) {
-            double gk = (double)g[i + k];
+            double gk = (double)FBN_LD(g[i + k]);
             a0[k] += gk;
-            a1[k] += gk * ((double)x[i + k] - m);
+            a1[k] += gk * ((double)FBN_LD(x[i + k]) - m);
         }
     memcpy(s0, a0, sizeof a0);
     memcpy(s1, a1, sizeof a1);
 #endif
     for (; i < n; i++) {
-        double gk = (double)g[i];
+        double gk = (double)FBN_LD(g[i]);
         t0 += gk;
-        t1 += gk * ((double)x[i] - m);
+        t1 += gk * ((double)FBN_LD(x[i]) - m);
     }
     s0[FBN_LANES] = t0;
     s1[FBN_LANES] = t1;
 }
+#endif
 
 /* dy' = dy where y > 0, else 0, for n values (a select, not a product, so
  * an infinite dy where y <= 0 gives 0, not NaN). */
@@ -72,13 +74,14 @@ static inline void NAME(mask_grad)(const T *dy, const T *y, T *g, ptrdiff_t n)
     ptrdiff_t i;
 #pragma omp simd
     for (i = 0; i < n; i++)
-        g[i] = y[i] > (T)0 ? dy[i] : (T)0;
+        g[i] = FBN_LD(y[i]) > (R)0 ? dy[i] : (T)0; /* (T)0: +0 in every type */
 }
 
 /* The reductions of n values with dy' = dy * (y > 0) when y is given: the
  * mask is applied tile by tile into an L1 buffer first, so the reduction
  * itself has no branch (a branch on a random ReLU mask mispredicts half the
  * time). */
+#if !FBN_HALF /* (half_impl.h) */
 static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
                             double m, double *s0, double *s1)
 {
@@ -94,13 +97,14 @@ static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
         NAME(bsum_plain)(g, x + t, len, m, s0, s1);
     }
 }
+#endif
 
 /* The reductions over chunk k of channels [c0, c1) (channel-first), in
  * memory order, into the lane accumulators a0, a1 (FBN_ACC per channel);
  * as in chunk_pass, each channel's values arrive in their own order. */
 static void NAME(bchunk_pass)(const T *dy, const T *x, const T *y,
                               const fbn_plan *p, ptrdiff_t c0, ptrdiff_t c1,
-                              ptrdiff_t k, const T *mean, double *a0, double *a1)
+                              ptrdiff_t k, const R *mean, double *a0, double *a1)
 {
     ptrdiff_t inner = p->inner, C = p->C;
     ptrdiff_t i0 = k * FBN_CHUNK, i1 = fbn_min(i0 + FBN_CHUNK, p->ntot), o, c;
@@ -120,7 +124,7 @@ static void NAME(bchunk_pass)(const T *dy, const T *x, const T *y,
  * FBN_TILE_C) into pd/px[c * nk + k]. */
 static void NAME(tile_sums)(const T *dy, const T *x, const T *y,
                             const fbn_plan *p, ptrdiff_t c0, ptrdiff_t c1,
-                            ptrdiff_t k0, ptrdiff_t k1, const T *mean,
+                            ptrdiff_t k0, ptrdiff_t k1, const R *mean,
                             double *pd, double *px)
 {
     double a0[FBN_TILE_C * FBN_ACC], a1[FBN_TILE_C * FBN_ACC];
@@ -156,15 +160,15 @@ FBN_NOINLINE static void NAME(bsum_long_rows)(const T *dy, const T *x, const T *
             }
 #pragma omp simd
             for (c = 0; c < len; c++) {
-                double gc = (double)gr[c];
+                double gc = (double)FBN_LD(gr[c]);
                 s0[c0 + c] += gc;
-                s1[c0 + c] += gc * ((double)xr[c0 + c] - m[c0 + c]);
+                s1[c0 + c] += gc * ((double)FBN_LD(xr[c0 + c]) - m[c0 + c]);
             }
         }
     }
 }
 
-static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
+static void FBN_GENERIC(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
                             ptrdiff_t r0, ptrdiff_t r1, const double *m,
                             double *s0, double *s1)
 {
@@ -178,7 +182,9 @@ static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
     int k;
     for (c = 0; c < C; c++)
         s0[c] = s1[c] = 0.0;
-    if ((size_t)C * sizeof(T) > FBN_STRIP_MAX_ROW) {
+    /* sizeof(R): this choice changes the bits, so the half types take the
+     * float kernel's */
+    if ((size_t)C * sizeof(R) > FBN_STRIP_MAX_ROW) {
         NAME(bsum_long_rows)(dy, x, y, C, r0, r1, m, s0, s1);
         return;
     }
@@ -198,12 +204,12 @@ static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
             if (w == FBN_LANES) {
                 /* FBN_FLUSH rows at a time summed in T (SIMD-wide for float),
                  * then added to the double accumulators */
-                T mt[FBN_LANES];
+                R mt[FBN_LANES];
                 for (k = 0; k < FBN_LANES; k++)
-                    mt[k] = (T)mk[k]; /* exact: the mean came as T */
+                    mt[k] = (R)mk[k]; /* exact: the mean came as R */
                 for (r = 0; r < nr; r += FBN_FLUSH) {
                     ptrdiff_t re = fbn_min(r + FBN_FLUSH, nr), rj;
-                    T f0[FBN_LANES], f1[FBN_LANES];
+                    R f0[FBN_LANES], f1[FBN_LANES];
 #if FBN_VEC
                     NAME(vec) v0[FBN_NV], v1[FBN_NV], vg, vx, vm[FBN_NV];
                     int q;
@@ -212,8 +218,13 @@ static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
                         v0[q] = v1[q] = (NAME(vec)){0};
                     for (rj = r; rj < re; rj++)
                         for (q = 0; q < FBN_NV; q++) {
+#if FBN_HALF
+                            FBN_LOADN(vg, gt + rj * C + c0 + q * FBN_VN, FBN_VN);
+                            FBN_LOADN(vx, xt + rj * C + c0 + q * FBN_VN, FBN_VN);
+#else
                             memcpy(&vg, gt + rj * C + c0 + q * FBN_VN, sizeof vg);
                             memcpy(&vx, xt + rj * C + c0 + q * FBN_VN, sizeof vx);
+#endif
                             v0[q] += vg;
                             v1[q] += vg * (vx - vm[q]);
                         }
@@ -221,12 +232,12 @@ static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
                     memcpy(f1, v1, sizeof f1);
 #else
                     for (k = 0; k < FBN_LANES; k++)
-                        f0[k] = f1[k] = (T)0;
+                        f0[k] = f1[k] = (R)0;
                     for (rj = r; rj < re; rj++)
                         for (k = 0; k < FBN_LANES; k++) {
-                            T gv = gt[rj * C + c0 + k];
+                            R gv = FBN_LD(gt[rj * C + c0 + k]);
                             f0[k] += gv;
-                            f1[k] += gv * (xt[rj * C + c0 + k] - mt[k]);
+                            f1[k] += gv * (FBN_LD(xt[rj * C + c0 + k]) - mt[k]);
                         }
 #endif
                     for (k = 0; k < FBN_LANES; k++) {
@@ -237,9 +248,9 @@ static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
             } else {
                 for (r = 0; r < nr; r++)
                     for (k = 0; k < w; k++) {
-                        double gc = (double)gt[r * C + c0 + k];
+                        double gc = (double)FBN_LD(gt[r * C + c0 + k]);
                         a0[k] += gc;
-                        a1[k] += gc * ((double)xt[r * C + c0 + k] - mk[k]);
+                        a1[k] += gc * ((double)FBN_LD(xt[r * C + c0 + k]) - mk[k]);
                     }
             }
             memcpy(s0 + c0, a0, sizeof(double) * (size_t)w);
@@ -248,45 +259,74 @@ static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
     }
 }
 
+#if FBN_HALF
+/* The block's rows of dy, x (and y) widened into buffers, then the float
+ * kernel's bsum_rows (its tiles start at the block's first row either
+ * way, so the sums are the same). */
+static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
+                            ptrdiff_t r0, ptrdiff_t r1, const double *m,
+                            double *s0, double *s1)
+{
+    ptrdiff_t n = (r1 - r0) * C, t;
+    float *w = (float *)malloc(sizeof(float) * 3 * (size_t)(n > 0 ? n : 1));
+    if (w == NULL) {
+        FBN_GENERIC(bsum_rows)(dy, x, y, C, r0, r1, m, s0, s1);
+        return;
+    }
+    for (t = 0; t < n; t += FBN_TILE) {
+        ptrdiff_t len = fbn_min(FBN_TILE, n - t), o = r0 * C + t;
+        NAME(widen)(dy + o, w + t, len);
+        NAME(widen)(x + o, w + n + t, len);
+        if (y)
+            NAME(widen)(y + o, w + 2 * n + t, len);
+    }
+    FBN_F32(bsum_rows)(w, w + n, y ? w + 2 * n : NULL, C, 0, r1 - r0, m, s0, s1);
+    free(w);
+}
+#endif
+
+#if !FBN_HALF /* (half_impl.h) */
 /* dx (and dz) for n contiguous values of one channel.  dx may equal dy. */
 static inline void NAME(bapply_body)(const T *dy, const T *x, const T *y,
-                                     T *dx, T *dz, ptrdiff_t n, T m, T A, T B,
-                                     T D, int mask, int training, int hasdz)
+                                     T *dx, T *dz, ptrdiff_t n, R m, R A, R B,
+                                     R D, int mask, int training, int hasdz)
 {
     ptrdiff_t i;
 #pragma omp simd
     for (i = 0; i < n; i++) {
-        T g = dy[i];
-        T r;
+        T gt = dy[i];
+        R g, r;
         if (mask)
-            g = y[i] > (T)0 ? g : (T)0;
+            gt = FBN_LD(y[i]) > (R)0 ? gt : (T)0;
         if (hasdz)
-            dz[i] = g;
+            dz[i] = gt;
+        g = FBN_LD(gt);
         r = A * g;
         if (training)
-            r += B * (x[i] - m) + D;
-        dx[i] = r;
+            r += B * (FBN_LD(x[i]) - m) + D;
+        dx[i] = FBN_ST(r);
     }
 }
+#endif
 
 /* Backward constants of a channel, structure of arrays: k[0..C) = mean,
  * k[C..2C) = A, k[2C..3C) = B, k[3C..4C) = D. */
-static void NAME(bcoef_one)(T *k, ptrdiff_t C, ptrdiff_t c, const T *mean,
-                            const T *invstd, const T *gamma, double sdy,
+static void NAME(bcoef_one)(R *k, ptrdiff_t C, ptrdiff_t c, const R *mean,
+                            const R *invstd, const R *gamma, double sdy,
                             double sdyx, double count)
 {
     double inv = (double)invstd[c];
     double A = (gamma ? (double)gamma[c] : 1.0) * inv;
     k[c] = mean[c];
-    k[C + c] = (T)A;
-    k[2 * C + c] = (T)(-A * inv * inv * (sdyx / count));
-    k[3 * C + c] = (T)(-A * (sdy / count));
+    k[C + c] = (R)A;
+    k[2 * C + c] = (R)(-A * inv * inv * (sdyx / count));
+    k[3 * C + c] = (R)(-A * (sdy / count));
 }
 
 /* dx (and dz) for n contiguous values with the given constants; the flags
  * become constants in each call, so each loop is simple. */
 static void NAME(bapply_any)(const T *dy, const T *x, const T *y, T *dx, T *dz,
-                             ptrdiff_t n, T m, T A, T B, T D, int training)
+                             ptrdiff_t n, R m, R A, R B, R D, int training)
 {
     if (training) {
         if (y) {
@@ -312,7 +352,7 @@ static void NAME(bapply_any)(const T *dy, const T *x, const T *y, T *dx, T *dz,
  * non-temporal stores (as apply_span). */
 static void NAME(bapply_span)(const T *dy, const T *x, const T *y, T *dx,
                               T *dz, ptrdiff_t C, ptrdiff_t inner, ptrdiff_t s0,
-                              ptrdiff_t s1, const T *k, int training, int nt)
+                              ptrdiff_t s1, const R *k, int training, int nt)
 {
     T bx[FBN_TILE], bz[FBN_TILE];
     ptrdiff_t i = s0;
@@ -341,11 +381,11 @@ static void NAME(bapply_span)(const T *dy, const T *x, const T *y, T *dx,
 }
 
 /* Rows [r0, r1) of dx (channel-last); the constants are per channel. */
-static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx,
+static void FBN_GENERIC(brows_any)(const T *dy, const T *x, const T *y, T *dx,
                               T *dz, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
-                              const T *k, int training)
+                              const R *k, int training)
 {
-    const T *m = k, *A = k + C, *B = k + 2 * C, *D = k + 3 * C;
+    const R *m = k, *A = k + C, *B = k + 2 * C, *D = k + 3 * C;
     ptrdiff_t r, c;
     for (r = r0; r < r1; r++) {
         const T *dr = dy + r * C, *xr = x + r * C;
@@ -354,25 +394,55 @@ static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx,
         T *dzr = dz ? dz + r * C : NULL;
 #pragma omp simd
         for (c = 0; c < C; c++) {
-            T g = dr[c];
-            T v;
+            T gt = dr[c];
+            R g, v;
             if (yr)
-                g = yr[c] > (T)0 ? g : (T)0;
+                gt = FBN_LD(yr[c]) > (R)0 ? gt : (T)0;
             if (dzr)
-                dzr[c] = g;
+                dzr[c] = gt;
+            g = FBN_LD(gt);
             v = A[c] * g;
             if (training)
-                v += B[c] * (xr[c] - m[c]) + D[c];
-            dxr[c] = v;
+                v += B[c] * (FBN_LD(xr[c]) - m[c]) + D[c];
+            dxr[c] = FBN_ST(v);
         }
     }
 }
+
+#if FBN_HALF
+/* Groups of rows widened into L1 tiles, the float kernel's brows_any, and
+ * rounded once (rows longer than a tile: the generic form). */
+static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx, T *dz,
+                            ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1, const R *k,
+                            int training)
+{
+    float wg[FBN_TILE], wx[FBN_TILE], wy[FBN_TILE], wz[FBN_TILE];
+    ptrdiff_t g = FBN_TILE / C, r;
+    if (g < 1) {
+        FBN_GENERIC(brows_any)(dy, x, y, dx, dz, C, r0, r1, k, training);
+        return;
+    }
+    for (r = r0; r < r1; r += g) {
+        ptrdiff_t len = fbn_min(g, r1 - r) * C, o = r * C;
+        NAME(widen)(dy + o, wg, len);
+        if (training)
+            NAME(widen)(x + o, wx, len);
+        if (y)
+            NAME(widen)(y + o, wy, len);
+        FBN_F32(brows_any)(wg, wx, y ? wy : NULL, wg, dz ? wz : NULL, C, 0, len / C, k,
+                           training);
+        if (dz)
+            NAME(narrow)(wz, dz + o, len);
+        NAME(narrow)(wg, dx + o, len);
+    }
+}
+#endif
 
 /* Rows [r0, r1) (channel-last); with nt, groups of rows go through L1
  * tiles and out with non-temporal stores. */
 static void NAME(bapply_rows)(const T *dy, const T *x, const T *y, T *dx,
                               T *dz, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
-                              const T *k, int training, int nt)
+                              const R *k, int training, int nt)
 {
     T bx[FBN_TILE], bz[FBN_TILE];
     ptrdiff_t g = FBN_TILE / C, r;
@@ -396,16 +466,17 @@ static void NAME(bapply_rows)(const T *dy, const T *x, const T *y, T *dx,
 /* What the items of one backward call share. */
 typedef struct {
     const fbn_plan *p;
-    const T *dy, *x, *y, *mean, *invstd, *gamma;
+    const T *dy, *x, *y;
+    const R *mean, *invstd, *gamma;
     T *dx, *dz;
     int training;
     double *pd, *px; /* per-chunk or per-block sums */
     double *m;       /* channel-last: the mean of each virtual channel, in
                         double (Cv values) */
-    T *k;            /* 4*C constants (see bcoef_one) */
-    T *kv;           /* channel-last: those of the Cv virtual channels of
+    R *k;            /* 4*C constants (see bcoef_one) */
+    R *kv;           /* channel-last: those of the Cv virtual channels of
                         folded rows (k when not folded) */
-    T *dgamma, *dbeta;
+    R *dgamma, *dbeta;
     const double *rr, *rd; /* batch renormalization's r and d (C values
                               each; NULL: none) */
     double *dg64, *db64;   /* ghost batches: dgamma and dbeta of the
@@ -415,8 +486,8 @@ typedef struct {
 
 /* The arguments every backward kernel shares, into b (the rest zero). */
 static void NAME(bwd_init)(NAME(bwd) *b, const fbn_plan *p, const T *dy,
-                           const T *x, const T *y, const T *mean, const T *invstd,
-                           const T *gamma, int training, T *dx, T *dz)
+                           const T *x, const T *y, const R *mean, const R *invstd,
+                           const R *gamma, int training, T *dx, T *dz)
 {
     memset(b, 0, sizeof *b);
     b->p = p;
@@ -443,9 +514,9 @@ static void NAME(bfinish_ghost)(NAME(bwd) *b, ptrdiff_t c, double sdy, double sd
     double A = (b->gamma ? (double)b->gamma[c] : 1.0) * r * inv;
     double dg = sdyx * inv;
     b->k[c] = b->mean[c];
-    b->k[C + c] = (T)A;
-    b->k[2 * C + c] = (T)(-A * inv * inv * ((tr ? sdyx : 0.0) / (tr ? count : 1.0)));
-    b->k[3 * C + c] = (T)(-A * ((tr ? sdy : 0.0) / (tr ? count : 1.0)));
+    b->k[C + c] = (R)A;
+    b->k[2 * C + c] = (R)(-A * inv * inv * ((tr ? sdyx : 0.0) / (tr ? count : 1.0)));
+    b->k[3 * C + c] = (R)(-A * ((tr ? sdy : 0.0) / (tr ? count : 1.0)));
     if (b->rr)
         dg = r * dg + b->rd[c] * sdy;
     b->dg64[c] = dg;
@@ -465,8 +536,8 @@ static void NAME(bfinish_channel)(NAME(bwd) *b, ptrdiff_t c, double sdy,
     NAME(bcoef_one)(b->k, b->p->C, c, b->mean, b->invstd, b->gamma, tr ? sdy : 0.0,
                     tr ? sdyx : 0.0, tr ? count : 1.0);
     if (b->dgamma) {
-        b->dgamma[c] = (T)(sdyx * (double)b->invstd[c]);
-        b->dbeta[c] = (T)sdy;
+        b->dgamma[c] = (R)(sdyx * (double)b->invstd[c]);
+        b->dbeta[c] = (R)sdy;
     }
 }
 
@@ -601,7 +672,7 @@ static int NAME(bwd_scratch)(NAME(bwd) *b, double **tmp, void **mem, double *sta
     const fbn_plan *p = b->p;
     size_t cv = p->cl ? (size_t)p->Cv : 0, nv = p->cl && p->fold > 1 ? cv : 0;
     size_t nd = 2 * (size_t)fbn_plan_parts(p) + 3 * cv + 2 * (size_t)p->C;
-    size_t bytes = sizeof(double) * nd + sizeof(T) * 4 * ((size_t)p->C + nv);
+    size_t bytes = sizeof(double) * nd + sizeof(R) * 4 * ((size_t)p->C + nv);
     char *m = bytes <= FBN_STACK_BYTES ? (char *)stack : (char *)malloc(bytes);
     if (m == NULL)
         return FBN_ENOMEM;
@@ -609,7 +680,7 @@ static int NAME(bwd_scratch)(NAME(bwd) *b, double **tmp, void **mem, double *sta
     b->px = b->pd + fbn_plan_parts(p);
     b->m = b->px + fbn_plan_parts(p);
     *tmp = b->m + cv;
-    b->k = (T *)(m + sizeof(double) * nd);
+    b->k = (R *)(m + sizeof(double) * nd);
     b->kv = nv ? b->k + 4 * p->C : b->k;
     *mem = m == (char *)stack ? NULL : m;
     return FBN_OK;
@@ -617,7 +688,7 @@ static int NAME(bwd_scratch)(NAME(bwd) *b, double **tmp, void **mem, double *sta
 
 static int NAME(k_backward_reduce)(const T *dy, const T *x, const T *y,
                                    ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
-                                   const T *mean, double *sum_dy, double *sum_dyxmu,
+                                   const R *mean, double *sum_dy, double *sum_dyxmu,
                                    int nthreads)
 {
     fbn_plan p;
@@ -646,7 +717,7 @@ static int NAME(k_backward_reduce)(const T *dy, const T *x, const T *y,
 
 static int NAME(k_backward_apply)(const T *dy, const T *x, const T *y,
                                   ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
-                                  const T *mean, const T *invstd, const T *gamma,
+                                  const R *mean, const R *invstd, const R *gamma,
                                   const double *sum_dy, const double *sum_dyxmu,
                                   double count, int training, T *dx, T *dz,
                                   int nthreads)
@@ -661,7 +732,7 @@ static int NAME(k_backward_apply)(const T *dy, const T *x, const T *y,
     fbn_plan_make(&p, outer, C, inner, sizeof(T), y ? 3 : 2, 0, dz ? 2 : 1,
                   FBN_OP_APPLY, nthreads);
     NAME(bwd_init)(&b, &p, dy, x, y, mean, invstd, gamma, training, dx, dz);
-    b.k = (T *)malloc(sizeof(T) * 4 * ((size_t)C + (p.cl && p.fold > 1 ? (size_t)p.Cv : 0)));
+    b.k = (R *)malloc(sizeof(R) * 4 * ((size_t)C + (p.cl && p.fold > 1 ? (size_t)p.Cv : 0)));
     if (b.k == NULL)
         return FBN_ENOMEM;
     b.kv = p.cl && p.fold > 1 ? b.k + 4 * C : b.k;
@@ -679,9 +750,9 @@ static int NAME(k_backward_apply)(const T *dy, const T *x, const T *y,
 }
 
 static int NAME(k_backward)(const T *dy, const T *x, const T *y, ptrdiff_t outer,
-                            ptrdiff_t C, ptrdiff_t inner, const T *mean,
-                            const T *invstd, const T *gamma, int training, T *dx,
-                            T *dz, T *dgamma, T *dbeta, int nthreads)
+                            ptrdiff_t C, ptrdiff_t inner, const R *mean,
+                            const R *invstd, const R *gamma, int training, T *dx,
+                            T *dz, R *dgamma, R *dbeta, int nthreads)
 {
     fbn_plan p;
     NAME(bwd) b;
@@ -694,7 +765,7 @@ static int NAME(k_backward)(const T *dy, const T *x, const T *y, ptrdiff_t outer
         return FBN_OK;
     if (outer * inner == 0) {
         for (c = 0; c < C; c++)
-            dgamma[c] = dbeta[c] = (T)0;
+            dgamma[c] = dbeta[c] = (R)0;
         return FBN_OK;
     }
     fbn_plan_make(&p, outer, C, inner, sizeof(T), y ? 3 : 2, 0, dz ? 2 : 1,

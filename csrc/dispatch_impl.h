@@ -1,6 +1,6 @@
 /*
  * dispatch_impl.h -- the public entry points of fastbn.h for one element
- * type (T, SFX), each forwarding to the kernels of the chosen instruction
+ * type (T, R, SFX), each forwarding to the kernels of the chosen instruction
  * set.  Included by fastbn.c once per element type.
  */
 #define FBN_PUB_(f, s) f##_##s
@@ -17,9 +17,9 @@ int FBN_PUB(fbn_moments, SFX)(const T *x, ptrdiff_t outer, ptrdiff_t C,
 }
 
 int FBN_PUB(fbn_train_forward, SFX)(const T *x, ptrdiff_t outer, ptrdiff_t C,
-                                    ptrdiff_t inner, const T *gamma,
-                                    const T *beta, const T *z, double eps,
-                                    int relu, T *y, T *mean_out, T *invstd_out,
+                                    ptrdiff_t inner, const R *gamma,
+                                    const R *beta, const T *z, double eps,
+                                    int relu, T *y, R *mean_out, R *invstd_out,
                                     double *var_out, int nthreads)
 {
     return OPS->train_forward(x, outer, C, inner, gamma, beta, z, eps, relu, y,
@@ -27,8 +27,8 @@ int FBN_PUB(fbn_train_forward, SFX)(const T *x, ptrdiff_t outer, ptrdiff_t C,
 }
 
 int FBN_PUB(fbn_infer_forward, SFX)(const T *x, ptrdiff_t outer, ptrdiff_t C,
-                                    ptrdiff_t inner, const T *mean,
-                                    const T *var, const T *gamma, const T *beta,
+                                    ptrdiff_t inner, const R *mean,
+                                    const R *var, const R *gamma, const R *beta,
                                     const T *z, double eps, int relu, T *y,
                                     int nthreads)
 {
@@ -38,7 +38,7 @@ int FBN_PUB(fbn_infer_forward, SFX)(const T *x, ptrdiff_t outer, ptrdiff_t C,
 
 int FBN_PUB(fbn_apply, SFX)(const T *x, ptrdiff_t outer, ptrdiff_t C,
                             ptrdiff_t inner, const double *mean,
-                            const double *invstd, const T *gamma, const T *beta,
+                            const double *invstd, const R *gamma, const R *beta,
                             const T *z, int relu, T *y, int nthreads)
 {
     return OPS->apply(x, outer, C, inner, mean, invstd, gamma, beta, z, relu, y,
@@ -47,7 +47,7 @@ int FBN_PUB(fbn_apply, SFX)(const T *x, ptrdiff_t outer, ptrdiff_t C,
 
 int FBN_PUB(fbn_backward_reduce, SFX)(const T *dy, const T *x, const T *y,
                                       ptrdiff_t outer, ptrdiff_t C,
-                                      ptrdiff_t inner, const T *mean,
+                                      ptrdiff_t inner, const R *mean,
                                       double *sum_dy, double *sum_dyxmu,
                                       int nthreads)
 {
@@ -57,8 +57,8 @@ int FBN_PUB(fbn_backward_reduce, SFX)(const T *dy, const T *x, const T *y,
 
 int FBN_PUB(fbn_backward_apply, SFX)(const T *dy, const T *x, const T *y,
                                      ptrdiff_t outer, ptrdiff_t C,
-                                     ptrdiff_t inner, const T *mean,
-                                     const T *invstd, const T *gamma,
+                                     ptrdiff_t inner, const R *mean,
+                                     const R *invstd, const R *gamma,
                                      const double *sum_dy,
                                      const double *sum_dyxmu, double count,
                                      int training, T *dx, T *dz, int nthreads)
@@ -70,8 +70,8 @@ int FBN_PUB(fbn_backward_apply, SFX)(const T *dy, const T *x, const T *y,
 
 int FBN_PUB(fbn_backward, SFX)(const T *dy, const T *x, const T *y,
                                ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
-                               const T *mean, const T *invstd, const T *gamma,
-                               int training, T *dx, T *dz, T *dgamma, T *dbeta,
+                               const R *mean, const R *invstd, const R *gamma,
+                               int training, T *dx, T *dz, R *dgamma, R *dbeta,
                                int nthreads)
 {
     return OPS->backward(dy, x, y, outer, C, inner, mean, invstd, gamma,

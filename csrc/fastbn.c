@@ -2,7 +2,8 @@
  * fastbn.c -- batch-normalization kernels (see fastbn.h for the interface).
  *
  * The kernels are written once, in kernels_impl.h, and instantiated here for
- * float and double.  This file holds what does not depend on the element
+ * float and double, and for the half types float16 and bfloat16 (stored as
+ * 16-bit patterns, computed in float: half_convert.h).  This file holds what does not depend on the element
  * type: status strings, OpenMP queries, the thread policy, the statistics
  * merge, and the walk over one channel's values in channel-first layout.
  *
@@ -692,56 +693,64 @@ static void fbn_merge_blocks(const double *pm, const double *pq, ptrdiff_t C,
 /* Table of one element type's kernels (same signatures as fastbn.h). */
 #define FBN_OPS_TYPE_(s) fbn_ops_##s
 #define FBN_OPS_TYPE(s) FBN_OPS_TYPE_(s)
-#define FBN_DEFINE_OPS(T, SFX)                                                 \
+#define FBN_DEFINE_OPS(T, R, SFX)                                               \
     typedef struct {                                                           \
         int (*moments)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, double *,   \
                        double *, int);                                         \
         int (*train_forward)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t,       \
-                             const T *, const T *, const T *, double, int,     \
-                             T *, T *, T *, double *, int);                    \
+                             const R *, const R *, const T *, double, int,     \
+                             T *, R *, R *, double *, int);                    \
         int (*infer_forward)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t,       \
-                             const T *, const T *, const T *, const T *,       \
+                             const R *, const R *, const R *, const R *,       \
                              const T *, double, int, T *, int);                \
         int (*apply)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t,               \
-                     const double *, const double *, const T *, const T *,     \
+                     const double *, const double *, const R *, const R *,     \
                      const T *, int, T *, int);                                \
         int (*backward_reduce)(const T *, const T *, const T *, ptrdiff_t,     \
-                               ptrdiff_t, ptrdiff_t, const T *, double *,      \
+                               ptrdiff_t, ptrdiff_t, const R *, double *,      \
                                double *, int);                                 \
         int (*backward_apply)(const T *, const T *, const T *, ptrdiff_t,      \
-                              ptrdiff_t, ptrdiff_t, const T *, const T *,      \
-                              const T *, const double *, const double *,       \
+                              ptrdiff_t, ptrdiff_t, const R *, const R *,      \
+                              const R *, const double *, const double *,       \
                               double, int, T *, T *, int);                     \
         int (*backward)(const T *, const T *, const T *, ptrdiff_t, ptrdiff_t, \
-                        ptrdiff_t, const T *, const T *, const T *, int, T *,  \
-                        T *, T *, T *, int);                                   \
+                        ptrdiff_t, const R *, const R *, const R *, int, T *,  \
+                        T *, R *, R *, int);                                   \
     } fbn_ops_##SFX;
-FBN_DEFINE_OPS(float, f32)
-FBN_DEFINE_OPS(double, f64)
+FBN_DEFINE_OPS(float, float, f32)
+FBN_DEFINE_OPS(double, double, f64)
+FBN_DEFINE_OPS(fbn_half, float, f16)
+FBN_DEFINE_OPS(fbn_half, float, bf16)
+
+#include "half_convert.h"
 
 /* Table of one element type's ghost-batch and renormalization kernels
  * (ghost_impl.h; same signatures as fastbn.h). */
 #define FBN_GOPS_TYPE_(s) fbn_gops_##s
 #define FBN_GOPS_TYPE(s) FBN_GOPS_TYPE_(s)
-#define FBN_DEFINE_GOPS(T, SFX)                                                \
+#define FBN_DEFINE_GOPS(T, R, SFX)                                             \
     typedef struct {                                                           \
         int (*train_forward)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t,       \
-                             ptrdiff_t, const T *, const T *, const T *,       \
-                             double, int, const fbn_renorm *, T *, T *, T *,   \
+                             ptrdiff_t, const R *, const R *, const T *,       \
+                             double, int, const fbn_renorm *, T *, R *, R *,   \
                              double *, double *, double *, int);               \
         int (*backward)(const T *, const T *, const T *, ptrdiff_t, ptrdiff_t, \
-                        ptrdiff_t, ptrdiff_t, const T *, const T *, const T *, \
-                        const double *, const double *, int, T *, T *, T *,    \
-                        T *, int);                                             \
+                        ptrdiff_t, ptrdiff_t, const R *, const R *, const R *, \
+                        const double *, const double *, int, T *, T *, R *,    \
+                        R *, int);                                             \
     } fbn_gops_##SFX;
-FBN_DEFINE_GOPS(float, f32)
-FBN_DEFINE_GOPS(double, f64)
+FBN_DEFINE_GOPS(float, float, f32)
+FBN_DEFINE_GOPS(double, double, f64)
+FBN_DEFINE_GOPS(fbn_half, float, f16)
+FBN_DEFINE_GOPS(fbn_half, float, bf16)
 
 /* The portable baseline (SSE2 on x86-64; whatever the target has
  * elsewhere). */
 #define FBN_ISA base
 #define FBN_WIDE_NT 0
+#define FBN_F16C 0
 #include "isa_instances.h"
+#undef FBN_F16C
 #undef FBN_WIDE_NT
 #undef FBN_ISA
 
@@ -754,27 +763,34 @@ FBN_DEFINE_GOPS(double, f64)
     && !defined(FBN_NO_DISPATCH)
 #define FBN_HAVE_DISPATCH 1
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx2,f16c"))), apply_to = function)
 #else
 #pragma GCC push_options
-#pragma GCC target("avx2")
+#pragma GCC target("avx2,f16c")
 #endif
+/* F16C (every AVX2 CPU has it): float16 conversions in one instruction
+ * (VCVTPH2PS, VCVTPS2PH), bitwise those of half_convert.h (checked for
+ * every float16 and every float by tools/check_half_convert.c) */
 #define FBN_ISA avx2
 #define FBN_WIDE_NT 32
+#define FBN_F16C 256
 #include "isa_instances.h"
+#undef FBN_F16C
 #undef FBN_WIDE_NT
 #undef FBN_ISA
 #if defined(__clang__)
 #pragma clang attribute pop
-#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,f16c"))), apply_to = function)
 #else
 #pragma GCC pop_options
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,prefer-vector-width=512")
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,f16c,prefer-vector-width=512")
 #endif
 #define FBN_ISA avx512
 #define FBN_WIDE_NT 64
+#define FBN_F16C 512
 #include "isa_instances.h"
+#undef FBN_F16C
 #undef FBN_WIDE_NT
 #undef FBN_ISA
 #if defined(__clang__)
@@ -803,12 +819,27 @@ static const fbn_ops_f64 *const fbn_table_f64[] = {
     &ops_f64_avx2, &ops_f64_avx512,
 #endif
 };
+static const fbn_ops_f16 *const fbn_table_f16[] = {
+    &ops_f16_base,
+#if FBN_HAVE_DISPATCH
+    &ops_f16_avx2, &ops_f16_avx512,
+#endif
+};
+static const fbn_ops_bf16 *const fbn_table_bf16[] = {
+    &ops_bf16_base,
+#if FBN_HAVE_DISPATCH
+    &ops_bf16_avx2, &ops_bf16_avx512,
+#endif
+};
 
 /* Best instruction set this CPU (and OS) supports among those built. */
 static int fbn_best_isa(void)
 {
 #if FBN_HAVE_DISPATCH
     __builtin_cpu_init();
+    /* (F16C: the float16 kernels' conversions; every AVX2 CPU has it) */
+    if (!__builtin_cpu_supports("f16c"))
+        return FBN_ISA_BASE;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
         return FBN_ISA_AVX512;
@@ -852,15 +883,35 @@ const char *fbn_simd_available(void)
 }
 
 #define T float
+#define R float
 #define SFX f32
 #include "dispatch_impl.h"
 #undef T
+#undef R
 #undef SFX
 
 #define T double
+#define R double
 #define SFX f64
 #include "dispatch_impl.h"
 #undef T
+#undef R
+#undef SFX
+
+#define T fbn_half
+#define R float
+#define SFX f16
+#include "dispatch_impl.h"
+#undef T
+#undef R
+#undef SFX
+
+#define T fbn_half
+#define R float
+#define SFX bf16
+#include "dispatch_impl.h"
+#undef T
+#undef R
 #undef SFX
 
 /* ---- ghost batches and renormalization: dispatch ------------------------ */
@@ -877,13 +928,25 @@ static const fbn_gops_f64 *const fbn_gtable_f64[] = {
     &gops_f64_avx2, &gops_f64_avx512,
 #endif
 };
+static const fbn_gops_f16 *const fbn_gtable_f16[] = {
+    &gops_f16_base,
+#if FBN_HAVE_DISPATCH
+    &gops_f16_avx2, &gops_f16_avx512,
+#endif
+};
+static const fbn_gops_bf16 *const fbn_gtable_bf16[] = {
+    &gops_bf16_base,
+#if FBN_HAVE_DISPATCH
+    &gops_bf16_avx2, &gops_bf16_avx512,
+#endif
+};
 
-#define FBN_GHOST_ENTRIES(T, SFX)                                              \
+#define FBN_GHOST_ENTRIES(T, R, SFX)                                           \
     int fbn_train_forward_ghost_##SFX(                                         \
         const T *x, ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C,            \
-        ptrdiff_t inner, const T *gamma, const T *beta, const T *z,            \
-        double eps, int relu, const fbn_renorm *rn, T *y, T *mean_out,         \
-        T *invstd_out, double *var_out, double *r_out, double *d_out,          \
+        ptrdiff_t inner, const R *gamma, const R *beta, const T *z,            \
+        double eps, int relu, const fbn_renorm *rn, T *y, R *mean_out,         \
+        R *invstd_out, double *var_out, double *r_out, double *d_out,          \
         int nthreads)                                                          \
     {                                                                          \
         return fbn_gtable_##SFX[fbn_active_isa()]->train_forward(              \
@@ -892,14 +955,16 @@ static const fbn_gops_f64 *const fbn_gtable_f64[] = {
     }                                                                          \
     int fbn_backward_ghost_##SFX(                                              \
         const T *dy, const T *x, const T *y, ptrdiff_t groups,                 \
-        ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner, const T *mean,          \
-        const T *invstd, const T *gamma, const double *r, const double *d,     \
-        int training, T *dx, T *dz, T *dgamma, T *dbeta, int nthreads)         \
+        ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner, const R *mean,          \
+        const R *invstd, const R *gamma, const double *r, const double *d,     \
+        int training, T *dx, T *dz, R *dgamma, R *dbeta, int nthreads)         \
     {                                                                          \
         return fbn_gtable_##SFX[fbn_active_isa()]->backward(                   \
             dy, x, y, groups, outer, C, inner, mean, invstd, gamma, r, d,      \
             training, dx, dz, dgamma, dbeta, nthreads);                        \
     }
-FBN_GHOST_ENTRIES(float, f32)
-FBN_GHOST_ENTRIES(double, f64)
+FBN_GHOST_ENTRIES(float, float, f32)
+FBN_GHOST_ENTRIES(double, double, f64)
+FBN_GHOST_ENTRIES(fbn_half, float, f16)
+FBN_GHOST_ENTRIES(fbn_half, float, bf16)
 #undef FBN_GHOST_ENTRIES

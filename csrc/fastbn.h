@@ -20,12 +20,15 @@
  * and may be called from several threads at once on different outputs.
  *
  * Each function exists for float (suffix _f32) and double (_f64), generated
- * from one template (kernels_impl.h).  Statistics are accumulated in double.
+ * from one template (kernels_impl.h), and for the half types float16 (_f16)
+ * and bfloat16 (_bf16) with float per-channel arrays (T is the element
+ * type, R the per-channel type).  Statistics are accumulated in double.
  */
 #ifndef FASTBN_H
 #define FASTBN_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -116,7 +119,7 @@ void fbn_describe_plan(ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner, int elsize
                        int nstat, int nextra, int nout, int ops, int nthreads,
                        long long *fields);
 
-#define FBN_DECLARE(T, SFX)                                                    \
+#define FBN_DECLARE(T, R, SFX)                                                  \
   /* Per-channel mean and M2 (sum of squared deviations) in double; the      \
    * count is outer*inner.  mean, m2: C doubles each (written).              \
    * outer*inner may be 0 (mean = 0, m2 = 0). */                             \
@@ -129,21 +132,21 @@ void fbn_describe_plan(ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner, int elsize
    * fused per channel while the channel's values are in cache.              \
    * gamma, beta, z: may be NULL (1, 0, no residual); z has x's shape.       \
    * relu: 0 or 1.  y may equal x (in place); z may equal y only if it       \
-   * equals x too.  mean_out, invstd_out: C values of T (written).           \
+   * equals x too.  mean_out, invstd_out: C values of R (written).           \
    * var_out: C doubles, the biased batch variance (written; may be NULL).   \
    * Needs outer*inner >= 1 (FBN_EINVAL otherwise). */                       \
   int fbn_train_forward_##SFX(                                               \
       const T *x, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,             \
-      const T *gamma, const T *beta, const T *z, double eps, int relu,       \
-      T *y, T *mean_out, T *invstd_out, double *var_out, int nthreads);      \
+      const R *gamma, const R *beta, const T *z, double eps, int relu,       \
+      T *y, R *mean_out, R *invstd_out, double *var_out, int nthreads);      \
                                                                              \
   /* Inference forward with given statistics, one pass:                      \
    *   y = act((x - mean) / sqrt(var + eps) * gamma + beta + z).             \
-   * mean, var: C values of T.  Other arguments as for the training          \
+   * mean, var: C values of R.  Other arguments as for the training          \
    * forward. */                                                             \
   int fbn_infer_forward_##SFX(                                               \
       const T *x, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,             \
-      const T *mean, const T *var, const T *gamma, const T *beta,            \
+      const R *mean, const R *var, const R *gamma, const R *beta,            \
       const T *z, double eps, int relu, T *y, int nthreads);                 \
                                                                              \
   /* The normalisation alone, with double statistics (used after statistics  \
@@ -152,16 +155,16 @@ void fbn_describe_plan(ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner, int elsize
    * mean, invstd: C doubles. */                                             \
   int fbn_apply_##SFX(const T *x, ptrdiff_t outer, ptrdiff_t C,              \
                       ptrdiff_t inner, const double *mean,                   \
-                      const double *invstd, const T *gamma, const T *beta,   \
+                      const double *invstd, const R *gamma, const R *beta,   \
                       const T *z, int relu, T *y, int nthreads);             \
                                                                              \
   /* Backward reductions, one pass over dy and x:                            \
    *   sum_dy[c]   = sum(dy')          sum_dyxmu[c] = sum(dy' * (x - mean))  \
    * with dy' = dy * (y > 0) when y is not NULL (the forward fused a ReLU),  \
-   * else dy.  mean: C values of T.  sum_dy, sum_dyxmu: C doubles. */        \
+   * else dy.  mean: C values of R.  sum_dy, sum_dyxmu: C doubles. */        \
   int fbn_backward_reduce_##SFX(                                             \
       const T *dy, const T *x, const T *y, ptrdiff_t outer, ptrdiff_t C,     \
-      ptrdiff_t inner, const T *mean, double *sum_dy, double *sum_dyxmu,     \
+      ptrdiff_t inner, const R *mean, double *sum_dy, double *sum_dyxmu,     \
       int nthreads);                                                         \
                                                                              \
   /* Backward elementwise pass given the reductions (sums over `count`       \
@@ -173,21 +176,31 @@ void fbn_describe_plan(ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner, int elsize
    * the gradient of a residual added before the ReLU.  dx may equal dy. */  \
   int fbn_backward_apply_##SFX(                                              \
       const T *dy, const T *x, const T *y, ptrdiff_t outer, ptrdiff_t C,     \
-      ptrdiff_t inner, const T *mean, const T *invstd, const T *gamma,       \
+      ptrdiff_t inner, const R *mean, const R *invstd, const R *gamma,       \
       const double *sum_dy, const double *sum_dyxmu, double count,           \
       int training, T *dx, T *dz, int nthreads);                             \
                                                                              \
   /* Whole backward: reductions and dx fused per channel while the channel's \
    * values are in cache.  dgamma[c] = sum_dyxmu[c]*invstd[c],               \
-   * dbeta[c] = sum_dy[c] (C values of T, written).  Arguments as above;     \
+   * dbeta[c] = sum_dy[c] (C values of R, written).  Arguments as above;     \
    * count is outer*inner. */                                                \
   int fbn_backward_##SFX(                                                    \
       const T *dy, const T *x, const T *y, ptrdiff_t outer, ptrdiff_t C,     \
-      ptrdiff_t inner, const T *mean, const T *invstd, const T *gamma,       \
-      int training, T *dx, T *dz, T *dgamma, T *dbeta, int nthreads);
+      ptrdiff_t inner, const R *mean, const R *invstd, const R *gamma,       \
+      int training, T *dx, T *dz, R *dgamma, R *dbeta, int nthreads);
 
-FBN_DECLARE(float, f32)
-FBN_DECLARE(double, f64)
+FBN_DECLARE(float, float, f32)
+FBN_DECLARE(double, double, f64)
+/* Half precision: x, dy, y, z, dx, dz as 16-bit patterns (fbn_half) of
+ * IEEE binary16 (_f16) or bfloat16 (_bf16); per-channel arrays are float.
+ * Loads convert exactly to float, every computation is the float kernel's
+ * (same operations in the same order, so the per-channel results are
+ * bitwise those of the _f32 kernel on the converted values) and each
+ * output value is rounded once to the half type (to nearest, ties to even;
+ * NaN stays a quiet NaN with the sign and top payload bits). */
+typedef uint16_t fbn_half;
+FBN_DECLARE(fbn_half, float, f16)
+FBN_DECLARE(fbn_half, float, bf16)
 
 #undef FBN_DECLARE
 
@@ -218,34 +231,37 @@ typedef struct {
     double dmax;         /* >= 0; INFINITY: d not clipped */
 } fbn_renorm;
 
-#define FBN_DECLARE_GHOST(T, SFX)                                              \
+#define FBN_DECLARE_GHOST(T, R, SFX)                                           \
   /* Training forward over `groups` ghost batches, optionally renormalised   \
    * (rn not NULL).  Arguments as fbn_train_forward; mean_out, invstd_out:   \
-   * groups*C values of T; var_out (may be NULL): groups*C doubles;          \
+   * groups*C values of R; var_out (may be NULL): groups*C doubles;          \
    * r_out, d_out: groups*C doubles, r and d (needed when rn is given, else  \
    * may be NULL).  Needs outer/groups*inner >= 1.  groups == 1 without rn   \
    * is fbn_train_forward itself. */                                         \
   int fbn_train_forward_ghost_##SFX(                                         \
       const T *x, ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C,            \
-      ptrdiff_t inner, const T *gamma, const T *beta, const T *z,            \
-      double eps, int relu, const fbn_renorm *rn, T *y, T *mean_out,         \
-      T *invstd_out, double *var_out, double *r_out, double *d_out,          \
+      ptrdiff_t inner, const R *gamma, const R *beta, const T *z,            \
+      double eps, int relu, const fbn_renorm *rn, T *y, R *mean_out,         \
+      R *invstd_out, double *var_out, double *r_out, double *d_out,          \
       int nthreads);                                                         \
                                                                              \
   /* Whole backward over `groups` ghost batches: mean, invstd: groups*C      \
-   * values of T (what the forward returned); gamma: C values (may be NULL); \
+   * values of R (what the forward returned); gamma: C values (may be NULL); \
    * r, d: groups*C doubles from a renormalised forward (both NULL           \
-   * otherwise).  dgamma, dbeta: C values of T, the sums over the groups     \
+   * otherwise).  dgamma, dbeta: C values of R, the sums over the groups     \
    * (in double, in group order).  Other arguments as fbn_backward;          \
    * groups == 1 without r and d is fbn_backward itself. */                  \
   int fbn_backward_ghost_##SFX(                                              \
       const T *dy, const T *x, const T *y, ptrdiff_t groups,                 \
-      ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner, const T *mean,          \
-      const T *invstd, const T *gamma, const double *r, const double *d,     \
-      int training, T *dx, T *dz, T *dgamma, T *dbeta, int nthreads);
+      ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner, const R *mean,          \
+      const R *invstd, const R *gamma, const double *r, const double *d,     \
+      int training, T *dx, T *dz, R *dgamma, R *dbeta, int nthreads);
 
-FBN_DECLARE_GHOST(float, f32)
-FBN_DECLARE_GHOST(double, f64)
+FBN_DECLARE_GHOST(float, float, f32)
+FBN_DECLARE_GHOST(double, double, f64)
+/* the half types: float per-channel arrays, as their ordinary kernels */
+FBN_DECLARE_GHOST(fbn_half, float, f16)
+FBN_DECLARE_GHOST(fbn_half, float, bf16)
 
 #undef FBN_DECLARE_GHOST
 

@@ -1,7 +1,8 @@
 /*
  * ghost_impl.h -- ghost (virtual) batches and batch renormalization, written
- * once for an element type.  Included at the end of kernels_impl.h (T, SFX
- * and NAME defined there).
+ * once for an element type.  Included at the end of kernels_impl.h (T, R,
+ * SFX and NAME defined there: T the element type of the data, R that of the
+ * per-channel arrays and constants, float for the half types).
  *
  * A ghost call is `groups` independent batch norms of (outer, C, inner)
  * blocks that follow each other in memory: the batch axis split into groups
@@ -129,10 +130,10 @@ static int NAME(whole_groups)(const fbn_plan *p, ptrdiff_t groups, ptrdiff_t gby
 }
 
 static int NAME(k_train_ghost)(const T *x, ptrdiff_t groups, ptrdiff_t outer,
-                               ptrdiff_t C, ptrdiff_t inner, const T *gamma,
-                               const T *beta, const T *z, double eps, int relu,
-                               const fbn_renorm *rn, T *y, T *mean_out,
-                               T *invstd_out, double *var_out, double *r_out,
+                               ptrdiff_t C, ptrdiff_t inner, const R *gamma,
+                               const R *beta, const T *z, double eps, int relu,
+                               const fbn_renorm *rn, T *y, R *mean_out,
+                               R *invstd_out, double *var_out, double *r_out,
                                double *d_out, int nthreads)
 {
     fbn_plan p;
@@ -167,7 +168,7 @@ static int NAME(k_train_ghost)(const T *x, ptrdiff_t groups, ptrdiff_t outer,
      * 2*C + 2*cv doubles for the merges (per group for whole-group items) */
     nd = 2 * (size_t)groups * (size_t)parts +
          (whole ? (size_t)groups : 1) * (2 * (size_t)C + 2 * (size_t)cv);
-    bytes = sizeof(double) * nd + sizeof(T) * 4 * (size_t)groups * (size_t)(C + nv);
+    bytes = sizeof(double) * nd + sizeof(R) * 4 * (size_t)groups * (size_t)(C + nv);
     mem = (char *)malloc(bytes);
     if (mem == NULL)
         return FBN_ENOMEM;
@@ -189,7 +190,7 @@ static int NAME(k_train_ghost)(const T *x, ptrdiff_t groups, ptrdiff_t outer,
     gf.f.pm = (double *)mem;
     gf.f.pq = gf.f.pm + groups * parts;
     tmp = gf.f.pq + groups * parts;
-    gf.f.coef = (T *)(mem + sizeof(double) * nd);
+    gf.f.coef = (R *)(mem + sizeof(double) * nd);
     gf.f.coefv = nv ? gf.f.coef + 4 * C : gf.f.coef;
     gf.vals = og * C * inner;
     gf.parts = parts;
@@ -331,9 +332,9 @@ static void NAME(item_group_bwd)(void *arg, ptrdiff_t g)
 
 static int NAME(k_backward_ghost)(const T *dy, const T *x, const T *y,
                                   ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C,
-                                  ptrdiff_t inner, const T *mean, const T *invstd,
-                                  const T *gamma, const double *r, const double *d,
-                                  int training, T *dx, T *dz, T *dgamma, T *dbeta,
+                                  ptrdiff_t inner, const R *mean, const R *invstd,
+                                  const R *gamma, const double *r, const double *d,
+                                  int training, T *dx, T *dz, R *dgamma, R *dbeta,
                                   int nthreads)
 {
     fbn_plan p;
@@ -351,7 +352,7 @@ static int NAME(k_backward_ghost)(const T *dy, const T *x, const T *y,
         return FBN_OK;
     if (outer * inner == 0) {
         for (c = 0; c < C; c++)
-            dgamma[c] = dbeta[c] = (T)0;
+            dgamma[c] = dbeta[c] = (R)0;
         return FBN_OK;
     }
     if (groups == 1 && r == NULL)
@@ -370,7 +371,7 @@ static int NAME(k_backward_ghost)(const T *dy, const T *x, const T *y,
      * for the totals (per group for whole-group items) */
     nd = (size_t)groups * (2 * (size_t)parts + (size_t)cv + 2 * (size_t)C) +
          (whole ? (size_t)groups : 1) * (2 * (size_t)C + 2 * (size_t)cv);
-    bytes = sizeof(double) * nd + sizeof(T) * 4 * (size_t)groups * (size_t)(C + nv);
+    bytes = sizeof(double) * nd + sizeof(R) * 4 * (size_t)groups * (size_t)(C + nv);
     mem = (char *)malloc(bytes);
     if (mem == NULL)
         return FBN_ENOMEM;
@@ -386,7 +387,7 @@ static int NAME(k_backward_ghost)(const T *dy, const T *x, const T *y,
     tmp = db64 + groups * C;
     gb.b.dg64 = dg64;
     gb.b.db64 = db64;
-    gb.b.k = (T *)(mem + sizeof(double) * nd);
+    gb.b.k = (R *)(mem + sizeof(double) * nd);
     gb.b.kv = nv ? gb.b.k + 4 * C : gb.b.k;
     gb.vals = og * C * inner;
     gb.parts = parts;
@@ -426,8 +427,8 @@ static int NAME(k_backward_ghost)(const T *dy, const T *x, const T *y,
             sg += dg64[g * C + c];
             sb += db64[g * C + c];
         }
-        dgamma[c] = (T)sg;
-        dbeta[c] = (T)sb;
+        dgamma[c] = (R)sg;
+        dbeta[c] = (R)sb;
     }
     free(mem);
     return FBN_OK;

@@ -1,8 +1,10 @@
 /*
  * kernels_impl.h -- the forward kernels, written once for an element type.
  *
- * Included by fastbn.c with T (float or double), SFX (f32 or f64) and
- * FBN_ISA (base, avx2, avx512: the instruction set the compiler may use)
+ * Included by fastbn.c with T (float or double, or fbn_half), R (the
+ * per-channel and computing type: T, or float for the half types),
+ * FBN_HALF (0, or 1 for float16, 2 for bfloat16), SFX (f32, f64, f16, bf16)
+ * and FBN_ISA (base, avx2, avx512: the instruction set the compiler may use)
  * defined.  NAME(f) gives the specific name f_SFX_ISA.  Everything is
  * static; the table NAME(ops) at the end is what fastbn.c dispatches to.
  *
@@ -34,13 +36,27 @@
 #define FBN_CAT(a, b, c) FBN_CAT_(a, b, c)
 #define NAME(f) FBN_CAT(f, SFX, FBN_ISA)
 
+/* An element as R (FBN_LD: exact) and an R value stored as an element
+ * (FBN_ST: rounded once).  The half types compute exactly what the float
+ * kernels compute on the widened values (half_convert.h). */
+#if FBN_HALF == 1
+#define FBN_LD(v) fbn_f16_to_f32(v)
+#define FBN_ST(v) fbn_f32_to_f16(v)
+#elif FBN_HALF == 2
+#define FBN_LD(v) fbn_bf16_to_f32(v)
+#define FBN_ST(v) fbn_f32_to_bf16(v)
+#else
+#define FBN_LD(v) (v)
+#define FBN_ST(v) (v)
+#endif
+
 #if FBN_VEC
 /* 32-byte vectors of T (GCC/clang vector extensions) for the few loops the
  * auto-vectoriser handles badly; FBN_NV of them make the FBN_LANES lanes.
  * The arithmetic is lane by lane, as in the scalar fallback, so every
  * instruction set (and the fallback) gives the same bits. */
-typedef T NAME(vec) __attribute__((vector_size(32)));
-#define FBN_VN ((int)(32 / sizeof(T)))
+typedef R NAME(vec) __attribute__((vector_size(32)));
+#define FBN_VN ((int)(32 / sizeof(R)))
 #define FBN_NV (FBN_LANES / FBN_VN)
 #endif
 
@@ -82,11 +98,36 @@ static inline void NAME(stream)(void *dst, const void *src, size_t n)
  * where they are inlined.  Element-wise IEEE arithmetic, so the bits are
  * those of the scalar loops. */
 typedef double NAME(d8) __attribute__((vector_size(64)));
-typedef T NAME(t8) __attribute__((vector_size(8 * sizeof(T))));
+typedef R NAME(t8) __attribute__((vector_size(8 * sizeof(R))));
+#if FBN_HALF
+/* n elements at p, widened, into the vector v (of n values of R) */
+#define FBN_LOADN(v, p, n)                                                     \
+    do {                                                                       \
+        R w_[n];                                                               \
+        int j_;                                                                \
+        for (j_ = 0; j_ < (n); j_++)                                           \
+            w_[j_] = FBN_LD((p)[j_]);                                          \
+        memcpy(&(v), w_, sizeof(v));                                           \
+    } while (0)
+#define FBN_LOAD8(v, p) FBN_LOADN(v, p, 8)
+#else
 #define FBN_LOAD8(v, p) memcpy(&(v), (p), sizeof(v))
+#endif
 #define FBN_TO_D8(v) __builtin_convertvector((v), NAME(d8))
 #endif
 
+/* The generic form of a function that half_impl.h wraps (the half types
+ * run the float kernel's on widened rows; this one when a buffer cannot be
+ * had). */
+#if FBN_HALF
+#define FBN_GENERIC(f) FBN_CAT(f##_generic, SFX, FBN_ISA)
+#else
+#define FBN_GENERIC(f) NAME(f)
+#endif
+
+#if FBN_HALF
+#include "half_impl.h"
+#else
 /* Adds n values to the lane accumulators acc[0..FBN_LANES] (the last one
  * takes the values that do not fill a row of lanes), in double.  (GCC
  * vectorises these lane loops well; the backward's needed explicit
@@ -99,9 +140,9 @@ static inline void NAME(sum_acc)(const T *x, ptrdiff_t n, double *acc)
     memcpy(v, acc, sizeof v);
     for (; i + FBN_LANES <= n; i += FBN_LANES)
         for (k = 0; k < FBN_LANES; k++)
-            v[k] += (double)x[i + k];
+            v[k] += (double)FBN_LD(x[i + k]);
     for (; i < n; i++)
-        t += (double)x[i];
+        t += (double)FBN_LD(x[i]);
     memcpy(acc, v, sizeof v);
     acc[FBN_LANES] = t;
 }
@@ -115,16 +156,17 @@ static inline void NAME(ssd_acc)(const T *x, ptrdiff_t n, double m, double *acc)
     memcpy(v, acc, sizeof v);
     for (; i + FBN_LANES <= n; i += FBN_LANES)
         for (k = 0; k < FBN_LANES; k++) {
-            double d = (double)x[i + k] - m;
+            double d = (double)FBN_LD(x[i + k]) - m;
             v[k] += d * d;
         }
     for (; i < n; i++) {
-        double d = (double)x[i] - m;
+        double d = (double)FBN_LD(x[i]) - m;
         t += d * d;
     }
     memcpy(acc, v, sizeof v);
     acc[FBN_LANES] = t;
 }
+#endif /* FBN_HALF */
 
 /* One pass over chunk k of the channels [c0, c1) (channel-first), in memory
  * order: sums into the lane accumulators acc[(c - c0) * FBN_ACC ...] when m
@@ -176,7 +218,7 @@ static void NAME(tile_moments)(const T *x, const fbn_plan *p, ptrdiff_t c0,
 
 /* Two-pass moments of rows [r0, r1) (channel-last), written to mean[C] and
  * m2[C]. */
-static void NAME(block_moments)(const T *x, ptrdiff_t C, ptrdiff_t r0,
+static void FBN_GENERIC(block_moments)(const T *x, ptrdiff_t C, ptrdiff_t r0,
                                 ptrdiff_t r1, double *mean, double *m2)
 {
     /* Strips of FBN_LANES channels, whose accumulators stay in registers
@@ -201,11 +243,11 @@ static void NAME(block_moments)(const T *x, ptrdiff_t C, ptrdiff_t r0,
             if (w == FBN_LANES) {
                 for (r = rr; r < re; r++)
                     for (k = 0; k < FBN_LANES; k++)
-                        s[k] += (double)xs[r * C + k];
+                        s[k] += (double)FBN_LD(xs[r * C + k]);
             } else {
                 for (r = rr; r < re; r++)
                     for (k = 0; k < w; k++)
-                        s[k] += (double)xs[r * C + k];
+                        s[k] += (double)FBN_LD(xs[r * C + k]);
             }
             memcpy(mean + c0, s, sizeof(double) * (size_t)w);
         }
@@ -223,13 +265,13 @@ static void NAME(block_moments)(const T *x, ptrdiff_t C, ptrdiff_t r0,
             if (w == FBN_LANES) {
                 for (r = rr; r < re; r++)
                     for (k = 0; k < FBN_LANES; k++) {
-                        double d = (double)xs[r * C + k] - m[k];
+                        double d = (double)FBN_LD(xs[r * C + k]) - m[k];
                         q[k] += d * d;
                     }
             } else {
                 for (r = rr; r < re; r++)
                     for (k = 0; k < w; k++) {
-                        double d = (double)xs[r * C + k] - m[k];
+                        double d = (double)FBN_LD(xs[r * C + k]) - m[k];
                         q[k] += d * d;
                     }
             }
@@ -238,28 +280,52 @@ static void NAME(block_moments)(const T *x, ptrdiff_t C, ptrdiff_t r0,
     }
 }
 
+#if FBN_HALF
+/* Rows [r0, r1) widened into one buffer, then the float kernel's
+ * block_moments (its sums run over the block's rows in the same order). */
+static void NAME(block_moments)(const T *x, ptrdiff_t C, ptrdiff_t r0,
+                                ptrdiff_t r1, double *mean, double *m2)
+{
+    ptrdiff_t n = (r1 - r0) * C;
+    float *w = (float *)malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+    if (w == NULL) {
+        FBN_GENERIC(block_moments)(x, C, r0, r1, mean, m2);
+        return;
+    }
+    {
+        ptrdiff_t t;
+        for (t = 0; t < n; t += FBN_TILE)
+            NAME(widen)(x + r0 * C + t, w + t, fbn_min(FBN_TILE, n - t));
+    }
+    FBN_F32(block_moments)(w, C, 0, r1 - r0, mean, m2);
+    free(w);
+}
+#endif
+
 /* ---- normalisation ----------------------------------------------------- */
 
 /* The elementwise transform of n contiguous values.  x, z and y may be the
  * same array (each value is read before it is written at the same index);
  * `omp simd` states that there is no dependence between iterations. */
+#if !FBN_HALF /* (half_impl.h) */
 static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
-                                    T mh, T ml, T a, T b, int relu, int hasz)
+                                    R mh, R ml, R a, R b, int relu, int hasz)
 {
     ptrdiff_t i;
 #pragma omp simd
     for (i = 0; i < n; i++) {
-        T t = ((x[i] - mh) - ml) * a + b;
+        R t = ((FBN_LD(x[i]) - mh) - ml) * a + b;
         if (hasz)
-            t += z[i];
+            t += FBN_LD(z[i]);
         if (relu)
-            t = t < (T)0 ? (T)0 : t; /* NaN stays NaN */
-        y[i] = t;
+            t = t < (R)0 ? (R)0 : t; /* NaN stays NaN */
+        y[i] = FBN_ST(t);
     }
 }
+#endif
 
-static void NAME(apply_any)(const T *x, const T *z, T *y, ptrdiff_t n, T mh,
-                            T ml, T a, T b, int relu)
+static void NAME(apply_any)(const T *x, const T *z, T *y, ptrdiff_t n, R mh,
+                            R ml, R a, R b, int relu)
 {
     if (relu) {
         if (z)
@@ -276,20 +342,20 @@ static void NAME(apply_any)(const T *x, const T *z, T *y, ptrdiff_t n, T mh,
 
 /* Per-channel constants, structure of arrays: coef[0..C) = mh,
  * coef[C..2C) = ml, coef[2C..3C) = a, coef[3C..4C) = b. */
-static void NAME(coef_one)(T *coef, ptrdiff_t C, ptrdiff_t c, double mean,
-                           double invstd, const T *gamma, const T *beta)
+static void NAME(coef_one)(R *coef, ptrdiff_t C, ptrdiff_t c, double mean,
+                           double invstd, const R *gamma, const R *beta)
 {
-    T mh = (T)mean;
+    R mh = (R)mean;
     double g = gamma ? (double)gamma[c] : 1.0;
     coef[c] = mh;
-    coef[C + c] = (T)(mean - (double)mh);
-    coef[2 * C + c] = (T)(g * invstd);
-    coef[3 * C + c] = beta ? beta[c] : (T)0;
+    coef[C + c] = (R)(mean - (double)mh);
+    coef[2 * C + c] = (R)(g * invstd);
+    coef[3 * C + c] = beta ? beta[c] : (R)0;
 }
 
 /* Channel-last: the 4*C constants (four arrays of C) repeated for the Cv
  * virtual channels of folded rows, into coefv (four arrays of Cv). */
-static void NAME(unfold_coef)(const fbn_plan *p, const T *coef, T *coefv)
+static void NAME(unfold_coef)(const fbn_plan *p, const R *coef, R *coefv)
 {
     ptrdiff_t a, j;
     if (coefv == coef)
@@ -306,7 +372,7 @@ static void NAME(unfold_coef)(const fbn_plan *p, const T *coef, T *coefv)
  * piece by piece, the values pf elements further on are prefetched. */
 static void NAME(apply_span)(const T *x, const T *z, T *y, ptrdiff_t C,
                              ptrdiff_t inner, ptrdiff_t s0, ptrdiff_t s1,
-                             const T *coef, int relu, int nt, ptrdiff_t pf)
+                             const R *coef, int relu, int nt, ptrdiff_t pf)
 {
     T buf[FBN_TILE];
     ptrdiff_t i = s0;
@@ -334,10 +400,10 @@ static void NAME(apply_span)(const T *x, const T *z, T *y, ptrdiff_t C,
 }
 
 static inline void NAME(rows_body)(const T *x, const T *z, T *y, ptrdiff_t C,
-                                   ptrdiff_t r0, ptrdiff_t r1, const T *coef,
+                                   ptrdiff_t r0, ptrdiff_t r1, const R *coef,
                                    int relu, int hasz)
 {
-    const T *mh = coef, *ml = coef + C, *a = coef + 2 * C, *b = coef + 3 * C;
+    const R *mh = coef, *ml = coef + C, *a = coef + 2 * C, *b = coef + 3 * C;
     ptrdiff_t r, c;
     for (r = r0; r < r1; r++) {
         const T *xr = x + r * C;
@@ -345,18 +411,18 @@ static inline void NAME(rows_body)(const T *x, const T *z, T *y, ptrdiff_t C,
         T *yr = y + r * C;
 #pragma omp simd
         for (c = 0; c < C; c++) {
-            T t = ((xr[c] - mh[c]) - ml[c]) * a[c] + b[c];
+            R t = ((FBN_LD(xr[c]) - mh[c]) - ml[c]) * a[c] + b[c];
             if (hasz)
-                t += zr[c];
+                t += FBN_LD(zr[c]);
             if (relu)
-                t = t < (T)0 ? (T)0 : t;
-            yr[c] = t;
+                t = t < (R)0 ? (R)0 : t;
+            yr[c] = FBN_ST(t);
         }
     }
 }
 
-static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
-                           ptrdiff_t r0, ptrdiff_t r1, const T *coef, int relu)
+static void FBN_GENERIC(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
+                           ptrdiff_t r0, ptrdiff_t r1, const R *coef, int relu)
 {
     if (relu) {
         if (z)
@@ -371,10 +437,33 @@ static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
     }
 }
 
+#if FBN_HALF
+/* Groups of rows widened into L1 tiles, the float kernel's rows_any, and
+ * rounded once (rows longer than a tile: the generic form). */
+static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
+                           ptrdiff_t r0, ptrdiff_t r1, const R *coef, int relu)
+{
+    float w[FBN_TILE], wz[FBN_TILE];
+    ptrdiff_t k = FBN_TILE / C, r;
+    if (k < 1) {
+        FBN_GENERIC(rows_any)(x, z, y, C, r0, r1, coef, relu);
+        return;
+    }
+    for (r = r0; r < r1; r += k) {
+        ptrdiff_t nr = fbn_min(k, r1 - r);
+        NAME(widen)(x + r * C, w, nr * C);
+        if (z)
+            NAME(widen)(z + r * C, wz, nr * C);
+        FBN_F32(rows_any)(w, z ? wz : NULL, w, C, 0, nr, coef, relu);
+        NAME(narrow)(w, y + r * C, nr * C);
+    }
+}
+#endif
+
 /* Rows [r0, r1), channel-last; with nt, groups of rows go through a tile
  * in L1 and out with non-temporal stores. */
 static void NAME(apply_rows)(const T *x, const T *z, T *y, ptrdiff_t C,
-                             ptrdiff_t r0, ptrdiff_t r1, const T *coef, int relu,
+                             ptrdiff_t r0, ptrdiff_t r1, const R *coef, int relu,
                              int nt)
 {
     T buf[FBN_TILE];
@@ -395,15 +484,16 @@ static void NAME(apply_rows)(const T *x, const T *z, T *y, ptrdiff_t C,
 /* What the items of one forward call share. */
 typedef struct {
     const fbn_plan *p;
-    const T *x, *z, *gamma, *beta;
+    const T *x, *z;
+    const R *gamma, *beta;
     T *y;
     int relu;
     double eps;
     double *pm, *pq;    /* per-chunk or per-block moments */
-    T *coef;            /* 4*C constants (see coef_one) */
-    T *coefv;           /* channel-last: the constants of the Cv virtual
+    R *coef;            /* 4*C constants (see coef_one) */
+    R *coefv;           /* channel-last: the constants of the Cv virtual
                            channels of folded rows (coef when not folded) */
-    T *mean_out, *invstd_out;
+    R *mean_out, *invstd_out;
     double *var_out;
     const fbn_renorm *rn; /* batch renormalization (NULL: none) */
     double *r_out, *d_out; /* its r and d, C values each (with rn) */
@@ -428,8 +518,8 @@ static void NAME(renorm_channel)(NAME(fwd) *f, ptrdiff_t c, double mean, double 
         d = -rn->dmax;
     else if (d > rn->dmax)
         d = rn->dmax;
-    f->coef[2 * C + c] = (T)(g * r * inv);
-    f->coef[3 * C + c] = (T)((f->beta ? (double)f->beta[c] : 0.0) + g * d);
+    f->coef[2 * C + c] = (R)(g * r * inv);
+    f->coef[3 * C + c] = (R)((f->beta ? (double)f->beta[c] : 0.0) + g * d);
     f->r_out[c] = r;
     f->d_out[c] = d;
 }
@@ -441,8 +531,8 @@ static void NAME(finish_channel)(NAME(fwd) *f, ptrdiff_t c, double mean, double 
     double var = m2 / (double)f->p->ntot;
     double inv = 1.0 / sqrt(var + f->eps);
     NAME(coef_one)(f->coef, f->p->C, c, mean, inv, f->gamma, f->beta);
-    f->mean_out[c] = (T)mean;
-    f->invstd_out[c] = (T)inv;
+    f->mean_out[c] = (R)mean;
+    f->invstd_out[c] = (R)inv;
     if (f->var_out)
         f->var_out[c] = var;
     if (f->rn)
@@ -546,14 +636,14 @@ static int NAME(fwd_scratch)(NAME(fwd) *f, double **tmp, void **mem, double *sta
     const fbn_plan *p = f->p;
     size_t cv = p->cl ? (size_t)p->Cv : 0, nv = p->cl && p->fold > 1 ? cv : 0;
     size_t nd = 2 * (size_t)fbn_plan_parts(p) + 2 * (size_t)p->C + 2 * cv;
-    size_t bytes = sizeof(double) * nd + sizeof(T) * 4 * ((size_t)p->C + nv);
+    size_t bytes = sizeof(double) * nd + sizeof(R) * 4 * ((size_t)p->C + nv);
     char *m = bytes <= FBN_STACK_BYTES ? (char *)stack : (char *)malloc(bytes);
     if (m == NULL)
         return FBN_ENOMEM;
     f->pm = (double *)m;
     f->pq = f->pm + fbn_plan_parts(p);
     *tmp = f->pq + fbn_plan_parts(p);
-    f->coef = (T *)(m + sizeof(double) * nd);
+    f->coef = (R *)(m + sizeof(double) * nd);
     f->coefv = nv ? f->coef + 4 * p->C : f->coef;
     *mem = m == (char *)stack ? NULL : m;
     return FBN_OK;
@@ -590,9 +680,9 @@ static int NAME(k_moments)(const T *x, ptrdiff_t outer, ptrdiff_t C,
 }
 
 static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
-                                 ptrdiff_t inner, const T *gamma, const T *beta,
-                                 const T *z, double eps, int relu, T *y, T *mean_out,
-                                 T *invstd_out, double *var_out, int nthreads)
+                                 ptrdiff_t inner, const R *gamma, const R *beta,
+                                 const T *z, double eps, int relu, T *y, R *mean_out,
+                                 R *invstd_out, double *var_out, int nthreads)
 {
     fbn_plan p;
     NAME(fwd) f;
@@ -637,18 +727,18 @@ static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
     return FBN_OK;
 }
 
-/* The transform with given per-channel statistics: T mean and var (with
+/* The transform with given per-channel statistics: R mean and var (with
  * eps) when mean_d is NULL, else double mean and invstd. */
 static int NAME(transform)(const T *x, ptrdiff_t outer, ptrdiff_t C,
-                           ptrdiff_t inner, const T *mean_t, const T *var_t,
+                           ptrdiff_t inner, const R *mean_t, const R *var_t,
                            double eps, const double *mean_d,
-                           const double *invstd_d, const T *gamma,
-                           const T *beta, const T *z, int relu, T *y,
+                           const double *invstd_d, const R *gamma,
+                           const R *beta, const T *z, int relu, T *y,
                            int nthreads)
 {
     fbn_plan p;
     NAME(fwd) f;
-    T stack_coef[8 * FBN_STACK_C];
+    R stack_coef[8 * FBN_STACK_C];
     size_t nc;
     ptrdiff_t c;
     if (C == 0 || outer * inner == 0)
@@ -663,7 +753,7 @@ static int NAME(transform)(const T *x, ptrdiff_t outer, ptrdiff_t C,
     f.relu = relu;
     /* the constants, and those of folded channel-last rows */
     nc = 4 * (size_t)C + (p.cl && p.fold > 1 ? 4 * (size_t)p.Cv : 0);
-    f.coef = nc <= 8 * FBN_STACK_C ? stack_coef : (T *)malloc(sizeof(T) * nc);
+    f.coef = nc <= 8 * FBN_STACK_C ? stack_coef : (R *)malloc(sizeof(R) * nc);
     if (f.coef == NULL)
         return FBN_ENOMEM;
     f.coefv = nc > 4 * (size_t)C ? f.coef + 4 * C : f.coef;
@@ -687,8 +777,8 @@ static int NAME(transform)(const T *x, ptrdiff_t outer, ptrdiff_t C,
 }
 
 static int NAME(k_infer_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
-                                 ptrdiff_t inner, const T *mean, const T *var,
-                                 const T *gamma, const T *beta, const T *z,
+                                 ptrdiff_t inner, const R *mean, const R *var,
+                                 const R *gamma, const R *beta, const T *z,
                                  double eps, int relu, T *y, int nthreads)
 {
     if (outer < 0 || C < 0 || inner < 0 || !(eps > 0))
@@ -699,7 +789,7 @@ static int NAME(k_infer_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
 
 static int NAME(k_apply)(const T *x, ptrdiff_t outer, ptrdiff_t C,
                          ptrdiff_t inner, const double *mean,
-                         const double *invstd, const T *gamma, const T *beta,
+                         const double *invstd, const R *gamma, const R *beta,
                          const T *z, int relu, T *y, int nthreads)
 {
     if (outer < 0 || C < 0 || inner < 0)
@@ -716,6 +806,15 @@ static int NAME(k_apply)(const T *x, ptrdiff_t outer, ptrdiff_t C,
 #undef FBN_NV
 #undef FBN_LOAD8
 #undef FBN_TO_D8
+#if FBN_HALF
+#undef FBN_LOADN
+#endif
+#endif
+#undef FBN_LD
+#undef FBN_ST
+#undef FBN_GENERIC
+#if FBN_HALF
+#undef FBN_F32
 #endif
 
 static const FBN_OPS_TYPE(SFX) NAME(ops) = {

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _kernels
 from ._checks import (_plain, as_data, eps_value, like_x, no_partial_overlap, output,
-                      per_channel, view)
+                      per_channel, stat_dtype, view)
 from ._threads import _nthreads
 
 __all__ = ["batch_stats", "moments", "merge_moments", "batch_norm_train",
@@ -28,7 +28,8 @@ def batch_stats(x, axis=1):
     Chan's formula, so float32 data with a large offset keeps its accuracy
     and the variance is never negative.
 
-    Returns ``(mean, var)``, each of shape ``(C,)`` and ``x.dtype``.
+    Returns ``(mean, var)``, each of shape ``(C,)`` and ``x.dtype``
+    (float32 for float16 and bfloat16 ``x``).
     """
     x = as_data(x)
     outer, C, inner, _ = view(x.shape, axis)
@@ -37,7 +38,8 @@ def batch_stats(x, axis=1):
         raise ValueError(f"batch_stats needs at least 1 value per channel, "
                          f"x of shape {x.shape} has none (axis={axis})")
     mean, m2 = _kernels.moments(x, outer, C, inner, _nthreads())
-    return mean.astype(x.dtype), (m2 / n).astype(x.dtype)
+    sdt = stat_dtype(x.dtype)
+    return mean.astype(sdt), (m2 / n).astype(sdt)
 
 
 def moments(x, axis=1):
@@ -109,10 +111,11 @@ def _forward_args(x, gamma, beta, axis, eps, residual, out):
         x = as_data(x)
     outer, C, inner, _ = view(x.shape, axis)
     dt = x.dtype
+    sdt = stat_dtype(dt)  # per-channel arrays: float32 for half x
     if gamma is not None:
-        gamma = per_channel(gamma, "gamma", C, dt)
+        gamma = per_channel(gamma, "gamma", C, sdt)
     if beta is not None:
-        beta = per_channel(beta, "beta", C, dt)
+        beta = per_channel(beta, "beta", C, sdt)
     if type(eps) is not float or not eps > 0:
         eps = eps_value(eps)
     z = None if residual is None else like_x(residual, "residual", x)
@@ -190,12 +193,14 @@ def batch_norm_infer(x, mean, var, gamma=None, beta=None, *, axis=1, eps=1e-5,
 
     ``y = relu((x - mean) / sqrt(var + eps) * gamma + beta + residual)`` in
     one pass.  ``mean`` and ``var`` (e.g. running statistics) have shape
-    ``(C,)`` and are cast to ``x.dtype``.  Returns y (``out`` if given).
+    ``(C,)`` and are cast to ``x.dtype`` (float32 for half ``x``).  Returns
+    y (``out`` if given).
     """
     x, outer, C, inner, gamma, beta, eps, z, y = _forward_args(
         x, gamma, beta, axis, eps, residual, out)
-    mean = per_channel(mean, "mean", C, x.dtype, allow_none=False)
-    var = per_channel(var, "var", C, x.dtype, allow_none=False)
+    sdt = stat_dtype(x.dtype)
+    mean = per_channel(mean, "mean", C, sdt, allow_none=False)
+    var = per_channel(var, "var", C, sdt, allow_none=False)
     _kernels.infer_forward(x, outer, C, inner, mean, var, gamma, beta, z, eps,
                            bool(relu), y, _nthreads())
     return y
@@ -242,9 +247,10 @@ def _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm
     dt = x.dtype
     dy = like_x(dy, "dy", x)
     yv = None if y is None else like_x(y, "y", x)
-    mean = per_channel(mean, "mean", C, dt, allow_none=False)
-    invstd = per_channel(invstd, "invstd", C, dt, allow_none=False)
-    gamma = per_channel(gamma, "gamma", C, dt)
+    sdt = stat_dtype(dt)  # per-channel arrays: float32 for half x
+    mean = per_channel(mean, "mean", C, sdt, allow_none=False)
+    invstd = per_channel(invstd, "invstd", C, sdt, allow_none=False)
+    gamma = per_channel(gamma, "gamma", C, sdt)
     dx = output(out, x)
     if out is not None:
         no_partial_overlap(dx, "out", x, dy, yv)

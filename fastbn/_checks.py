@@ -16,27 +16,51 @@ _plain = _kernels.plain
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
 
+is_bfloat16 = _kernels.is_bfloat16
+
+#: what x may be, for the messages
+_X_DTYPES = "float32, float64, float16 or bfloat16"
+
+
+def stat_dtype(dt):
+    """The dtype of per-channel arrays for data of dtype ``dt`` (a dtype the
+    kernels take): ``dt`` itself, float32 for the half types."""
+    return dt if dt.itemsize > 2 else _F32
+
+
+def is_half(dt):
+    """True for float16 (either byte order) and bfloat16."""
+    return dt.itemsize == 2 and (dt.kind == "f" or is_bfloat16(dt))
+
 
 class OutDtypeError(TypeError, ValueError):
     """``out`` has the wrong dtype (both a TypeError and a ValueError)."""
 
 
 def as_data(x, name="x", dtype=None):
-    """``x`` as a C-contiguous, aligned, native float32/float64 array (copied
-    only when needed).  With ``dtype``, the array is cast to it."""
+    """``x`` as a C-contiguous, aligned, native float32/float64/float16/
+    bfloat16 array (copied only when needed).  With ``dtype``, the array is
+    cast to it (from any real dtype; without, other dtypes raise
+    TypeError)."""
     if dtype is None and _plain(x):  # the common case, one C-level look
         return x
     if type(x) is not np.ndarray:
         if not isinstance(x, np.ndarray):
-            raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, "
+            raise TypeError(f"{name} must be a numpy.ndarray of {_X_DTYPES}, "
                             f"got {type(x).__name__}")
         x = np.asarray(x)
     dt = x.dtype
     if dt is not _F32 and dt is not _F64 and dt != _F32 and dt != _F64:
-        if dt.kind == "f" and dt.itemsize in (4, 8):  # byte-swapped
-            x = x.astype(dt.newbyteorder("="))
-        elif dtype is None or dt.kind not in "fiu":
-            raise TypeError(f"{name} must have dtype float32 or float64, got {dt}")
+        if dt.kind == "f" and dt.itemsize in (2, 4, 8):  # float16, byte-swapped
+            if not dt.isnative:
+                x = x.astype(dt.newbyteorder("="))
+        elif is_bfloat16(dt):  # ml_dtypes' (JAX's, TensorFlow's) bfloat16
+            pass
+        elif dtype is None or dt.kind not in "fiu" or (dt.kind == "f"
+                                                        and dt.itemsize < 2):
+            raise TypeError(f"{name} must have dtype {_X_DTYPES}, got {dt}"
+                            + (" (float8 and other narrow types are not supported)"
+                               if dt.itemsize < 2 and dt.kind not in "biu" else ""))
     if dtype is not None and x.dtype != dtype:
         return np.require(x, dtype, ["C", "A"])
     flags = x.flags
@@ -88,7 +112,7 @@ def per_channel(v, name, C, dtype, allow_none=True):
             and v.flags.c_contiguous and v.flags.aligned):
         return v
     a = np.asarray(v)
-    if a.dtype.kind not in "fiu":
+    if a.dtype.kind not in "fiu" and not is_bfloat16(a.dtype):
         raise TypeError(f"{name} must be a real array of shape ({C},), "
                         f"got dtype {a.dtype}")
     if a.shape != (C,):

@@ -7,7 +7,9 @@ groups of ``k`` consecutive samples, each normalised with its own
 statistics; ``mean`` and ``invstd`` have shape ``(G, C)``.  The groups are
 contiguous blocks of the ``(outer, C, inner)`` view, and the kernels run
 them as ``G`` independent batch norms in one parallel job (no copies, no
-Python loop); ``k = N`` is the ordinary kernel itself.
+Python loop); ``k = N`` is the ordinary kernel itself.  float16 and bfloat16 data run
+in their own instantiation of the same kernels (float32 per-channel arrays
+and statistics, as the ordinary half calls).
 
 Batch renormalization (Ioffe 2017) is the layer's ``renorm=True``: the
 kernels fold ``r`` and ``d`` into each channel's scale and shift.
@@ -19,7 +21,8 @@ import operator
 import numpy as np
 
 from . import _kernels
-from ._checks import as_data, like_x, no_partial_overlap, output, per_channel, view
+from ._checks import (as_data, like_x, no_partial_overlap, output, per_channel,
+                      stat_dtype, view)
 from ._threads import _nthreads
 
 _RENORM_KEYS = ("rmax", "dmax")
@@ -142,10 +145,11 @@ def backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, k,
     x = as_data(x)
     outer, C, inner, a = view(x.shape, axis)
     dt = x.dtype
+    sdt = stat_dtype(dt)  # per-channel arrays: float32 for half x
     G = 1 if k is None else groups(x.shape, a, k)
     dy = like_x(dy, "dy", x)
     yv = None if y is None else like_x(y, "y", x)
-    gamma = per_channel(gamma, "gamma", C, dt)
+    gamma = per_channel(gamma, "gamma", C, sdt)
     dx = output(out, x)
     if out is not None:
         no_partial_overlap(dx, "out", x, dy, yv)
@@ -156,10 +160,10 @@ def backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, k,
         if training:
             raise ValueError(f"training needs at least 2 values per channel; x of "
                              f"shape {x.shape} has none (axis={axis})")
-        dgamma, dbeta = np.zeros(C, dt), np.zeros(C, dt)
+        dgamma, dbeta = np.zeros(C, sdt), np.zeros(C, sdt)
     else:
-        mean = per_group(mean, "mean", G, C, dt)
-        invstd = per_group(invstd, "invstd", G, C, dt)
+        mean = per_group(mean, "mean", G, C, sdt)
+        invstd = per_group(invstd, "invstd", G, C, sdt)
         if training and n < 2:
             raise ValueError(f"training needs at least 2 values per channel; each "
                              f"ghost batch of {k} samples (x of shape {x.shape}, "

@@ -3,17 +3,24 @@
 """The boundary between NumPy and the C kernels (csrc/fastbn.h).
 
 Every function here takes arrays that the Python layer has already checked:
-C-contiguous, of one dtype (float32 or float64), of the sizes given by the
+C-contiguous, of one dtype (float32 or float64, or the half types float16
+and bfloat16 with float32 per-channel arrays), of the sizes given by the
 (outer, C, inner) view.  This module picks the dtype's kernel, releases the
 GIL, calls C and raises on a status code.  Optional arrays are None.
 """
 cimport numpy as cnp
+from libc.stdint cimport uint16_t
 import numpy as np
 
 cnp.import_array()
 fbn_init()
 
+cdef extern from "numpy/ndarraytypes.h":
+    int NPY_HALF      # float16
+    int NPY_USERDEF   # first type number of a dtype registered at run time
+
 cdef extern from "fastbn.h" nogil:
+    ctypedef uint16_t fbn_half
     int FBN_OK
     int FBN_ENOMEM
     const char *fbn_strerror(int status)
@@ -111,6 +118,66 @@ cdef extern from "fastbn.h" nogil:
                             const double *mean, const double *scale, int inverse,
                             double *y, int *has_inf, int nthreads)
 
+    int fbn_moments_f16(const fbn_half *x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                        double *mean, double *m2, int nthreads)
+    int fbn_train_forward_f16(const fbn_half *x, Py_ssize_t outer, Py_ssize_t C,
+                              Py_ssize_t inner, const float *gamma, const float *beta,
+                              const fbn_half *z, double eps, int relu, fbn_half *y,
+                              float *mean_out, float *invstd_out, double *var_out,
+                              int nthreads)
+    int fbn_infer_forward_f16(const fbn_half *x, Py_ssize_t outer, Py_ssize_t C,
+                              Py_ssize_t inner, const float *mean, const float *var,
+                              const float *gamma, const float *beta, const fbn_half *z,
+                              double eps, int relu, fbn_half *y, int nthreads)
+    int fbn_apply_f16(const fbn_half *x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                      const double *mean, const double *invstd, const float *gamma,
+                      const float *beta, const fbn_half *z, int relu, fbn_half *y,
+                      int nthreads)
+    int fbn_backward_reduce_f16(const fbn_half *dy, const fbn_half *x, const fbn_half *y,
+                                Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                                const float *mean, double *sum_dy, double *sum_dyxmu,
+                                int nthreads)
+    int fbn_backward_apply_f16(const fbn_half *dy, const fbn_half *x, const fbn_half *y,
+                               Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                               const float *mean, const float *invstd, const float *gamma,
+                               const double *sum_dy, const double *sum_dyxmu,
+                               double count, int training, fbn_half *dx, fbn_half *dz,
+                               int nthreads)
+    int fbn_backward_f16(const fbn_half *dy, const fbn_half *x, const fbn_half *y,
+                         Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                         const float *mean, const float *invstd, const float *gamma,
+                         int training, fbn_half *dx, fbn_half *dz, float *dgamma,
+                         float *dbeta, int nthreads)
+    int fbn_moments_bf16(const fbn_half *x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                        double *mean, double *m2, int nthreads)
+    int fbn_train_forward_bf16(const fbn_half *x, Py_ssize_t outer, Py_ssize_t C,
+                              Py_ssize_t inner, const float *gamma, const float *beta,
+                              const fbn_half *z, double eps, int relu, fbn_half *y,
+                              float *mean_out, float *invstd_out, double *var_out,
+                              int nthreads)
+    int fbn_infer_forward_bf16(const fbn_half *x, Py_ssize_t outer, Py_ssize_t C,
+                              Py_ssize_t inner, const float *mean, const float *var,
+                              const float *gamma, const float *beta, const fbn_half *z,
+                              double eps, int relu, fbn_half *y, int nthreads)
+    int fbn_apply_bf16(const fbn_half *x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                      const double *mean, const double *invstd, const float *gamma,
+                      const float *beta, const fbn_half *z, int relu, fbn_half *y,
+                      int nthreads)
+    int fbn_backward_reduce_bf16(const fbn_half *dy, const fbn_half *x, const fbn_half *y,
+                                Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                                const float *mean, double *sum_dy, double *sum_dyxmu,
+                                int nthreads)
+    int fbn_backward_apply_bf16(const fbn_half *dy, const fbn_half *x, const fbn_half *y,
+                               Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                               const float *mean, const float *invstd, const float *gamma,
+                               const double *sum_dy, const double *sum_dyxmu,
+                               double count, int training, fbn_half *dx, fbn_half *dz,
+                               int nthreads)
+    int fbn_backward_bf16(const fbn_half *dy, const fbn_half *x, const fbn_half *y,
+                         Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                         const float *mean, const float *invstd, const float *gamma,
+                         int training, fbn_half *dx, fbn_half *dz, float *dgamma,
+                         float *dbeta, int nthreads)
 
 cdef inline void *_ptr(object a):
     """Data pointer of a checked array, NULL for None."""
@@ -126,13 +193,58 @@ cdef inline object _empty(Py_ssize_t n, int typenum):
     return cnp.PyArray_EMPTY(1, dims, typenum, 0)
 
 
-cdef inline bint _is_f32(object x) except -1:
-    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>x)
-    if t == cnp.NPY_FLOAT32:
+# NumPy's type number of bfloat16 (ml_dtypes registers it at run time), -1
+# until the first bfloat16 array is seen.  Found by the dtype's name and
+# size, so that fastbn never imports ml_dtypes.
+cdef int _bf16_num = -1
+
+# kinds of element type: which kernel a dtype takes
+cdef enum:
+    K_F32 = 0
+    K_F64 = 1
+    K_F16 = 2
+    K_BF16 = 3
+
+
+def is_bfloat16(dt):
+    """True if the NumPy dtype ``dt`` is bfloat16 (ml_dtypes.bfloat16, also
+    JAX's and TensorFlow's), told by its name and size without importing
+    ml_dtypes."""
+    global _bf16_num
+    if dt.num == _bf16_num and _bf16_num >= 0:
         return True
+    if dt.itemsize == 2 and dt.name == "bfloat16" and dt.num >= NPY_USERDEF:
+        _bf16_num = dt.num
+        return True
+    return False
+
+
+cdef inline int _typenum_kind(int t, object dt) except -2:
+    """The kernel kind of type number t (dtype dt), -1 for another type."""
+    if t == cnp.NPY_FLOAT32:
+        return K_F32
     if t == cnp.NPY_FLOAT64:
-        return False
-    raise TypeError(f"fastbn kernels take float32 or float64, got {x.dtype}")
+        return K_F64
+    if t == NPY_HALF:
+        return K_F16
+    if t == _bf16_num and t >= 0:
+        return K_BF16
+    if t >= NPY_USERDEF and is_bfloat16(dt):
+        return K_BF16
+    return -1
+
+
+cdef inline int _kind(object x) except -1:
+    cdef cnp.ndarray a = <cnp.ndarray>x
+    cdef int k = _typenum_kind(cnp.PyArray_TYPE(a), a.dtype)
+    if k < 0:
+        raise TypeError(f"fastbn kernels take float32, float64, float16 or "
+                        f"bfloat16, got {x.dtype}")
+    return k
+
+
+cdef inline bint _is_f32(object x) except -1:
+    return _kind(x) == K_F32
 
 
 cdef int _check(int status) except -1:
@@ -174,7 +286,8 @@ def set_simd(str name):
 
 
 def plain(a, bint writeable=False):
-    """True if `a` is exactly a numpy.ndarray of native float32 or float64,
+    """True if `a` is exactly a numpy.ndarray of native float32 or float64
+    (or float16, or bfloat16 once one has been seen),
     C-contiguous and aligned (and writeable if asked): the form the kernels
     take as it is.  One C-level look at the array for the common case; the
     checks in fastbn._checks handle every other case and its messages."""
@@ -185,7 +298,8 @@ def plain(a, bint writeable=False):
     cdef int need = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
     if writeable:
         need |= cnp.NPY_ARRAY_WRITEABLE
-    return ((t == cnp.NPY_FLOAT32 or t == cnp.NPY_FLOAT64)
+    return ((t == cnp.NPY_FLOAT32 or t == cnp.NPY_FLOAT64 or t == NPY_HALF
+             or (t == _bf16_num and t >= 0))
             and cnp.PyArray_ISNOTSWAPPED(arr)
             and (cnp.PyArray_FLAGS(arr) & need) == need)
 
@@ -316,7 +430,14 @@ def moments(x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, int nthreads):
     cdef double *pm = <double *>_ptr(mean)
     cdef double *pq = <double *>_ptr(m2)
     cdef int st
-    if _is_f32(x):
+    cdef int k = _kind(x)
+    if k == K_F16:
+        with nogil:
+            st = fbn_moments_f16(<fbn_half *>px, outer, C, inner, pm, pq, nthreads)
+    elif k == K_BF16:
+        with nogil:
+            st = fbn_moments_bf16(<fbn_half *>px, outer, C, inner, pm, pq, nthreads)
+    elif k == K_F32:
         with nogil:
             st = fbn_moments_f32(<float *>px, outer, C, inner, pm, pq, nthreads)
     else:
@@ -328,8 +449,10 @@ def moments(x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, int nthreads):
 
 def train_forward(x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, gamma, beta,
                   z, double eps, bint relu, y, int nthreads, bint want_var=False):
-    """Training forward into y; returns (mean, invstd[, var64])."""
-    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    """Training forward into y; returns (mean, invstd[, var64]) (float32 for
+    the half types)."""
+    cdef int k = _kind(x)
+    cdef int typenum = cnp.NPY_FLOAT32 if k >= K_F16 else cnp.PyArray_TYPE(<cnp.ndarray>x)
     mean = _empty(C, typenum)
     invstd = _empty(C, typenum)
     var = _empty(C, cnp.NPY_FLOAT64) if want_var else None
@@ -342,7 +465,19 @@ def train_forward(x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, gamma, be
     cdef void *pi = _ptr(invstd)
     cdef double *pv = <double *>_ptr(var)
     cdef int st
-    if _is_f32(x):
+    if k == K_F16:
+        with nogil:
+            st = fbn_train_forward_f16(<fbn_half *>px, outer, C, inner, <float *>pg,
+                                       <float *>pb, <fbn_half *>pz, eps, relu,
+                                       <fbn_half *>py, <float *>pm, <float *>pi, pv,
+                                       nthreads)
+    elif k == K_BF16:
+        with nogil:
+            st = fbn_train_forward_bf16(<fbn_half *>px, outer, C, inner, <float *>pg,
+                                        <float *>pb, <fbn_half *>pz, eps, relu,
+                                        <fbn_half *>py, <float *>pm, <float *>pi, pv,
+                                        nthreads)
+    elif k == K_F32:
         with nogil:
             st = fbn_train_forward_f32(<float *>px, outer, C, inner, <float *>pg,
                                        <float *>pb, <float *>pz, eps, relu, <float *>py,
@@ -361,7 +496,8 @@ def train_forward(x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, gamma, be
 
 def infer_forward(x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, mean, var,
                   gamma, beta, z, double eps, bint relu, y, int nthreads):
-    """Inference forward into y with the given statistics (x's dtype)."""
+    """Inference forward into y with the given statistics (x's dtype, or
+    float32 for the half types)."""
     cdef void *px = _ptr(x)
     cdef void *pm = _ptr(mean)
     cdef void *pv = _ptr(var)
@@ -370,7 +506,20 @@ def infer_forward(x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, mean, var
     cdef void *pz = _ptr(z)
     cdef void *py = _ptr(y)
     cdef int st
-    if _is_f32(x):
+    cdef int k = _kind(x)
+    if k == K_F16:
+        with nogil:
+            st = fbn_infer_forward_f16(<fbn_half *>px, outer, C, inner, <float *>pm,
+                                       <float *>pv, <float *>pg, <float *>pb,
+                                       <fbn_half *>pz, eps, relu, <fbn_half *>py,
+                                       nthreads)
+    elif k == K_BF16:
+        with nogil:
+            st = fbn_infer_forward_bf16(<fbn_half *>px, outer, C, inner, <float *>pm,
+                                        <float *>pv, <float *>pg, <float *>pb,
+                                        <fbn_half *>pz, eps, relu, <fbn_half *>py,
+                                        nthreads)
+    elif k == K_F32:
         with nogil:
             st = fbn_infer_forward_f32(<float *>px, outer, C, inner, <float *>pm,
                                        <float *>pv, <float *>pg, <float *>pb,
@@ -394,7 +543,18 @@ def apply(x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, mean, invstd,
     cdef void *pz = _ptr(z)
     cdef void *py = _ptr(y)
     cdef int st
-    if _is_f32(x):
+    cdef int k = _kind(x)
+    if k == K_F16:
+        with nogil:
+            st = fbn_apply_f16(<fbn_half *>px, outer, C, inner, pm, pi, <float *>pg,
+                               <float *>pb, <fbn_half *>pz, relu, <fbn_half *>py,
+                               nthreads)
+    elif k == K_BF16:
+        with nogil:
+            st = fbn_apply_bf16(<fbn_half *>px, outer, C, inner, pm, pi, <float *>pg,
+                                <float *>pb, <fbn_half *>pz, relu, <fbn_half *>py,
+                                nthreads)
+    elif k == K_F32:
         with nogil:
             st = fbn_apply_f32(<float *>px, outer, C, inner, pm, pi, <float *>pg,
                                <float *>pb, <float *>pz, relu, <float *>py, nthreads)
@@ -417,7 +577,18 @@ def backward_reduce(dy, x, y, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
     cdef double *ps = <double *>_ptr(sdy)
     cdef double *pq = <double *>_ptr(sdyx)
     cdef int st
-    if _is_f32(x):
+    cdef int k = _kind(x)
+    if k == K_F16:
+        with nogil:
+            st = fbn_backward_reduce_f16(<fbn_half *>pd, <fbn_half *>px,
+                                         <fbn_half *>py, outer, C, inner,
+                                         <float *>pm, ps, pq, nthreads)
+    elif k == K_BF16:
+        with nogil:
+            st = fbn_backward_reduce_bf16(<fbn_half *>pd, <fbn_half *>px,
+                                          <fbn_half *>py, outer, C, inner,
+                                          <float *>pm, ps, pq, nthreads)
+    elif k == K_F32:
         with nogil:
             st = fbn_backward_reduce_f32(<float *>pd, <float *>px, <float *>py, outer,
                                          C, inner, <float *>pm, ps, pq, nthreads)
@@ -445,7 +616,21 @@ def backward_apply(dy, x, y, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
     cdef void *pdx = _ptr(dx)
     cdef void *pdz = _ptr(dz)
     cdef int st
-    if _is_f32(x):
+    cdef int k = _kind(x)
+    if k == K_F16:
+        with nogil:
+            st = fbn_backward_apply_f16(<fbn_half *>pd, <fbn_half *>px, <fbn_half *>py,
+                                        outer, C, inner, <float *>pm, <float *>pi,
+                                        <float *>pg, ps, pq, count, training,
+                                        <fbn_half *>pdx, <fbn_half *>pdz, nthreads)
+    elif k == K_BF16:
+        with nogil:
+            st = fbn_backward_apply_bf16(<fbn_half *>pd, <fbn_half *>px,
+                                         <fbn_half *>py, outer, C, inner,
+                                         <float *>pm, <float *>pi, <float *>pg, ps,
+                                         pq, count, training, <fbn_half *>pdx,
+                                         <fbn_half *>pdz, nthreads)
+    elif k == K_F32:
         with nogil:
             st = fbn_backward_apply_f32(<float *>pd, <float *>px, <float *>py, outer,
                                         C, inner, <float *>pm, <float *>pi,
@@ -462,8 +647,10 @@ def backward_apply(dy, x, y, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
 
 def backward(dy, x, y, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, mean,
              invstd, gamma, bint training, dx, dz, int nthreads):
-    """Fused backward into dx (and dz); returns (dgamma, dbeta)."""
-    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    """Fused backward into dx (and dz); returns (dgamma, dbeta) (float32 for
+    the half types)."""
+    cdef int k = _kind(x)
+    cdef int typenum = cnp.NPY_FLOAT32 if k >= K_F16 else cnp.PyArray_TYPE(<cnp.ndarray>x)
     dgamma = _empty(C, typenum)
     dbeta = _empty(C, typenum)
     cdef void *pd = _ptr(dy)
@@ -477,7 +664,20 @@ def backward(dy, x, y, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, mean,
     cdef void *pdg = _ptr(dgamma)
     cdef void *pdb = _ptr(dbeta)
     cdef int st
-    if _is_f32(x):
+    if k == K_F16:
+        with nogil:
+            st = fbn_backward_f16(<fbn_half *>pd, <fbn_half *>px, <fbn_half *>py, outer,
+                                  C, inner, <float *>pm, <float *>pi, <float *>pg,
+                                  training, <fbn_half *>pdx, <fbn_half *>pdz,
+                                  <float *>pdg, <float *>pdb, nthreads)
+    elif k == K_BF16:
+        with nogil:
+            st = fbn_backward_bf16(<fbn_half *>pd, <fbn_half *>px, <fbn_half *>py,
+                                   outer, C, inner, <float *>pm, <float *>pi,
+                                   <float *>pg, training, <fbn_half *>pdx,
+                                   <fbn_half *>pdz, <float *>pdg, <float *>pdb,
+                                   nthreads)
+    elif k == K_F32:
         with nogil:
             st = fbn_backward_f32(<float *>pd, <float *>px, <float *>py, outer, C,
                                   inner, <float *>pm, <float *>pi, <float *>pg,
@@ -518,6 +718,36 @@ cdef extern from "fastbn.h" nogil:
                                     double *mean_out, double *invstd_out,
                                     double *var_out, double *r_out, double *d_out,
                                     int nthreads)
+    int fbn_train_forward_ghost_f16(const fbn_half *x, Py_ssize_t groups,
+                                    Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                                    const float *gamma, const float *beta,
+                                    const fbn_half *z, double eps, int relu,
+                                    const fbn_renorm *rn, fbn_half *y,
+                                    float *mean_out, float *invstd_out,
+                                    double *var_out, double *r_out, double *d_out,
+                                    int nthreads)
+    int fbn_train_forward_ghost_bf16(const fbn_half *x, Py_ssize_t groups,
+                                     Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                                     const float *gamma, const float *beta,
+                                     const fbn_half *z, double eps, int relu,
+                                     const fbn_renorm *rn, fbn_half *y,
+                                     float *mean_out, float *invstd_out,
+                                     double *var_out, double *r_out, double *d_out,
+                                     int nthreads)
+    int fbn_backward_ghost_f16(const fbn_half *dy, const fbn_half *x,
+                               const fbn_half *y, Py_ssize_t groups, Py_ssize_t outer,
+                               Py_ssize_t C, Py_ssize_t inner, const float *mean,
+                               const float *invstd, const float *gamma,
+                               const double *r, const double *d, int training,
+                               fbn_half *dx, fbn_half *dz, float *dgamma,
+                               float *dbeta, int nthreads)
+    int fbn_backward_ghost_bf16(const fbn_half *dy, const fbn_half *x,
+                                const fbn_half *y, Py_ssize_t groups, Py_ssize_t outer,
+                                Py_ssize_t C, Py_ssize_t inner, const float *mean,
+                                const float *invstd, const float *gamma,
+                                const double *r, const double *d, int training,
+                                fbn_half *dx, fbn_half *dz, float *dgamma,
+                                float *dbeta, int nthreads)
     int fbn_backward_ghost_f32(const float *dy, const float *x, const float *y,
                                Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
                                Py_ssize_t inner, const float *mean, const float *invstd,
@@ -568,8 +798,9 @@ def train_forward_ghost(x, Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
     """Training forward over `groups` ghost batches into y, renormalised when
     rn_mean and rn_sigma (float64 running mean and sqrt(running_var + eps))
     are given.  Returns (mean, invstd, var64 or None, r or None, d or None),
-    each of shape (groups, C)."""
-    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    each of shape (groups, C) (mean and invstd float32 for the half types)."""
+    cdef int k = _kind(x)
+    cdef int typenum = cnp.NPY_FLOAT32 if k >= K_F16 else cnp.PyArray_TYPE(<cnp.ndarray>x)
     cdef bint renorm = rn_mean is not None
     mean = _empty2(groups, C, typenum)
     invstd = _empty2(groups, C, typenum)
@@ -595,7 +826,21 @@ def train_forward_ghost(x, Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
     cdef double *pr = <double *>_ptr(r)
     cdef double *pd = <double *>_ptr(d)
     cdef int st
-    if _is_f32(x):
+    if k == K_F16:
+        with nogil:
+            st = fbn_train_forward_ghost_f16(<fbn_half *>px, groups, outer, C, inner,
+                                             <float *>pg, <float *>pb, <fbn_half *>pz,
+                                             eps, relu, prn, <fbn_half *>py,
+                                             <float *>pm, <float *>pi, pv, pr, pd,
+                                             nthreads)
+    elif k == K_BF16:
+        with nogil:
+            st = fbn_train_forward_ghost_bf16(<fbn_half *>px, groups, outer, C, inner,
+                                              <float *>pg, <float *>pb, <fbn_half *>pz,
+                                              eps, relu, prn, <fbn_half *>py,
+                                              <float *>pm, <float *>pi, pv, pr, pd,
+                                              nthreads)
+    elif k == K_F32:
         with nogil:
             st = fbn_train_forward_ghost_f32(<float *>px, groups, outer, C, inner,
                                              <float *>pg, <float *>pb, <float *>pz,
@@ -617,8 +862,10 @@ def backward_ghost(dy, x, y, Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
                    int nthreads):
     """Backward over `groups` ghost batches into dx (and dz); mean, invstd
     (x's dtype) and r, d (float64, a renormalised forward's, or None) hold
-    groups*C values.  Returns (dgamma, dbeta), summed over the groups."""
-    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    groups*C values (float32 for the half types).  Returns (dgamma, dbeta),
+    summed over the groups (float32 for the half types)."""
+    cdef int k = _kind(x)
+    cdef int typenum = cnp.NPY_FLOAT32 if k >= K_F16 else cnp.PyArray_TYPE(<cnp.ndarray>x)
     dgamma = _empty(C, typenum)
     dbeta = _empty(C, typenum)
     cdef void *pdy = _ptr(dy)
@@ -634,7 +881,21 @@ def backward_ghost(dy, x, y, Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
     cdef void *pdg = _ptr(dgamma)
     cdef void *pdb = _ptr(dbeta)
     cdef int st
-    if _is_f32(x):
+    if k == K_F16:
+        with nogil:
+            st = fbn_backward_ghost_f16(<fbn_half *>pdy, <fbn_half *>px, <fbn_half *>py,
+                                        groups, outer, C, inner, <float *>pm,
+                                        <float *>pi, <float *>pg, pr, pd, training,
+                                        <fbn_half *>pdx, <fbn_half *>pdz, <float *>pdg,
+                                        <float *>pdb, nthreads)
+    elif k == K_BF16:
+        with nogil:
+            st = fbn_backward_ghost_bf16(<fbn_half *>pdy, <fbn_half *>px, <fbn_half *>py,
+                                         groups, outer, C, inner, <float *>pm,
+                                         <float *>pi, <float *>pg, pr, pd, training,
+                                         <fbn_half *>pdx, <fbn_half *>pdz, <float *>pdg,
+                                         <float *>pdb, nthreads)
+    elif k == K_F32:
         with nogil:
             st = fbn_backward_ghost_f32(<float *>pdy, <float *>px, <float *>py, groups,
                                         outer, C, inner, <float *>pm, <float *>pi,
@@ -650,6 +911,16 @@ def backward_ghost(dy, x, y, Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
                                         <double *>pdb, nthreads)
     _check(st)
     return dgamma, dbeta
+cdef inline bint _cols_f32(object x) except -1:
+    """True for float32, False for float64 (the per-column kernels have no
+    half instantiation)."""
+    cdef int k = _kind(x)
+    if k >= K_F16:
+        raise TypeError(f"fastbn per-column kernels take float32 or float64, got "
+                        f"{x.dtype}")
+    return k == K_F32
+
+
 def colstats(x, Py_ssize_t n, Py_ssize_t p, bint colmajor, w, int nthreads):
     """Per-column (count, mean, m2) in float64 of the (n, p) matrix x (its
     data read in C order, or Fortran order with colmajor), NaN skipped,
@@ -663,7 +934,7 @@ def colstats(x, Py_ssize_t n, Py_ssize_t p, bint colmajor, w, int nthreads):
     cdef double *pm = <double *>_ptr(mean)
     cdef double *pq = <double *>_ptr(m2)
     cdef int st
-    if _is_f32(x):
+    if _cols_f32(x):
         with nogil:
             st = fbn_colstats_f32(<float *>px, n, p, colmajor, pw, pk, pm, pq, nthreads)
     else:
@@ -685,7 +956,7 @@ def standardize(x, Py_ssize_t n, Py_ssize_t p, bint colmajor, mean, scale,
     cdef double *ps = <double *>_ptr(scale)
     cdef void *py = _ptr(y)
     cdef int st, bad = 0
-    if _is_f32(x):
+    if _cols_f32(x):
         with nogil:
             st = fbn_standardize_f32(<float *>px, n, p, colmajor, pm, ps, inverse,
                                      <float *>py, &bad, nthreads)

@@ -63,6 +63,7 @@ import zlib
 import numpy as np
 
 from . import _kernels
+from ._checks import stat_dtype
 
 __all__ = ["FORWARD", "BACKWARD", "run", "report_failure", "train_forward",
            "backward"]
@@ -318,7 +319,8 @@ def train_forward(comm, x, outer, C, inner, gamma, beta, z, eps, relu, y, nthrea
     invstd64 = 1.0 / np.sqrt(var + eps)
     _kernels.apply(x, outer, C, inner, mean64, invstd64, gamma, beta, z, relu, y,
                    nthreads)
-    return mean64.astype(x.dtype), invstd64.astype(x.dtype), var, count
+    sdt = stat_dtype(x.dtype)  # float32 for half x
+    return mean64.astype(sdt), invstd64.astype(sdt), var, count
 
 
 def backward(comm, dy, x, yv, outer, C, inner, mean, invstd, gamma, dx, dz, nthreads):
@@ -343,5 +345,6 @@ def backward(comm, dy, x, yv, outer, C, inner, mean, invstd, gamma, dx, dz, nthr
     sdyx = buf[C:2 * C].copy()
     _kernels.backward_apply(dy, x, yv, outer, C, inner, mean, invstd, gamma, sdy,
                             sdyx, float(count), True, dx, dz, nthreads)
-    dgamma = (sdyx * invstd.astype(np.float64)).astype(x.dtype)
-    return dgamma, sdy.astype(x.dtype)
+    sdt = stat_dtype(x.dtype)  # float32 for half x
+    dgamma = (sdyx * invstd.astype(np.float64)).astype(sdt)
+    return dgamma, sdy.astype(sdt)

@@ -22,7 +22,7 @@ import operator
 import numpy as np
 
 from . import _api, _ghost
-from ._checks import as_data, eps_value, view
+from ._checks import as_data, eps_value, is_half, view
 
 __all__ = ["BatchNorm"]
 
@@ -78,7 +78,11 @@ class BatchNorm:
         statistics are used in both training and eval mode (as in PyTorch).
     dtype : float32 or float64, default numpy.float32
         dtype of the parameters, the running statistics and the computation;
-        inputs of another float dtype are cast to it.
+        inputs of another float dtype are cast to it, except the half types:
+        float16 and bfloat16 inputs keep their dtype (``y`` and the
+        backward's ``dx`` have it) while the parameters and running
+        statistics stay in ``dtype`` (mixed precision, as under PyTorch's
+        autocast; the kernels take them as float32 and compute in float32).
     comm : mpi4py communicator, optional
         Synchronised batch norm: in training mode the batch statistics
         (forward) and the two per-channel gradient sums (backward) are
@@ -249,7 +253,16 @@ class BatchNorm:
 
     # ---------------------------------------------------------------- forward
     def _check_input(self, x):
-        x = as_data(x, "x", self.dtype)
+        keep = False  # float16, bfloat16: kept (mixed precision)
+        if isinstance(x, np.ndarray):
+            dt = x.dtype
+            keep = is_half(dt)
+            if not keep and not (dt.kind == "f" and dt.itemsize >= 4):
+                raise TypeError(f"x must have dtype float32, float64, float16 or "
+                                f"bfloat16 (it is cast to the layer's dtype "
+                                f"{self.dtype}, except the half types, which are "
+                                f"kept), got {dt}")
+        x = as_data(x, "x", None if keep else self.dtype)
         _, C, _, _ = view(x.shape, self.axis)
         if C != self.num_features:
             raise ValueError(f"x has {C} channels along axis {self.axis} (shape "
@@ -378,8 +391,11 @@ class BatchNorm:
             res = _api.batch_norm_backward(
                 dy, x, mean, invstd, self.gamma, axis=self.axis, y=y,
                 training=not frozen, residual=has_res, comm=comm)
-        self.dgamma = res[1] if self.gamma is not None else None
-        self.dbeta = res[2] if self.beta is not None else None
+        # float32 from half x: the gradients take the parameters' dtype
+        self.dgamma = (res[1].astype(self.dtype, copy=False)
+                       if self.gamma is not None else None)
+        self.dbeta = (res[2].astype(self.dtype, copy=False)
+                      if self.beta is not None else None)
         if has_res:
             return res[0], res[3]
         return res[0]

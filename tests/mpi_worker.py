@@ -142,6 +142,54 @@ def case_functional(dtype, layout, sizes, affine, relu, residual):
     check(case, "y (out=x)", y2, y0[lo:hi], dt)
 
 
+def same_bits(case, what, actual, expected):
+    """actual and expected have the same dtype, shape and bytes."""
+    global nchecks
+    nchecks += 1
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    if actual.dtype != expected.dtype or actual.shape != expected.shape:
+        return fail(case, what, f"{actual.dtype}{actual.shape} != "
+                                f"{expected.dtype}{expected.shape}")
+    if actual.tobytes() != expected.tobytes():
+        fail(case, what, "bits differ")
+
+
+def case_half(dt, layout, sizes):
+    """Half x with comm: the synchronised float32 path on the widened data,
+    rounded once (per-channel results float32, equal)."""
+    name, shape_rest, axis = layout
+    case = f"half {name} {np.dtype(dt).name} sizes={sizes}"
+    N = sum(sizes)
+    shape = (N,) + shape_rest
+    C = shape[axis]
+    rng = np.random.default_rng(zlib.crc32(case.encode()))
+    x = (rng.standard_normal(shape) * 2 + 1).astype(np.float32).astype(dt)
+    z = rng.standard_normal(shape).astype(np.float32).astype(dt)
+    dy = rng.standard_normal(shape).astype(np.float32).astype(dt)
+    gamma = rng.uniform(0.5, 2.0, C).astype(np.float32)
+    beta = rng.standard_normal(C).astype(np.float32)
+    lo, hi = split(N, sizes)
+    xl, zl, dyl = x[lo:hi], z[lo:hi], dy[lo:hi]
+    f32 = np.float32
+    y1, m1, s1 = fastbn.batch_norm_train(xl, gamma, beta, axis=axis, relu=True,
+                                         residual=zl, comm=comm)
+    yf, mf, sf = fastbn.batch_norm_train(xl.astype(f32), gamma, beta, axis=axis,
+                                         relu=True, residual=zl.astype(f32),
+                                         comm=comm)
+    same_bits(case, "y", y1, yf.astype(dt))
+    same_bits(case, "mean", m1, mf)
+    same_bits(case, "invstd", s1, sf)
+    g1 = fastbn.batch_norm_backward(dyl, xl, m1, s1, gamma, axis=axis, y=y1,
+                                    residual=True, comm=comm)
+    gf = fastbn.batch_norm_backward(dyl.astype(f32), xl.astype(f32), mf, sf, gamma,
+                                    axis=axis, y=y1.astype(f32), residual=True,
+                                    comm=comm)
+    same_bits(case, "dx", g1[0], gf[0].astype(dt))
+    same_bits(case, "dgamma", g1[1], gf[1])
+    same_bits(case, "dbeta", g1[2], gf[2])
+    same_bits(case, "dresidual", g1[3], gf[3].astype(dt))
+
+
 def case_layer(dtype, layout, sizes, relu, momentum, residual):
     name, shape_rest, axis = layout
     dt = np.dtype(dtype)
@@ -270,6 +318,16 @@ def main():
                                                (True, True, True),
                                                (True, False, True)):
                     case_functional(dtype, layout, sizes, affine, relu, residual)
+    halves = [np.float16]
+    try:
+        import ml_dtypes
+        halves.append(ml_dtypes.bfloat16)
+    except ImportError:  # in the test extra; float16 still runs
+        pass
+    for dt in halves:
+        for layout in LAYOUTS[:2]:
+            for sizes in local_sizes()[1:3]:
+                case_half(dt, layout, sizes)
     for dtype in (np.float64, np.float32):
         case_too_few(dtype, [1] + [0] * (size - 1))
         case_too_few(dtype, [0] * size)

@@ -17,7 +17,7 @@ X32 = np.ones((4, C, 5), np.float32)
 ONES = np.ones(C, np.float32)
 ZEROS = np.zeros(C, np.float32)
 
-BAD_DTYPES = [np.int64, np.int32, np.float16, np.complex128, np.bool_, object]
+BAD_DTYPES = [np.int64, np.int32, np.int16, np.complex128, np.bool_, object]
 if np.dtype(np.longdouble).itemsize > 8:  # long double distinct from double
     BAD_DTYPES.append(np.longdouble)
 

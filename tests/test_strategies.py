@@ -15,7 +15,16 @@ import pytest
 import fastbn
 from fastbn import _kernels
 
+try:
+    import ml_dtypes
+    _BF16 = [pytest.param(ml_dtypes.bfloat16, id="bfloat16")]
+except ImportError:  # pragma: no cover - ml_dtypes is in the test extra
+    _BF16 = []
+
 BIG = 1 << 50
+# every element type: the half types run the same plans, sized by their
+# own itemsize
+DTYPES = [np.float32, np.float64, np.float16] + _BF16
 
 CASES = [
     ((6, 37, 5, 9), 1),      # channel-first, short runs (45 values)
@@ -109,6 +118,8 @@ def _run_all(x, g, b, z, dy, axis):
                                            training=False))
     outer, C, inner = _view(x.shape, axis)
     n = fastbn.get_num_threads()
+    if x.itemsize == 2:  # the kernels take float32 per-channel arrays
+        g, b = g.astype(np.float32), b.astype(np.float32)
     sdy, sdyx = _kernels.backward_reduce(dy, x, y, outer, C, inner, m, n)
     dx = np.empty_like(x)
     dz = np.empty_like(x)
@@ -129,7 +140,7 @@ def _assert_same(ref, got, what):
             f"result {i} differs with {what}")
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,axis", CASES, ids=str)
 def test_every_plan_gives_the_same_bits(tuning, scheduler, shape, axis, dtype):
     x, g, b, z, dy = _inputs(shape, axis, dtype)
@@ -214,7 +225,7 @@ def _unaligned(a):
     return out
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_unaligned_inputs_are_copied_and_unaligned_out_refused(dtype):
     """NumPy can make arrays that are not aligned to their dtype (views of
     byte buffers); the kernels read whole aligned elements, so such inputs
@@ -269,15 +280,16 @@ def test_scheduler_names(scheduler):
     assert _kernels.scheduler() == "openmp"
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16] + _BF16)
 @pytest.mark.parametrize("isa", _kernels.simd_available())
 @pytest.mark.parametrize("shape,axis", [((6, 37, 5, 9), 1), ((3, 5, 3001), 1),
                                         ((17, 20, 20, 3), -1)], ids=str)
 def test_streamed_plans_give_the_same_bits_on_every_simd_level(tuning, isa,
-                                                               shape, axis):
+                                                               shape, axis, dtype):
     """Streamed outputs use 16-, 32- or 64-byte stores by SIMD level (with
     their own unaligned heads and tails): every level, every plan, the
-    bits of the plain baseline."""
-    x, g, b, z, dy = _inputs(shape, axis, np.float32)
+    bits of the plain baseline (the half types too)."""
+    x, g, b, z, dy = _inputs(shape, axis, dtype)
     old = _kernels.simd()
     try:
         _kernels.set_simd("baseline")

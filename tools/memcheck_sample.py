@@ -22,7 +22,7 @@ for nthreads, tuning in [(n, t) for n in (1, 2) for t in PLANS]:
     _kernels.set_tuning(**tuning)
     with fastbn.num_threads(nthreads):
         for shape, axis in CASES:
-            for dt in (np.float32, np.float64):
+            for dt in (np.float32, np.float64, np.float16):
                 x = rng.standard_normal(shape).astype(dt)
                 C = shape[axis]
                 g = rng.random(C).astype(dt) + 0.5
@@ -51,7 +51,7 @@ for nthreads, tuning in [(n, t) for n in (1, 2) for t in PLANS]:
     _kernels.set_tuning(**tuning)
     with fastbn.num_threads(nthreads):
         for shape, axis, k in GHOST:
-            for dt in (np.float32, np.float64):
+            for dt in (np.float32, np.float64, np.float16):
                 x = rng.standard_normal(shape).astype(dt)
                 C = shape[axis]
                 g = rng.random(C).astype(dt) + 0.5
@@ -64,7 +64,9 @@ for nthreads, tuning in [(n, t) for n in (1, 2) for t in PLANS]:
                 fastbn.batch_norm_backward(dy, x, m, s, None, axis=axis,
                                            training=False, virtual_batch_size=k)
                 for vbs in (None, k):
-                    bn = fastbn.BatchNorm(C, axis=axis, dtype=dt, relu=True,
+                    # (half x: a float32 layer, mixed precision)
+                    bn = fastbn.BatchNorm(C, axis=axis, relu=True,
+                                          dtype=np.float32 if dt == np.float16 else dt,
                                           virtual_batch_size=vbs, renorm=True,
                                           renorm_clipping={"rmax": 2, "dmax": 1})
                     bn(x, residual=z)

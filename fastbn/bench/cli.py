@@ -2,8 +2,8 @@
 
 Without a part option the full report runs: kernel workloads, shape sweep,
 between-calls scenarios, the NumPy network step, ghost batches and
-batch renormalization against ordinary batch norm, and the scikit-learn
-StandardScaler comparison.
+batch renormalization against ordinary batch norm, the scikit-learn
+StandardScaler comparison and half precision.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from . import ghost, kernels, network, scaler, scenarios, sweep
+from . import ghost, half, kernels, network, scaler, scenarios, sweep
 from .floor import copyto_releases_gil
 from .machine import OtherLoad, blas_info, machine_info
 from .progress import Progress
@@ -21,11 +21,12 @@ from .workloads import (WORKLOADS, check_sweep_terms, family_counts,
                         filter_sweep, fmt_bytes, select_workloads,
                         split_terms, sweep_workloads)
 
-PARTS = ("kernels", "sweep", "scenarios", "network", "ghost", "sklearn")
+PARTS = ("kernels", "sweep", "scenarios", "network", "ghost", "sklearn", "half")
 
 #: Timing rounds per part: (full, --quick).
 ROUNDS = {"kernels": (25, 7), "sweep": (5, 3), "scenarios": (5, 2),
-          "network": (21, 5), "ghost": (41, 11), "sklearn": (3, 2)}
+          "network": (21, 5), "ghost": (41, 11), "sklearn": (3, 2),
+          "half": (11, 5)}
 #: Timed calls per block in the between-calls scenarios: (full, --quick).
 SCENARIO_CALLS = (20, 10)
 
@@ -38,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "Without a part option, the full report: kernel "
                     "workloads, shape sweep, between-calls scenarios, "
                     "the NumPy network step, ghost batches and batch "
-                    "renormalization, and the scikit-learn StandardScaler "
-                    "comparison.")
+                    "renormalization, the scikit-learn StandardScaler "
+                    "comparison and half precision.")
     parts = p.add_argument_group("parts (default: all)")
     parts.add_argument("--kernels", action="store_true",
                        help="the kernel workloads (standard shapes, every "
@@ -61,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fastbn.sklearn.StandardScaler against "
                             "scikit-learn's: fit, transform, fit_transform, "
                             "partial_fit in 10 chunks (needs scikit-learn)")
+    parts.add_argument("--half", action="store_true",
+                       help="half precision: fastbn on float16 and bfloat16 "
+                            "beside its float32, and torch eager on half "
+                            "tensors (bfloat16 needs ml_dtypes)")
     p.add_argument("--quick", action="store_true",
                    help="a small subset of every part, fewer rounds, no "
                         "torch.compile (about 2 minutes)")
@@ -211,6 +216,10 @@ def list_selection(args) -> str:
     if "sklearn" in args.parts:
         lines.append("scikit-learn StandardScaler: %s x %s" % (
             scaler.QUICK_SHAPE if args.quick else scaler.SHAPE, scaler.OPS))
+    if "half" in args.parts:
+        lines.append("half precision: %s x %s" % (
+            [s for _, s, _ in (half.QUICK_SHAPES if args.quick
+                               else half.SHAPES)], half.MODES))
     return "\n".join(lines) + "\n"
 
 
@@ -295,6 +304,12 @@ def main(argv=None) -> int:
                                         quick=args.quick, pause=args.pause,
                                         progress=progress)
         rep.other_load["sklearn"] = load.share()
+    if "half" in args.parts:
+        load = OtherLoad()
+        rep.half = half.run_half(fastbn, threads, rounds["half"],
+                                 quick=args.quick, torch=torch,
+                                 pause=args.pause, progress=progress)
+        rep.other_load["half"] = load.share()
     progress.done()
     sys.stdout.write(render(rep))
     if args.markdown:

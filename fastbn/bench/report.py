@@ -44,6 +44,7 @@ class Report:
     network: Optional[NetworkResult] = None
     ghost: Optional[GhostResult] = None
     sklearn: Optional[ScalerResult] = None
+    half: Optional[object] = None  # half.HalfResult (--half)
     #: per part: the share of all CPUs' time that other processes used
     #: while it ran (machine.OtherLoad; None where unknown)
     other_load: Dict[str, Optional[float]] = dataclasses.field(
@@ -71,6 +72,8 @@ class Report:
             if r.failed:
                 out.append("sklearn/%s %s/%s" % (r.dtype, "nan" if r.nan else
                                                  "finite", r.op))
+        if self.half is not None:
+            out += self.half.failures()
         return sorted(set(out))
 
 
@@ -546,6 +549,11 @@ def blocks(rep: Report) -> List[tuple]:
             out.append(("p", "Skipped: " + rep.sklearn.skipped))
         else:
             out.append(("table",) + scaler_rows(rep.sklearn))
+    if rep.half is not None:
+        from .half import half_rows
+        out.append(("h2", "Half precision: float16 and bfloat16 beside "
+                          "float32 (%s)" % threads_name(rep.half.threads)))
+        out.append(("table",) + half_rows(rep.half))
     notes = [floor_note(rep.threads, rep.gil_released)]
     if rep.kernels:
         notes += list(KERNEL_NOTES)
@@ -559,6 +567,9 @@ def blocks(rep: Report) -> List[tuple]:
         notes += GHOST_NOTES
     if rep.sklearn is not None:
         notes += scaler_notes(rep.sklearn)
+    if rep.half is not None:
+        from .half import half_notes
+        notes += half_notes(rep.half)
     out.append(("h2", "Notes"))
     out.append(("notes", notes))
     failed = rep.failures()
@@ -710,4 +721,7 @@ def to_json(rep: Report) -> dict:
         data["ghost"] = ghost_json(rep.ghost)
     if rep.sklearn is not None:
         data["sklearn"] = scaler_json(rep.sklearn)
+    if rep.half is not None:
+        from .half import half_json
+        data["half"] = half_json(rep.half)
     return data

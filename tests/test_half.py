@@ -1,0 +1,491 @@
+"""Half precision: float16 and bfloat16 data, float32 statistics (API.md,
+"Half precision").
+
+The half kernels load each value exactly as float32, compute what the
+float32 kernels compute (same operations, same order) and round each output
+once.  So the strongest check is exact: every result on half data equals
+the float32 path's result on the widened data, rounded once to the half
+type (per-channel results: equal, float32).  The float32 path is itself
+checked against the float64 reference by the rest of the suite; here the
+half results are also held to the float64 reference in ulps of the half
+type, to PyTorch's half batch norm where it is installed, across thread
+counts and instruction sets, and every error path is checked.
+"""
+import numpy as np
+import pytest
+
+import fastbn
+import reference
+from conftest import LAYOUTS
+from fastbn import _kernels
+from helpers import assert_bitwise_equal, make_params, make_x
+from test_backward import ref_backward
+
+try:
+    import ml_dtypes
+except ImportError:  # pragma: no cover - ml_dtypes is in the test extra
+    ml_dtypes = None
+
+F16 = np.dtype(np.float16)
+BF16 = np.dtype(ml_dtypes.bfloat16) if ml_dtypes is not None else None
+_needs_ml = pytest.mark.skipif(ml_dtypes is None, reason="needs ml_dtypes "
+                               "(pip install fastbn[test])")
+HALVES = [pytest.param(F16, id="f16"),
+          pytest.param(BF16, id="bf16", marks=_needs_ml)]
+EPS = 1e-5
+#: the half types' machine epsilon (2^-10, 2^-7)
+EPSILON = {F16: 2.0 ** -10}
+if BF16 is not None:
+    EPSILON[BF16] = 2.0 ** -7
+
+
+def half(a, dt):
+    """a (any float array) rounded once to the half dtype dt."""
+    return np.asarray(a, np.float32).astype(dt)
+
+
+def f32(a):
+    return np.asarray(a).astype(np.float32)
+
+
+def ubits(a):
+    a = np.ascontiguousarray(a)
+    return a.view(np.uint16).astype(np.int64)
+
+
+def ulps(a, b):
+    """Distance in units in the last place of the half type of a and b
+    (arrays of one half dtype; NaN where either is NaN)."""
+    def ordered(v):
+        u = ubits(v)
+        return np.where(u & 0x8000, 0x8000 - u, u)  # monotone in the value
+    d = np.abs(ordered(a) - ordered(b)).astype(np.float64)
+    nan = np.isnan(a.astype(np.float32)) | np.isnan(b.astype(np.float32))
+    return np.where(nan, np.nan, d)
+
+
+def same_half(a, b):
+    """Bitwise equal half arrays (NaN at the same places count as equal)."""
+    assert a.dtype == b.dtype and a.shape == b.shape, (a.dtype, b.dtype)
+    na, nb = np.isnan(a.astype(np.float32)), np.isnan(b.astype(np.float32))
+    np.testing.assert_array_equal(na, nb)
+    np.testing.assert_array_equal(np.where(na, 0, ubits(a)), np.where(nb, 0, ubits(b)))
+
+
+def inputs(rng, shape, axis, dt):
+    c = shape[axis]
+    x = make_x(rng, shape, axis, np.float32).astype(dt)
+    z = make_x(rng, shape, axis, np.float32, offset=0.5).astype(dt)
+    dy = rng.standard_normal(shape).astype(np.float32).astype(dt)
+    g, b, m, v = make_params(rng, c, np.float32)
+    return x, z, dy, g, b, m, v
+
+
+# ------------------------------------------- exact: the float32 path, rounded
+
+@pytest.mark.parametrize("dt", HALVES)
+@pytest.mark.parametrize("name,shape,axis", LAYOUTS, ids=[lay[0] for lay in LAYOUTS])
+def test_every_function_is_the_float32_path_rounded_once(name, shape, axis, dt, rng):
+    x, z, dy, g, b, m, v = inputs(rng, shape, axis, dt)
+    xf, zf, dyf = f32(x), f32(z), f32(dy)
+    n = int(np.prod(shape)) // shape[axis]
+    # training forward
+    if n >= 2:
+        y, mean, invstd = fastbn.batch_norm_train(x, g, b, axis=axis, relu=True,
+                                                  residual=z)
+        yf, meanf, invf = fastbn.batch_norm_train(xf, g, b, axis=axis, relu=True,
+                                                  residual=zf)
+        assert y.dtype == dt and mean.dtype == np.float32 and invstd.dtype == np.float32
+        same_half(y, half(yf, dt))
+        assert_bitwise_equal(mean, meanf)
+        assert_bitwise_equal(invstd, invf)
+        y2 = fastbn.batch_norm_train(x, axis=axis)[0]
+        same_half(y2, half(fastbn.batch_norm_train(xf, axis=axis)[0], dt))
+        # backward: relu mask, residual gradient, gamma; then without
+        dx, dg, db, dz = fastbn.batch_norm_backward(dy, x, mean, invstd, g, axis=axis,
+                                                    y=y, residual=True)
+        # the float32 path sees the same mask: y > 0 exactly where yf rounds > 0
+        dxf, dgf, dbf, dzf = fastbn.batch_norm_backward(
+            dyf, xf, mean, invstd, g, axis=axis, y=f32(y), residual=True)
+        assert dx.dtype == dt and dz.dtype == dt and dg.dtype == np.float32
+        same_half(dx, half(dxf, dt))
+        same_half(dz, half(dzf, dt))
+        assert_bitwise_equal(dg, dgf)
+        assert_bitwise_equal(db, dbf)
+        dx, dg, db = fastbn.batch_norm_backward(dy, x, mean, invstd, axis=axis)
+        dxf, dgf, dbf = fastbn.batch_norm_backward(dyf, xf, mean, invstd, axis=axis)
+        same_half(dx, half(dxf, dt))
+        assert_bitwise_equal(dg, dgf)
+    # frozen backward, inference, statistics
+    inv = (1 / np.sqrt(v.astype(np.float64) + EPS)).astype(np.float32)
+    dx, dg, db = fastbn.batch_norm_backward(dy, x, m, inv, g, axis=axis,
+                                            training=False)
+    dxf, dgf, dbf = fastbn.batch_norm_backward(dyf, xf, m, inv, g, axis=axis,
+                                               training=False)
+    same_half(dx, half(dxf, dt))
+    assert_bitwise_equal(dg, dgf)
+    yi = fastbn.batch_norm_infer(x, m, v, g, b, axis=axis, relu=True, residual=z)
+    yif = fastbn.batch_norm_infer(xf, m, v, g, b, axis=axis, relu=True, residual=zf)
+    assert yi.dtype == dt
+    same_half(yi, half(yif, dt))
+    smean, svar = fastbn.batch_stats(x, axis=axis)
+    assert smean.dtype == np.float32 and svar.dtype == np.float32
+    for p, q in zip(fastbn.batch_stats(xf, axis=axis), (smean, svar)):
+        assert_bitwise_equal(p, q)
+    cnt, mm, m2 = fastbn.moments(x, axis=axis)
+    cntf, mmf, m2f = fastbn.moments(xf, axis=axis)
+    assert cnt == cntf and mm.dtype == np.float64
+    assert_bitwise_equal(mm, mmf)
+    assert_bitwise_equal(m2, m2f)
+
+
+@pytest.mark.parametrize("dt", HALVES)
+def test_out_and_in_place(dt, rng):
+    x, z, dy, g, b, m, v = inputs(rng, (4, 6, 5, 7), 1, dt)
+    want = fastbn.batch_norm_train(x, g, b, relu=True)[0]
+    out = np.empty_like(x)
+    assert fastbn.batch_norm_train(x, g, b, relu=True, out=out)[0] is out
+    same_half(out, want)
+    xi = x.copy()
+    fastbn.batch_norm_train(xi, g, b, relu=True, out=xi)
+    same_half(xi, want)
+    yi = fastbn.batch_norm_infer(x, m, v, out=np.empty_like(x))
+    same_half(yi, fastbn.batch_norm_infer(x, m, v))
+    # mixed inputs: dy and residual are cast to x's dtype, per-channel
+    # arrays of any float dtype (bfloat16 too) to float32
+    same_half(fastbn.batch_norm_train(x, g.astype(dt), b.astype(np.float64),
+                                      residual=f32(z))[0],
+              fastbn.batch_norm_train(x, g.astype(dt).astype(np.float32), b,
+                                      residual=z)[0])
+
+
+@pytest.mark.parametrize("dt", HALVES)
+def test_noncontiguous_and_byteswapped_inputs(dt, rng):
+    x, z, dy, g, b, m, v = inputs(rng, (6, 5, 8, 4), 1, dt)
+    want = fastbn.batch_norm_train(x, g, b)[0]
+    xt = np.asfortranarray(x)
+    same_half(fastbn.batch_norm_train(xt, g, b)[0], want)
+    if dt == F16:
+        xs = x.astype(x.dtype.newbyteorder())
+        same_half(fastbn.batch_norm_train(xs, g, b)[0], want)
+
+
+# ------------------------------------- the float64 reference, in half ulps
+
+def _max_ulps(got, ref64, dt, floor):
+    """Largest ulp distance between got and the float64 reference rounded
+    to dt, where |ref| >= floor (below it the output is the small
+    difference of large terms, whose float32 rounding is of the terms'
+    size: there the error is checked in absolute terms)."""
+    r = half(ref64, dt)
+    big = np.abs(ref64) >= floor
+    d = ulps(got, r)
+    return float(np.max(np.where(big, d, 0), initial=0))
+
+
+@pytest.mark.parametrize("dt", HALVES)
+@pytest.mark.parametrize("shape,axis", [((16, 8, 12, 12), 1), ((2, 12, 12, 24), -1),
+                                        ((3, 4, 5001), 1), ((500, 40), 1)], ids=str)
+def test_within_one_ulp_of_the_float64_reference(shape, axis, dt, rng):
+    x, z, dy, g, b, m, v = inputs(rng, shape, axis, dt)
+    y, mean, invstd = fastbn.batch_norm_train(x, g, b, axis=axis, relu=True,
+                                              residual=z)
+    ry, rmean, rinv = reference.batch_norm_train(x, g, b, axis=axis, relu=True,
+                                                 residual=z)
+    # every value: within 1 ulp of the half type where the output is not a
+    # cancellation of larger terms, and within float32 rounding of the
+    # terms (4e-7 of the inputs' scale, far below a half ulp) everywhere
+    assert _max_ulps(y, ry, dt, 2.0 ** -8) <= 1
+    np.testing.assert_allclose(y.astype(np.float64), ry, rtol=0,
+                               atol=EPSILON[dt] * 8)
+    np.testing.assert_allclose(mean, rmean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(invstd, rinv, rtol=1e-6)
+    yi = fastbn.batch_norm_infer(x, m, v, g, b, axis=axis)
+    ryi = reference.batch_norm_infer(x, m, v, g, b, axis=axis)
+    assert _max_ulps(yi, ryi, dt, 2.0 ** -8) <= 1
+    dx, dg, db = fastbn.batch_norm_backward(dy, x, mean, invstd, g, axis=axis, y=y)
+    rdx, rdg, rdb, _ = ref_backward(dy, x, mean, invstd, g, axis=axis, y=y)
+    assert _max_ulps(dx, rdx, dt, 2.0 ** -8) <= 2
+    n = x.size // x.shape[axis]
+    np.testing.assert_allclose(dg, rdg, rtol=1e-4, atol=1e-5 * np.sqrt(n))
+    np.testing.assert_allclose(db, rdb, rtol=1e-4, atol=1e-5 * np.sqrt(n))
+
+
+@pytest.mark.parametrize("dt", HALVES)
+def test_statistics_accumulate_beyond_the_half_type(dt, rng):
+    """A large offset and many values: the mean and variance are those of
+    the half data to float32 accuracy (accumulated in double), not to the
+    half type's 3 or 2 digits."""
+    x = (rng.standard_normal((64, 3, 40, 40)) + 200).astype(np.float32).astype(dt)
+    mean, var = fastbn.batch_stats(x)
+    rmean, rvar = reference.batch_stats(x)
+    np.testing.assert_allclose(mean, rmean, rtol=1e-6)
+    np.testing.assert_allclose(var, rvar, rtol=1e-4)
+
+
+# --------------------------------------------------- conversions, bit by bit
+
+def _all_halves(dt):
+    return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(dt)
+
+
+@pytest.mark.parametrize("dt", HALVES)
+def test_every_half_value_goes_through_exactly(dt, restore_threads):
+    """All 65536 bit patterns through the identity transform (mean 0, var +
+    eps = 1, no affine): each value comes back unchanged (-0 as +0: -0 - 0
+    + 0 is +0 in IEEE arithmetic), and a NaN as the quiet NaN of its sign
+    and payload, on every instruction set."""
+    x = _all_halves(dt).reshape(1 << 10, 64)
+    eps = 2.0 ** -10
+    mean = np.zeros(64, np.float32)
+    var = np.full(64, 1 - eps, np.float32)
+    u = ubits(x)
+    quiet = 0x0200 if dt == F16 else 0x0040
+    exp = 0x7c00 if dt == F16 else 0x7f80
+    isnan = ((u & exp) == exp) & ((u & (exp ^ 0x7fff)) != 0)
+    want = np.where(isnan, u | quiet, np.where(u == 0x8000, 0, u))
+    old = _kernels.simd()
+    try:
+        for isa in _kernels.simd_available():
+            _kernels.set_simd(isa)
+            for threads in (1, 2):
+                with fastbn.num_threads(threads):
+                    y = fastbn.batch_norm_infer(x, mean, var, eps=eps, axis=1)
+                    yl = fastbn.batch_norm_infer(x.T.copy(), mean, var, eps=eps,
+                                                 axis=0)
+                np.testing.assert_array_equal(ubits(y), want, err_msg=isa)
+                np.testing.assert_array_equal(ubits(yl), want.T, err_msg=isa)
+    finally:
+        _kernels.set_simd(old)
+
+
+@pytest.mark.parametrize("dt", HALVES)
+@pytest.mark.parametrize("scale", [2.0 ** -20, 3e-6, 1.0, 700.0, 1e5], ids=str)
+def test_rounding_to_nearest_even_with_denormals_and_overflow(dt, scale, rng):
+    """Outputs across the half type's range, its denormals (no flush to
+    zero) and overflow to infinity: each is the float32 value rounded to
+    nearest even (NumPy's float16 and ml_dtypes' bfloat16 conversions,
+    both correctly rounded), on every instruction set."""
+    x = rng.standard_normal((8, 16, 33)).astype(np.float32).astype(dt)
+    g = (rng.uniform(0.5, 2, 16) * scale).astype(np.float32)
+    g[::4] *= -1
+    b = (rng.standard_normal(16) * scale * 0.1).astype(np.float32)
+    m = np.zeros(16, np.float32)
+    v = np.ones(16, np.float32)
+    with np.errstate(over="ignore"):
+        want = half(fastbn.batch_norm_infer(f32(x), m, v, g, b), dt)
+    old = _kernels.simd()
+    try:
+        for isa in _kernels.simd_available():
+            _kernels.set_simd(isa)
+            same_half(fastbn.batch_norm_infer(x, m, v, g, b), want)
+    finally:
+        _kernels.set_simd(old)
+    if scale == 2.0 ** -20 and dt == F16:
+        assert np.any((ubits(want) & 0x7c00) == 0) and np.any(ubits(want) & 0x3ff)
+    if scale == 1e5 and dt == F16:  # beyond 65504: infinity
+        assert np.any(np.isinf(want.astype(np.float32)))
+
+
+def test_nan_and_inf_stay_in_their_channel(rng):
+    for dt in [F16] + ([BF16] if BF16 is not None else []):
+        x = rng.standard_normal((8, 4, 6, 6)).astype(np.float32).astype(dt)
+        x[2, 1, 3, 3] = np.nan
+        x[5, 2, 0, 0] = np.inf
+        y = fastbn.batch_norm_train(x, relu=True)[0].astype(np.float32)
+        assert np.all(np.isnan(y[:, 1])) and np.all(np.isnan(y[:, 2]))
+        assert np.all(np.isfinite(y[:, [0, 3]]))
+
+
+# ------------------------------------------------ threads and instruction sets
+
+@pytest.mark.parametrize("dt", HALVES)
+@pytest.mark.parametrize("shape,axis", [((5, 7, 3, 9), 1), ((6, 5, 7, 19), -1),
+                                        ((64, 3, 40, 40), 1), ((2048, 24), 1),
+                                        ((3, 2, 5001), 1)], ids=str)
+def test_bitwise_identical_across_threads_and_simd_levels(shape, axis, dt, rng,
+                                                          restore_threads):
+    x, z, dy, g, b, m, v = inputs(rng, shape, axis, dt)
+
+    def run():
+        y, mean, inv = fastbn.batch_norm_train(x, g, b, axis=axis, relu=True,
+                                               residual=z)
+        res = [y, mean, inv]
+        res += list(fastbn.batch_norm_backward(dy, x, mean, inv, g, axis=axis, y=y,
+                                               residual=True))
+        res.append(fastbn.batch_norm_infer(x, m, v, g, b, axis=axis, residual=z))
+        res += list(fastbn.batch_stats(x, axis=axis))
+        return res
+
+    old = _kernels.simd()
+    try:
+        _kernels.set_simd("baseline")
+        with fastbn.num_threads(1):
+            ref = run()
+        for isa in _kernels.simd_available():
+            _kernels.set_simd(isa)
+            for threads in (1, 2, 4):
+                with fastbn.num_threads(threads):
+                    got = run()
+                for i, (p, q) in enumerate(zip(ref, got)):
+                    assert p.dtype == q.dtype
+                    assert np.array_equal(p.view(np.uint8), q.view(np.uint8)), (
+                        isa, threads, i)
+    finally:
+        _kernels.set_simd(old)
+
+
+# ------------------------------------------------------------------ the layer
+
+@pytest.mark.parametrize("dt", HALVES)
+@pytest.mark.parametrize("axis", [1, -1])
+def test_layer_keeps_half_inputs_with_float32_state(dt, axis, rng):
+    shape = (6, 5, 4, 3) if axis == 1 else (6, 4, 3, 5)
+    x, z, dy, g, b, m, v = inputs(rng, shape, axis, dt)
+    bn = fastbn.BatchNorm(5, axis=axis, relu=True)
+    ref = fastbn.BatchNorm(5, axis=axis, relu=True)
+    for layer in (bn, ref):
+        layer.gamma[...] = g
+        layer.beta[...] = b
+    y = bn(x, residual=z)
+    yf = ref(f32(x), residual=f32(z))
+    assert y.dtype == dt
+    same_half(y, half(yf, dt))
+    for a in (bn.gamma, bn.beta, bn.running_mean, bn.running_var):
+        assert a.dtype == np.float32
+    assert_bitwise_equal(bn.running_mean, ref.running_mean)
+    assert_bitwise_equal(bn.running_var, ref.running_var)
+    dx, dz = bn.backward(dy)
+    assert dx.dtype == dt and dz.dtype == dt
+    assert bn.dgamma.dtype == np.float32 and bn.dbeta.dtype == np.float32
+    # the layer's backward is the function's on its half data
+    _, mean, inv = fastbn.batch_norm_train(x, g, b, axis=axis, relu=True, residual=z)
+    fdx, fdg, fdb, fdz = fastbn.batch_norm_backward(dy, x, mean, inv, g, axis=axis,
+                                                    y=y, residual=True)
+    same_half(dx, fdx)
+    same_half(dz, fdz)
+    assert_bitwise_equal(bn.dgamma, fdg)
+    assert_bitwise_equal(bn.dbeta, fdb)
+    # eval mode: running statistics (float32), y in x's dtype
+    bn.eval()
+    ref.eval()
+    ye = bn(x)
+    same_half(ye, half(ref(f32(x)), dt))
+    inv = (1 / np.sqrt(bn.running_var.astype(np.float64) + EPS)).astype(np.float32)
+    same_half(bn.backward(dy),
+              fastbn.batch_norm_backward(dy, x, bn.running_mean, inv, g, axis=axis,
+                                         y=ye, training=False)[0])
+
+
+def test_float64_layer_takes_half_inputs(rng):
+    x = make_x(rng, (8, 3, 5), 1, np.float32).astype(np.float16)
+    bn = fastbn.BatchNorm(3, dtype=np.float64)
+    y = bn(x)
+    assert y.dtype == np.float16 and bn.running_mean.dtype == np.float64
+    bn.backward(np.ones_like(x))
+    assert bn.dgamma.dtype == np.float64
+
+
+# ------------------------------------------------------------------ errors
+
+def _narrow_dtypes():
+    out = [np.int8, np.int16, np.uint16, np.int32]
+    if ml_dtypes is not None:
+        out += [getattr(ml_dtypes, n) for n in ("float8_e4m3fn", "float8_e5m2",
+                                                "float8_e4m3b11fnuz")
+                if hasattr(ml_dtypes, n)]
+    return out
+
+
+CALLS = {
+    "batch_stats": lambda x: fastbn.batch_stats(x),
+    "moments": lambda x: fastbn.moments(x),
+    "train": lambda x: fastbn.batch_norm_train(x),
+    "infer": lambda x: fastbn.batch_norm_infer(x, np.zeros(3), np.ones(3)),
+    "backward": lambda x: fastbn.batch_norm_backward(
+        np.ones(x.shape, np.float32), x, np.zeros(3), np.ones(3)),
+    "layer": lambda x: fastbn.BatchNorm(3)(x),
+}
+
+
+@pytest.mark.parametrize("func", list(CALLS))
+@pytest.mark.parametrize("bad", _narrow_dtypes(), ids=lambda d: np.dtype(d).name)
+def test_float8_and_integer_types_are_refused(func, bad):
+    x = np.ones((4, 3, 5), np.float32).astype(bad)
+    with pytest.raises(TypeError, match=r"(?<![A-Za-z0-9_])x(?![A-Za-z0-9_]).*"
+                                        r"float16 or bfloat16"):
+        CALLS[func](x)
+
+
+@pytest.mark.parametrize("dt", HALVES)
+def test_out_must_have_the_half_dtype(dt):
+    x = np.ones((4, 3, 5), dt)
+    for bad in (np.float32, F16 if dt != F16 else np.float64):
+        with pytest.raises((TypeError, ValueError), match="out"):
+            fastbn.batch_norm_train(x, out=np.empty(x.shape, bad))
+
+
+@pytest.mark.parametrize("dt", HALVES)
+def test_half_per_channel_mismatch_named(dt):
+    x = np.ones((4, 3, 5), dt)
+    with pytest.raises(ValueError, match="gamma"):
+        fastbn.batch_norm_train(x, np.ones(4, np.float32))
+    with pytest.raises(TypeError, match="mean"):
+        fastbn.batch_norm_infer(x, np.array(["a"] * 3), np.ones(3))
+
+
+def test_bfloat16_is_detected_without_importing_ml_dtypes():
+    """fastbn never imports ml_dtypes itself: in a fresh interpreter,
+    ``import fastbn`` leaves it unimported, and works when it is absent."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['ml_dtypes'] = None\n"
+            "import numpy as np, fastbn\n"
+            "x = np.ones((4, 3, 5), np.float16)\n"
+            "y = fastbn.batch_norm_train(x)[0]\n"
+            "assert y.dtype == np.float16\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    code = ("import sys, numpy as np, fastbn\n"
+            "assert 'ml_dtypes' not in sys.modules\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+# ------------------------------------------------------------------ PyTorch
+
+@pytest.mark.parametrize("dt", HALVES)
+@pytest.mark.parametrize("shape", [(8, 6, 10, 10), (64, 12)], ids=str)
+def test_matches_pytorch_half_batch_norm(torch, dt, shape, rng):
+    """PyTorch's CPU batch norm on half tensors (float32 weights, as under
+    autocast) computes in float32 and rounds once as well: its outputs are
+    within 1 ulp of ours (its reductions add in another order)."""
+    x, z, dy, g, b, m, v = inputs(rng, shape, 1, dt)
+    tdt = torch.float16 if dt == F16 else torch.bfloat16
+    tx = torch.from_numpy(f32(x)).to(tdt).requires_grad_(True)
+    tg = torch.from_numpy(g).requires_grad_(True)
+    tb = torch.from_numpy(b).requires_grad_(True)
+    rm = torch.zeros(shape[1])
+    rv = torch.ones(shape[1])
+    ty = torch.nn.functional.batch_norm(tx, rm, rv, tg, tb, training=True, eps=EPS)
+    y, mean, invstd = fastbn.batch_norm_train(x, g, b)
+    assert ty.dtype == tdt
+    tyh = half(ty.detach().float().numpy(), dt)
+    assert np.nanmax(ulps(y, tyh)) <= 1
+    ty.backward(torch.from_numpy(f32(dy)).to(tdt))
+    dx, dg, db = fastbn.batch_norm_backward(dy, x, mean, invstd, g)
+    tdx = half(tx.grad.float().numpy(), dt)
+    big = np.abs(tdx.astype(np.float32)) >= 2.0 ** -8
+    assert np.max(np.where(big, ulps(dx, tdx), 0)) <= 2
+    np.testing.assert_allclose(dg, tg.grad.numpy(), rtol=1e-3, atol=1e-2)
+    np.testing.assert_allclose(db, tb.grad.numpy(), rtol=1e-3, atol=1e-2)
+    # inference
+    tyi = torch.nn.functional.batch_norm(tx.detach(), torch.from_numpy(m),
+                                         torch.from_numpy(v), tg.detach(),
+                                         tb.detach(), training=False, eps=EPS)
+    yi = fastbn.batch_norm_infer(x, m, v, g, b)
+    assert np.nanmax(ulps(yi, half(tyi.float().numpy(), dt))) <= 1
