@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None, metavar="R",
                    help="timing rounds of every part (defaults: kernels "
                         "25/7 with --quick, tiny workloads 4x; sweep 5/3; "
-                        "scenarios 5/2; network 21/5; ghost 41/11)")
+                        "scenarios 5/2; network 21/5; ghost 41/11; sklearn 3/2; "
+                        "half 11/5)")
     p.add_argument("--only", metavar="KEYS",
                    help="kernel workloads to run, comma-separated (implies "
                         "--kernels when no part is named): " +
