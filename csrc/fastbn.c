@@ -66,8 +66,13 @@
  * are 196 bytes) so that memory is read in long streams. */
 #define FBN_RUN_BYTES 2048
 /* Fused tiles stream their output only when each sample's run is at least
- * this long. */
-#define FBN_NT_RUN_BYTES 8192
+ * this long: 2 KB for float32 and float64 (streamed, the 7x7-28x28 planes'
+ * training forward took 0.71-0.89x the time of cached stores, measured at 1
+ * and 2 threads, back to back and with 64 MB written between calls); 4 KB
+ * for the half types, whose kernels are compute-bound on such runs, so the
+ * streamed tile's extra copy through L1 cost more than the write-allocate
+ * it saved (1.02-1.13x at 14x14 and 28x28; 56x56 gained 0.86-0.95x). */
+#define FBN_NT_RUN_BYTES(sz) ((sz) == 2 ? 4096 : 2048)
 /* Prefetches go to L2 and below (locality hint 2). */
 #define FBN_PF_LOCALITY 2
 /* Values (channel-first) per block of the transform phase. */
@@ -512,7 +517,7 @@ static void fbn_plan_make_g(fbn_plan *p, ptrdiff_t groups, ptrdiff_t outer, ptrd
         nt_big = FBN_HAVE_NT && (ops & FBN_OP_APPLY) && out_bytes >= nt_bytes;
         /* the bytes of a channel that a fused tile keeps in cache: outputs
          * streamed past the caches do not count */
-        foot = chan * (nstat + nextra + (nt_big && run >= FBN_NT_RUN_BYTES ? 0 : nout));
+        foot = chan * (nstat + nextra + (nt_big && run >= FBN_NT_RUN_BYTES(sz) ? 0 : nout));
         /* fused when a channel's arrays fit in the budget and there are
          * channels enough for every thread */
         p->fused = ops == (FBN_OP_STATS | FBN_OP_APPLY) && foot <= fuse &&
@@ -537,9 +542,9 @@ static void fbn_plan_make_g(fbn_plan *p, ptrdiff_t groups, ptrdiff_t outer, ptrd
         p->ntiles = p->ncg * p->nkg;
         p->nth = nth;
         /* streamed outputs: the elementwise blocks when the output is
-         * large; fused tiles only when each sample's run is long (short
-         * streamed runs leave partial lines: 1.7x slower at 7x7) */
-        p->nt = nt_big && (!p->fused || p->g * run >= FBN_NT_RUN_BYTES);
+         * large; fused tiles only when each sample's run (a tile's
+         * channels) is long enough, FBN_NT_RUN_BYTES */
+        p->nt = nt_big && (!p->fused || p->g * run >= FBN_NT_RUN_BYTES(sz));
         /* a fused tile reads its channels first and writes last: the next
          * tile's reads, prefetched piece by piece during the writes, keep
          * both directions busy (10-20% at 1 thread, 0-35% at 2 measured) */

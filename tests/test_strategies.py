@@ -163,9 +163,10 @@ def test_every_plan_gives_the_same_bits(tuning, scheduler, shape, axis, dtype):
                     want = plan["strategy"]  # not forceable here; still run it
                 assert plan["strategy"] == want, (name, plan)
                 # fused tiles stream their output only when each sample's
-                # run is long (short streamed runs are slow)
+                # run is long: 2 KB, 4 KB for the compute-bound half types
                 run = inner if C > 1 else outer * inner  # C == 1: one run
-                long_runs = plan["tile_channels"] * run * itemsize >= 8192
+                long_runs = plan["tile_channels"] * run * itemsize >= (
+                    4096 if itemsize == 2 else 2048)
                 assert plan["nontemporal"] == (settings.get("nt") == 0 and (
                     plan["strategy"] != "fused tiles" or long_runs)), plan
                 seen.add((plan["strategy"], plan["threads"] > 1))
@@ -189,7 +190,14 @@ def test_plans_follow_the_geometry(tuning):
     assert p["strategy"] == "fused tiles" and p["tile_channels"] == 1
     assert p["nontemporal"] == 1                         # 25.7 MB, 12.5 KB runs
     p = _kernels.plan("train", 256, 512, 49, 4, 2)
-    assert p["nontemporal"] == 0                         # 2 KB runs: plain stores
+    assert p["nontemporal"] == 1                         # 25.7 MB, 2.1 KB runs
+    p = _kernels.plan("train", 128, 128, 784, 2, 2)      # float16 28x28, 25.7 MB
+    assert p["strategy"] == "fused tiles" and p["tile_channels"] == 2
+    assert p["nontemporal"] == 0                         # 3 KB half runs: plain
+    p = _kernels.plan("train", 32, 64, 3136, 2, 2)       # float16 56x56
+    assert p["nontemporal"] == 0                         # 12.8 MB: fits no budget
+    p = _kernels.plan("train", 64, 64, 3136, 2, 2)       # float16 56x56, 25.7 MB
+    assert p["strategy"] == "fused tiles" and p["nontemporal"] == 1  # 6 KB runs
     p = _kernels.plan("train", 32, 64, 12544, 4, 2)      # 1.6 MB per channel
     assert p["strategy"] == "two-phase tiles" and p["tiles"] >= 8
     p = _kernels.plan("infer", 32, 64, 12544, 4, 2)
