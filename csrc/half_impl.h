@@ -201,6 +201,87 @@ static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
 }
 #endif
 
+#if FBN_F16C == 512
+/* AVX-512: the backward's arithmetic in registers, as the forward's: 16
+ * values widened at once, the mask a compare (y > 0, false for NaN, so
+ * dy' = +0 there as in mask_grad), each double lane adding its values in
+ * the float kernel's order (bsum_plain: lanes 0-7 and 8-15, the last
+ * n % 16 values in the scalar lane), so the bits are the float kernel's on
+ * the widened data. */
+static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
+                            double m, double *s0, double *s1)
+{
+    __m512d a0 = _mm512_loadu_pd(s0), b0 = _mm512_loadu_pd(s0 + 8);
+    __m512d a1 = _mm512_loadu_pd(s1), b1 = _mm512_loadu_pd(s1 + 8);
+    __m512d mv = _mm512_set1_pd(m);
+    __m512 zero = _mm512_setzero_ps();
+    double t0 = s0[FBN_LANES], t1 = s1[FBN_LANES];
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 g = NAME(load16)(dy + i), v = NAME(load16)(x + i);
+        __m512d ga, gb;
+        if (y)
+            g = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(NAME(load16)(y + i), zero, _CMP_GT_OQ), g);
+        ga = _mm512_cvtps_pd(_mm512_castps512_ps256(g));
+        gb = _mm512_cvtps_pd(_mm512_extractf32x8_ps(g, 1));
+        a0 = _mm512_add_pd(a0, ga);
+        b0 = _mm512_add_pd(b0, gb);
+        a1 = _mm512_add_pd(a1, _mm512_mul_pd(ga, _mm512_sub_pd(
+                 _mm512_cvtps_pd(_mm512_castps512_ps256(v)), mv)));
+        b1 = _mm512_add_pd(b1, _mm512_mul_pd(gb, _mm512_sub_pd(
+                 _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)), mv)));
+    }
+    for (; i < n; i++) {
+        float gf = FBN_LD(dy[i]);
+        double gk;
+        if (y && !(FBN_LD(y[i]) > 0.0f))
+            gf = 0.0f;
+        gk = (double)gf;
+        t0 += gk;
+        t1 += gk * ((double)FBN_LD(x[i]) - m);
+    }
+    _mm512_storeu_pd(s0, a0);
+    _mm512_storeu_pd(s0 + 8, b0);
+    _mm512_storeu_pd(s1, a1);
+    _mm512_storeu_pd(s1 + 8, b1);
+    s0[FBN_LANES] = t0;
+    s1[FBN_LANES] = t1;
+}
+
+/* dx (and dz) of n values of one channel, the float kernel's bapply_body
+ * in registers; dx may equal dy (each 16 are read before written). */
+static inline void NAME(bapply_body)(const T *dy, const T *x, const T *y,
+                                     T *dx, T *dz, ptrdiff_t n, R m, R A, R B,
+                                     R D, int mask, int training, int hasdz)
+{
+    __m512 vm = _mm512_set1_ps(m), va = _mm512_set1_ps(A), vb = _mm512_set1_ps(B);
+    __m512 vd = _mm512_set1_ps(D), zero = _mm512_setzero_ps();
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 g = NAME(load16)(dy + i), r;
+        if (mask)
+            g = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(NAME(load16)(y + i), zero, _CMP_GT_OQ), g);
+        if (hasdz)
+            NAME(store16)(dz + i, g);
+        r = _mm512_mul_ps(va, g);
+        if (training)
+            r = _mm512_add_ps(r, _mm512_add_ps(_mm512_mul_ps(vb, _mm512_sub_ps(
+                    NAME(load16)(x + i), vm)), vd));
+        NAME(store16)(dx + i, r);
+    }
+    for (; i < n; i++) {
+        R g = FBN_LD(dy[i]), r;
+        if (mask && !(FBN_LD(y[i]) > (R)0))
+            g = (R)0;
+        if (hasdz)
+            dz[i] = FBN_ST(g);
+        r = A * g;
+        if (training)
+            r += B * (FBN_LD(x[i]) - m) + D;
+        dx[i] = FBN_ST(r);
+    }
+}
+#else
 /* The backward's reductions of n values (dy' = dy where y > 0 when y is
  * given): the float kernel's bsum_body, tile by tile. */
 static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
@@ -241,3 +322,4 @@ static inline void NAME(bapply_body)(const T *dy, const T *x, const T *y,
         NAME(narrow)(wg, dx + t, len);
     }
 }
+#endif

@@ -297,6 +297,43 @@ def test_nan_and_inf_stay_in_their_channel(rng):
         assert np.all(np.isfinite(y[:, [0, 3]]))
 
 
+@pytest.mark.parametrize("dt", HALVES)
+@pytest.mark.parametrize("shape,axis", [((3, 5, 7, 9), 1), ((2, 4, 1000), 1),
+                                        ((37, 16), 1)], ids=str)
+def test_backward_mask_edges_and_in_place(shape, axis, dt, rng):
+    """The backward's mask on y's edge values (NaN, -0, +0, -inf, denormals)
+    and infinite dy where y > 0 or not: the float32 path rounded, also with
+    dx written over dy (every length, so the 16-wide loops' tails too)."""
+    x, z, dy, g, b, m, v = inputs(rng, shape, axis, dt)
+    y = rng.standard_normal(shape).astype(np.float32)
+    flat = y.reshape(-1)
+    k = flat.size
+    flat[rng.integers(0, k, k // 5)] = np.nan
+    flat[rng.integers(0, k, k // 5)] = -0.0
+    flat[rng.integers(0, k, k // 5)] = 0.0
+    flat[rng.integers(0, k, k // 9)] = -np.inf
+    flat[rng.integers(0, k, k // 9)] = 1e-40  # a float32 denormal: rounds to +0
+    y = y.astype(dt)
+    dyw = f32(dy)
+    dyw.reshape(-1)[rng.integers(0, k, 3)] = np.inf
+    dy = dyw.astype(dt)
+    mean = rng.standard_normal(shape[axis]).astype(np.float32)
+    inv = rng.uniform(0.5, 2, shape[axis]).astype(np.float32)
+    for training in (True, False):
+        got = fastbn.batch_norm_backward(dy, x, mean, inv, g, axis=axis, y=y,
+                                         residual=True, training=training)
+        want = fastbn.batch_norm_backward(f32(dy), f32(x), mean, inv, g, axis=axis,
+                                          y=f32(y), residual=True, training=training)
+        same_half(got[0], half(want[0], dt))
+        same_half(got[3], half(want[3], dt))
+        for p, q in zip(got[1:3], want[1:3]):
+            assert_bitwise_equal(p, q)
+        dyi = dy.copy()
+        fastbn.batch_norm_backward(dyi, x, mean, inv, g, axis=axis, y=y,
+                                   training=training, out=dyi)
+        same_half(dyi, got[0])
+
+
 # ------------------------------------------------ threads and instruction sets
 
 @pytest.mark.parametrize("dt", HALVES)
