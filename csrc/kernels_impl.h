@@ -39,7 +39,12 @@
 /* An element as R (FBN_LD: exact) and an R value stored as an element
  * (FBN_ST: rounded once).  The half types compute exactly what the float
  * kernels compute on the widened values (half_convert.h). */
-#if FBN_HALF == 1
+#if FBN_HALF == 1 && FBN_F16C
+/* one value through F16C (the scalar tails of the runs: 7x7 planes have
+ * one in every 49 values), bitwise the portable conversions */
+#define FBN_LD(v) _cvtsh_ss(v)
+#define FBN_ST(v) ((fbn_half)_cvtss_sh((v), _MM_FROUND_TO_NEAREST_INT))
+#elif FBN_HALF == 1
 #define FBN_LD(v) fbn_f16_to_f32(v)
 #define FBN_ST(v) fbn_f32_to_f16(v)
 #elif FBN_HALF == 2

@@ -48,7 +48,8 @@ __attribute__((target("f16c"))) static long check_f16c(int ftz_daz)
         __m128i ph = _mm256_cvtps_ph(_mm256_loadu_ps(f), _MM_FROUND_TO_NEAREST_INT);
         memcpy(r, &ph, 16);
         for (k = 0; k < 8; k++)
-            if (r[k] != fbn_f32_to_f16(f[k]))
+            if (r[k] != fbn_f32_to_f16(f[k]) ||  /* and the scalar form */
+                _cvtss_sh(f[k], _MM_FROUND_TO_NEAREST_INT) != r[k])
                 bad++;
         u += 8;
     } while (u != end);
