@@ -14,15 +14,49 @@
  */
 #define FBN_F32(f) FBN_CAT(f, f32, FBN_ISA)
 
-/* n elements (at most FBN_TILE) widened to float.  float16 with F16C
- * (FBN_F16C: 256 or 512 bits at a time): VCVTPH2PS, exact like
- * fbn_f16_to_f32 (NaN quieted alike). */
+#if FBN_F16C == 512
+/* 16 values widened to float, exactly (float16: VCVTPH2PS; bfloat16: the
+ * top 16 bits of the float). */
+static inline __m512 NAME(load16)(const T *x)
+{
+    __m256i h = _mm256_loadu_si256((const __m256i *)x);
+#if FBN_HALF == 1
+    return _mm512_cvtph_ps(h);
+#else
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+#endif
+}
+
+/* 16 floats rounded once to the half type, stored at y. */
+static inline void NAME(store16)(T *y, __m512 t)
+{
+#if FBN_HALF == 1
+    _mm256_storeu_si256((__m256i *)y,
+                        _mm512_cvtps_ph(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#else
+    /* fbn_f32_to_bf16, lane by lane */
+    __m512i u = _mm512_castps_si512(t);
+    __m512i hi = _mm512_srli_epi32(u, 16);
+    __m512i r = _mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
+                         _mm512_and_si512(hi, _mm512_set1_epi32(1))), 16);
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(
+        _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
+    _mm256_storeu_si256((__m256i *)y, _mm512_cvtepi32_epi16(r));
+#endif
+}
+#endif
+
+/* n elements widened to float: at AVX-512 16 at a time (load16), float16
+ * at AVX2 with F16C 8 at a time (VCVTPH2PS, exact like fbn_f16_to_f32, NaN
+ * quieted alike); the rest one by one. */
 static inline void NAME(widen)(const T *x, float *w, ptrdiff_t n)
 {
     ptrdiff_t i = 0;
-#if FBN_HALF == 1 && FBN_F16C == 512
+#if FBN_F16C == 512
     for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(w + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(x + i))));
+        _mm512_storeu_ps(w + i, NAME(load16)(x + i));
 #elif FBN_HALF == 1 && FBN_F16C == 256
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(w + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
@@ -35,17 +69,16 @@ static inline void NAME(widen)(const T *x, float *w, ptrdiff_t n)
     }
 }
 
-/* n floats rounded once to the half type.  float16 with F16C: VCVTPS2PH
- * with round to nearest even, bitwise fbn_f32_to_f16 for every float
- * (denormals produced, whatever MXCSR's flush modes). */
+/* n floats rounded once to the half type: at AVX-512 16 at a time
+ * (store16), float16 at AVX2 with F16C 8 at a time (VCVTPS2PH with round to
+ * nearest even, bitwise fbn_f32_to_f16 for every float, denormals produced
+ * whatever MXCSR's flush modes); the rest one by one. */
 static inline void NAME(narrow)(const float *w, T *y, ptrdiff_t n)
 {
     ptrdiff_t i = 0;
-#if FBN_HALF == 1 && FBN_F16C == 512
+#if FBN_F16C == 512
     for (; i + 16 <= n; i += 16)
-        _mm256_storeu_si256((__m256i *)(y + i),
-                            _mm512_cvtps_ph(_mm512_loadu_ps(w + i),
-                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        NAME(store16)(y + i, _mm512_loadu_ps(w + i));
 #elif FBN_HALF == 1 && FBN_F16C == 256
     for (; i + 8 <= n; i += 8)
         _mm_storeu_si128((__m128i *)(y + i),
@@ -63,15 +96,6 @@ static inline void NAME(narrow)(const float *w, T *y, ptrdiff_t n)
 /* AVX-512: the reductions convert in registers (no tile): 16 values
  * widened at once, the lanes as two vectors of 8 doubles, each lane adding
  * its values in the float kernel's order (same bits). */
-static inline __m512 NAME(load16)(const T *x)
-{
-    __m256i h = _mm256_loadu_si256((const __m256i *)x);
-#if FBN_HALF == 1
-    return _mm512_cvtph_ps(h);
-#else
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-#endif
-}
 
 static inline void NAME(sum_acc)(const T *x, ptrdiff_t n, double *acc)
 {
@@ -136,25 +160,6 @@ static inline void NAME(ssd_acc)(const T *x, ptrdiff_t n, double m, double *acc)
 #endif
 
 #if FBN_F16C == 512
-/* 16 floats rounded once to the half type, stored at y. */
-static inline void NAME(store16)(T *y, __m512 t)
-{
-#if FBN_HALF == 1
-    _mm256_storeu_si256((__m256i *)y,
-                        _mm512_cvtps_ph(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-#else
-    /* fbn_f32_to_bf16, lane by lane */
-    __m512i u = _mm512_castps_si512(t);
-    __m512i hi = _mm512_srli_epi32(u, 16);
-    __m512i r = _mm512_srli_epi32(
-        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
-                         _mm512_and_si512(hi, _mm512_set1_epi32(1))), 16);
-    __mmask16 nan = _mm512_cmpgt_epu32_mask(
-        _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
-    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
-    _mm256_storeu_si256((__m256i *)y, _mm512_cvtepi32_epi16(r));
-#endif
-}
 
 /* AVX-512: the float kernel's arithmetic in registers, 16 values at a time
  * (max(0, t) is t < 0 ? 0 : t: NaN and -0 stay), the rest one by one;
