@@ -17,9 +17,8 @@
 #if FBN_F16C == 512
 /* 16 values widened to float, exactly (float16: VCVTPH2PS; bfloat16: the
  * top 16 bits of the float). */
-static inline __m512 NAME(load16)(const T *x)
+static inline __m512 NAME(widen16)(__m256i h)
 {
-    __m256i h = _mm256_loadu_si256((const __m256i *)x);
 #if FBN_HALF == 1
     return _mm512_cvtph_ps(h);
 #else
@@ -27,12 +26,22 @@ static inline __m512 NAME(load16)(const T *x)
 #endif
 }
 
-/* 16 floats rounded once to the half type, stored at y. */
-static inline void NAME(store16)(T *y, __m512 t)
+static inline __m512 NAME(load16)(const T *x)
+{
+    return NAME(widen16)(_mm256_loadu_si256((const __m256i *)x));
+}
+
+/* The first n < 16 values (the others read as 0, never touched). */
+static inline __m512 NAME(loadn)(const T *x, ptrdiff_t n)
+{
+    return NAME(widen16)(_mm256_maskz_loadu_epi16((__mmask16)((1u << n) - 1u), x));
+}
+
+/* 16 floats rounded once to the half type. */
+static inline __m256i NAME(narrow16)(__m512 t)
 {
 #if FBN_HALF == 1
-    _mm256_storeu_si256((__m256i *)y,
-                        _mm512_cvtps_ph(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    return _mm512_cvtps_ph(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 #else
     /* fbn_f32_to_bf16, lane by lane */
     __m512i u = _mm512_castps_si512(t);
@@ -43,8 +52,19 @@ static inline void NAME(store16)(T *y, __m512 t)
     __mmask16 nan = _mm512_cmpgt_epu32_mask(
         _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
     r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
-    _mm256_storeu_si256((__m256i *)y, _mm512_cvtepi32_epi16(r));
+    return _mm512_cvtepi32_epi16(r);
 #endif
+}
+
+static inline void NAME(store16)(T *y, __m512 t)
+{
+    _mm256_storeu_si256((__m256i *)y, NAME(narrow16)(t));
+}
+
+/* The first n < 16 of them (nothing else written). */
+static inline void NAME(storen)(T *y, __m512 t, ptrdiff_t n)
+{
+    _mm256_mask_storeu_epi16(y, (__mmask16)((1u << n) - 1u), NAME(narrow16)(t));
 }
 #endif
 
@@ -162,30 +182,28 @@ static inline void NAME(ssd_acc)(const T *x, ptrdiff_t n, double m, double *acc)
 #if FBN_F16C == 512
 
 /* AVX-512: the float kernel's arithmetic in registers, 16 values at a time
- * (max(0, t) is t < 0 ? 0 : t: NaN and -0 stay), the rest one by one;
+ * (max(0, t) is t < 0 ? 0 : t: NaN and -0 stay), the last n % 16 with
+ * masked loads and stores (elementwise: the same bits as one by one);
  * x, z and y may be the same array. */
 static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
                                     R mh, R ml, R a, R b, int relu, int hasz)
 {
     __m512 vmh = _mm512_set1_ps(mh), vml = _mm512_set1_ps(ml);
     __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), zero = _mm512_setzero_ps();
-    ptrdiff_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 t = _mm512_sub_ps(_mm512_sub_ps(NAME(load16)(x + i), vmh), vml);
+    ptrdiff_t i;
+    for (i = 0; i < n; i += 16) {
+        ptrdiff_t r = n - i; /* < 16: the tail, masked (7x7 runs end in one) */
+        __m512 t = _mm512_sub_ps(_mm512_sub_ps(r >= 16 ? NAME(load16)(x + i)
+                                                       : NAME(loadn)(x + i, r), vmh), vml);
         t = _mm512_add_ps(_mm512_mul_ps(t, va), vb);
         if (hasz)
-            t = _mm512_add_ps(t, NAME(load16)(z + i));
+            t = _mm512_add_ps(t, r >= 16 ? NAME(load16)(z + i) : NAME(loadn)(z + i, r));
         if (relu)
             t = _mm512_max_ps(zero, t);
-        NAME(store16)(y + i, t);
-    }
-    for (; i < n; i++) {
-        R t = ((FBN_LD(x[i]) - mh) - ml) * a + b;
-        if (hasz)
-            t += FBN_LD(z[i]);
-        if (relu)
-            t = t < (R)0 ? (R)0 : t;
-        y[i] = FBN_ST(t);
+        if (r >= 16)
+            NAME(store16)(y + i, t);
+        else
+            NAME(storen)(y + i, t, r);
     }
 }
 #else
@@ -254,36 +272,35 @@ static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
 }
 
 /* dx (and dz) of n values of one channel, the float kernel's bapply_body
- * in registers; dx may equal dy (each 16 are read before written). */
+ * in registers, the last n % 16 masked; dx may equal dy (each 16 are read
+ * before written). */
 static inline void NAME(bapply_body)(const T *dy, const T *x, const T *y,
                                      T *dx, T *dz, ptrdiff_t n, R m, R A, R B,
                                      R D, int mask, int training, int hasdz)
 {
     __m512 vm = _mm512_set1_ps(m), va = _mm512_set1_ps(A), vb = _mm512_set1_ps(B);
     __m512 vd = _mm512_set1_ps(D), zero = _mm512_setzero_ps();
-    ptrdiff_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 g = NAME(load16)(dy + i), r;
+    ptrdiff_t i;
+    for (i = 0; i < n; i += 16) {
+        ptrdiff_t q = n - i; /* < 16: the tail, masked */
+        __m512 g = q >= 16 ? NAME(load16)(dy + i) : NAME(loadn)(dy + i, q), r;
         if (mask)
-            g = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(NAME(load16)(y + i), zero, _CMP_GT_OQ), g);
-        if (hasdz)
-            NAME(store16)(dz + i, g);
+            g = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(
+                    q >= 16 ? NAME(load16)(y + i) : NAME(loadn)(y + i, q), zero, _CMP_GT_OQ), g);
+        if (hasdz) {
+            if (q >= 16)
+                NAME(store16)(dz + i, g);
+            else
+                NAME(storen)(dz + i, g, q);
+        }
         r = _mm512_mul_ps(va, g);
         if (training)
             r = _mm512_add_ps(r, _mm512_add_ps(_mm512_mul_ps(vb, _mm512_sub_ps(
-                    NAME(load16)(x + i), vm)), vd));
-        NAME(store16)(dx + i, r);
-    }
-    for (; i < n; i++) {
-        R g = FBN_LD(dy[i]), r;
-        if (mask && !(FBN_LD(y[i]) > (R)0))
-            g = (R)0;
-        if (hasdz)
-            dz[i] = FBN_ST(g);
-        r = A * g;
-        if (training)
-            r += B * (FBN_LD(x[i]) - m) + D;
-        dx[i] = FBN_ST(r);
+                    q >= 16 ? NAME(load16)(x + i) : NAME(loadn)(x + i, q), vm)), vd));
+        if (q >= 16)
+            NAME(store16)(dx + i, r);
+        else
+            NAME(storen)(dx + i, r, q);
     }
 }
 #else
