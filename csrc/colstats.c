@@ -253,7 +253,7 @@ static int cs_isa(void)
 {
 #if CS_HAVE_DISPATCH
     const char *s = fbn_simd();
-    if (strcmp(s, "avx512") == 0)
+    if (strncmp(s, "avx512", 6) == 0) /* (avx512bf16: only bfloat16 differs) */
         return 2;
     if (strcmp(s, "avx2") == 0)
         return 1;

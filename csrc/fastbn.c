@@ -798,6 +798,36 @@ FBN_DEFINE_GOPS(fbn_half, float, bf16)
 #undef FBN_F16C
 #undef FBN_WIDE_NT
 #undef FBN_ISA
+/* AVX-512 with BF16 (Cooper Lake, Sapphire Rapids, Zen 4): the bfloat16
+ * kernels again, narrowing with VCVTNEPS2BF16; the other types and the
+ * float loops under them are the AVX-512 ones. */
+#if defined(__clang__)
+#pragma clang attribute pop
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,f16c,avx512bf16"))), apply_to = function)
+#else
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,f16c,avx512bf16,prefer-vector-width=512")
+#endif
+#define FBN_ISA avx512bf16
+#define FBN_F32_ISA avx512
+#define FBN_WIDE_NT 64
+#define FBN_F16C 512
+#define FBN_BF16_NARROW 1
+#define T fbn_half
+#define R float
+#define FBN_HALF 2
+#define SFX bf16
+#include "kernels_impl.h"
+#undef T
+#undef R
+#undef FBN_HALF
+#undef SFX
+#undef FBN_BF16_NARROW
+#undef FBN_F16C
+#undef FBN_WIDE_NT
+#undef FBN_F32_ISA
+#undef FBN_ISA
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -809,31 +839,32 @@ FBN_DEFINE_GOPS(fbn_half, float, bf16)
 
 /* ---- instruction-set dispatch -------------------------------------------- */
 
-enum { FBN_ISA_BASE = 0, FBN_ISA_AVX2 = 1, FBN_ISA_AVX512 = 2 };
-static const char *const fbn_isa_names[] = {"baseline", "avx2", "avx512"};
+enum { FBN_ISA_BASE = 0, FBN_ISA_AVX2 = 1, FBN_ISA_AVX512 = 2, FBN_ISA_AVX512BF16 = 3 };
+#define FBN_NISA 4
+static const char *const fbn_isa_names[] = {"baseline", "avx2", "avx512", "avx512bf16"};
 
 static const fbn_ops_f32 *const fbn_table_f32[] = {
     &ops_f32_base,
 #if FBN_HAVE_DISPATCH
-    &ops_f32_avx2, &ops_f32_avx512,
+    &ops_f32_avx2, &ops_f32_avx512, &ops_f32_avx512,
 #endif
 };
 static const fbn_ops_f64 *const fbn_table_f64[] = {
     &ops_f64_base,
 #if FBN_HAVE_DISPATCH
-    &ops_f64_avx2, &ops_f64_avx512,
+    &ops_f64_avx2, &ops_f64_avx512, &ops_f64_avx512,
 #endif
 };
 static const fbn_ops_f16 *const fbn_table_f16[] = {
     &ops_f16_base,
 #if FBN_HAVE_DISPATCH
-    &ops_f16_avx2, &ops_f16_avx512,
+    &ops_f16_avx2, &ops_f16_avx512, &ops_f16_avx512,
 #endif
 };
 static const fbn_ops_bf16 *const fbn_table_bf16[] = {
     &ops_bf16_base,
 #if FBN_HAVE_DISPATCH
-    &ops_bf16_avx2, &ops_bf16_avx512,
+    &ops_bf16_avx2, &ops_bf16_avx512, &ops_bf16_avx512bf16,
 #endif
 };
 
@@ -847,7 +878,7 @@ static int fbn_best_isa(void)
         return FBN_ISA_BASE;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
-        return FBN_ISA_AVX512;
+        return __builtin_cpu_supports("avx512bf16") ? FBN_ISA_AVX512BF16 : FBN_ISA_AVX512;
     if (__builtin_cpu_supports("avx2"))
         return FBN_ISA_AVX2;
 #endif
@@ -869,7 +900,7 @@ int fbn_set_simd(const char *name)
         fbn_isa = best;
         return FBN_OK;
     }
-    for (i = 0; i < 3; i++)
+    for (i = 0; i < FBN_NISA; i++)
         if (strcmp(name, fbn_isa_names[i]) == 0)
             want = i;
     if (want < 0 || want > best)
@@ -883,7 +914,8 @@ const char *fbn_simd(void) { return fbn_isa_names[fbn_active_isa()]; }
 const char *fbn_simd_available(void)
 {
     static const char *const avail[] = {"baseline", "baseline avx2",
-                                        "baseline avx2 avx512"};
+                                        "baseline avx2 avx512",
+                                        "baseline avx2 avx512 avx512bf16"};
     return avail[fbn_best_isa()];
 }
 
@@ -924,25 +956,25 @@ const char *fbn_simd_available(void)
 static const fbn_gops_f32 *const fbn_gtable_f32[] = {
     &gops_f32_base,
 #if FBN_HAVE_DISPATCH
-    &gops_f32_avx2, &gops_f32_avx512,
+    &gops_f32_avx2, &gops_f32_avx512, &gops_f32_avx512,
 #endif
 };
 static const fbn_gops_f64 *const fbn_gtable_f64[] = {
     &gops_f64_base,
 #if FBN_HAVE_DISPATCH
-    &gops_f64_avx2, &gops_f64_avx512,
+    &gops_f64_avx2, &gops_f64_avx512, &gops_f64_avx512,
 #endif
 };
 static const fbn_gops_f16 *const fbn_gtable_f16[] = {
     &gops_f16_base,
 #if FBN_HAVE_DISPATCH
-    &gops_f16_avx2, &gops_f16_avx512,
+    &gops_f16_avx2, &gops_f16_avx512, &gops_f16_avx512,
 #endif
 };
 static const fbn_gops_bf16 *const fbn_gtable_bf16[] = {
     &gops_bf16_base,
 #if FBN_HAVE_DISPATCH
-    &gops_bf16_avx2, &gops_bf16_avx512,
+    &gops_bf16_avx2, &gops_bf16_avx512, &gops_bf16_avx512bf16,
 #endif
 };
 

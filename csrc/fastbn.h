@@ -59,7 +59,8 @@ const char *fbn_build_info(void);
 /* Instruction-set dispatch.  The kernels are compiled for a portable
  * baseline and, on x86-64 with GCC or clang, also for AVX2 and AVX-512;
  * the best one the CPU supports is used (all give bitwise the same
- * results).  fbn_set_simd("auto" | "baseline" | "avx2" | "avx512") chooses
+ * results).  fbn_set_simd("auto" | "baseline" | "avx2" | "avx512" | "avx512bf16",
+ * the last AVX-512 with bfloat16 conversions) chooses
  * one (FBN_EINVAL if it was not built or the CPU lacks it); call it before
  * any kernel runs, not concurrently with kernels.  fbn_simd() names the
  * active one; fbn_simd_available() lists those usable here, space-separated. */

@@ -11,7 +11,7 @@ import os as _os
 from ._version import __version__
 from . import _kernels
 
-# FASTBN_SIMD=baseline|avx2|avx512|auto picks the kernels' instruction set
+# FASTBN_SIMD=baseline|avx2|avx512|avx512bf16|auto picks the kernels' instruction set
 # (e.g. baseline under valgrind, which does not know AVX-512).
 _kernels.set_simd(_os.environ.get("FASTBN_SIMD", "auto").strip().lower() or "auto")
 # FASTBN_SCHEDULER=openmp runs the kernels' work in OpenMP parallel loops

@@ -277,8 +277,9 @@ def build_info():
 
 
 def set_simd(str name):
-    """Choose the kernels' instruction set: 'auto', 'baseline', 'avx2' or
-    'avx512'.  Raises ValueError if it is not available on this CPU/build."""
+    """Choose the kernels' instruction set: 'auto', 'baseline', 'avx2',
+    'avx512' or 'avx512bf16' (AVX-512 whose bfloat16 kernels narrow with
+    VCVTNEPS2BF16).  Raises ValueError if it is not available on this CPU/build."""
     cdef bytes b = name.encode()
     if fbn_set_simd(b) != FBN_OK:
         raise ValueError(f"FASTBN_SIMD={name!r} is not available here; choose one of "
