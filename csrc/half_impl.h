@@ -2,15 +2,19 @@
  * half_impl.h -- the hot loops of the half types (float16, bfloat16),
  * included by kernels_impl.h when FBN_HALF is set (T = fbn_half, R = float).
  *
- * Each takes its values in L1 tiles of FBN_TILE: widened to float
+ * At AVX-512 (FBN_F16C == 512) the statistics, the transform and the
+ * backward convert in registers, 16 values at a time, and do the float
+ * kernel's arithmetic in the float kernel's lane order (elementwise tails
+ * masked, reduction tails in the scalar lane, as there).  Elsewhere each
+ * loop takes its values in L1 tiles of FBN_TILE: widened to float
  * (exactly), run through the float kernels' own loop (FBN_F32(f): the f32
  * instance for the same instruction set, compiled before this one), and
  * the results rounded once back to the half type.  FBN_TILE is a multiple
  * of FBN_LANES, so a reduction's lanes see each value in the order the
- * float kernel's would: the results are bitwise those of the float kernel
- * on the widened data, for every plan, thread count and instruction set.
- * (Conversions inside the float loops kept GCC from vectorising them; the
- * separate conversion loops vectorise.)
+ * float kernel's would.  Either way the results are bitwise those of the
+ * float kernel on the widened data, for every plan, thread count and
+ * instruction set.  (Conversions inside the float loops kept GCC from
+ * vectorising them; the separate conversion loops vectorise.)
  */
 #undef FBN_F32
 #ifdef FBN_F32_ISA /* (an instance of the bfloat16 kernels alone) */
