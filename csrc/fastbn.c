@@ -814,15 +814,9 @@ FBN_DEFINE_GOPS(fbn_half, float, bf16)
 #define FBN_WIDE_NT 64
 #define FBN_F16C 512
 #define FBN_BF16_NARROW 1
-#define T fbn_half
-#define R float
-#define FBN_HALF 2
-#define SFX bf16
-#include "kernels_impl.h"
-#undef T
-#undef R
-#undef FBN_HALF
-#undef SFX
+#define FBN_BF16_ONLY 1
+#include "isa_instances.h"
+#undef FBN_BF16_ONLY
 #undef FBN_BF16_NARROW
 #undef FBN_F16C
 #undef FBN_WIDE_NT

@@ -4,6 +4,7 @@
  * T is the element type, R the per-channel and computing type, FBN_HALF
  * the half format of T (0: none, T == R; 1: float16; 2: bfloat16).
  */
+#ifndef FBN_BF16_ONLY /* (set for the avx512bf16 level: bfloat16 alone) */
 #define T float
 #define R float
 #define FBN_HALF 0
@@ -33,6 +34,8 @@
 #undef R
 #undef FBN_HALF
 #undef SFX
+
+#endif /* FBN_BF16_ONLY */
 
 #define T fbn_half
 #define R float
