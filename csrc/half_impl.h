@@ -133,72 +133,197 @@ static inline void NAME(narrow)(const float *w, T *y, ptrdiff_t n)
     }
 }
 
-#if FBN_F16C == 512
-/* AVX-512: the reductions convert in registers (no tile): 16 values
- * widened at once, the lanes as two vectors of 8 doubles, each lane adding
- * its values in the float kernel's order (same bits). */
+/* ---- statistics ----------------------------------------------------------
+ * The half types' moments are cheaper than the float kernel's, and exact
+ * enough for half outputs.  A chunk's two passes add in float:
+ *   pass 1: in each run (piece of a run at the chunk's ends) of a channel,
+ *     the values of even steps (a step: FBN_LANES values) go to one float
+ *     partial sum per lane, of odd steps to another (two additions in
+ *     flight); the partial sums run over the chunk and are added to the
+ *     lanes' double accumulators at its end (acc_done);
+ *   pass 2: d = x - mf in float (mf: the chunk's pass-1 mean rounded to
+ *     float), the sums of d and of d*d (float products, no fused
+ *     multiply-add) the same way;
+ * values that do not fill a step (the end of each run) go to the scalar
+ * lane in double.  The chunk's mean is then mf + sum(d)/n and its M2
+ * sum(d*d) - sum(d)^2/n (tile_moments): the corrected two-pass algorithm,
+ * in which the error of pass 1 cancels and sum(d) is small.  A float
+ * partial sum adds at most FBN_CHUNK / 32 = 128 values, so M2's relative
+ * error is below 129 float roundings (7.7e-6; typically 1e-7), and the
+ * mean's below as many roundings of the standard deviation: far below half
+ * a unit of float16 (4.9e-4) or bfloat16 (3.9e-3) in the normalised
+ * outputs.  (The float kernels keep double lanes: their outputs are float,
+ * where these errors would show.)  A chunk whose float sums leave the
+ * range where this holds (bfloat16 beyond 1e19 or deviations below 1e-19,
+ * inf or NaN; see tile_moments) is summed again in double, as the float
+ * kernels sum the widened values.  The order of every operation is fixed
+ * by the shape, so the bits are the same on every instruction set (the
+ * AVX-512 loops and the portable ones), plan and thread count.
+ *
+ * Per channel, the accumulators (FBN_SACC doubles in pass 1, FBN_QACC in
+ * pass 2, zeroed before each chunk) hold the double lanes (FBN_ACC: sums;
+ * in pass 2 then FBN_ACC for the squares) and the float partial sums as 16
+ * floats per 8 doubles (p, q; in pass 2 p, q for d and u, v for d*d). */
+#define FBN_SACC (FBN_ACC + 16)
+#define FBN_QACC (2 * FBN_ACC + 32)
 
+#if FBN_F16C == 512
+/* Pass 1 of n values of a channel's chunk (see above). */
 static inline void NAME(sum_acc)(const T *x, ptrdiff_t n, double *acc)
 {
-    __m512d a0 = _mm512_loadu_pd(acc), a1 = _mm512_loadu_pd(acc + 8);
-    double t = acc[FBN_LANES];
+    double *st = acc + FBN_ACC;
+    __m512 p = _mm512_loadu_ps(st), q = _mm512_loadu_ps(st + 8);
     ptrdiff_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 v = NAME(load16)(x + i);
-        a0 = _mm512_add_pd(a0, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
-        a1 = _mm512_add_pd(a1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)));
+    for (; i + 32 <= n; i += 32) {
+        p = _mm512_add_ps(p, NAME(load16)(x + i));
+        q = _mm512_add_ps(q, NAME(load16)(x + i + 16));
     }
-    for (; i < n; i++)
-        t += (double)FBN_LD(x[i]);
-    _mm512_storeu_pd(acc, a0);
-    _mm512_storeu_pd(acc + 8, a1);
-    acc[FBN_LANES] = t;
+    if (i + 16 <= n) {
+        p = _mm512_add_ps(p, NAME(load16)(x + i));
+        i += 16;
+    }
+    if (i < n) {
+        double t = acc[FBN_LANES];
+        for (; i < n; i++)
+            t += (double)FBN_LD(x[i]);
+        acc[FBN_LANES] = t;
+    }
+    _mm512_storeu_ps(st, p);
+    _mm512_storeu_ps(st + 8, q);
 }
 
+/* Pass 2 of n values of a channel's chunk about (float)m (see above). */
 static inline void NAME(ssd_acc)(const T *x, ptrdiff_t n, double m, double *acc)
 {
-    __m512d a0 = _mm512_loadu_pd(acc), a1 = _mm512_loadu_pd(acc + 8);
-    __m512d mv = _mm512_set1_pd(m);
-    double t = acc[FBN_LANES];
+    double *st = acc + 2 * FBN_ACC;
+    __m512 p = _mm512_loadu_ps(st), q = _mm512_loadu_ps(st + 8);
+    __m512 u = _mm512_loadu_ps(st + 16), v = _mm512_loadu_ps(st + 24);
+    float mf = (float)m;
+    __m512 mv = _mm512_set1_ps(mf);
     ptrdiff_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 v = NAME(load16)(x + i);
-        __m512d d0 = _mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v)), mv);
-        __m512d d1 = _mm512_sub_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)), mv);
-        a0 = _mm512_add_pd(a0, _mm512_mul_pd(d0, d0));
-        a1 = _mm512_add_pd(a1, _mm512_mul_pd(d1, d1));
+    for (; i + 32 <= n; i += 32) {
+        __m512 d = _mm512_sub_ps(NAME(load16)(x + i), mv);
+        __m512 g = _mm512_sub_ps(NAME(load16)(x + i + 16), mv);
+        p = _mm512_add_ps(p, d);
+        q = _mm512_add_ps(q, g);
+        u = _mm512_add_ps(u, _mm512_mul_ps(d, d));
+        v = _mm512_add_ps(v, _mm512_mul_ps(g, g));
     }
-    for (; i < n; i++) {
-        double d = (double)FBN_LD(x[i]) - m;
-        t += d * d;
+    if (i + 16 <= n) {
+        __m512 d = _mm512_sub_ps(NAME(load16)(x + i), mv);
+        p = _mm512_add_ps(p, d);
+        u = _mm512_add_ps(u, _mm512_mul_ps(d, d));
+        i += 16;
     }
-    _mm512_storeu_pd(acc, a0);
-    _mm512_storeu_pd(acc + 8, a1);
-    acc[FBN_LANES] = t;
+    if (i < n) {
+        double t = acc[FBN_LANES], tq = acc[FBN_ACC + FBN_LANES];
+        for (; i < n; i++) {
+            double d = (double)(FBN_LD(x[i]) - mf);
+            t += d;
+            tq += d * d;
+        }
+        acc[FBN_LANES] = t;
+        acc[FBN_ACC + FBN_LANES] = tq;
+    }
+    _mm512_storeu_ps(st, p);
+    _mm512_storeu_ps(st + 8, q);
+    _mm512_storeu_ps(st + 16, u);
+    _mm512_storeu_ps(st + 24, v);
 }
 #else
+/* The same operations in the same order, on pieces widened into L1 (a
+ * multiple of two steps, so that the parity of a step is that of its
+ * place in the run). */
 static inline void NAME(sum_acc)(const T *x, ptrdiff_t n, double *acc)
 {
-    float w[FBN_TILE];
-    ptrdiff_t t;
-    for (t = 0; t < n; t += FBN_TILE) {
-        ptrdiff_t len = fbn_min(FBN_TILE, n - t);
-        NAME(widen)(x + t, w, len);
-        FBN_F32(sum_acc)(w, len, acc);
+    double *st = acc + FBN_ACC;
+    float w[FBN_TILE], pq[2][FBN_LANES];
+    ptrdiff_t i = 0, len, j;
+    int k;
+    memcpy(pq, st, sizeof pq);
+    for (; (len = fbn_min(FBN_TILE, n - i) / FBN_LANES * FBN_LANES) > 0; i += len) {
+        NAME(widen)(x + i, w, len);
+        for (j = 0; j + 2 * FBN_LANES <= len; j += 2 * FBN_LANES)
+            for (k = 0; k < FBN_LANES; k++) {
+                pq[0][k] += w[j + k];
+                pq[1][k] += w[j + FBN_LANES + k];
+            }
+        if (j < len)
+            for (k = 0; k < FBN_LANES; k++)
+                pq[0][k] += w[j + k];
     }
+    for (; i < n; i++)
+        acc[FBN_LANES] += (double)FBN_LD(x[i]);
+    memcpy(st, pq, sizeof pq);
 }
 
 static inline void NAME(ssd_acc)(const T *x, ptrdiff_t n, double m, double *acc)
 {
+    double *st = acc + 2 * FBN_ACC;
+    float w[FBN_TILE], pq[4][FBN_LANES]; /* p, q, u, v */
+    float mf = (float)m;
+    ptrdiff_t i = 0, len, j;
+    int k;
+    memcpy(pq, st, sizeof pq);
+    for (; (len = fbn_min(FBN_TILE, n - i) / FBN_LANES * FBN_LANES) > 0; i += len) {
+        NAME(widen)(x + i, w, len);
+        for (j = 0; j + 2 * FBN_LANES <= len; j += 2 * FBN_LANES)
+            for (k = 0; k < FBN_LANES; k++) {
+                float d = w[j + k] - mf, g = w[j + FBN_LANES + k] - mf;
+                pq[0][k] += d;
+                pq[1][k] += g;
+                pq[2][k] += d * d;
+                pq[3][k] += g * g;
+            }
+        if (j < len)
+            for (k = 0; k < FBN_LANES; k++) {
+                float d = w[j + k] - mf;
+                pq[0][k] += d;
+                pq[2][k] += d * d;
+            }
+    }
+    for (; i < n; i++) {
+        double d = (double)(FBN_LD(x[i]) - mf);
+        acc[FBN_LANES] += d;
+        acc[FBN_ACC + FBN_LANES] += d * d;
+    }
+    memcpy(st, pq, sizeof pq);
+}
+#endif
+
+/* The end of a chunk's pass: the float partial sums p, then q (pass 2, q2
+ * set: and u, then v) added to the double lanes. */
+static inline void NAME(acc_done)(double *acc, int q2)
+{
+    float pq[4][FBN_LANES];
+    int k;
+    memcpy(pq, acc + (q2 ? 2 * FBN_ACC : FBN_ACC), sizeof(float) * FBN_LANES * (q2 ? 4 : 2));
+    for (k = 0; k < FBN_LANES; k++) {
+        acc[k] += (double)pq[0][k];
+        acc[k] += (double)pq[1][k];
+    }
+    if (q2)
+        for (k = 0; k < FBN_LANES; k++) {
+            acc[FBN_ACC + k] += (double)pq[2][k];
+            acc[FBN_ACC + k] += (double)pq[3][k];
+        }
+}
+
+/* The float kernel's double sums (pass 1: m NULL), on widened tiles: a
+ * chunk whose float sums left their range (tile_moments). */
+static inline void NAME(dsum_acc)(const T *x, ptrdiff_t n, const double *m, double *acc)
+{
     float w[FBN_TILE];
     ptrdiff_t t;
     for (t = 0; t < n; t += FBN_TILE) {
         ptrdiff_t len = fbn_min(FBN_TILE, n - t);
         NAME(widen)(x + t, w, len);
-        FBN_F32(ssd_acc)(w, len, m, acc);
+        if (m)
+            FBN_F32(ssd_acc)(w, len, *m, acc);
+        else
+            FBN_F32(sum_acc)(w, len, acc);
     }
 }
-#endif
 
 #if FBN_F16C == 512
 

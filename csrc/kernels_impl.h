@@ -131,8 +131,11 @@ typedef R NAME(t8) __attribute__((vector_size(8 * sizeof(R))));
 #endif
 
 #if FBN_HALF
-#include "half_impl.h"
+#include "half_impl.h" /* (with FBN_SACC and FBN_QACC: accumulators per
+                          channel in the statistics' passes) */
 #else
+#define FBN_SACC FBN_ACC
+#define FBN_QACC FBN_ACC
 /* Adds n values to the lane accumulators acc[0..FBN_LANES] (the last one
  * takes the values that do not fill a row of lanes), in double.  (GCC
  * vectorises these lane loops well; the backward's needed explicit
@@ -174,49 +177,96 @@ static inline void NAME(ssd_acc)(const T *x, ptrdiff_t n, double m, double *acc)
 #endif /* FBN_HALF */
 
 /* One pass over chunk k of the channels [c0, c1) (channel-first), in memory
- * order: sums into the lane accumulators acc[(c - c0) * FBN_ACC ...] when m
- * is NULL, else squared deviations from m[c - c0].  Each channel's values
- * arrive in its own order, run by run (pieces of runs at the chunk's ends),
- * whatever the group of channels, so its lanes always see the same
- * sequence. */
+ * order: sums into the lane accumulators acc[(c - c0) * FBN_SACC ...] when m
+ * is NULL, else squared deviations from m[c - c0] (into FBN_QACC each).
+ * Each channel's values arrive in its own order, run by run (pieces of runs
+ * at the chunk's ends), whatever the group of channels, so its lanes always
+ * see the same sequence.  dbl (half types): the float kernel's double sums
+ * (FBN_ACC each). */
 static void NAME(chunk_pass)(const T *x, const fbn_plan *p, ptrdiff_t c0,
                              ptrdiff_t c1, ptrdiff_t k, const double *m,
-                             double *acc)
+                             double *acc, int dbl)
 {
     ptrdiff_t inner = p->inner, C = p->C;
     ptrdiff_t i0 = k * FBN_CHUNK, i1 = fbn_min(i0 + FBN_CHUNK, p->ntot), o, c;
+    (void)dbl;
     for (o = i0 / inner; o * inner < i1; o++) {
         ptrdiff_t j0 = i0 > o * inner ? i0 - o * inner : 0;
         ptrdiff_t len = fbn_min(i1 - o * inner, inner) - j0;
         const T *run = x + o * C * inner + j0;
+#if FBN_HALF
+        if (dbl)
+            for (c = c0; c < c1; c++)
+                NAME(dsum_acc)(run + c * inner, len, m ? m + (c - c0) : NULL,
+                               acc + (c - c0) * FBN_ACC);
+        else
+#endif
         if (m)
             for (c = c0; c < c1; c++)
-                NAME(ssd_acc)(run + c * inner, len, m[c - c0], acc + (c - c0) * FBN_ACC);
+                NAME(ssd_acc)(run + c * inner, len, m[c - c0], acc + (c - c0) * FBN_QACC);
         else
             for (c = c0; c < c1; c++)
-                NAME(sum_acc)(run + c * inner, len, acc + (c - c0) * FBN_ACC);
+                NAME(sum_acc)(run + c * inner, len, acc + (c - c0) * FBN_SACC);
     }
 }
 
+#if FBN_HALF
+/* The half types' test that a chunk's float sums held (half_impl.h): its
+ * M2 is finite and, unless it is 0 with sum(d) 0 (a constant chunk), at
+ * least 2^-100 per value (every d*d that matters well inside float's
+ * normal range; bfloat16 deviations above 1e19 overflow). */
+static inline int NAME(sums_held)(double q, double sd, double cnt)
+{
+    return q < 1e300 && (q >= 0x1p-100 * cnt || (q == 0.0 && sd == 0.0));
+}
+#endif
+
 /* Moments of chunks [k0, k1) of channels [c0, c1) (at most FBN_TILE_C),
- * two passes per chunk (the second from cache), into pm/pq[c * nk + k]. */
+ * two passes per chunk (the second from cache), into pm/pq[c * nk + k].
+ * The half types' passes sum in float, and the chunk's moments are
+ * corrected by sum(d) (half_impl.h); a chunk whose float sums did not hold
+ * is summed again as the float kernel sums it. */
 static void NAME(tile_moments)(const T *x, const fbn_plan *p, ptrdiff_t c0,
                                ptrdiff_t c1, ptrdiff_t k0, ptrdiff_t k1,
                                double *pm, double *pq)
 {
-    double acc[FBN_TILE_C * FBN_ACC], m[FBN_TILE_C];
+    double acc[FBN_TILE_C * FBN_QACC], m[FBN_TILE_C];
     ptrdiff_t w = c1 - c0, k, c;
     for (k = k0; k < k1; k++) {
         double cnt = (double)(fbn_min(k * FBN_CHUNK + FBN_CHUNK, p->ntot) - k * FBN_CHUNK);
-        memset(acc, 0, sizeof(double) * FBN_ACC * (size_t)w);
-        NAME(chunk_pass)(x, p, c0, c1, k, NULL, acc);
-        for (c = 0; c < w; c++)
-            m[c] = fbn_lanes_total(acc + c * FBN_ACC) / cnt;
-        memset(acc, 0, sizeof(double) * FBN_ACC * (size_t)w);
-        NAME(chunk_pass)(x, p, c0, c1, k, m, acc);
+        memset(acc, 0, sizeof(double) * FBN_SACC * (size_t)w);
+        NAME(chunk_pass)(x, p, c0, c1, k, NULL, acc, 0);
         for (c = 0; c < w; c++) {
+#if FBN_HALF
+            NAME(acc_done)(acc + c * FBN_SACC, 0);
+#endif
+            m[c] = fbn_lanes_total(acc + c * FBN_SACC) / cnt;
+        }
+        memset(acc, 0, sizeof(double) * FBN_QACC * (size_t)w);
+        NAME(chunk_pass)(x, p, c0, c1, k, m, acc, 0);
+        for (c = 0; c < w; c++) {
+#if FBN_HALF
+            double *a = acc + c * FBN_QACC, sd, q;
+            NAME(acc_done)(a, 1);
+            sd = fbn_lanes_total(a);
+            q = fbn_lanes_total(a + FBN_ACC) - sd * (sd / cnt);
+            if (NAME(sums_held)(q, sd, cnt)) {
+                pm[(c0 + c) * p->nk + k] = (double)(float)m[c] + sd / cnt;
+                pq[(c0 + c) * p->nk + k] = q;
+            } else {
+                double md;
+                memset(a, 0, sizeof(double) * FBN_ACC);
+                NAME(chunk_pass)(x, p, c0 + c, c0 + c + 1, k, NULL, a, 1);
+                md = fbn_lanes_total(a) / cnt;
+                memset(a, 0, sizeof(double) * FBN_ACC);
+                NAME(chunk_pass)(x, p, c0 + c, c0 + c + 1, k, &md, a, 1);
+                pm[(c0 + c) * p->nk + k] = md;
+                pq[(c0 + c) * p->nk + k] = fbn_lanes_total(a);
+            }
+#else
             pm[(c0 + c) * p->nk + k] = m[c];
             pq[(c0 + c) * p->nk + k] = fbn_lanes_total(acc + c * FBN_ACC);
+#endif
         }
     }
 }
@@ -818,6 +868,8 @@ static int NAME(k_apply)(const T *x, ptrdiff_t outer, ptrdiff_t C,
 #undef FBN_LD
 #undef FBN_ST
 #undef FBN_GENERIC
+#undef FBN_SACC
+#undef FBN_QACC
 #if FBN_HALF
 #undef FBN_F32
 #endif

@@ -838,7 +838,11 @@ def test_half_ghost_and_renorm_layer_is_the_float32_layer_rounded_once(
         lid, shape, axis, k, hdt, rng):
     """A float32 layer with ghost batches and renormalization on half x: y
     and dx are those of the same layer on x widened to float32, rounded
-    once; statistics, running statistics and gradients are the same bits."""
+    once; statistics, running statistics and gradients are the same bits.
+    Channel-first half statistics are summed in float (test_half.py): there
+    the outputs are within 1 ulp of the float32 layer's, and the rest within
+    float32 accuracy."""
+    from test_half import EPSILON, M2_RTOL, _max_ulps, channel_last
     C = shape[axis]
     x, _, dy, _, _ = _half_problem(rng, shape, axis, hdt)
     rm = rng.standard_normal(C)
@@ -848,13 +852,26 @@ def test_half_ghost_and_renorm_layer_is_the_float32_layer_rounded_once(
     y = layers[0](x)
     yf = layers[1](x.astype(np.float32))
     assert y.dtype == hdt
-    assert_bitwise_equal(y, yf.astype(hdt))
-    assert_bitwise_equal(layers[0].running_mean, layers[1].running_mean)
-    assert_bitwise_equal(layers[0].running_var, layers[1].running_var)
+    exact = channel_last(shape, axis)
+
+    def same_or_close(a, b, ulps=1):
+        if exact:
+            assert_bitwise_equal(a, b.astype(a.dtype))
+        elif a.dtype == hdt:
+            assert _max_ulps(a, b, hdt, 2.0 ** -8) <= ulps
+            np.testing.assert_allclose(a.astype(np.float32), b, rtol=EPSILON[hdt],
+                                       atol=ulps * EPSILON[hdt] * 2.0 ** -8)
+        else:
+            n = x.size // C
+            np.testing.assert_allclose(a, b, rtol=8 * M2_RTOL,
+                                       atol=1e-5 * np.sqrt(n) * np.abs(b).max())
+    same_or_close(y, yf)
+    same_or_close(layers[0].running_mean, layers[1].running_mean)
+    same_or_close(layers[0].running_var, layers[1].running_var)
     dx = layers[0].backward(dy)
     dxf = layers[1].backward(dy.astype(np.float32))
     assert dx.dtype == hdt
-    assert_bitwise_equal(dx, dxf.astype(hdt))
+    same_or_close(dx, dxf, 2)
     assert layers[0].dgamma.dtype == np.float32
-    assert_bitwise_equal(layers[0].dgamma, layers[1].dgamma)
-    assert_bitwise_equal(layers[0].dbeta, layers[1].dbeta)
+    same_or_close(layers[0].dgamma, layers[1].dgamma)
+    same_or_close(layers[0].dbeta, layers[1].dbeta)

@@ -8,8 +8,8 @@ and checks the targets of issue 12: at the benchmark's thread count a
 half-type call takes at most 0.6x (training forward + ReLU, backward) or
 0.55x (inference + ReLU) of fastbn's float32 time, and less than PyTorch
 eager's batch norm on the same half type.  Before timing, fastbn's half
-results are checked to be the float32 path's results rounded once to the
-half type, bit for bit.
+results are checked against the float64 reference: within 1 unit in the
+last place of the half type (2 for the backward), as the issue states.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class HalfRow:
     shape: Tuple[int, ...]
     mode: str
     results: Dict[str, Result]
-    exact: Dict[str, bool]  # half dtype -> bitwise the float32 path rounded
+    exact: Dict[str, bool]  # half dtype -> within the accuracy target
 
     def median(self, name: str) -> Optional[float]:
         r = self.results.get(name)
@@ -173,10 +173,41 @@ def _torch_impl(torch, mode, x, dy, g, b, m, v, axis, threads, tdt, name):
     return Impl(name, "eager", fn, threads=threads, setup=setup)
 
 
-def _exact(half_out, f32_out, dt) -> bool:
-    """half_out is f32_out rounded once to dt (bitwise; NaN nowhere)."""
-    want = f32_out.astype(dt)
-    return bool(np.array_equal(half_out.view(np.uint16), want.view(np.uint16)))
+def _reference(mode, x, dy, g, b, m, v, axis, y_half=None):
+    """The float64 reference of one row's output (x, dy: half arrays; the
+    backward takes fastbn's half y for its ReLU mask, and the statistics in
+    float64, as the issue's accuracy target states)."""
+    ax = tuple(i for i in range(x.ndim) if i != axis)
+    bs = tuple(x.shape[axis] if i == axis else 1 for i in range(x.ndim))
+    xd = x.astype(np.float64)
+    gd, bd = g.astype(np.float64).reshape(bs), b.astype(np.float64).reshape(bs)
+    if mode == "infer":
+        mean, inv = m.astype(np.float64), 1 / np.sqrt(v.astype(np.float64) + EPS)
+    else:
+        mean = xd.mean(axis=ax)
+        inv = 1 / np.sqrt(xd.var(axis=ax) + EPS)
+    xhat = (xd - mean.reshape(bs)) * inv.reshape(bs)
+    if mode != "backward":
+        return np.maximum(xhat * gd + bd, 0)
+    g1 = np.where(y_half.astype(np.float32) > 0, dy.astype(np.float64), 0.0)
+    return gd * inv.reshape(bs) * (g1 - g1.mean(axis=ax, keepdims=True)
+                                   - xhat * (g1 * xhat).mean(axis=ax, keepdims=True))
+
+
+def _accurate(out, ref, dt, max_ulps) -> bool:
+    """out (half) within max_ulps units in the last place of dt of the
+    float64 reference rounded to dt, where |ref| >= 2^-8 (below, the value
+    is a cancellation of larger terms: within max_ulps ulps of 2^-8)."""
+    eps = float(np.finfo(np.float16).eps) if dt == np.float16 else 2.0 ** -7
+    r = ref.astype(np.float32).astype(dt)
+
+    def ordered(a):
+        u = a.view(np.uint16).astype(np.int64)
+        return np.where(u & 0x8000, 0x8000 - u, u)
+    big = np.abs(ref) >= 2.0 ** -8
+    d = np.abs(ordered(out) - ordered(r))
+    small_err = np.abs(out.astype(np.float64) - ref)
+    return bool(np.all(np.where(big, d <= max_ulps, small_err <= max_ulps * eps * 2.0 ** -8)))
 
 
 def run_half(fastbn, threads: int, rounds: int, *, quick: bool = False,
@@ -201,8 +232,6 @@ def run_half(fastbn, threads: int, rounds: int, *, quick: bool = False,
         for mode in MODES:
             if progress is not None:
                 progress.start("%s %s %s" % (label, "x".join(map(str, shape)), mode))
-            # the float32 path sees the half data (widened), so that the
-            # exactness check compares like with like
             impls = [_fastbn_impl(fastbn, mode, x, dy, g, b, m, v, axis, threads,
                                   "fastbn float32")]
             exact = {}
@@ -210,11 +239,13 @@ def run_half(fastbn, threads: int, rounds: int, *, quick: bool = False,
                 xh, dyh = halves[name]
                 imp = _fastbn_impl(fastbn, mode, xh, dyh, g, b, m, v, axis, threads,
                                    "fastbn " + name)
-                ref = _fastbn_impl(fastbn, mode, xh.astype(np.float32),
-                                   dyh.astype(np.float32), g, b, m, v, axis,
-                                   threads, "check")
                 with fastbn.num_threads(threads):
-                    exact[name] = _exact(imp.fn(), ref.fn(), dt)
+                    got = imp.fn()
+                    yh = fastbn.batch_norm_train(xh, g, b, axis=axis, eps=EPS,
+                                                 relu=True)[0] if mode == "backward" else None
+                ref = _reference(mode, xh, dyh, g, b, m, v, axis, yh)
+                exact[name] = _accurate(got, ref, dt, 2 if mode == "backward" else 1)
+                del ref
                 impls.append(imp)
             if torch is not None:
                 for name, tdt in (("bfloat16", torch.bfloat16),
@@ -275,8 +306,9 @@ def half_notes(res: HalfResult) -> List[str]:
            "the same values; torch/fastbn is PyTorch eager's time over "
            "fastbn's on the same half type (float32 weights, as under "
            "autocast).  'met' needs the ratio target, fastbn faster than "
-           "torch, and the half results equal to the float32 path's "
-           "rounded once, bit for bit (checked before timing)." % res.threads]
+           "torch, and the half results within 1 unit in the last place of "
+           "the half type of the float64 reference (2 for the backward; "
+           "checked before timing)." % res.threads]
     if not res.torch:
         out.append("PyTorch is not installed: no torch columns.")
     return out + res.notes
