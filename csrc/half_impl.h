@@ -58,11 +58,7 @@ static inline __m256i NAME(narrow16)(__m512 t)
      * does, NaN alike, but reads denormal inputs as zero
      * (tools/check_half_convert.c): a vector holding one takes the integer
      * rule below. */
-    __mmask16 den = _mm512_cmplt_epu32_mask(
-        _mm512_sub_epi32(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
-                         _mm512_set1_epi32(1)),
-        _mm512_set1_epi32(0x007fffff));
-    if (!den)
+    if (!_mm512_fpclass_ps_mask(t, 0x20)) /* (class 0x20: denormal) */
         return (__m256i)_mm512_cvtneps_pbh(t);
 #endif
     /* fbn_f32_to_bf16, lane by lane */
@@ -331,27 +327,44 @@ static inline void NAME(dsum_acc)(const T *x, ptrdiff_t n, const double *m, doub
  * (max(0, t) is t < 0 ? 0 : t: NaN and -0 stay), the last n % 16 with
  * masked loads and stores (elementwise: the same bits as one by one);
  * x, z and y may be the same array. */
+/* The transform of 16 values v (z: the residual's) */
+#define FBN_TFORM16(t, v, zv, hasml)                                            \
+    do {                                                                       \
+        t = _mm512_sub_ps((v), vmh);                                           \
+        if (hasml)                                                             \
+            t = _mm512_sub_ps(t, vml);                                         \
+        t = _mm512_add_ps(_mm512_mul_ps(t, va), vb);                           \
+        if (hasz)                                                              \
+            t = _mm512_add_ps(t, (zv));                                        \
+        if (relu)                                                              \
+            t = _mm512_max_ps(zero, t);                                        \
+    } while (0)
+
 static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
                                     R mh, R ml, R a, R b, int relu, int hasz)
 {
-    __m512 vmh = _mm512_set1_ps(mh), vml = _mm512_set1_ps(ml);
+    __m512 vmh = _mm512_set1_ps(mh), vml = _mm512_set1_ps(ml), t;
     __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), zero = _mm512_setzero_ps();
-    ptrdiff_t i;
-    for (i = 0; i < n; i += 16) {
-        ptrdiff_t r = n - i; /* < 16: the tail, masked (7x7 runs end in one) */
-        __m512 t = _mm512_sub_ps(_mm512_sub_ps(r >= 16 ? NAME(load16)(x + i)
-                                                       : NAME(loadn)(x + i, r), vmh), vml);
-        t = _mm512_add_ps(_mm512_mul_ps(t, va), vb);
-        if (hasz)
-            t = _mm512_add_ps(t, r >= 16 ? NAME(load16)(z + i) : NAME(loadn)(z + i, r));
-        if (relu)
-            t = _mm512_max_ps(zero, t);
-        if (r >= 16)
+    ptrdiff_t i = 0, r;
+    /* t - 0 is t (-0 included): without ml's subtraction where it is 0
+     * (inference: always) */
+    if (ml != 0.0f)
+        for (; i + 16 <= n; i += 16) {
+            FBN_TFORM16(t, NAME(load16)(x + i), NAME(load16)(z + i), 1);
             NAME(store16)(y + i, t);
-        else
-            NAME(storen)(y + i, t, r);
+        }
+    else
+        for (; i + 16 <= n; i += 16) {
+            FBN_TFORM16(t, NAME(load16)(x + i), NAME(load16)(z + i), 0);
+            NAME(store16)(y + i, t);
+        }
+    r = n - i;
+    if (r > 0) { /* the tail, masked (7x7 runs end in one) */
+        FBN_TFORM16(t, NAME(loadn)(x + i, r), NAME(loadn)(z + i, r), 1);
+        NAME(storen)(y + i, t, r);
     }
 }
+#undef FBN_TFORM16
 #else
 /* x, z and y may be the same array (a tile is read before it is written). */
 static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
