@@ -2,19 +2,20 @@
  * half_impl.h -- the hot loops of the half types (float16, bfloat16),
  * included by kernels_impl.h when FBN_HALF is set (T = fbn_half, R = float).
  *
- * At AVX-512 (FBN_F16C == 512) the statistics, the transform and the
- * backward convert in registers, 16 values at a time, and do the float
- * kernel's arithmetic in the float kernel's lane order (elementwise tails
- * masked, reduction tails in the scalar lane, as there).  Elsewhere each
- * loop takes its values in L1 tiles of FBN_TILE: widened to float
- * (exactly), run through the float kernels' own loop (FBN_F32(f): the f32
- * instance for the same instruction set, compiled before this one), and
- * the results rounded once back to the half type.  FBN_TILE is a multiple
- * of FBN_LANES, so a reduction's lanes see each value in the order the
- * float kernel's would.  Either way the results are bitwise those of the
- * float kernel on the widened data, for every plan, thread count and
- * instruction set.  (Conversions inside the float loops kept GCC from
- * vectorising them; the separate conversion loops vectorise.)
+ * The batch statistics are summed in float, not in double as the float
+ * kernels sum them (see "statistics" below): about half the work, and
+ * exact enough for half outputs.  The transform and the backward do the
+ * float kernel's arithmetic: at AVX-512 (FBN_F16C == 512) in registers, 16
+ * values at a time, in the float kernel's lane order (elementwise tails
+ * masked, reduction tails in the scalar lane, as there); elsewhere on L1
+ * tiles of FBN_TILE values widened to float (exactly), run through the
+ * float kernels' own loop (FBN_F32(f): the f32 instance for the same
+ * instruction set, compiled before this one), the results rounded once
+ * back to the half type.  So given the same statistics the results are
+ * bitwise those of the float kernel on the widened data; and every result
+ * is the same for every plan, thread count and instruction set.
+ * (Conversions inside the float loops kept GCC from vectorising them; the
+ * separate conversion loops vectorise.)
  */
 #undef FBN_F32
 #ifdef FBN_F32_ISA /* (an instance of the bfloat16 kernels alone) */
@@ -130,8 +131,7 @@ static inline void NAME(narrow)(const float *w, T *y, ptrdiff_t n)
 }
 
 /* ---- statistics ----------------------------------------------------------
- * The half types' moments are cheaper than the float kernel's, and exact
- * enough for half outputs.  A chunk's two passes add in float:
+ * Channel-first (tile_moments), a chunk's two passes add in float:
  *   pass 1: in each run (piece of a run at the chunk's ends) of a channel,
  *     the values of even steps (a step: FBN_LANES values) go to one float
  *     partial sum per lane, of odd steps to another (two additions in
@@ -151,10 +151,12 @@ static inline void NAME(narrow)(const float *w, T *y, ptrdiff_t n)
  * outputs.  (The float kernels keep double lanes: their outputs are float,
  * where these errors would show.)  A chunk whose float sums leave the
  * range where this holds (bfloat16 beyond 1e19 or deviations below 1e-19,
- * inf or NaN; see tile_moments) is summed again in double, as the float
- * kernels sum the widened values.  The order of every operation is fixed
- * by the shape, so the bits are the same on every instruction set (the
- * AVX-512 loops and the portable ones), plan and thread count.
+ * inf or NaN: sums_held) is summed again in double, as the float kernels
+ * sum the widened values.  Channel-last blocks of rows: the same sums with
+ * the lanes across channels (block_moments_f).  The order of every
+ * operation is fixed by the shape, so the bits are the same on every
+ * instruction set (the AVX-512 loops and the portable ones), plan and
+ * thread count.
  *
  * Per channel, the accumulators (FBN_SACC doubles in pass 1, FBN_QACC in
  * pass 2, zeroed before each chunk) hold the double lanes (FBN_ACC: sums;
@@ -303,6 +305,169 @@ static inline void NAME(acc_done)(double *acc, int q2)
             acc[FBN_ACC + k] += (double)pq[2][k];
             acc[FBN_ACC + k] += (double)pq[3][k];
         }
+}
+
+/* Whether a chunk's or block's float sums held for a channel: its M2 is
+ * finite and, unless it is 0 with sum(d) 0 (constant values), at least
+ * 2^-100 per value (every d*d that matters well inside float's normal
+ * range; bfloat16 deviations above 1e19 overflow). */
+static inline int NAME(sums_held)(double q, double sd, double cnt)
+{
+    return q < 1e300 && (q >= 0x1p-100 * cnt || (q == 0.0 && sd == 0.0));
+}
+
+#if FBN_VEC
+typedef float NAME(v16) __attribute__((vector_size(4 * FBN_LANES)));
+#endif
+
+/* Rows per piece of the channel-last float sums: a float partial sum adds
+ * at most FBN_HROWS / 2 values, as in the channel-first chunks. */
+#define FBN_HROWS 256
+
+/* The channel-last form: the moments of nr widened rows w (C channels,
+ * row stride C), summed as above with the lanes across channels: even and
+ * odd rows into two float partial sums per channel, added into double at
+ * the end of each piece of FBN_HROWS rows; pass 2 about each channel's
+ * pass-1 mean rounded to float, corrected by sum(d).  Short rows: strips
+ * of FBN_LANES channels, their partial sums in registers over a piece;
+ * long rows (whose stride would make a strip's rows collide in L1): row by
+ * row across all channels, the partial sums in L1.  Each channel's values
+ * arrive in row order either way, so the bits are the same.  sd: C
+ * doubles, st: 5 C floats of scratch.  Returns 0, the results unset, when
+ * the float sums did not hold for a channel. */
+static int NAME(block_moments_f)(const float *w, ptrdiff_t C, ptrdiff_t nr,
+                                 double *mean, double *m2, double *sd, float *st)
+{
+    int strips = (size_t)C * sizeof(float) <= FBN_STRIP_MAX_ROW;
+    ptrdiff_t rr, r, c, c0;
+    float *p = st, *q = st + C, *u = st + 2 * C, *v = st + 3 * C, *mf = st + 4 * C;
+    int pass, k;
+    for (c = 0; c < C; c++)
+        mean[c] = m2[c] = sd[c] = 0.0;
+    for (pass = 0; pass < 2; pass++) {
+        for (rr = 0; rr < nr; rr += FBN_HROWS) {
+            ptrdiff_t re = fbn_min(rr + FBN_HROWS, nr);
+            double *s1 = pass == 0 ? mean : sd;
+            for (c = 0; c < 4 * C; c++)
+                st[c] = 0.0f;
+            if (strips) {
+                for (c0 = 0; c0 < C; c0 += FBN_LANES) {
+                    int wd = (int)fbn_min(FBN_LANES, C - c0);
+                    const float *ws = w + c0;
+                    float a[FBN_LANES] = {0}, b[FBN_LANES] = {0}, g[FBN_LANES] = {0},
+                          h[FBN_LANES] = {0}, m[FBN_LANES] = {0};
+                    memcpy(m, mf + c0, sizeof(float) * (size_t)wd);
+                    /* (whole strips with a constant width, for the
+                     * vectoriser; the last one lane by lane) */
+#define FBN_STRIP_ROWS(W)                                                      \
+    do {                                                                       \
+        if (pass == 0) {                                                       \
+            for (r = rr; r + 1 < re; r += 2)                                   \
+                for (k = 0; k < (W); k++) {                                    \
+                    a[k] += ws[r * C + k];                                     \
+                    b[k] += ws[(r + 1) * C + k];                               \
+                }                                                              \
+            if (r < re)                                                        \
+                for (k = 0; k < (W); k++)                                      \
+                    a[k] += ws[r * C + k];                                     \
+        } else {                                                               \
+            for (r = rr; r + 1 < re; r += 2)                                   \
+                for (k = 0; k < (W); k++) {                                    \
+                    float d = ws[r * C + k] - m[k], e = ws[(r + 1) * C + k] - m[k]; \
+                    a[k] += d;                                                 \
+                    b[k] += e;                                                 \
+                    g[k] += d * d;                                             \
+                    h[k] += e * e;                                             \
+                }                                                              \
+            if (r < re)                                                        \
+                for (k = 0; k < (W); k++) {                                    \
+                    float d = ws[r * C + k] - m[k];                            \
+                    a[k] += d;                                                 \
+                    g[k] += d * d;                                             \
+                }                                                              \
+        }                                                                      \
+    } while (0)
+#if FBN_VEC
+                    if (wd == FBN_LANES) {
+                        /* (explicit vectors: GCC left pass 1 scalar) */
+                        NAME(v16) va = {0}, vb = {0}, vg = {0}, vh = {0}, vm, x0, x1;
+                        memcpy(&vm, m, sizeof vm);
+                        for (r = rr; r + 1 < re; r += 2) {
+                            memcpy(&x0, ws + r * C, sizeof x0);
+                            memcpy(&x1, ws + (r + 1) * C, sizeof x1);
+                            if (pass) {
+                                x0 -= vm;
+                                x1 -= vm;
+                                vg += x0 * x0;
+                                vh += x1 * x1;
+                            }
+                            va += x0;
+                            vb += x1;
+                        }
+                        if (r < re) {
+                            memcpy(&x0, ws + r * C, sizeof x0);
+                            if (pass) {
+                                x0 -= vm;
+                                vg += x0 * x0;
+                            }
+                            va += x0;
+                        }
+                        memcpy(a, &va, sizeof a);
+                        memcpy(b, &vb, sizeof b);
+                        memcpy(g, &vg, sizeof g);
+                        memcpy(h, &vh, sizeof h);
+                    } else
+#endif
+                    if (wd == FBN_LANES)
+                        FBN_STRIP_ROWS(FBN_LANES);
+                    else
+                        FBN_STRIP_ROWS(wd);
+#undef FBN_STRIP_ROWS
+                    memcpy(p + c0, a, sizeof(float) * (size_t)wd);
+                    memcpy(q + c0, b, sizeof(float) * (size_t)wd);
+                    memcpy(u + c0, g, sizeof(float) * (size_t)wd);
+                    memcpy(v + c0, h, sizeof(float) * (size_t)wd);
+                }
+            } else {
+                for (r = rr; r < re; r++) {
+                    const float *wr = w + r * C;
+                    float *a = (r - rr) & 1 ? q : p, *g = (r - rr) & 1 ? v : u;
+                    if (pass == 0)
+                        for (c = 0; c < C; c++)
+                            a[c] += wr[c];
+                    else
+                        for (c = 0; c < C; c++) {
+                            float d = wr[c] - mf[c];
+                            a[c] += d;
+                            g[c] += d * d;
+                        }
+                }
+            }
+            /* the end of a piece */
+            for (c = 0; c < C; c++) {
+                s1[c] += (double)p[c];
+                s1[c] += (double)q[c];
+            }
+            if (pass)
+                for (c = 0; c < C; c++) {
+                    m2[c] += (double)u[c];
+                    m2[c] += (double)v[c];
+                }
+        }
+        if (pass == 0)
+            for (c = 0; c < C; c++) {
+                mean[c] /= (double)nr;
+                mf[c] = (float)mean[c];
+            }
+    }
+    for (c = 0; c < C; c++) {
+        double qq = m2[c] - sd[c] * (sd[c] / (double)nr);
+        if (!NAME(sums_held)(qq, sd[c], (double)nr))
+            return 0;
+        mean[c] = (double)mf[c] + sd[c] / (double)nr;
+        m2[c] = qq;
+    }
+    return 1;
 }
 
 /* The float kernel's double sums (pass 1: m NULL), on widened tiles: a

@@ -210,17 +210,6 @@ static void NAME(chunk_pass)(const T *x, const fbn_plan *p, ptrdiff_t c0,
     }
 }
 
-#if FBN_HALF
-/* The half types' test that a chunk's float sums held (half_impl.h): its
- * M2 is finite and, unless it is 0 with sum(d) 0 (a constant chunk), at
- * least 2^-100 per value (every d*d that matters well inside float's
- * normal range; bfloat16 deviations above 1e19 overflow). */
-static inline int NAME(sums_held)(double q, double sd, double cnt)
-{
-    return q < 1e300 && (q >= 0x1p-100 * cnt || (q == 0.0 && sd == 0.0));
-}
-#endif
-
 /* Moments of chunks [k0, k1) of channels [c0, c1) (at most FBN_TILE_C),
  * two passes per chunk (the second from cache), into pm/pq[c * nk + k].
  * The half types' passes sum in float, and the chunk's moments are
@@ -336,24 +325,32 @@ static void FBN_GENERIC(block_moments)(const T *x, ptrdiff_t C, ptrdiff_t r0,
 }
 
 #if FBN_HALF
-/* Rows [r0, r1) widened into one buffer, then the float kernel's
- * block_moments (its sums run over the block's rows in the same order). */
+/* Rows [r0, r1) widened into one buffer, then their moments summed in
+ * float (block_moments_f, half_impl.h), or, where the float sums did not
+ * hold for some channel, the float kernel's block_moments (its sums run
+ * over the block's rows in the same order). */
 static void NAME(block_moments)(const T *x, ptrdiff_t C, ptrdiff_t r0,
                                 ptrdiff_t r1, double *mean, double *m2)
 {
     ptrdiff_t n = (r1 - r0) * C;
-    float *w = (float *)malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
-    if (w == NULL) {
+    /* C doubles, then 5 C floats of float sums, then the rows */
+    double *sd = (double *)malloc(sizeof(double) * (size_t)C +
+                                  sizeof(float) * (size_t)(5 * C + (n > 0 ? n : 1)));
+    float *st, *w;
+    if (sd == NULL) {
         FBN_GENERIC(block_moments)(x, C, r0, r1, mean, m2);
         return;
     }
+    st = (float *)(sd + C);
+    w = st + 5 * C;
     {
         ptrdiff_t t;
         for (t = 0; t < n; t += FBN_TILE)
             NAME(widen)(x + r0 * C + t, w + t, fbn_min(FBN_TILE, n - t));
     }
-    FBN_F32(block_moments)(w, C, 0, r1 - r0, mean, m2);
-    free(w);
+    if (!NAME(block_moments_f)(w, C, r1 - r0, mean, m2, sd, st))
+        FBN_F32(block_moments)(w, C, 0, r1 - r0, mean, m2);
+    free(sd);
 }
 #endif
 
@@ -869,6 +866,7 @@ static int NAME(k_apply)(const T *x, ptrdiff_t outer, ptrdiff_t C,
 #undef FBN_ST
 #undef FBN_GENERIC
 #undef FBN_SACC
+#undef FBN_HROWS
 #undef FBN_QACC
 #if FBN_HALF
 #undef FBN_F32

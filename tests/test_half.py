@@ -5,11 +5,11 @@ The half kernels load each value exactly as float32 and round each output
 once.  The transform and the backward compute what the float32 kernels
 compute (same operations, same order), so there the check is exact: every
 result on half data equals the float32 path's result on the widened data,
-rounded once to the half type.  The statistics of channel-first data are
-summed in float (half_impl.h: the corrected two-pass algorithm), not in
-double as for float32 data: they match the float32 path's to float32
-accuracy within the bound stated there, and chunks whose float sums leave
-their range are summed in double (then exactly as the float32 path).  Half
+rounded once to the half type.  The batch statistics are summed in float
+(half_impl.h: the corrected two-pass algorithm), not in double as for
+float32 data: they match the float32 path's to float32 accuracy within the
+bound stated there, and channels whose float sums leave their range are
+summed in double (then exactly as the float32 path).  Half
 results are also held to the float64 reference in ulps of the half type,
 to PyTorch's half batch norm where it is installed, across thread counts
 and instruction sets, and every error path is checked.
@@ -101,21 +101,13 @@ def assert_stats_close(mean, invstd, meanf, invf):
     np.testing.assert_allclose(invstd, invf, rtol=M2_RTOL / 2 + 2.0 ** -23)
 
 
-def channel_last(shape, axis):
-    """The kernels' channel-last case: unit inner stride, several channels
-    (one channel is one run of values, as channel-first)."""
-    return int(np.prod(shape[axis % len(shape) + 1:])) == 1 and shape[axis] > 1
-
-
 @pytest.mark.parametrize("dt", HALVES)
 @pytest.mark.parametrize("name,shape,axis", LAYOUTS, ids=[lay[0] for lay in LAYOUTS])
 def test_every_function_is_the_float32_path_rounded_once(name, shape, axis, dt, rng):
     x, z, dy, g, b, m, v = inputs(rng, shape, axis, dt)
     xf, zf, dyf = f32(x), f32(z), f32(dy)
     n = int(np.prod(shape)) // shape[axis]
-    # channel-last statistics are the float32 path's; channel-first ones are
-    # summed in float
-    exact_stats = channel_last(shape, axis)
+    # the statistics are summed in float: close to the float32 path's
     # training forward
     if n >= 2:
         y, mean, invstd = fastbn.batch_norm_train(x, g, b, axis=axis, relu=True,
@@ -123,23 +115,15 @@ def test_every_function_is_the_float32_path_rounded_once(name, shape, axis, dt, 
         yf, meanf, invf = fastbn.batch_norm_train(xf, g, b, axis=axis, relu=True,
                                                   residual=zf)
         assert y.dtype == dt and mean.dtype == np.float32 and invstd.dtype == np.float32
-        if exact_stats:
-            same_half(y, half(yf, dt))
-            assert_bitwise_equal(mean, meanf)
-            assert_bitwise_equal(invstd, invf)
-        else:
-            assert_stats_close(mean, invstd, meanf, invf)
-            # outputs: within 1 ulp of the float32 path's, rounded (below
-            # 2^-8 the output is a cancellation: 16 float32 roundings of
-            # its terms, far below a half ulp of the inputs' scale)
-            assert _max_ulps(y, yf, dt, 2.0 ** -8) <= 1
-            np.testing.assert_allclose(f32(y), yf, rtol=EPSILON[dt], atol=EPSILON[dt] * 2.0 ** -8)
+        assert_stats_close(mean, invstd, meanf, invf)
+        # outputs: within 1 ulp of the float32 path's, rounded (below 2^-8
+        # the output is a cancellation: float32 roundings of its terms, far
+        # below a half ulp of the inputs' scale)
+        assert _max_ulps(y, yf, dt, 2.0 ** -8) <= 1
+        np.testing.assert_allclose(f32(y), yf, rtol=EPSILON[dt], atol=EPSILON[dt] * 2.0 ** -8)
         y2 = fastbn.batch_norm_train(x, axis=axis)[0]
         y2f = fastbn.batch_norm_train(xf, axis=axis)[0]
-        if exact_stats:
-            same_half(y2, half(y2f, dt))
-        else:
-            assert _max_ulps(y2, y2f, dt, 2.0 ** -8) <= 1
+        assert _max_ulps(y2, y2f, dt, 2.0 ** -8) <= 1
         # backward (given the half call's statistics: exact): relu mask,
         # residual gradient, gamma; then without
         dx, dg, db, dz = fastbn.batch_norm_backward(dy, x, mean, invstd, g, axis=axis,
@@ -175,18 +159,12 @@ def test_every_function_is_the_float32_path_rounded_once(name, shape, axis, dt, 
     cnt, mm, m2 = fastbn.moments(x, axis=axis)
     cntf, mmf, m2f = fastbn.moments(xf, axis=axis)
     assert cnt == cntf and mm.dtype == np.float64
-    if exact_stats:
-        assert_bitwise_equal(smean, fmean)
-        assert_bitwise_equal(svar, fvar)
-        assert_bitwise_equal(mm, mmf)
-        assert_bitwise_equal(m2, m2f)
-    else:
-        np.testing.assert_allclose(svar, fvar, rtol=M2_RTOL + 2.0 ** -23)
-        np.testing.assert_allclose(m2, m2f, rtol=M2_RTOL)
-        std = np.sqrt(m2f / cnt)
-        assert np.all(np.abs(mm - mmf) <= MEAN_STD_TOL * std + 2.0 ** -40 * np.abs(mmf))
-        assert np.all(np.abs(smean.astype(np.float64) - fmean)
-                      <= MEAN_STD_TOL * std + 2.0 ** -23 * np.abs(fmean))
+    np.testing.assert_allclose(svar, fvar, rtol=M2_RTOL + 2.0 ** -23)
+    np.testing.assert_allclose(m2, m2f, rtol=M2_RTOL)
+    std = np.sqrt(m2f / cnt)
+    assert np.all(np.abs(mm - mmf) <= MEAN_STD_TOL * std + 2.0 ** -40 * np.abs(mmf))
+    assert np.all(np.abs(smean.astype(np.float64) - fmean)
+                  <= MEAN_STD_TOL * std + 2.0 ** -23 * np.abs(fmean))
 
 
 @pytest.mark.parametrize("dt", HALVES)
@@ -296,55 +274,65 @@ def _stats_cases(dt, rng):
 
 @pytest.mark.parametrize("dt", HALVES)
 def test_float_summed_statistics_within_their_bound(dt, rng):
-    """Channel-first half statistics are summed in float (half_impl.h): the
-    mean within 129 float roundings of the standard deviation, M2 within
-    129 relative; channels beyond the float sums' range, or holding inf or
-    NaN, are summed in double: exactly the float32 path's."""
-    for name, x, _ in _stats_cases(dt, rng):
-        xf = f32(x)
-        cnt, mm, m2 = fastbn.moments(x)
-        cntf, mmf, m2f = fastbn.moments(xf)
-        ref = xf.astype(np.float64).transpose(1, 0, 2, 3).reshape(x.shape[1], -1)
-        with np.errstate(invalid="ignore"):
-            rmean = ref.mean(axis=1)
-            rm2 = ((ref - rmean[:, None]) ** 2).sum(axis=1)
-            finite = np.isfinite(rm2) & np.isfinite(rmean)
-            for c in range(x.shape[1]):
-                if not finite[c] or (dt == BF16 and name == "range" and c in (1, 2)):
-                    # summed in double: the float32 path's bits (NaN alike)
-                    assert_bitwise_equal(mm[c:c + 1], mmf[c:c + 1])
-                    assert_bitwise_equal(m2[c:c + 1], m2f[c:c + 1])
-                    continue
-                std = np.sqrt(rm2[c] / cnt)
-                assert abs(mm[c] - rmean[c]) <= MEAN_STD_TOL * std + 1e-15 * abs(rmean[c]), \
-                    (name, c, mm[c], rmean[c])
-                assert abs(m2[c] - rm2[c]) <= M2_RTOL * rm2[c], (name, c, m2[c], rm2[c])
-        # the training forward: within 1 ulp of the reference where finite
-        y = fastbn.batch_norm_train(x)[0]
-        with np.errstate(invalid="ignore", over="ignore"):
-            ry = reference.batch_norm_train(x)[0]
-        fin = np.isfinite(ry)
-        if name != "special":
-            assert _max_ulps(np.where(fin, y, 0).astype(dt), np.where(fin, ry, 0),
-                             dt, 2.0 ** -8) <= 1, name
+    """Half statistics are summed in float (half_impl.h), channel-first and
+    channel-last: the mean within 129 float roundings of the standard
+    deviation, M2 within 129 relative; channels beyond the float sums'
+    range, or holding inf or NaN, are summed in double: exactly the float32
+    path's."""
+    for name, x0, _ in _stats_cases(dt, rng):
+        for axis in (1, -1):  # chunks of planes, or blocks of rows
+            x = x0 if axis == 1 else np.ascontiguousarray(np.moveaxis(x0, 1, -1))
+            _check_float_sums(name, x, axis, dt)
+
+
+def _check_float_sums(name, x, axis, dt):
+    xf = f32(x)
+    C = x.shape[axis]
+    cnt, mm, m2 = fastbn.moments(x, axis=axis)
+    cntf, mmf, m2f = fastbn.moments(xf, axis=axis)
+    ref = np.moveaxis(xf.astype(np.float64), axis, 0).reshape(C, -1)
+    with np.errstate(invalid="ignore"):
+        rmean = ref.mean(axis=1)
+        rm2 = ((ref - rmean[:, None]) ** 2).sum(axis=1)
+        finite = np.isfinite(rm2) & np.isfinite(rmean)
+    for c in range(C):
+        if not finite[c] or (dt == BF16 and name == "range" and c in (1, 2)):
+            # summed in double: the float32 path's bits (NaN alike)
+            assert_bitwise_equal(mm[c:c + 1], mmf[c:c + 1])
+            assert_bitwise_equal(m2[c:c + 1], m2f[c:c + 1])
+            continue
+        std = np.sqrt(rm2[c] / cnt)
+        assert abs(mm[c] - rmean[c]) <= MEAN_STD_TOL * std + 1e-15 * abs(rmean[c]), \
+            (name, axis, c, mm[c], rmean[c])
+        assert abs(m2[c] - rm2[c]) <= M2_RTOL * rm2[c], (name, axis, c, m2[c], rm2[c])
+    # the training forward: within 1 ulp of the reference where finite
+    y = fastbn.batch_norm_train(x, axis=axis)[0]
+    with np.errstate(invalid="ignore", over="ignore"):
+        ry = reference.batch_norm_train(x, axis=axis)[0]
+    fin = np.isfinite(ry)
+    if name != "special":
+        assert _max_ulps(np.where(fin, y, 0).astype(dt), np.where(fin, ry, 0),
+                         dt, 2.0 ** -8) <= 1, (name, axis)
 
 
 @pytest.mark.parametrize("dt", HALVES)
 def test_float_summed_statistics_identical_across_simd_levels(dt, rng, restore_threads):
     """The float sums, the range test and the double sums give the same bits
     on every instruction set and thread count."""
-    cases = _stats_cases(dt, rng)
+    cases = [(name, x, 1) for name, x, _ in _stats_cases(dt, rng)]
+    cases += [(name, np.ascontiguousarray(np.moveaxis(x, 1, -1)), -1)
+              for name, x, _ in cases]
     old = _kernels.simd()
     try:
         _kernels.set_simd("baseline")
         with fastbn.num_threads(1):
-            ref = [fastbn.moments(x) for _, x, _ in cases]
+            ref = [fastbn.moments(x, axis=ax) for _, x, ax in cases]
         for isa in _kernels.simd_available():
             _kernels.set_simd(isa)
             for threads in (1, 2, 3):
                 with fastbn.num_threads(threads):
-                    for (name, x, _), want in zip(cases, ref):
-                        got = fastbn.moments(x)
+                    for (name, x, ax), want in zip(cases, ref):
+                        got = fastbn.moments(x, axis=ax)
                         for p, q in zip(want[1:], got[1:]):
                             assert np.array_equal(p.view(np.uint8), q.view(np.uint8)), (
                                 isa, threads, name)
@@ -471,7 +459,8 @@ def test_backward_mask_edges_and_in_place(shape, axis, dt, rng):
 @pytest.mark.parametrize("shape,axis", [((5, 7, 3, 9), 1), ((6, 5, 7, 19), -1),
                                         ((64, 3, 40, 40), 1), ((2048, 24), 1),
                                         ((3, 2, 5001), 1), ((40, 6, 7, 7), 1),
-                                        ((5, 3, 33, 31), 1)], ids=str)
+                                        ((5, 3, 33, 31), 1), ((600, 200), 1),
+                                        ((3, 9, 31, 150), -1)], ids=str)
 def test_bitwise_identical_across_threads_and_simd_levels(shape, axis, dt, rng,
                                                           restore_threads):
     x, z, dy, g, b, m, v = inputs(rng, shape, axis, dt)
