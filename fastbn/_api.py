@@ -26,7 +26,10 @@ def batch_stats(x, axis=1):
     Statistics are taken over every axis but ``axis``.  Accumulation is in
     double with a two-pass variance per cache-resident block, merged with
     Chan's formula, so float32 data with a large offset keeps its accuracy
-    and the variance is never negative.
+    and the variance is never negative.  float16 and bfloat16 data are
+    summed in float partial sums of at most 128 values with the corrected
+    two-pass form, then in double: the variance within 7.7e-6 relative, the
+    mean within 7.7e-6 standard deviations (README, "Half precision").
 
     Returns ``(mean, var)``, each of shape ``(C,)`` and ``x.dtype``
     (float32 for float16 and bfloat16 ``x``).
