@@ -357,36 +357,6 @@ static int NAME(block_moments_f)(const float *w, ptrdiff_t C, ptrdiff_t nr,
                     float a[FBN_LANES] = {0}, b[FBN_LANES] = {0}, g[FBN_LANES] = {0},
                           h[FBN_LANES] = {0}, m[FBN_LANES] = {0};
                     memcpy(m, mf + c0, sizeof(float) * (size_t)wd);
-                    /* (whole strips with a constant width, for the
-                     * vectoriser; the last one lane by lane) */
-#define FBN_STRIP_ROWS(W)                                                      \
-    do {                                                                       \
-        if (pass == 0) {                                                       \
-            for (r = rr; r + 1 < re; r += 2)                                   \
-                for (k = 0; k < (W); k++) {                                    \
-                    a[k] += ws[r * C + k];                                     \
-                    b[k] += ws[(r + 1) * C + k];                               \
-                }                                                              \
-            if (r < re)                                                        \
-                for (k = 0; k < (W); k++)                                      \
-                    a[k] += ws[r * C + k];                                     \
-        } else {                                                               \
-            for (r = rr; r + 1 < re; r += 2)                                   \
-                for (k = 0; k < (W); k++) {                                    \
-                    float d = ws[r * C + k] - m[k], e = ws[(r + 1) * C + k] - m[k]; \
-                    a[k] += d;                                                 \
-                    b[k] += e;                                                 \
-                    g[k] += d * d;                                             \
-                    h[k] += e * e;                                             \
-                }                                                              \
-            if (r < re)                                                        \
-                for (k = 0; k < (W); k++) {                                    \
-                    float d = ws[r * C + k] - m[k];                            \
-                    a[k] += d;                                                 \
-                    g[k] += d * d;                                             \
-                }                                                              \
-        }                                                                      \
-    } while (0)
 #if FBN_VEC
                     if (wd == FBN_LANES) {
                         /* (explicit vectors: GCC left pass 1 scalar) */
@@ -418,11 +388,29 @@ static int NAME(block_moments_f)(const float *w, ptrdiff_t C, ptrdiff_t nr,
                         memcpy(h, &vh, sizeof h);
                     } else
 #endif
-                    if (wd == FBN_LANES)
-                        FBN_STRIP_ROWS(FBN_LANES);
-                    else
-                        FBN_STRIP_ROWS(wd);
-#undef FBN_STRIP_ROWS
+                    { /* the same, lane by lane (the last strip) */
+                        for (r = rr; r + 1 < re; r += 2)
+                            for (k = 0; k < wd; k++) {
+                                float d = ws[r * C + k], e = ws[(r + 1) * C + k];
+                                if (pass) {
+                                    d -= m[k];
+                                    e -= m[k];
+                                    g[k] += d * d;
+                                    h[k] += e * e;
+                                }
+                                a[k] += d;
+                                b[k] += e;
+                            }
+                        if (r < re)
+                            for (k = 0; k < wd; k++) {
+                                float d = ws[r * C + k];
+                                if (pass) {
+                                    d -= m[k];
+                                    g[k] += d * d;
+                                }
+                                a[k] += d;
+                            }
+                    }
                     memcpy(p + c0, a, sizeof(float) * (size_t)wd);
                     memcpy(q + c0, b, sizeof(float) * (size_t)wd);
                     memcpy(u + c0, g, sizeof(float) * (size_t)wd);
