@@ -380,10 +380,11 @@ static void NAME(bapply_span)(const T *dy, const T *x, const T *y, T *dx,
     }
 }
 
+#if !FBN_HALF
 /* Rows [r0, r1) of dx (channel-last); the constants are per channel. */
-static void FBN_GENERIC(brows_any)(const T *dy, const T *x, const T *y, T *dx,
-                              T *dz, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
-                              const R *k, int training)
+static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx,
+                            T *dz, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
+                            const R *k, int training)
 {
     const R *m = k, *A = k + C, *B = k + 2 * C, *D = k + 3 * C;
     ptrdiff_t r, c;
@@ -408,10 +409,10 @@ static void FBN_GENERIC(brows_any)(const T *dy, const T *x, const T *y, T *dx,
         }
     }
 }
-
-#if FBN_HALF
+#else
 /* Groups of rows widened into L1 tiles, the float kernel's brows_any, and
- * rounded once (rows longer than a tile: the generic form). */
+ * rounded once.  Rows longer than a tile go by slices of FBN_TILE
+ * channels, each slice's constants copied out once. */
 static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx, T *dz,
                             ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1, const R *k,
                             int training)
@@ -419,7 +420,26 @@ static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx, T *dz,
     float wg[FBN_TILE], wx[FBN_TILE], wy[FBN_TILE], wz[FBN_TILE];
     ptrdiff_t g = FBN_TILE / C, r;
     if (g < 1) {
-        FBN_GENERIC(brows_any)(dy, x, y, dx, dz, C, r0, r1, k, training);
+        float kc[4 * FBN_TILE];
+        ptrdiff_t c0, j;
+        for (c0 = 0; c0 < C; c0 += FBN_TILE) {
+            ptrdiff_t len = fbn_min(FBN_TILE, C - c0);
+            for (j = 0; j < 4; j++)
+                memcpy(kc + j * len, k + j * C + c0, sizeof(float) * (size_t)len);
+            for (r = r0; r < r1; r++) {
+                ptrdiff_t o = r * C + c0;
+                NAME(widen)(dy + o, wg, len);
+                if (training)
+                    NAME(widen)(x + o, wx, len);
+                if (y)
+                    NAME(widen)(y + o, wy, len);
+                FBN_F32(brows_any)(wg, wx, y ? wy : NULL, wg, dz ? wz : NULL, len, 0, 1,
+                                   kc, training);
+                if (dz)
+                    NAME(narrow)(wz, dz + o, len);
+                NAME(narrow)(wg, dx + o, len);
+            }
+        }
         return;
     }
     for (r = r0; r < r1; r += g) {

@@ -451,6 +451,7 @@ static void NAME(apply_span)(const T *x, const T *z, T *y, ptrdiff_t C,
     }
 }
 
+#if !FBN_HALF
 static inline void NAME(rows_body)(const T *x, const T *z, T *y, ptrdiff_t C,
                                    ptrdiff_t r0, ptrdiff_t r1, const R *coef,
                                    int relu, int hasz)
@@ -473,7 +474,7 @@ static inline void NAME(rows_body)(const T *x, const T *z, T *y, ptrdiff_t C,
     }
 }
 
-static void FBN_GENERIC(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
+static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
                            ptrdiff_t r0, ptrdiff_t r1, const R *coef, int relu)
 {
     if (relu) {
@@ -488,17 +489,30 @@ static void FBN_GENERIC(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
             NAME(rows_body)(x, z, y, C, r0, r1, coef, 0, 0);
     }
 }
-
-#if FBN_HALF
+#else
 /* Groups of rows widened into L1 tiles, the float kernel's rows_any, and
- * rounded once (rows longer than a tile: the generic form). */
+ * rounded once.  Rows longer than a tile go by slices of FBN_TILE
+ * channels, each slice's constants copied out once. */
 static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
                            ptrdiff_t r0, ptrdiff_t r1, const R *coef, int relu)
 {
     float w[FBN_TILE], wz[FBN_TILE];
     ptrdiff_t k = FBN_TILE / C, r;
     if (k < 1) {
-        FBN_GENERIC(rows_any)(x, z, y, C, r0, r1, coef, relu);
+        float kc[4 * FBN_TILE];
+        ptrdiff_t c0, j;
+        for (c0 = 0; c0 < C; c0 += FBN_TILE) {
+            ptrdiff_t len = fbn_min(FBN_TILE, C - c0);
+            for (j = 0; j < 4; j++)
+                memcpy(kc + j * len, coef + j * C + c0, sizeof(float) * (size_t)len);
+            for (r = r0; r < r1; r++) {
+                NAME(widen)(x + r * C + c0, w, len);
+                if (z)
+                    NAME(widen)(z + r * C + c0, wz, len);
+                FBN_F32(rows_any)(w, z ? wz : NULL, w, len, 0, 1, kc, relu);
+                NAME(narrow)(w, y + r * C + c0, len);
+            }
+        }
         return;
     }
     for (r = r0; r < r1; r += k) {

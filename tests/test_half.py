@@ -101,8 +101,21 @@ def assert_stats_close(mean, invstd, meanf, invf):
     np.testing.assert_allclose(invstd, invf, rtol=M2_RTOL / 2 + 2.0 ** -23)
 
 
+#: LAYOUTS and the shapes of the half kernels' own loops: channel-last rows
+#: of 16-channel strips with a tail (AVX-512 registers), rows longer than
+#: an L1 tile (1024 channels: slices), channel-first runs long enough for
+#: whole output lines straight from registers
+HALF_LAYOUTS = LAYOUTS + [
+    ("NHWC-strips", (3, 2, 5, 40), -1),
+    ("NC-long-rows", (9, 2100), 1),
+    ("NHWC-long-rows", (2, 3, 1, 1030), -1),
+    ("NCL-long-runs", (2, 3, 3001), 1),
+]
+
+
 @pytest.mark.parametrize("dt", HALVES)
-@pytest.mark.parametrize("name,shape,axis", LAYOUTS, ids=[lay[0] for lay in LAYOUTS])
+@pytest.mark.parametrize("name,shape,axis", HALF_LAYOUTS,
+                         ids=[lay[0] for lay in HALF_LAYOUTS])
 def test_every_function_is_the_float32_path_rounded_once(name, shape, axis, dt, rng):
     x, z, dy, g, b, m, v = inputs(rng, shape, axis, dt)
     xf, zf, dyf = f32(x), f32(z), f32(dy)
@@ -460,7 +473,8 @@ def test_backward_mask_edges_and_in_place(shape, axis, dt, rng):
                                         ((64, 3, 40, 40), 1), ((2048, 24), 1),
                                         ((3, 2, 5001), 1), ((40, 6, 7, 7), 1),
                                         ((5, 3, 33, 31), 1), ((600, 200), 1),
-                                        ((3, 9, 31, 150), -1)], ids=str)
+                                        ((3, 9, 31, 150), -1), ((9, 2100), 1),
+                                        ((4, 3, 5, 40), -1)], ids=str)
 def test_bitwise_identical_across_threads_and_simd_levels(shape, axis, dt, rng,
                                                           restore_threads):
     x, z, dy, g, b, m, v = inputs(rng, shape, axis, dt)
