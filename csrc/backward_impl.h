@@ -409,6 +409,71 @@ static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx,
         }
     }
 }
+#elif FBN_F16C == 512
+/* AVX-512: the float kernel's brows_any in registers, 16 channels at a time
+ * (the last C % 16 masked), as bapply_body does a channel-first run; dx may
+ * equal dy. */
+static inline void NAME(brows_regs)(const T *dy, const T *x, const T *y, T *dx,
+                                    T *dz, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
+                                    const R *k, int mask, int training, int hasdz)
+{
+    const R *m = k, *A = k + C, *B = k + 2 * C, *D = k + 3 * C;
+    __m512 zero = _mm512_setzero_ps(), g, v;
+    ptrdiff_t r, c;
+#define FBN_BROW16(ld, ldc, st)                                                 \
+    do {                                                                       \
+        g = ld(dr + c);                                                        \
+        if (mask)                                                              \
+            g = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(ld(yr + c), zero, _CMP_GT_OQ), g); \
+        if (hasdz)                                                             \
+            st(dzr + c, g);                                                    \
+        v = _mm512_mul_ps(ldc(A + c), g);                                      \
+        if (training)                                                          \
+            v = _mm512_add_ps(v, _mm512_add_ps(_mm512_mul_ps(ldc(B + c),        \
+                    _mm512_sub_ps(ld(xr + c), ldc(m + c))), ldc(D + c)));      \
+        st(dxr + c, v);                                                        \
+    } while (0)
+#define FBN_LDX(p) NAME(loadn)((p), C - c)
+#define FBN_LDC(p) _mm512_maskz_loadu_ps(w, (p))
+#define FBN_STN(p, t) NAME(storen)((p), (t), C - c)
+    for (r = r0; r < r1; r++) {
+        const T *dr = dy + r * C, *xr = x + r * C, *yr = mask ? y + r * C : NULL;
+        T *dxr = dx + r * C, *dzr = hasdz ? dz + r * C : NULL;
+        for (c = 0; c + 16 <= C; c += 16)
+            FBN_BROW16(NAME(load16), _mm512_loadu_ps, NAME(store16));
+        if (c < C) { /* the last C % 16 channels */
+            __mmask16 w = (__mmask16)((1u << (C - c)) - 1u);
+            FBN_BROW16(FBN_LDX, FBN_LDC, FBN_STN);
+        }
+    }
+#undef FBN_STN
+#undef FBN_LDC
+#undef FBN_LDX
+#undef FBN_BROW16
+}
+
+static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx, T *dz,
+                            ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1, const R *k,
+                            int training)
+{
+    if (training) {
+        if (y) {
+            if (dz) NAME(brows_regs)(dy, x, y, dx, dz, C, r0, r1, k, 1, 1, 1);
+            else    NAME(brows_regs)(dy, x, y, dx, dz, C, r0, r1, k, 1, 1, 0);
+        } else {
+            if (dz) NAME(brows_regs)(dy, x, y, dx, dz, C, r0, r1, k, 0, 1, 1);
+            else    NAME(brows_regs)(dy, x, y, dx, dz, C, r0, r1, k, 0, 1, 0);
+        }
+    } else {
+        if (y) {
+            if (dz) NAME(brows_regs)(dy, x, y, dx, dz, C, r0, r1, k, 1, 0, 1);
+            else    NAME(brows_regs)(dy, x, y, dx, dz, C, r0, r1, k, 1, 0, 0);
+        } else {
+            if (dz) NAME(brows_regs)(dy, x, y, dx, dz, C, r0, r1, k, 0, 0, 1);
+            else    NAME(brows_regs)(dy, x, y, dx, dz, C, r0, r1, k, 0, 0, 0);
+        }
+    }
+}
 #else
 /* Groups of rows widened into L1 tiles, the float kernel's brows_any, and
  * rounded once.  Rows longer than a tile go by slices of FBN_TILE

@@ -489,6 +489,60 @@ static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
             NAME(rows_body)(x, z, y, C, r0, r1, coef, 0, 0);
     }
 }
+#elif FBN_F16C == 512
+/* AVX-512: the float kernel's rows_body in registers, 16 channels at a
+ * time (the last C % 16 masked), each value rounded once (store16). */
+static inline void NAME(rows_regs)(const T *x, const T *z, T *y, ptrdiff_t C,
+                                   ptrdiff_t r0, ptrdiff_t r1, const R *coef,
+                                   int relu, int hasz)
+{
+    const R *mh = coef, *ml = coef + C, *a = coef + 2 * C, *b = coef + 3 * C;
+    __m512 zero = _mm512_setzero_ps(), t;
+    ptrdiff_t r, c;
+#define FBN_ROW16(ld, ldc)                                                      \
+    do {                                                                       \
+        t = _mm512_sub_ps(_mm512_sub_ps(ld(xr + c), ldc(mh + c)), ldc(ml + c)); \
+        t = _mm512_add_ps(_mm512_mul_ps(t, ldc(a + c)), ldc(b + c));           \
+        if (hasz)                                                              \
+            t = _mm512_add_ps(t, ld(zr + c));                                  \
+        if (relu)                                                              \
+            t = _mm512_max_ps(zero, t);                                        \
+    } while (0)
+#define FBN_LDX(p) NAME(loadn)((p), C - c)
+#define FBN_LDC(p) _mm512_maskz_loadu_ps(m, (p))
+    for (r = r0; r < r1; r++) {
+        const T *xr = x + r * C, *zr = hasz ? z + r * C : NULL;
+        T *yr = y + r * C;
+        for (c = 0; c + 16 <= C; c += 16) {
+            FBN_ROW16(NAME(load16), _mm512_loadu_ps);
+            NAME(store16)(yr + c, t);
+        }
+        if (c < C) { /* the last C % 16 channels */
+            __mmask16 m = (__mmask16)((1u << (C - c)) - 1u);
+            FBN_ROW16(FBN_LDX, FBN_LDC);
+            NAME(storen)(yr + c, t, C - c);
+        }
+    }
+#undef FBN_LDC
+#undef FBN_LDX
+#undef FBN_ROW16
+}
+
+static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
+                           ptrdiff_t r0, ptrdiff_t r1, const R *coef, int relu)
+{
+    if (relu) {
+        if (z)
+            NAME(rows_regs)(x, z, y, C, r0, r1, coef, 1, 1);
+        else
+            NAME(rows_regs)(x, z, y, C, r0, r1, coef, 1, 0);
+    } else {
+        if (z)
+            NAME(rows_regs)(x, z, y, C, r0, r1, coef, 0, 1);
+        else
+            NAME(rows_regs)(x, z, y, C, r0, r1, coef, 0, 0);
+    }
+}
 #else
 /* Groups of rows widened into L1 tiles, the float kernel's rows_any, and
  * rounded once.  Rows longer than a tile go by slices of FBN_TILE
