@@ -58,6 +58,11 @@
 #define FBN_ACC (FBN_LANES + 1)
 /* Values per tile when results go out through an L1 buffer. */
 #define FBN_TILE 1024
+/* Kernels that can stream whole lines from registers (FBN_NT_LINES) do so
+ * for a piece of a run with at least this many whole lines of output (1 KB
+ * of half values; below that the extra calls per piece cost more than the
+ * tile's copy saves: measured on 14x14 planes). */
+#define FBN_NT_DIRECT 16
 /* At most this many channels per channel-first tile (their accumulators
  * live on the stack of the item). */
 #define FBN_TILE_C 64

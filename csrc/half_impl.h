@@ -6,12 +6,16 @@
  * kernels sum them (see "statistics" below): about half the work, and
  * exact enough for half outputs.  The transform and the backward do the
  * float kernel's arithmetic: at AVX-512 (FBN_F16C == 512) in registers, 16
- * values at a time, in the float kernel's lane order (elementwise tails
- * masked, reduction tails in the scalar lane, as there); elsewhere on L1
- * tiles of FBN_TILE values widened to float (exactly), run through the
- * float kernels' own loop (FBN_F32(f): the f32 instance for the same
- * instruction set, compiled before this one), the results rounded once
- * back to the half type.  So given the same statistics the results are
+ * values (or channel-last: 16 channels) at a time, in the float kernel's
+ * lane order (elementwise tails masked, reduction tails in the scalar
+ * lane, as there), whole lines of long runs streamed straight from the
+ * registers (apply_nt_body); elsewhere on L1 tiles of FBN_TILE values
+ * (rows longer than a tile: slices of FBN_TILE channels) widened to float
+ * (exactly), run through the float kernels' own loop (FBN_F32(f): the f32
+ * instance for the same instruction set, compiled before this one), the
+ * results rounded once back to the half type.  (The widen - float loop -
+ * narrow passes through L1 cost the AVX-512 kernels 15-30 % of a
+ * channel-last transform.)  So given the same statistics the results are
  * bitwise those of the float kernel on the widened data; and every result
  * is the same for every plan, thread count and instruction set.
  * (Conversions inside the float loops kept GCC from vectorising them; the
@@ -516,6 +520,29 @@ static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
         FBN_TFORM16(t, NAME(loadn)(x + i, r), NAME(loadn)(z + i, r), 1);
         NAME(storen)(y + i, t, r);
     }
+}
+
+/* The same, written straight to memory with non-temporal stores, a 64-byte
+ * line (32 values) per store: y 64-byte aligned, n a multiple of 32
+ * (apply_span's whole lines). */
+static inline void NAME(apply_nt_body)(const T *x, const T *z, T *y, ptrdiff_t n,
+                                       R mh, R ml, R a, R b, int relu, int hasz)
+{
+    __m512 vmh = _mm512_set1_ps(mh), vml = _mm512_set1_ps(ml), t, u;
+    __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), zero = _mm512_setzero_ps();
+    ptrdiff_t i;
+#define FBN_LINE_NT(hasml)                                                     \
+    for (i = 0; i < n; i += 32) {                                              \
+        FBN_TFORM16(t, NAME(load16)(x + i), NAME(load16)(z + i), hasml);      \
+        FBN_TFORM16(u, NAME(load16)(x + i + 16), NAME(load16)(z + i + 16), hasml); \
+        _mm256_stream_si256((__m256i *)(y + i), NAME(narrow16)(t));           \
+        _mm256_stream_si256((__m256i *)(y + i + 16), NAME(narrow16)(u));      \
+    }
+    if (ml != 0.0f)
+        FBN_LINE_NT(1)
+    else
+        FBN_LINE_NT(0)
+#undef FBN_LINE_NT
 }
 #undef FBN_TFORM16
 #else

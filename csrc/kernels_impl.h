@@ -392,6 +392,32 @@ static void NAME(apply_any)(const T *x, const T *z, T *y, ptrdiff_t n, R mh,
     }
 }
 
+#if FBN_HALF && FBN_F16C == 512
+/* The kernels whose transform can write straight to memory, a whole line
+ * per non-temporal store (apply_nt_body): apply_span lets them. */
+#undef FBN_NT_LINES
+#define FBN_NT_LINES 1
+#define FBN_LINE_VALUES ((ptrdiff_t)(64 / sizeof(T)))
+static void NAME(apply_any_nt)(const T *x, const T *z, T *y, ptrdiff_t n, R mh,
+                               R ml, R a, R b, int relu)
+{
+    if (relu) {
+        if (z)
+            NAME(apply_nt_body)(x, z, y, n, mh, ml, a, b, 1, 1);
+        else
+            NAME(apply_nt_body)(x, z, y, n, mh, ml, a, b, 1, 0);
+    } else {
+        if (z)
+            NAME(apply_nt_body)(x, z, y, n, mh, ml, a, b, 0, 1);
+        else
+            NAME(apply_nt_body)(x, z, y, n, mh, ml, a, b, 0, 0);
+    }
+}
+#else
+#undef FBN_NT_LINES
+#define FBN_NT_LINES 0
+#endif
+
 /* Per-channel constants, structure of arrays: coef[0..C) = mh,
  * coef[C..2C) = ml, coef[2C..3C) = a, coef[3C..4C) = b. */
 static void NAME(coef_one)(R *coef, ptrdiff_t C, ptrdiff_t c, double mean,
@@ -417,11 +443,37 @@ static void NAME(unfold_coef)(const fbn_plan *p, const R *coef, R *coefv)
             coefv[a * p->Cv + j] = coef[a * p->C + j % p->C];
 }
 
+#if FBN_NT_LINES
+/* apply_span's piece [q, e) of one run (tile from i, in buf; y[from, q)
+ * still to be copied from buf): its whole lines straight to y, the partial
+ * lines at its ends into buf.  Returns the new `from`. */
+static FBN_NOINLINE ptrdiff_t NAME(apply_piece_nt)(const T *x, const T *z, T *y, T *buf,
+                                                   ptrdiff_t i, ptrdiff_t from, ptrdiff_t q,
+                                                   ptrdiff_t e, R mh, R ml, R a, R b, int relu)
+{
+    /* [l0, l1): the whole lines of y[q, e) */
+    ptrdiff_t l0 = q + (ptrdiff_t)((((uintptr_t)0 - (uintptr_t)(y + q)) & 63) / sizeof(T));
+    ptrdiff_t l1 = l0 + (e - l0) / FBN_LINE_VALUES * FBN_LINE_VALUES;
+    if (((uintptr_t)y & (sizeof(T) - 1)) || l1 - l0 < FBN_NT_DIRECT * FBN_LINE_VALUES) {
+        NAME(apply_any)(x + q, z ? z + q : NULL, buf + (q - i), e - q, mh, ml, a, b, relu);
+        return from;
+    }
+    NAME(apply_any)(x + q, z ? z + q : NULL, buf + (q - i), l0 - q, mh, ml, a, b, relu);
+    NAME(stream)(y + from, buf + (from - i), (size_t)(l0 - from) * sizeof(T));
+    NAME(apply_any_nt)(x + l0, z ? z + l0 : NULL, y + l0, l1 - l0, mh, ml, a, b, relu);
+    NAME(apply_any)(x + l1, z ? z + l1 : NULL, buf + (l1 - i), e - l1, mh, ml, a, b, relu);
+    return l1;
+}
+#endif
+
 /* The transform of the flat values [s0, s1) of a channel-first array (run
  * r of `inner` values has channel r % C).  With nt, y is written through
  * an L1 tile with non-temporal stores; tiles end on 64-byte boundaries of
- * y, so each line is written whole, however short the runs are.  pf != 0:
- * piece by piece, the values pf elements further on are prefetched. */
+ * y, so each line is written whole, however short the runs are.  Kernels
+ * with FBN_NT_LINES write the whole lines of a run's piece (at least
+ * FBN_NT_DIRECT of them) straight to y, and only the partial lines at its
+ * ends through the tile.  pf != 0: piece by piece, the values pf elements
+ * further on are prefetched. */
 static void NAME(apply_span)(const T *x, const T *z, T *y, ptrdiff_t C,
                              ptrdiff_t inner, ptrdiff_t s0, ptrdiff_t s1,
                              const R *coef, int relu, int nt, ptrdiff_t pf)
@@ -431,14 +483,20 @@ static void NAME(apply_span)(const T *x, const T *z, T *y, ptrdiff_t C,
     while (i < s1) {
         ptrdiff_t end = nt ? i + fbn_tile_len(y + i, sizeof(T), s1 - i)
                            : (pf ? fbn_min(i + FBN_TILE, s1) : s1);
+        ptrdiff_t from = i; /* y[from, end) is still to be copied from buf */
         if (pf)
             fbn_prefetch(x + i + pf, (size_t)(end - i) * sizeof(T));
         ptrdiff_t q = i, r = i / inner, c = r % C, rend = (r + 1) * inner;
         while (q < end) { /* run r (channel c) ends at rend */
             ptrdiff_t len = fbn_min(rend, end) - q;
-            NAME(apply_any)(x + q, z ? z + q : NULL, nt ? buf + (q - i) : y + q, len,
-                            coef[c], coef[C + c], coef[2 * C + c], coef[3 * C + c],
-                            relu);
+            R mh = coef[c], ml = coef[C + c], a = coef[2 * C + c], b = coef[3 * C + c];
+            const T *zq = z ? z + q : NULL;
+#if FBN_NT_LINES
+            if (nt && len >= (FBN_NT_DIRECT + 1) * FBN_LINE_VALUES)
+                from = NAME(apply_piece_nt)(x, z, y, buf, i, from, q, q + len, mh, ml, a, b, relu);
+            else
+#endif
+            NAME(apply_any)(x + q, zq, nt ? buf + (q - i) : y + q, len, mh, ml, a, b, relu);
             q += len;
             if (q == rend) {
                 rend += inner;
@@ -446,7 +504,7 @@ static void NAME(apply_span)(const T *x, const T *z, T *y, ptrdiff_t C,
             }
         }
         if (nt)
-            NAME(stream)(y + i, buf, (size_t)(end - i) * sizeof(T));
+            NAME(stream)(y + from, buf + (from - i), (size_t)(end - from) * sizeof(T));
         i = end;
     }
 }
@@ -933,6 +991,7 @@ static int NAME(k_apply)(const T *x, ptrdiff_t outer, ptrdiff_t C,
 #undef FBN_LD
 #undef FBN_ST
 #undef FBN_GENERIC
+#undef FBN_LINE_VALUES
 #undef FBN_SACC
 #undef FBN_HROWS
 #undef FBN_QACC

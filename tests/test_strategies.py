@@ -291,12 +291,15 @@ def test_scheduler_names(scheduler):
 @pytest.mark.parametrize("dtype", [np.float32, np.float16] + _BF16)
 @pytest.mark.parametrize("isa", _kernels.simd_available())
 @pytest.mark.parametrize("shape,axis", [((6, 37, 5, 9), 1), ((3, 5, 3001), 1),
-                                        ((17, 20, 20, 3), -1)], ids=str)
+                                        ((17, 20, 20, 3), -1), ((5, 1100), 1)],
+                         ids=str)
 def test_streamed_plans_give_the_same_bits_on_every_simd_level(tuning, isa,
                                                                shape, axis, dtype):
     """Streamed outputs use 16-, 32- or 64-byte stores by SIMD level (with
-    their own unaligned heads and tails): every level, every plan, the
-    bits of the plain baseline (the half types too)."""
+    their own unaligned heads and tails; the half types' AVX-512 kernels
+    write the whole lines of long runs straight from registers, the rest
+    through the tile): every level, every plan, the bits of the plain
+    baseline, misaligned outputs and rows longer than a tile included."""
     x, g, b, z, dy = _inputs(shape, axis, dtype)
     old = _kernels.simd()
     try:
