@@ -102,6 +102,10 @@ static inline void NAME(widen)(const T *x, float *w, ptrdiff_t n)
 #elif FBN_HALF == 1 && FBN_F16C == 256
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(w + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
+#elif FBN_HALF == 2 && FBN_F16C == 256
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_si256((__m256i *)(w + i), _mm256_slli_epi32(_mm256_cvtepu16_epi32(
+                                _mm_loadu_si128((const __m128i *)(x + i))), 16));
 #endif
     {
         ptrdiff_t j;
@@ -125,6 +129,20 @@ static inline void NAME(narrow)(const float *w, T *y, ptrdiff_t n)
     for (; i + 8 <= n; i += 8)
         _mm_storeu_si128((__m128i *)(y + i),
                          _mm256_cvtps_ph(_mm256_loadu_ps(w + i), _MM_FROUND_TO_NEAREST_INT));
+#elif FBN_HALF == 2 && FBN_F16C == 256
+    for (; i + 8 <= n; i += 8) { /* fbn_f32_to_bf16, 8 lanes at a time */
+        __m256i u = _mm256_loadu_si256((const __m256i *)(w + i));
+        __m256i hi = _mm256_srli_epi32(u, 16);
+        __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)),
+                                                       _mm256_and_si256(hi, _mm256_set1_epi32(1))), 16);
+        __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
+                                         _mm256_set1_epi32(0x7f800000));
+        r = _mm256_blendv_epi8(r, _mm256_or_si256(hi, _mm256_set1_epi32(0x40)), nan);
+        /* 8 values < 2^16: packed to 16 bits within each 128-bit half, the
+         * halves' low quadwords then brought together */
+        r = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+        _mm_storeu_si128((__m128i *)(y + i), _mm256_castsi256_si128(r));
+    }
 #endif
     {
         ptrdiff_t j;
