@@ -88,24 +88,54 @@ static inline void NAME(storen)(T *y, __m512 t, ptrdiff_t n)
 {
     _mm256_mask_storeu_epi16(y, (__mmask16)((1u << n) - 1u), NAME(narrow16)(t));
 }
+#elif FBN_F16C == 256
+/* AVX2 with F16C: 8 values widened to float, exactly (float16: VCVTPH2PS;
+ * bfloat16: the top 16 bits of the float). */
+static inline __m256 NAME(load8)(const T *x)
+{
+    __m128i h = _mm_loadu_si128((const __m128i *)x);
+#if FBN_HALF == 1
+    return _mm256_cvtph_ps(h);
+#else
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+#endif
+}
+
+/* 8 floats rounded once to the half type (float16: VCVTPS2PH, bitwise
+ * fbn_f32_to_f16; bfloat16: fbn_f32_to_bf16 lane by lane). */
+static inline void NAME(store8)(T *y, __m256 t)
+{
+#if FBN_HALF == 1
+    __m128i h = _mm256_cvtps_ph(t, _MM_FROUND_TO_NEAREST_INT);
+#else
+    __m256i u = _mm256_castps_si256(t), hi = _mm256_srli_epi32(u, 16);
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)),
+                                                   _mm256_and_si256(hi, _mm256_set1_epi32(1))), 16);
+    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
+                                     _mm256_set1_epi32(0x7f800000));
+    __m128i h;
+    r = _mm256_blendv_epi8(r, _mm256_or_si256(hi, _mm256_set1_epi32(0x40)), nan);
+    /* 8 values < 2^16: packed to 16 bits within each 128-bit half, the
+     * halves' low quadwords then brought together */
+    r = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+    h = _mm256_castsi256_si128(r);
+#endif
+    _mm_storeu_si128((__m128i *)y, h);
+}
 #endif
 
-/* n elements widened to float: at AVX-512 16 at a time (load16), float16
- * at AVX2 with F16C 8 at a time (VCVTPH2PS, exact like fbn_f16_to_f32, NaN
- * quieted alike); the rest one by one. */
+/* n elements widened to float: at AVX-512 16 at a time (load16), at AVX2 8
+ * at a time (load8; VCVTPH2PS is exact like fbn_f16_to_f32, NaN quieted
+ * alike); the rest one by one. */
 static inline void NAME(widen)(const T *x, float *w, ptrdiff_t n)
 {
     ptrdiff_t i = 0;
 #if FBN_F16C == 512
     for (; i + 16 <= n; i += 16)
         _mm512_storeu_ps(w + i, NAME(load16)(x + i));
-#elif FBN_HALF == 1 && FBN_F16C == 256
+#elif FBN_F16C == 256
     for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(w + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
-#elif FBN_HALF == 2 && FBN_F16C == 256
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_si256((__m256i *)(w + i), _mm256_slli_epi32(_mm256_cvtepu16_epi32(
-                                _mm_loadu_si128((const __m128i *)(x + i))), 16));
+        _mm256_storeu_ps(w + i, NAME(load8)(x + i));
 #endif
     {
         ptrdiff_t j;
@@ -116,33 +146,18 @@ static inline void NAME(widen)(const T *x, float *w, ptrdiff_t n)
 }
 
 /* n floats rounded once to the half type: at AVX-512 16 at a time
- * (store16), float16 at AVX2 with F16C 8 at a time (VCVTPS2PH with round to
- * nearest even, bitwise fbn_f32_to_f16 for every float, denormals produced
- * whatever MXCSR's flush modes); the rest one by one. */
+ * (store16), at AVX2 8 at a time (store8; VCVTPS2PH rounds to nearest even,
+ * bitwise fbn_f32_to_f16 for every float, denormals produced whatever
+ * MXCSR's flush modes); the rest one by one. */
 static inline void NAME(narrow)(const float *w, T *y, ptrdiff_t n)
 {
     ptrdiff_t i = 0;
 #if FBN_F16C == 512
     for (; i + 16 <= n; i += 16)
         NAME(store16)(y + i, _mm512_loadu_ps(w + i));
-#elif FBN_HALF == 1 && FBN_F16C == 256
+#elif FBN_F16C == 256
     for (; i + 8 <= n; i += 8)
-        _mm_storeu_si128((__m128i *)(y + i),
-                         _mm256_cvtps_ph(_mm256_loadu_ps(w + i), _MM_FROUND_TO_NEAREST_INT));
-#elif FBN_HALF == 2 && FBN_F16C == 256
-    for (; i + 8 <= n; i += 8) { /* fbn_f32_to_bf16, 8 lanes at a time */
-        __m256i u = _mm256_loadu_si256((const __m256i *)(w + i));
-        __m256i hi = _mm256_srli_epi32(u, 16);
-        __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)),
-                                                       _mm256_and_si256(hi, _mm256_set1_epi32(1))), 16);
-        __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
-                                         _mm256_set1_epi32(0x7f800000));
-        r = _mm256_blendv_epi8(r, _mm256_or_si256(hi, _mm256_set1_epi32(0x40)), nan);
-        /* 8 values < 2^16: packed to 16 bits within each 128-bit half, the
-         * halves' low quadwords then brought together */
-        r = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
-        _mm_storeu_si128((__m128i *)(y + i), _mm256_castsi256_si128(r));
-    }
+        NAME(store8)(y + i, _mm256_loadu_ps(w + i));
 #endif
     {
         ptrdiff_t j;
@@ -563,6 +578,34 @@ static inline void NAME(apply_nt_body)(const T *x, const T *z, T *y, ptrdiff_t n
 #undef FBN_LINE_NT
 }
 #undef FBN_TFORM16
+#elif FBN_F16C == 256
+/* AVX2: the float kernel's arithmetic in registers, 8 values at a time
+ * (max(0, t) as at AVX-512), the last n % 8 one by one in the float
+ * kernel's own expression; x, z and y may be the same array. */
+static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
+                                    R mh, R ml, R a, R b, int relu, int hasz)
+{
+    __m256 vmh = _mm256_set1_ps(mh), vml = _mm256_set1_ps(ml), t;
+    __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b), zero = _mm256_setzero_ps();
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        t = _mm256_sub_ps(_mm256_sub_ps(NAME(load8)(x + i), vmh), vml);
+        t = _mm256_add_ps(_mm256_mul_ps(t, va), vb);
+        if (hasz)
+            t = _mm256_add_ps(t, NAME(load8)(z + i));
+        if (relu)
+            t = _mm256_max_ps(zero, t);
+        NAME(store8)(y + i, t);
+    }
+    for (; i < n; i++) {
+        R u = ((FBN_LD(x[i]) - mh) - ml) * a + b;
+        if (hasz)
+            u += FBN_LD(z[i]);
+        if (relu)
+            u = u < (R)0 ? (R)0 : u;
+        y[i] = FBN_ST(u);
+    }
+}
 #else
 /* x, z and y may be the same array (a tile is read before it is written). */
 static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,

@@ -586,6 +586,43 @@ static inline void NAME(rows_regs)(const T *x, const T *z, T *y, ptrdiff_t C,
 #undef FBN_ROW16
 }
 
+#elif FBN_F16C == 256
+/* AVX2: the float kernel's rows_body in registers, 8 channels at a time,
+ * the last C % 8 one by one in its own expression. */
+static inline void NAME(rows_regs)(const T *x, const T *z, T *y, ptrdiff_t C,
+                                   ptrdiff_t r0, ptrdiff_t r1, const R *coef,
+                                   int relu, int hasz)
+{
+    const R *mh = coef, *ml = coef + C, *a = coef + 2 * C, *b = coef + 3 * C;
+    __m256 zero = _mm256_setzero_ps(), t;
+    ptrdiff_t r, c;
+    for (r = r0; r < r1; r++) {
+        const T *xr = x + r * C, *zr = hasz ? z + r * C : NULL;
+        T *yr = y + r * C;
+        for (c = 0; c + 8 <= C; c += 8) {
+            t = _mm256_sub_ps(_mm256_sub_ps(NAME(load8)(xr + c), _mm256_loadu_ps(mh + c)),
+                              _mm256_loadu_ps(ml + c));
+            t = _mm256_add_ps(_mm256_mul_ps(t, _mm256_loadu_ps(a + c)), _mm256_loadu_ps(b + c));
+            if (hasz)
+                t = _mm256_add_ps(t, NAME(load8)(zr + c));
+            if (relu)
+                t = _mm256_max_ps(zero, t);
+            NAME(store8)(yr + c, t);
+        }
+        for (; c < C; c++) {
+            R u = ((FBN_LD(xr[c]) - mh[c]) - ml[c]) * a[c] + b[c];
+            if (hasz)
+                u += FBN_LD(zr[c]);
+            if (relu)
+                u = u < (R)0 ? (R)0 : u;
+            yr[c] = FBN_ST(u);
+        }
+    }
+}
+#endif
+
+#if FBN_HALF && FBN_F16C
+/* The half kernels' rows in registers, flags made constants. */
 static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
                            ptrdiff_t r0, ptrdiff_t r1, const R *coef, int relu)
 {
@@ -601,7 +638,7 @@ static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
             NAME(rows_regs)(x, z, y, C, r0, r1, coef, 0, 0);
     }
 }
-#else
+#elif FBN_HALF
 /* Groups of rows widened into L1 tiles, the float kernel's rows_any, and
  * rounded once.  Rows longer than a tile go by slices of FBN_TILE
  * channels, each slice's constants copied out once. */
