@@ -452,6 +452,49 @@ static inline void NAME(brows_regs)(const T *dy, const T *x, const T *y, T *dx,
 #undef FBN_BROW16
 }
 
+#elif FBN_F16C == 256
+/* AVX2: the same, 8 channels at a time, the last C % 8 one by one in the
+ * float kernel's expression. */
+static inline void NAME(brows_regs)(const T *dy, const T *x, const T *y, T *dx,
+                                    T *dz, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
+                                    const R *k, int mask, int training, int hasdz)
+{
+    const R *m = k, *A = k + C, *B = k + 2 * C, *D = k + 3 * C;
+    __m256 zero = _mm256_setzero_ps();
+    ptrdiff_t r, c;
+    for (r = r0; r < r1; r++) {
+        const T *dr = dy + r * C, *xr = x + r * C, *yr = mask ? y + r * C : NULL;
+        T *dxr = dx + r * C, *dzr = hasdz ? dz + r * C : NULL;
+        for (c = 0; c + 8 <= C; c += 8) {
+            __m256 g = NAME(load8)(dr + c), v;
+            if (mask)
+                g = _mm256_and_ps(_mm256_cmp_ps(NAME(load8)(yr + c), zero, _CMP_GT_OQ), g);
+            if (hasdz)
+                NAME(store8)(dzr + c, g);
+            v = _mm256_mul_ps(_mm256_loadu_ps(A + c), g);
+            if (training)
+                v = _mm256_add_ps(v, _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(B + c),
+                        _mm256_sub_ps(NAME(load8)(xr + c), _mm256_loadu_ps(m + c))),
+                        _mm256_loadu_ps(D + c)));
+            NAME(store8)(dxr + c, v);
+        }
+        for (; c < C; c++) {
+            float g = FBN_LD(dr[c]), v;
+            if (mask && !(FBN_LD(yr[c]) > 0.0f))
+                g = 0.0f;
+            if (hasdz)
+                dzr[c] = FBN_ST(g);
+            v = A[c] * g;
+            if (training)
+                v += B[c] * (FBN_LD(xr[c]) - m[c]) + D[c];
+            dxr[c] = FBN_ST(v);
+        }
+    }
+}
+#endif
+
+#if FBN_HALF && FBN_F16C
+/* The half kernels' rows in registers, flags made constants. */
 static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx, T *dz,
                             ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1, const R *k,
                             int training)
@@ -474,7 +517,7 @@ static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx, T *dz,
         }
     }
 }
-#else
+#elif FBN_HALF
 /* Groups of rows widened into L1 tiles, the float kernel's brows_any, and
  * rounded once.  Rows longer than a tile go by slices of FBN_TILE
  * channels, each slice's constants copied out once. */

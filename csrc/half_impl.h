@@ -703,6 +703,89 @@ static inline void NAME(bapply_body)(const T *dy, const T *x, const T *y,
             NAME(storen)(dx + i, r, q);
     }
 }
+#elif FBN_F16C == 256
+/* AVX2: the backward's reductions in registers as at AVX-512, 8 values
+ * widened at once into two double vectors of 4 lanes, the lanes in the
+ * float kernel's order (bsum_plain: 16 lanes, the last n % 16 values in
+ * the scalar lane). */
+static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
+                            double m, double *s0, double *s1)
+{
+    __m256d a[4], b[4], mv = _mm256_set1_pd(m);
+    __m256 zero = _mm256_setzero_ps();
+    double t0 = s0[FBN_LANES], t1 = s1[FBN_LANES];
+    ptrdiff_t i = 0;
+    int k;
+    for (k = 0; k < 4; k++) {
+        a[k] = _mm256_loadu_pd(s0 + 4 * k);
+        b[k] = _mm256_loadu_pd(s1 + 4 * k);
+    }
+    for (; i + 16 <= n; i += 16)
+        for (k = 0; k < 2; k++) {
+            __m256 g = NAME(load8)(dy + i + 8 * k), v = NAME(load8)(x + i + 8 * k);
+            __m256d glo, ghi;
+            if (y)
+                g = _mm256_and_ps(_mm256_cmp_ps(NAME(load8)(y + i + 8 * k), zero, _CMP_GT_OQ), g);
+            glo = _mm256_cvtps_pd(_mm256_castps256_ps128(g));
+            ghi = _mm256_cvtps_pd(_mm256_extractf128_ps(g, 1));
+            a[2 * k] = _mm256_add_pd(a[2 * k], glo);
+            a[2 * k + 1] = _mm256_add_pd(a[2 * k + 1], ghi);
+            b[2 * k] = _mm256_add_pd(b[2 * k], _mm256_mul_pd(glo, _mm256_sub_pd(
+                           _mm256_cvtps_pd(_mm256_castps256_ps128(v)), mv)));
+            b[2 * k + 1] = _mm256_add_pd(b[2 * k + 1], _mm256_mul_pd(ghi, _mm256_sub_pd(
+                               _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), mv)));
+        }
+    for (; i < n; i++) {
+        float gf = FBN_LD(dy[i]);
+        double gk;
+        if (y && !(FBN_LD(y[i]) > 0.0f))
+            gf = 0.0f;
+        gk = (double)gf;
+        t0 += gk;
+        t1 += gk * ((double)FBN_LD(x[i]) - m);
+    }
+    for (k = 0; k < 4; k++) {
+        _mm256_storeu_pd(s0 + 4 * k, a[k]);
+        _mm256_storeu_pd(s1 + 4 * k, b[k]);
+    }
+    s0[FBN_LANES] = t0;
+    s1[FBN_LANES] = t1;
+}
+
+/* dx (and dz) of n values of one channel, the float kernel's bapply_body
+ * in registers, 8 at a time, the last n % 8 one by one in its expression;
+ * dx may equal dy. */
+static inline void NAME(bapply_body)(const T *dy, const T *x, const T *y,
+                                     T *dx, T *dz, ptrdiff_t n, R m, R A, R B,
+                                     R D, int mask, int training, int hasdz)
+{
+    __m256 vm = _mm256_set1_ps(m), va = _mm256_set1_ps(A), vb = _mm256_set1_ps(B);
+    __m256 vd = _mm256_set1_ps(D), zero = _mm256_setzero_ps();
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = NAME(load8)(dy + i), r;
+        if (mask)
+            g = _mm256_and_ps(_mm256_cmp_ps(NAME(load8)(y + i), zero, _CMP_GT_OQ), g);
+        if (hasdz)
+            NAME(store8)(dz + i, g);
+        r = _mm256_mul_ps(va, g);
+        if (training)
+            r = _mm256_add_ps(r, _mm256_add_ps(_mm256_mul_ps(vb, _mm256_sub_ps(
+                    NAME(load8)(x + i), vm)), vd));
+        NAME(store8)(dx + i, r);
+    }
+    for (; i < n; i++) {
+        float g = FBN_LD(dy[i]), r;
+        if (mask && !(FBN_LD(y[i]) > 0.0f))
+            g = 0.0f;
+        if (hasdz)
+            dz[i] = FBN_ST(g);
+        r = A * g;
+        if (training)
+            r += B * (FBN_LD(x[i]) - m) + D;
+        dx[i] = FBN_ST(r);
+    }
+}
 #else
 /* The backward's reductions of n values (dy' = dy where y > 0 when y is
  * given): the float kernel's bsum_body, tile by tile. */
