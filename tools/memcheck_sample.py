@@ -11,7 +11,8 @@ from fastbn import _kernels
 rng = np.random.default_rng(0)
 CASES = [((3, 5, 7), 1), ((17, 3), 1), ((2, 3, 4, 5), -1), ((9, 1), 1),
          ((4, 2, 3, 1), 2), ((5, 70, 3), 1), ((130, 5, 33), 1), ((600, 9), -1),
-         ((70, 20), 1), ((40, 150), 1)]  # (channel-last strips; long rows)
+         ((70, 20), 1), ((40, 150), 1),  # (channel-last strips; long rows)
+         ((3, 1100), 1), ((2, 2, 1500), 1)]  # (rows over a tile; long runs)
 
 # the default plans, then every plan forced on these small arrays: the pool
 # (no serial cut-off), fused tiles, two-phase tiles of one chunk, and
