@@ -268,7 +268,30 @@ static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
                             double *s0, double *s1)
 {
     ptrdiff_t n = (r1 - r0) * C, t;
-    float *w = (float *)malloc(sizeof(float) * 3 * (size_t)(n > 0 ? n : 1));
+    float *w;
+    if ((size_t)C * sizeof(float) > FBN_STRIP_MAX_ROW) {
+        /* long rows: the float kernel sums them row by row
+         * (bsum_long_rows), so one row at a time is widened (a whole
+         * block of widened rows is megabytes, beyond L2) */
+        ptrdiff_t r, c;
+        w = (float *)malloc(sizeof(float) * 3 * (size_t)C);
+        if (w == NULL) {
+            FBN_GENERIC(bsum_rows)(dy, x, y, C, r0, r1, m, s0, s1);
+            return;
+        }
+        for (c = 0; c < C; c++)
+            s0[c] = s1[c] = 0.0;
+        for (r = r0; r < r1; r++) {
+            NAME(widen)(dy + r * C, w, C);
+            NAME(widen)(x + r * C, w + C, C);
+            if (y)
+                NAME(widen)(y + r * C, w + 2 * C, C);
+            FBN_F32(bsum_long_rows)(w, w + C, y ? w + 2 * C : NULL, C, 0, 1, m, s0, s1);
+        }
+        free(w);
+        return;
+    }
+    w = (float *)malloc(sizeof(float) * 3 * (size_t)(n > 0 ? n : 1));
     if (w == NULL) {
         FBN_GENERIC(bsum_rows)(dy, x, y, C, r0, r1, m, s0, s1);
         return;
