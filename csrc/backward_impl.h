@@ -270,23 +270,29 @@ static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
     ptrdiff_t n = (r1 - r0) * C, t;
     float *w;
     if ((size_t)C * sizeof(float) > FBN_STRIP_MAX_ROW) {
-        /* long rows: the float kernel sums them row by row
-         * (bsum_long_rows), so one row at a time is widened (a whole
+        /* long rows: the float kernel sums each channel over the rows in
+         * order (bsum_long_rows), so the rows can be widened a slice of
+         * FBN_LONG_SLICE channels at a time, slice by slice over the
+         * block's rows: the slice's double sums stay in L1 (a whole
          * block of widened rows is megabytes, beyond L2) */
         ptrdiff_t r, c;
-        w = (float *)malloc(sizeof(float) * 3 * (size_t)C);
+        w = (float *)malloc(sizeof(float) * 3 * FBN_LONG_SLICE);
         if (w == NULL) {
             FBN_GENERIC(bsum_rows)(dy, x, y, C, r0, r1, m, s0, s1);
             return;
         }
         for (c = 0; c < C; c++)
             s0[c] = s1[c] = 0.0;
-        for (r = r0; r < r1; r++) {
-            NAME(widen)(dy + r * C, w, C);
-            NAME(widen)(x + r * C, w + C, C);
-            if (y)
-                NAME(widen)(y + r * C, w + 2 * C, C);
-            FBN_F32(bsum_long_rows)(w, w + C, y ? w + 2 * C : NULL, C, 0, 1, m, s0, s1);
+        for (c = 0; c < C; c += FBN_LONG_SLICE) {
+            ptrdiff_t len = fbn_min(FBN_LONG_SLICE, C - c);
+            for (r = r0; r < r1; r++) {
+                NAME(widen)(dy + r * C + c, w, len);
+                NAME(widen)(x + r * C + c, w + len, len);
+                if (y)
+                    NAME(widen)(y + r * C + c, w + 2 * len, len);
+                FBN_F32(bsum_long_rows)(w, w + len, y ? w + 2 * len : NULL, len, 0, 1,
+                                        m + c, s0 + c, s1 + c);
+            }
         }
         free(w);
         return;

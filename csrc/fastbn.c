@@ -94,6 +94,10 @@
 /* Channel-last rows longer than this many bytes are reduced in tiles of
  * FBN_ROW_TILE rows (see block_moments). */
 #define FBN_STRIP_MAX_ROW 512
+/* The half types' backward sums rows longer than that slice by slice of
+ * this many channels, each slice over all the block's rows (its double
+ * sums stay in L1; float32 rows, not widened, stream faster row by row). */
+#define FBN_LONG_SLICE 512
 #define FBN_ROW_TILE 8
 /* GCC and clang vector extensions (see kernels_impl.h); other compilers
  * run the same arithmetic as scalar loops. */
