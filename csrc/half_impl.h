@@ -624,6 +624,24 @@ static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
 }
 #endif
 
+#if FBN_F16C
+/* The backward's reductions, values [i, n) in the scalar lane (t0, t1),
+ * as bsum_plain adds its last n % 16 values. */
+static inline void NAME(bsum_tail)(const T *dy, const T *x, const T *y, ptrdiff_t i,
+                                   ptrdiff_t n, double m, double *t0, double *t1)
+{
+    for (; i < n; i++) {
+        float gf = FBN_LD(dy[i]);
+        double gk;
+        if (y && !(FBN_LD(y[i]) > 0.0f))
+            gf = 0.0f;
+        gk = (double)gf;
+        *t0 += gk;
+        *t1 += gk * ((double)FBN_LD(x[i]) - m);
+    }
+}
+#endif
+
 #if FBN_F16C == 512
 /* AVX-512: the backward's arithmetic in registers, as the forward's: 16
  * values widened at once, the mask a compare (y > 0, false for NaN, so
@@ -654,15 +672,7 @@ static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
         b1 = _mm512_add_pd(b1, _mm512_mul_pd(gb, _mm512_sub_pd(
                  _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)), mv)));
     }
-    for (; i < n; i++) {
-        float gf = FBN_LD(dy[i]);
-        double gk;
-        if (y && !(FBN_LD(y[i]) > 0.0f))
-            gf = 0.0f;
-        gk = (double)gf;
-        t0 += gk;
-        t1 += gk * ((double)FBN_LD(x[i]) - m);
-    }
+    NAME(bsum_tail)(dy, x, y, i, n, m, &t0, &t1);
     _mm512_storeu_pd(s0, a0);
     _mm512_storeu_pd(s0 + 8, b0);
     _mm512_storeu_pd(s1, a1);
@@ -735,15 +745,7 @@ static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
             b[2 * k + 1] = _mm256_add_pd(b[2 * k + 1], _mm256_mul_pd(ghi, _mm256_sub_pd(
                                _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), mv)));
         }
-    for (; i < n; i++) {
-        float gf = FBN_LD(dy[i]);
-        double gk;
-        if (y && !(FBN_LD(y[i]) > 0.0f))
-            gf = 0.0f;
-        gk = (double)gf;
-        t0 += gk;
-        t1 += gk * ((double)FBN_LD(x[i]) - m);
-    }
+    NAME(bsum_tail)(dy, x, y, i, n, m, &t0, &t1);
     for (k = 0; k < 4; k++) {
         _mm256_storeu_pd(s0 + 4 * k, a[k]);
         _mm256_storeu_pd(s1 + 4 * k, b[k]);

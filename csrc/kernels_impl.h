@@ -32,6 +32,22 @@
  * mean that float cannot hold, so large offsets cancel exactly),
  * a = gamma * invstd and b = beta.
  */
+#ifndef FBN_RELU_Z
+/* f(args..., relu, hasz) with the two flags made constants, so that each
+ * instance of an inline body is a simple loop */
+#define FBN_RELU_Z(f, relu, hasz, ...)                                          \
+    do {                                                                       \
+        if (relu) {                                                            \
+            if (hasz)                                                          \
+                f(__VA_ARGS__, 1, 1);                                          \
+            else                                                               \
+                f(__VA_ARGS__, 1, 0);                                          \
+        } else if (hasz)                                                       \
+            f(__VA_ARGS__, 0, 1);                                              \
+        else                                                                   \
+            f(__VA_ARGS__, 0, 0);                                              \
+    } while (0)
+#endif
 #define FBN_CAT_(a, b, c) a##_##b##_##c
 #define FBN_CAT(a, b, c) FBN_CAT_(a, b, c)
 #define NAME(f) FBN_CAT(f, SFX, FBN_ISA)
@@ -379,17 +395,7 @@ static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
 static void NAME(apply_any)(const T *x, const T *z, T *y, ptrdiff_t n, R mh,
                             R ml, R a, R b, int relu)
 {
-    if (relu) {
-        if (z)
-            NAME(apply_body)(x, z, y, n, mh, ml, a, b, 1, 1);
-        else
-            NAME(apply_body)(x, z, y, n, mh, ml, a, b, 1, 0);
-    } else {
-        if (z)
-            NAME(apply_body)(x, z, y, n, mh, ml, a, b, 0, 1);
-        else
-            NAME(apply_body)(x, z, y, n, mh, ml, a, b, 0, 0);
-    }
+    FBN_RELU_Z(NAME(apply_body), relu, z != NULL, x, z, y, n, mh, ml, a, b);
 }
 
 #if FBN_HALF && FBN_F16C == 512
@@ -401,17 +407,7 @@ static void NAME(apply_any)(const T *x, const T *z, T *y, ptrdiff_t n, R mh,
 static void NAME(apply_any_nt)(const T *x, const T *z, T *y, ptrdiff_t n, R mh,
                                R ml, R a, R b, int relu)
 {
-    if (relu) {
-        if (z)
-            NAME(apply_nt_body)(x, z, y, n, mh, ml, a, b, 1, 1);
-        else
-            NAME(apply_nt_body)(x, z, y, n, mh, ml, a, b, 1, 0);
-    } else {
-        if (z)
-            NAME(apply_nt_body)(x, z, y, n, mh, ml, a, b, 0, 1);
-        else
-            NAME(apply_nt_body)(x, z, y, n, mh, ml, a, b, 0, 0);
-    }
+    FBN_RELU_Z(NAME(apply_nt_body), relu, z != NULL, x, z, y, n, mh, ml, a, b);
 }
 #else
 #undef FBN_NT_LINES
@@ -535,17 +531,7 @@ static inline void NAME(rows_body)(const T *x, const T *z, T *y, ptrdiff_t C,
 static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
                            ptrdiff_t r0, ptrdiff_t r1, const R *coef, int relu)
 {
-    if (relu) {
-        if (z)
-            NAME(rows_body)(x, z, y, C, r0, r1, coef, 1, 1);
-        else
-            NAME(rows_body)(x, z, y, C, r0, r1, coef, 1, 0);
-    } else {
-        if (z)
-            NAME(rows_body)(x, z, y, C, r0, r1, coef, 0, 1);
-        else
-            NAME(rows_body)(x, z, y, C, r0, r1, coef, 0, 0);
-    }
+    FBN_RELU_Z(NAME(rows_body), relu, z != NULL, x, z, y, C, r0, r1, coef);
 }
 #elif FBN_F16C == 512
 /* AVX-512: the float kernel's rows_body in registers, 16 channels at a
@@ -626,17 +612,7 @@ static inline void NAME(rows_regs)(const T *x, const T *z, T *y, ptrdiff_t C,
 static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
                            ptrdiff_t r0, ptrdiff_t r1, const R *coef, int relu)
 {
-    if (relu) {
-        if (z)
-            NAME(rows_regs)(x, z, y, C, r0, r1, coef, 1, 1);
-        else
-            NAME(rows_regs)(x, z, y, C, r0, r1, coef, 1, 0);
-    } else {
-        if (z)
-            NAME(rows_regs)(x, z, y, C, r0, r1, coef, 0, 1);
-        else
-            NAME(rows_regs)(x, z, y, C, r0, r1, coef, 0, 0);
-    }
+    FBN_RELU_Z(NAME(rows_regs), relu, z != NULL, x, z, y, C, r0, r1, coef);
 }
 #elif FBN_HALF
 /* Groups of rows widened into L1 tiles, the float kernel's rows_any, and
