@@ -357,23 +357,8 @@ static void NAME(bcoef_one)(R *k, ptrdiff_t C, ptrdiff_t c, const R *mean,
 static void NAME(bapply_any)(const T *dy, const T *x, const T *y, T *dx, T *dz,
                              ptrdiff_t n, R m, R A, R B, R D, int training)
 {
-    if (training) {
-        if (y) {
-            if (dz) NAME(bapply_body)(dy, x, y, dx, dz, n, m, A, B, D, 1, 1, 1);
-            else    NAME(bapply_body)(dy, x, y, dx, dz, n, m, A, B, D, 1, 1, 0);
-        } else {
-            if (dz) NAME(bapply_body)(dy, x, y, dx, dz, n, m, A, B, D, 0, 1, 1);
-            else    NAME(bapply_body)(dy, x, y, dx, dz, n, m, A, B, D, 0, 1, 0);
-        }
-    } else {
-        if (y) {
-            if (dz) NAME(bapply_body)(dy, x, y, dx, dz, n, m, A, B, D, 1, 0, 1);
-            else    NAME(bapply_body)(dy, x, y, dx, dz, n, m, A, B, D, 1, 0, 0);
-        } else {
-            if (dz) NAME(bapply_body)(dy, x, y, dx, dz, n, m, A, B, D, 0, 0, 1);
-            else    NAME(bapply_body)(dy, x, y, dx, dz, n, m, A, B, D, 0, 0, 0);
-        }
-    }
+    FBN_MASK_TRAIN_DZ(NAME(bapply_body), y != NULL, training, dz != NULL,
+                      dy, x, y, dx, dz, n, m, A, B, D);
 }
 
 /* dx (and dz) for the flat values [s0, s1) of a channel-first array; with
@@ -528,23 +513,8 @@ static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx, T *dz,
                             ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1, const R *k,
                             int training)
 {
-    if (training) {
-        if (y) {
-            if (dz) NAME(brows_regs)(dy, x, y, dx, dz, C, r0, r1, k, 1, 1, 1);
-            else    NAME(brows_regs)(dy, x, y, dx, dz, C, r0, r1, k, 1, 1, 0);
-        } else {
-            if (dz) NAME(brows_regs)(dy, x, y, dx, dz, C, r0, r1, k, 0, 1, 1);
-            else    NAME(brows_regs)(dy, x, y, dx, dz, C, r0, r1, k, 0, 1, 0);
-        }
-    } else {
-        if (y) {
-            if (dz) NAME(brows_regs)(dy, x, y, dx, dz, C, r0, r1, k, 1, 0, 1);
-            else    NAME(brows_regs)(dy, x, y, dx, dz, C, r0, r1, k, 1, 0, 0);
-        } else {
-            if (dz) NAME(brows_regs)(dy, x, y, dx, dz, C, r0, r1, k, 0, 0, 1);
-            else    NAME(brows_regs)(dy, x, y, dx, dz, C, r0, r1, k, 0, 0, 0);
-        }
-    }
+    FBN_MASK_TRAIN_DZ(NAME(brows_regs), y != NULL, training, dz != NULL,
+                      dy, x, y, dx, dz, C, r0, r1, k);
 }
 #elif FBN_HALF
 /* Groups of rows widened into L1 tiles, the float kernel's brows_any, and
@@ -558,11 +528,10 @@ static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx, T *dz,
     ptrdiff_t g = FBN_TILE / C, r;
     if (g < 1) {
         float kc[4 * FBN_TILE];
-        ptrdiff_t c0, j;
+        ptrdiff_t c0;
         for (c0 = 0; c0 < C; c0 += FBN_TILE) {
             ptrdiff_t len = fbn_min(FBN_TILE, C - c0);
-            for (j = 0; j < 4; j++)
-                memcpy(kc + j * len, k + j * C + c0, sizeof(float) * (size_t)len);
+            fbn_coef_slice(k, C, c0, len, kc);
             for (r = r0; r < r1; r++) {
                 ptrdiff_t o = r * C + c0;
                 NAME(widen)(dy + o, wg, len);

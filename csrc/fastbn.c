@@ -385,6 +385,17 @@ static inline ptrdiff_t fbn_tile_len(const void *p, size_t sz, ptrdiff_t left)
 }
 
 static inline ptrdiff_t fbn_min(ptrdiff_t a, ptrdiff_t b) { return a < b ? a : b; }
+
+/* Channels [c0, c0 + len) of four per-channel float arrays laid end to end
+ * (k + j*C, j = 0..3) into kc, as four arrays of len: the constants of a
+ * slice of rows longer than an L1 tile (the half kernels' tile loops). */
+static inline void fbn_coef_slice(const float *k, ptrdiff_t C, ptrdiff_t c0,
+                                  ptrdiff_t len, float *kc)
+{
+    int j;
+    for (j = 0; j < 4; j++)
+        memcpy(kc + j * len, k + j * C + c0, sizeof(float) * (size_t)len);
+}
 static inline ptrdiff_t fbn_max(ptrdiff_t a, ptrdiff_t b) { return a > b ? a : b; }
 static inline ptrdiff_t fbn_cdiv(ptrdiff_t a, ptrdiff_t b) { return (a + b - 1) / b; }
 

@@ -47,6 +47,27 @@
         else                                                                   \
             f(__VA_ARGS__, 0, 0);                                              \
     } while (0)
+/* f(args..., mask, training, hasdz) with the three flags made constants
+ * (the backward's bodies) */
+#define FBN_MASK_TRAIN_DZ(f, mask, training, hasdz, ...)                         \
+    do {                                                                       \
+        if (training)                                                          \
+            FBN_MASK_DZ(f, mask, hasdz, 1, __VA_ARGS__);                       \
+        else                                                                   \
+            FBN_MASK_DZ(f, mask, hasdz, 0, __VA_ARGS__);                       \
+    } while (0)
+#define FBN_MASK_DZ(f, mask, hasdz, tr, ...)                                    \
+    do {                                                                       \
+        if (mask) {                                                            \
+            if (hasdz)                                                         \
+                f(__VA_ARGS__, 1, tr, 1);                                      \
+            else                                                               \
+                f(__VA_ARGS__, 1, tr, 0);                                      \
+        } else if (hasdz)                                                      \
+            f(__VA_ARGS__, 0, tr, 1);                                          \
+        else                                                                   \
+            f(__VA_ARGS__, 0, tr, 0);                                          \
+    } while (0)
 #endif
 #define FBN_CAT_(a, b, c) a##_##b##_##c
 #define FBN_CAT(a, b, c) FBN_CAT_(a, b, c)
@@ -625,11 +646,10 @@ static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
     ptrdiff_t k = FBN_TILE / C, r;
     if (k < 1) {
         float kc[4 * FBN_TILE];
-        ptrdiff_t c0, j;
+        ptrdiff_t c0;
         for (c0 = 0; c0 < C; c0 += FBN_TILE) {
             ptrdiff_t len = fbn_min(FBN_TILE, C - c0);
-            for (j = 0; j < 4; j++)
-                memcpy(kc + j * len, coef + j * C + c0, sizeof(float) * (size_t)len);
+            fbn_coef_slice(coef, C, c0, len, kc);
             for (r = r0; r < r1; r++) {
                 NAME(widen)(x + r * C + c0, w, len);
                 if (z)
