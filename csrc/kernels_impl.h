@@ -461,24 +461,38 @@ static void NAME(unfold_coef)(const fbn_plan *p, const R *coef, R *coefv)
 }
 
 #if FBN_NT_LINES
-/* apply_span's piece [q, e) of one run (tile from i, in buf; y[from, q)
- * still to be copied from buf): its whole lines straight to y, the partial
- * lines at its ends into buf.  Returns the new `from`. */
+/* The whole 64-byte lines [*l0, *l1) of y[q, e): nonzero when they are at
+ * least FBN_NT_DIRECT, for apply_span to write straight to y. */
+static inline int NAME(nt_lines)(const T *y, ptrdiff_t q, ptrdiff_t e, ptrdiff_t *l0,
+                                 ptrdiff_t *l1)
+{
+    *l0 = q + (ptrdiff_t)((((uintptr_t)0 - (uintptr_t)(y + q)) & 63) / sizeof(T));
+    *l1 = *l0 + (e - *l0) / FBN_LINE_VALUES * FBN_LINE_VALUES;
+    return !((uintptr_t)y & (sizeof(T) - 1)) && *l1 - *l0 >= FBN_NT_DIRECT * FBN_LINE_VALUES;
+}
+
+/* apply_span's piece [q, e) of one run, whose whole lines [l0, l1) go
+ * straight to y: the partial line before them into the tile (from i; then
+ * y[from, l0) streamed from it), the one after them into a new tile that
+ * starts at l1 (returned; pf: the whole lines a tile's worth at a time,
+ * each after prefetching the values pf elements beyond it). */
 static FBN_NOINLINE ptrdiff_t NAME(apply_piece_nt)(const T *x, const T *z, T *y, T *buf,
                                                    ptrdiff_t i, ptrdiff_t from, ptrdiff_t q,
-                                                   ptrdiff_t e, R mh, R ml, R a, R b, int relu)
+                                                   ptrdiff_t l0, ptrdiff_t l1, ptrdiff_t e,
+                                                   R mh, R ml, R a, R b, int relu,
+                                                   ptrdiff_t pf)
 {
-    /* [l0, l1): the whole lines of y[q, e) */
-    ptrdiff_t l0 = q + (ptrdiff_t)((((uintptr_t)0 - (uintptr_t)(y + q)) & 63) / sizeof(T));
-    ptrdiff_t l1 = l0 + (e - l0) / FBN_LINE_VALUES * FBN_LINE_VALUES;
-    if (((uintptr_t)y & (sizeof(T) - 1)) || l1 - l0 < FBN_NT_DIRECT * FBN_LINE_VALUES) {
-        NAME(apply_any)(x + q, z ? z + q : NULL, buf + (q - i), e - q, mh, ml, a, b, relu);
-        return from;
-    }
     NAME(apply_any)(x + q, z ? z + q : NULL, buf + (q - i), l0 - q, mh, ml, a, b, relu);
     NAME(stream)(y + from, buf + (from - i), (size_t)(l0 - from) * sizeof(T));
-    NAME(apply_any_nt)(x + l0, z ? z + l0 : NULL, y + l0, l1 - l0, mh, ml, a, b, relu);
-    NAME(apply_any)(x + l1, z ? z + l1 : NULL, buf + (l1 - i), e - l1, mh, ml, a, b, relu);
+    /* with pf, a tile's worth of lines at a time, as apply_span's tiles */
+    ptrdiff_t t, step = pf ? FBN_TILE : l1 - l0;
+    for (t = l0; t < l1; t += step) {
+        ptrdiff_t n = fbn_min(step, l1 - t);
+        if (pf)
+            fbn_prefetch(x + t + pf, (size_t)n * sizeof(T));
+        NAME(apply_any_nt)(x + t, z ? z + t : NULL, y + t, n, mh, ml, a, b, relu);
+    }
+    NAME(apply_any)(x + l1, z ? z + l1 : NULL, buf, e - l1, mh, ml, a, b, relu);
     return l1;
 }
 #endif
@@ -487,10 +501,11 @@ static FBN_NOINLINE ptrdiff_t NAME(apply_piece_nt)(const T *x, const T *z, T *y,
  * r of `inner` values has channel r % C).  With nt, y is written through
  * an L1 tile with non-temporal stores; tiles end on 64-byte boundaries of
  * y, so each line is written whole, however short the runs are.  Kernels
- * with FBN_NT_LINES write the whole lines of a run's piece (at least
- * FBN_NT_DIRECT of them) straight to y, and only the partial lines at its
- * ends through the tile.  pf != 0: piece by piece, the values pf elements
- * further on are prefetched. */
+ * with FBN_NT_LINES write the whole lines of a run's piece (from where it
+ * starts in a tile to the run's end: at least FBN_NT_DIRECT lines) straight
+ * to y, and only the partial lines at its ends through tiles.  pf != 0:
+ * tile by tile (and direct piece by piece), the values pf elements further
+ * on are prefetched. */
 static void NAME(apply_span)(const T *x, const T *z, T *y, ptrdiff_t C,
                              ptrdiff_t inner, ptrdiff_t s0, ptrdiff_t s1,
                              const R *coef, int relu, int nt, ptrdiff_t pf)
@@ -509,9 +524,17 @@ static void NAME(apply_span)(const T *x, const T *z, T *y, ptrdiff_t C,
             R mh = coef[c], ml = coef[C + c], a = coef[2 * C + c], b = coef[3 * C + c];
             const T *zq = z ? z + q : NULL;
 #if FBN_NT_LINES
-            if (nt && len >= (FBN_NT_DIRECT + 1) * FBN_LINE_VALUES)
-                from = NAME(apply_piece_nt)(x, z, y, buf, i, from, q, q + len, mh, ml, a, b, relu);
-            else
+            ptrdiff_t l0, l1, e = fbn_min(rend, s1);
+            if (nt && e - q > FBN_NT_DIRECT * FBN_LINE_VALUES &&
+                NAME(nt_lines)(y, q, e, &l0, &l1)) {
+                /* through the run's end, then on in a new tile */
+                i = from = NAME(apply_piece_nt)(x, z, y, buf, i, from, q, l0, l1, e, mh, ml,
+                                                a, b, relu, pf);
+                end = i + fbn_tile_len(y + i, sizeof(T), s1 - i);
+                if (pf)
+                    fbn_prefetch(x + i + pf, (size_t)(end - i) * sizeof(T));
+                len = e - q;
+            } else
 #endif
             NAME(apply_any)(x + q, zq, nt ? buf + (q - i) : y + q, len, mh, ml, a, b, relu);
             q += len;
