@@ -283,6 +283,84 @@ static inline void NAME(ssd_acc)(const T *x, ptrdiff_t n, double m, double *acc)
     _mm512_storeu_ps(st + 16, u);
     _mm512_storeu_ps(st + 24, v);
 }
+#elif FBN_F16C == 256
+/* AVX2: the same, a step (16 lanes) as two vectors of 8. */
+static inline void NAME(sum_acc)(const T *x, ptrdiff_t n, double *acc)
+{
+    float *st = (float *)(acc + FBN_ACC);
+    __m256 p0 = _mm256_loadu_ps(st), p1 = _mm256_loadu_ps(st + 8);
+    __m256 q0 = _mm256_loadu_ps(st + 16), q1 = _mm256_loadu_ps(st + 24);
+    ptrdiff_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        p0 = _mm256_add_ps(p0, NAME(load8)(x + i));
+        p1 = _mm256_add_ps(p1, NAME(load8)(x + i + 8));
+        q0 = _mm256_add_ps(q0, NAME(load8)(x + i + 16));
+        q1 = _mm256_add_ps(q1, NAME(load8)(x + i + 24));
+    }
+    if (i + 16 <= n) {
+        p0 = _mm256_add_ps(p0, NAME(load8)(x + i));
+        p1 = _mm256_add_ps(p1, NAME(load8)(x + i + 8));
+        i += 16;
+    }
+    if (i < n) {
+        double t = acc[FBN_LANES];
+        for (; i < n; i++)
+            t += (double)FBN_LD(x[i]);
+        acc[FBN_LANES] = t;
+    }
+    _mm256_storeu_ps(st, p0);
+    _mm256_storeu_ps(st + 8, p1);
+    _mm256_storeu_ps(st + 16, q0);
+    _mm256_storeu_ps(st + 24, q1);
+}
+
+static inline void NAME(ssd_acc)(const T *x, ptrdiff_t n, double m, double *acc)
+{
+    float *st = (float *)(acc + 2 * FBN_ACC);
+    __m256 p0 = _mm256_loadu_ps(st), p1 = _mm256_loadu_ps(st + 8);
+    __m256 q0 = _mm256_loadu_ps(st + 16), q1 = _mm256_loadu_ps(st + 24);
+    __m256 u0 = _mm256_loadu_ps(st + 32), u1 = _mm256_loadu_ps(st + 40);
+    __m256 v0 = _mm256_loadu_ps(st + 48), v1 = _mm256_loadu_ps(st + 56);
+    float mf = (float)m;
+    __m256 mv = _mm256_set1_ps(mf), d;
+    ptrdiff_t i = 0;
+#define FBN_SSD8(s, w, j)                                                      \
+    do {                                                                       \
+        d = _mm256_sub_ps(NAME(load8)(x + i + (j)), mv);                       \
+        s = _mm256_add_ps(s, d);                                               \
+        w = _mm256_add_ps(w, _mm256_mul_ps(d, d));                             \
+    } while (0)
+    for (; i + 32 <= n; i += 32) {
+        FBN_SSD8(p0, u0, 0);
+        FBN_SSD8(p1, u1, 8);
+        FBN_SSD8(q0, v0, 16);
+        FBN_SSD8(q1, v1, 24);
+    }
+    if (i + 16 <= n) {
+        FBN_SSD8(p0, u0, 0);
+        FBN_SSD8(p1, u1, 8);
+        i += 16;
+    }
+#undef FBN_SSD8
+    if (i < n) {
+        double t = acc[FBN_LANES], tq = acc[FBN_ACC + FBN_LANES];
+        for (; i < n; i++) {
+            double dd = (double)(FBN_LD(x[i]) - mf);
+            t += dd;
+            tq += dd * dd;
+        }
+        acc[FBN_LANES] = t;
+        acc[FBN_ACC + FBN_LANES] = tq;
+    }
+    _mm256_storeu_ps(st, p0);
+    _mm256_storeu_ps(st + 8, p1);
+    _mm256_storeu_ps(st + 16, q0);
+    _mm256_storeu_ps(st + 24, q1);
+    _mm256_storeu_ps(st + 32, u0);
+    _mm256_storeu_ps(st + 40, u1);
+    _mm256_storeu_ps(st + 48, v0);
+    _mm256_storeu_ps(st + 56, v1);
+}
 #else
 /* The same operations in the same order, on pieces widened into L1 (a
  * multiple of two steps, so that the parity of a step is that of its
@@ -371,26 +449,92 @@ static inline int NAME(sums_held)(double q, double sd, double cnt)
     return q < 1e300 && (q >= 0x1p-100 * cnt || (q == 0.0 && sd == 0.0));
 }
 
-#if FBN_VEC
-typedef float NAME(v16) __attribute__((vector_size(4 * FBN_LANES)));
-#endif
-
 /* Rows per piece of the channel-last float sums: a float partial sum adds
  * at most FBN_HROWS / 2 values, as in the channel-first chunks. */
 #define FBN_HROWS 256
 
-/* The channel-last form: the moments of nr widened rows w (C channels,
- * row stride C), summed as above with the lanes across channels: even and
- * odd rows into two float partial sums per channel, added into double at
- * the end of each piece of FBN_HROWS rows; pass 2 about each channel's
- * pass-1 mean rounded to float, corrected by sum(d).  Short rows: strips
- * of FBN_LANES channels, their partial sums in registers over a piece;
- * long rows (whose stride would make a strip's rows collide in L1): row by
- * row across all channels, the partial sums in L1.  Each channel's values
- * arrive in row order either way, so the bits are the same.  sd: C
- * doubles, st: 5 C floats of scratch.  Returns 0, the results unset, when
- * the float sums did not hold for a channel. */
-static int NAME(block_moments_f)(const float *w, ptrdiff_t C, ptrdiff_t nr,
+#if FBN_VEC
+/* A strip's row of FBN_LANES channels as FBN_SV vectors of float: one of
+ * 16 at AVX-512, else two of 8 (GCC keeps a 64-byte vector that the
+ * instruction set lacks in memory). */
+#if FBN_F16C == 512
+#define FBN_SV 1
+#else
+#define FBN_SV 2
+#endif
+typedef float NAME(sv) __attribute__((vector_size(4 * FBN_LANES / FBN_SV)));
+
+/* The strip's row at x widened to float, in registers. */
+static inline void NAME(strip_ld)(const T *x, NAME(sv) *v)
+{
+#if FBN_F16C == 512
+    __m512 t = NAME(load16)(x);
+    memcpy(v, &t, sizeof t);
+#elif FBN_F16C == 256
+    __m256 t0 = NAME(load8)(x), t1 = NAME(load8)(x + 8);
+    memcpy(v, &t0, sizeof t0);
+    memcpy(v + 1, &t1, sizeof t1);
+#else
+    float t[FBN_LANES];
+    int k;
+    for (k = 0; k < FBN_LANES; k++)
+        t[k] = FBN_LD(x[k]);
+    memcpy(v, t, sizeof t);
+#endif
+}
+#endif
+
+/* One row of the long-row float sums, channel by channel: a[c] += x[c]
+ * (g NULL), or with d = x[c] - mf[c]: a[c] += d and g[c] += d*d. */
+static inline void NAME(row_sums)(const T *xr, ptrdiff_t C, const float *mf, float *a, float *g)
+{
+    ptrdiff_t c = 0;
+#if FBN_F16C == 512
+    if (g)
+        for (; c + 16 <= C; c += 16) {
+            __m512 d = _mm512_sub_ps(NAME(load16)(xr + c), _mm512_loadu_ps(mf + c));
+            _mm512_storeu_ps(a + c, _mm512_add_ps(_mm512_loadu_ps(a + c), d));
+            _mm512_storeu_ps(g + c, _mm512_add_ps(_mm512_loadu_ps(g + c), _mm512_mul_ps(d, d)));
+        }
+    else
+        for (; c + 16 <= C; c += 16)
+            _mm512_storeu_ps(a + c, _mm512_add_ps(_mm512_loadu_ps(a + c), NAME(load16)(xr + c)));
+#elif FBN_F16C == 256
+    if (g)
+        for (; c + 8 <= C; c += 8) {
+            __m256 d = _mm256_sub_ps(NAME(load8)(xr + c), _mm256_loadu_ps(mf + c));
+            _mm256_storeu_ps(a + c, _mm256_add_ps(_mm256_loadu_ps(a + c), d));
+            _mm256_storeu_ps(g + c, _mm256_add_ps(_mm256_loadu_ps(g + c), _mm256_mul_ps(d, d)));
+        }
+    else
+        for (; c + 8 <= C; c += 8)
+            _mm256_storeu_ps(a + c, _mm256_add_ps(_mm256_loadu_ps(a + c), NAME(load8)(xr + c)));
+#endif
+    if (g)
+        for (; c < C; c++) {
+            float d = FBN_LD(xr[c]) - mf[c];
+            a[c] += d;
+            g[c] += d * d;
+        }
+    else
+        for (; c < C; c++)
+            a[c] += FBN_LD(xr[c]);
+}
+
+/* The channel-last form: the moments of nr rows w (C channels, row
+ * stride C), widened in registers and summed as above with the lanes
+ * across channels: even and odd rows into two float partial sums per
+ * channel, added into double at the end of each piece of FBN_HROWS rows;
+ * pass 2 about each channel's pass-1 mean rounded to float, corrected by
+ * sum(d).  Short rows: strips of FBN_LANES channels, their partial sums in
+ * registers over a piece; long rows (whose stride would make a strip's
+ * rows collide in L1): row by row across all channels, the partial sums in
+ * L1 (row_sums; strips over tiles of FBN_ROW_TILE rows, as the float
+ * kernels sum, were 1.2-1.6x slower here).  Each channel's values arrive
+ * in row order either way, so the bits are the same.  sd: C doubles, st:
+ * 5 C floats of scratch.  Returns 0, the results unset, when the float
+ * sums did not hold for a channel. */
+static int NAME(block_moments_f)(const T *w, ptrdiff_t C, ptrdiff_t nr,
                                  double *mean, double *m2, double *sd, float *st)
 {
     int strips = (size_t)C * sizeof(float) <= FBN_STRIP_MAX_ROW;
@@ -408,45 +552,51 @@ static int NAME(block_moments_f)(const float *w, ptrdiff_t C, ptrdiff_t nr,
             if (strips) {
                 for (c0 = 0; c0 < C; c0 += FBN_LANES) {
                     int wd = (int)fbn_min(FBN_LANES, C - c0);
-                    const float *ws = w + c0;
+                    const T *ws = w + c0;
                     float a[FBN_LANES] = {0}, b[FBN_LANES] = {0}, g[FBN_LANES] = {0},
                           h[FBN_LANES] = {0}, m[FBN_LANES] = {0};
                     memcpy(m, mf + c0, sizeof(float) * (size_t)wd);
 #if FBN_VEC
                     if (wd == FBN_LANES) {
                         /* (explicit vectors: GCC left pass 1 scalar) */
-                        NAME(v16) va = {0}, vb = {0}, vg = {0}, vh = {0}, vm, x0, x1;
-                        memcpy(&vm, m, sizeof vm);
+                        NAME(sv) va[FBN_SV] = {0}, vb[FBN_SV] = {0}, vg[FBN_SV] = {0},
+                                 vh[FBN_SV] = {0}, vm[FBN_SV], x0[FBN_SV], x1[FBN_SV];
+                        int j;
+                        memcpy(vm, m, sizeof vm);
                         for (r = rr; r + 1 < re; r += 2) {
-                            memcpy(&x0, ws + r * C, sizeof x0);
-                            memcpy(&x1, ws + (r + 1) * C, sizeof x1);
-                            if (pass) {
-                                x0 -= vm;
-                                x1 -= vm;
-                                vg += x0 * x0;
-                                vh += x1 * x1;
+                            NAME(strip_ld)(ws + r * C, x0);
+                            NAME(strip_ld)(ws + (r + 1) * C, x1);
+                            for (j = 0; j < FBN_SV; j++) {
+                                if (pass) {
+                                    x0[j] -= vm[j];
+                                    x1[j] -= vm[j];
+                                    vg[j] += x0[j] * x0[j];
+                                    vh[j] += x1[j] * x1[j];
+                                }
+                                va[j] += x0[j];
+                                vb[j] += x1[j];
                             }
-                            va += x0;
-                            vb += x1;
                         }
                         if (r < re) {
-                            memcpy(&x0, ws + r * C, sizeof x0);
-                            if (pass) {
-                                x0 -= vm;
-                                vg += x0 * x0;
+                            NAME(strip_ld)(ws + r * C, x0);
+                            for (j = 0; j < FBN_SV; j++) {
+                                if (pass) {
+                                    x0[j] -= vm[j];
+                                    vg[j] += x0[j] * x0[j];
+                                }
+                                va[j] += x0[j];
                             }
-                            va += x0;
                         }
-                        memcpy(a, &va, sizeof a);
-                        memcpy(b, &vb, sizeof b);
-                        memcpy(g, &vg, sizeof g);
-                        memcpy(h, &vh, sizeof h);
+                        memcpy(a, va, sizeof a);
+                        memcpy(b, vb, sizeof b);
+                        memcpy(g, vg, sizeof g);
+                        memcpy(h, vh, sizeof h);
                     } else
 #endif
                     { /* the same, lane by lane (the last strip) */
                         for (r = rr; r + 1 < re; r += 2)
                             for (k = 0; k < wd; k++) {
-                                float d = ws[r * C + k], e = ws[(r + 1) * C + k];
+                                float d = FBN_LD(ws[r * C + k]), e = FBN_LD(ws[(r + 1) * C + k]);
                                 if (pass) {
                                     d -= m[k];
                                     e -= m[k];
@@ -458,7 +608,7 @@ static int NAME(block_moments_f)(const float *w, ptrdiff_t C, ptrdiff_t nr,
                             }
                         if (r < re)
                             for (k = 0; k < wd; k++) {
-                                float d = ws[r * C + k];
+                                float d = FBN_LD(ws[r * C + k]);
                                 if (pass) {
                                     d -= m[k];
                                     g[k] += d * d;
@@ -472,19 +622,9 @@ static int NAME(block_moments_f)(const float *w, ptrdiff_t C, ptrdiff_t nr,
                     memcpy(v + c0, h, sizeof(float) * (size_t)wd);
                 }
             } else {
-                for (r = rr; r < re; r++) {
-                    const float *wr = w + r * C;
-                    float *a = (r - rr) & 1 ? q : p, *g = (r - rr) & 1 ? v : u;
-                    if (pass == 0)
-                        for (c = 0; c < C; c++)
-                            a[c] += wr[c];
-                    else
-                        for (c = 0; c < C; c++) {
-                            float d = wr[c] - mf[c];
-                            a[c] += d;
-                            g[c] += d * d;
-                        }
-                }
+                for (r = rr; r < re; r++)
+                    NAME(row_sums)(w + r * C, C, mf, (r - rr) & 1 ? q : p,
+                                   pass == 0 ? NULL : (r - rr) & 1 ? v : u);
             }
             /* the end of a piece */
             for (c = 0; c < C; c++) {

@@ -362,32 +362,35 @@ static void FBN_GENERIC(block_moments)(const T *x, ptrdiff_t C, ptrdiff_t r0,
 }
 
 #if FBN_HALF
-/* Rows [r0, r1) widened into one buffer, then their moments summed in
- * float (block_moments_f, half_impl.h), or, where the float sums did not
- * hold for some channel, the float kernel's block_moments (its sums run
- * over the block's rows in the same order). */
+/* Rows [r0, r1): their moments summed in float (block_moments_f,
+ * half_impl.h), or, where the float sums did not hold for some channel,
+ * the float kernel's block_moments on the rows widened (its sums run over
+ * the block's rows in the same order). */
 static void NAME(block_moments)(const T *x, ptrdiff_t C, ptrdiff_t r0,
                                 ptrdiff_t r1, double *mean, double *m2)
 {
-    ptrdiff_t n = (r1 - r0) * C;
-    /* C doubles, then 5 C floats of float sums, then the rows */
-    double *sd = (double *)malloc(sizeof(double) * (size_t)C +
-                                  sizeof(float) * (size_t)(5 * C + (n > 0 ? n : 1)));
-    float *st, *w;
+    ptrdiff_t n = (r1 - r0) * C, t;
+    /* C doubles, then 5 C floats of float sums */
+    double *sd = (double *)malloc(sizeof(double) * (size_t)C + sizeof(float) * (size_t)(5 * C));
+    float *w;
+    int held;
     if (sd == NULL) {
         FBN_GENERIC(block_moments)(x, C, r0, r1, mean, m2);
         return;
     }
-    st = (float *)(sd + C);
-    w = st + 5 * C;
-    {
-        ptrdiff_t t;
-        for (t = 0; t < n; t += FBN_TILE)
-            NAME(widen)(x + r0 * C + t, w + t, fbn_min(FBN_TILE, n - t));
-    }
-    if (!NAME(block_moments_f)(w, C, r1 - r0, mean, m2, sd, st))
-        FBN_F32(block_moments)(w, C, 0, r1 - r0, mean, m2);
+    held = NAME(block_moments_f)(x + r0 * C, C, r1 - r0, mean, m2, sd, (float *)(sd + C));
     free(sd);
+    if (held)
+        return;
+    w = (float *)malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+    if (w == NULL) {
+        FBN_GENERIC(block_moments)(x, C, r0, r1, mean, m2);
+        return;
+    }
+    for (t = 0; t < n; t += FBN_TILE)
+        NAME(widen)(x + r0 * C + t, w + t, fbn_min(FBN_TILE, n - t));
+    FBN_F32(block_moments)(w, C, 0, r1 - r0, mean, m2);
+    free(w);
 }
 #endif
 
