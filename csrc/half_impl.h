@@ -119,24 +119,47 @@ static inline __m256 NAME(load8)(const T *x)
 #endif
 }
 
+#if FBN_HALF == 2
+/* bfloat16: 8 floats rounded once (fbn_f32_to_bf16 lane by lane), each to
+ * the low 16 bits of its 32-bit lane. */
+static inline __m256i NAME(round8)(__m256 t)
+{
+    __m256i u = _mm256_castps_si256(t), hi = _mm256_srli_epi32(u, 16);
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)),
+                                                   _mm256_and_si256(hi, _mm256_set1_epi32(1))), 16);
+    __m256 nan = _mm256_cmp_ps(t, t, _CMP_UNORD_Q);
+    return _mm256_blendv_epi8(r, _mm256_or_si256(hi, _mm256_set1_epi32(0x40)),
+                              _mm256_castps_si256(nan));
+}
+
+/* 16 values as two vectors of 8 floats in the order of the 16-bit unpacks
+ * within 128-bit lanes (a: values 0-3 and 8-11, b: 4-7 and 12-15): one
+ * unpack per 8 to widen, one pack per 16 to narrow, for elementwise loops
+ * with one set of constants. */
+static inline void NAME(load16u)(const T *x, __m256 *a, __m256 *b)
+{
+    __m256i h = _mm256_loadu_si256((const __m256i *)x), zero = _mm256_setzero_si256();
+    *a = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, h));
+    *b = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, h));
+}
+
+static inline void NAME(store16u)(T *y, __m256 a, __m256 b)
+{
+    _mm256_storeu_si256((__m256i *)y, _mm256_packus_epi32(NAME(round8)(a), NAME(round8)(b)));
+}
+#endif
+
 /* 8 floats rounded once to the half type (float16: VCVTPS2PH, bitwise
- * fbn_f32_to_f16; bfloat16: fbn_f32_to_bf16 lane by lane). */
+ * fbn_f32_to_f16; bfloat16: round8). */
 static inline void NAME(store8)(T *y, __m256 t)
 {
 #if FBN_HALF == 1
     __m128i h = _mm256_cvtps_ph(t, _MM_FROUND_TO_NEAREST_INT);
 #else
-    __m256i u = _mm256_castps_si256(t), hi = _mm256_srli_epi32(u, 16);
-    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)),
-                                                   _mm256_and_si256(hi, _mm256_set1_epi32(1))), 16);
-    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
-                                     _mm256_set1_epi32(0x7f800000));
-    __m128i h;
-    r = _mm256_blendv_epi8(r, _mm256_or_si256(hi, _mm256_set1_epi32(0x40)), nan);
     /* 8 values < 2^16: packed to 16 bits within each 128-bit half, the
      * halves' low quadwords then brought together */
-    r = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
-    h = _mm256_castsi256_si128(r);
+    __m256i r = NAME(round8)(t);
+    __m128i h = _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08));
 #endif
     _mm_storeu_si128((__m128i *)y, h);
 }
@@ -745,15 +768,31 @@ static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
     __m256 vmh = _mm256_set1_ps(mh), vml = _mm256_set1_ps(ml), t;
     __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b), zero = _mm256_setzero_ps();
     ptrdiff_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        t = _mm256_sub_ps(_mm256_sub_ps(NAME(load8)(x + i), vmh), vml);
-        t = _mm256_add_ps(_mm256_mul_ps(t, va), vb);
+#define FBN_TFORM8(t, v, zv)                                                   \
+    do {                                                                       \
+        t = _mm256_sub_ps(_mm256_sub_ps((v), vmh), vml);                       \
+        t = _mm256_add_ps(_mm256_mul_ps(t, va), vb);                           \
+        if (hasz)                                                              \
+            t = _mm256_add_ps(t, (zv));                                        \
+        if (relu)                                                              \
+            t = _mm256_max_ps(zero, t);                                        \
+    } while (0)
+#if FBN_HALF == 2
+    for (; i + 16 <= n; i += 16) { /* (in the unpacks' order: one set of constants) */
+        __m256 x0, x1, z0 = zero, z1 = zero, u;
+        NAME(load16u)(x + i, &x0, &x1);
         if (hasz)
-            t = _mm256_add_ps(t, NAME(load8)(z + i));
-        if (relu)
-            t = _mm256_max_ps(zero, t);
+            NAME(load16u)(z + i, &z0, &z1);
+        FBN_TFORM8(t, x0, z0);
+        FBN_TFORM8(u, x1, z1);
+        NAME(store16u)(y + i, t, u);
+    }
+#endif
+    for (; i + 8 <= n; i += 8) {
+        FBN_TFORM8(t, NAME(load8)(x + i), NAME(load8)(z + i));
         NAME(store8)(y + i, t);
     }
+#undef FBN_TFORM8
     for (; i < n; i++) {
         R u = ((FBN_LD(x[i]) - mh) - ml) * a + b;
         if (hasz)
