@@ -738,15 +738,19 @@ static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
 
 /* The same, written straight to memory with non-temporal stores, a 64-byte
  * line (32 values) per store: y 64-byte aligned, n a multiple of 32
- * (apply_span's whole lines). */
+ * (apply_span's whole lines); pf != 0: line by line, the line of x pf
+ * values further on prefetched. */
 static inline void NAME(apply_nt_body)(const T *x, const T *z, T *y, ptrdiff_t n,
-                                       R mh, R ml, R a, R b, int relu, int hasz)
+                                       R mh, R ml, R a, R b, ptrdiff_t pf, int relu,
+                                       int hasz)
 {
     __m512 vmh = _mm512_set1_ps(mh), vml = _mm512_set1_ps(ml), t, u;
     __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), zero = _mm512_setzero_ps();
     ptrdiff_t i;
 #define FBN_LINE_NT(hasml)                                                     \
     for (i = 0; i < n; i += 32) {                                              \
+        if (pf)                                                                \
+            fbn_prefetch(x + i, (size_t)pf * sizeof(T), 1);                    \
         FBN_TFORM16(t, NAME(load16)(x + i), NAME(load16)(z + i), hasml);      \
         FBN_TFORM16(u, NAME(load16)(x + i + 16), NAME(load16)(z + i + 16), hasml); \
         _mm512_stream_si512((void *)(y + i), NAME(narrow32)(t, u));           \

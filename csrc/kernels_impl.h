@@ -429,9 +429,9 @@ static void NAME(apply_any)(const T *x, const T *z, T *y, ptrdiff_t n, R mh,
 #define FBN_NT_LINES 1
 #define FBN_LINE_VALUES ((ptrdiff_t)(64 / sizeof(T)))
 static void NAME(apply_any_nt)(const T *x, const T *z, T *y, ptrdiff_t n, R mh,
-                               R ml, R a, R b, int relu)
+                               R ml, R a, R b, int relu, ptrdiff_t pf)
 {
-    FBN_RELU_Z(NAME(apply_nt_body), relu, z != NULL, x, z, y, n, mh, ml, a, b);
+    FBN_RELU_Z(NAME(apply_nt_body), relu, z != NULL, x, z, y, n, mh, ml, a, b, pf);
 }
 #else
 #undef FBN_NT_LINES
@@ -477,8 +477,8 @@ static inline int NAME(nt_lines)(const T *y, ptrdiff_t q, ptrdiff_t e, ptrdiff_t
 /* apply_span's piece [q, e) of one run, whose whole lines [l0, l1) go
  * straight to y: the partial line before them into the tile (from i; then
  * y[from, l0) streamed from it), the one after them into a new tile that
- * starts at l1 (returned; pf: the whole lines a tile's worth at a time,
- * each after prefetching the values pf elements beyond it). */
+ * starts at l1 (returned; pf: line by line, the values pf elements
+ * further on prefetched). */
 static FBN_NOINLINE ptrdiff_t NAME(apply_piece_nt)(const T *x, const T *z, T *y, T *buf,
                                                    ptrdiff_t i, ptrdiff_t from, ptrdiff_t q,
                                                    ptrdiff_t l0, ptrdiff_t l1, ptrdiff_t e,
@@ -487,14 +487,7 @@ static FBN_NOINLINE ptrdiff_t NAME(apply_piece_nt)(const T *x, const T *z, T *y,
 {
     NAME(apply_any)(x + q, z ? z + q : NULL, buf + (q - i), l0 - q, mh, ml, a, b, relu);
     NAME(stream)(y + from, buf + (from - i), (size_t)(l0 - from) * sizeof(T));
-    /* with pf, a tile's worth of lines at a time, as apply_span's tiles */
-    ptrdiff_t t, step = pf ? FBN_TILE : l1 - l0;
-    for (t = l0; t < l1; t += step) {
-        ptrdiff_t n = fbn_min(step, l1 - t);
-        if (pf)
-            fbn_prefetch(x + t + pf, (size_t)n * sizeof(T));
-        NAME(apply_any_nt)(x + t, z ? z + t : NULL, y + t, n, mh, ml, a, b, relu);
-    }
+    NAME(apply_any_nt)(x + l0, z ? z + l0 : NULL, y + l0, l1 - l0, mh, ml, a, b, relu, pf);
     NAME(apply_any)(x + l1, z ? z + l1 : NULL, buf, e - l1, mh, ml, a, b, relu);
     return l1;
 }
@@ -520,7 +513,7 @@ static void NAME(apply_span)(const T *x, const T *z, T *y, ptrdiff_t C,
                            : (pf ? fbn_min(i + FBN_TILE, s1) : s1);
         ptrdiff_t from = i; /* y[from, end) is still to be copied from buf */
         if (pf)
-            fbn_prefetch(x + i + pf, (size_t)(end - i) * sizeof(T));
+            fbn_prefetch(x + i, (size_t)pf * sizeof(T), (size_t)(end - i) * sizeof(T));
         ptrdiff_t q = i, r = i / inner, c = r % C, rend = (r + 1) * inner;
         while (q < end) { /* run r (channel c) ends at rend */
             ptrdiff_t len = fbn_min(rend, end) - q;
@@ -535,7 +528,7 @@ static void NAME(apply_span)(const T *x, const T *z, T *y, ptrdiff_t C,
                                                 a, b, relu, pf);
                 end = i + fbn_tile_len(y + i, sizeof(T), s1 - i);
                 if (pf)
-                    fbn_prefetch(x + i + pf, (size_t)(end - i) * sizeof(T));
+                    fbn_prefetch(x + i, (size_t)pf * sizeof(T), (size_t)(end - i) * sizeof(T));
                 len = e - q;
             } else
 #endif
@@ -838,7 +831,7 @@ static void NAME(item_apply)(void *arg, ptrdiff_t b)
     else
         NAME(apply_span)(f->x, f->z, f->y, p->C, p->inner, i0,
                          fbn_min(i0 + p->ab, p->ntot * p->C), f->coef, f->relu,
-                         p->nt, 0);
+                         p->nt, p->nt ? FBN_APF : 0);
 }
 
 /* The statistics phase: per-chunk (channel-first) or per-block
