@@ -83,10 +83,11 @@
 /* Values (channel-first) per block of the transform phase. */
 #define FBN_APPLY_VALUES 16384
 /* A streamed transform (inference, and training's second pass) prefetches
- * x this many values ahead of the tile it transforms: measured on the 2-core
- * Xeon, 2 threads, NCHW 14x14 to 112x112 planes: 0.79-0.98x the time for
- * every type, calls timed after a 10 ms pause alike (1 tile ahead: a
- * little less). */
+ * x this many values ahead of the tile (channel-last: the group of rows) it
+ * transforms: measured on the 2-core Xeon, 2 threads, NCHW 14x14 to
+ * 112x112 planes: 0.79-0.98x the time for every type, calls timed after a
+ * 10 ms pause alike (1 tile ahead: a little less); NHWC 0.88-0.97x.  (The
+ * backward's streamed pass, after its reduction pass, gained nothing.) */
 #define FBN_APF (2 * FBN_TILE)
 /* Work items wanted per thread, so that helpers that arrive late still
  * find work and every thread ends at about the same time. */

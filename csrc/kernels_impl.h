@@ -704,6 +704,7 @@ static void NAME(apply_rows)(const T *x, const T *z, T *y, ptrdiff_t C,
     }
     for (r = r0; r < r1; r += k) {
         ptrdiff_t nr = fbn_min(k, r1 - r);
+        fbn_prefetch(x + r * C, FBN_APF * sizeof(T), (size_t)(nr * C) * sizeof(T));
         NAME(rows_any)(x + r * C, z ? z + r * C : NULL, buf, C, 0, nr, coef, relu);
         NAME(stream)(y + r * C, buf, (size_t)(nr * C) * sizeof(T));
     }
