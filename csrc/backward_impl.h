@@ -271,18 +271,28 @@ static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
     float *w;
     if ((size_t)C * sizeof(float) > FBN_STRIP_MAX_ROW) {
         /* long rows: the float kernel sums each channel over the rows in
-         * order (bsum_long_rows), so the rows can be widened a slice of
+         * order (bsum_long_rows), so the rows can be taken a slice of
          * FBN_LONG_SLICE channels at a time, slice by slice over the
          * block's rows: the slice's double sums stay in L1 (a whole
-         * block of widened rows is megabytes, beyond L2) */
+         * block of widened rows is megabytes, beyond L2); with F16C each
+         * row's slice is widened in registers (bsum_row_regs), else into
+         * an L1 buffer for the float kernel's loop */
         ptrdiff_t r, c;
+        for (c = 0; c < C; c++)
+            s0[c] = s1[c] = 0.0;
+#if FBN_F16C
+        for (c = 0; c < C; c += FBN_LONG_SLICE) {
+            ptrdiff_t len = fbn_min(FBN_LONG_SLICE, C - c);
+            for (r = r0; r < r1; r++)
+                NAME(bsum_row_regs)(dy + r * C + c, x + r * C + c, y ? y + r * C + c : NULL,
+                                    len, m + c, s0 + c, s1 + c);
+        }
+#else
         w = (float *)malloc(sizeof(float) * 3 * FBN_LONG_SLICE);
         if (w == NULL) {
             FBN_GENERIC(bsum_rows)(dy, x, y, C, r0, r1, m, s0, s1);
             return;
         }
-        for (c = 0; c < C; c++)
-            s0[c] = s1[c] = 0.0;
         for (c = 0; c < C; c += FBN_LONG_SLICE) {
             ptrdiff_t len = fbn_min(FBN_LONG_SLICE, C - c);
             for (r = r0; r < r1; r++) {
@@ -295,6 +305,7 @@ static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
             }
         }
         free(w);
+#endif
         return;
     }
     w = (float *)malloc(sizeof(float) * 3 * (size_t)(n > 0 ? n : 1));

@@ -4,22 +4,25 @@
  *
  * The batch statistics are summed in float, not in double as the float
  * kernels sum them (see "statistics" below): about half the work, and
- * exact enough for half outputs.  The transform and the backward do the
- * float kernel's arithmetic: at AVX-512 (FBN_F16C == 512) in registers, 16
- * values (or channel-last: 16 channels) at a time, in the float kernel's
- * lane order (elementwise tails masked, reduction tails in the scalar
- * lane, as there), whole lines of long runs streamed straight from the
- * registers (apply_nt_body); elsewhere on L1 tiles of FBN_TILE values
- * (rows longer than a tile: slices of FBN_TILE channels) widened to float
- * (exactly), run through the float kernels' own loop (FBN_F32(f): the f32
- * instance for the same instruction set, compiled before this one), the
- * results rounded once back to the half type.  (The widen - float loop -
- * narrow passes through L1 cost the AVX-512 kernels 15-30 % of a
- * channel-last transform.)  So given the same statistics the results are
- * bitwise those of the float kernel on the widened data; and every result
- * is the same for every plan, thread count and instruction set.
- * (Conversions inside the float loops kept GCC from vectorising them; the
- * separate conversion loops vectorise.)
+ * exact enough for half outputs; at AVX-512 and AVX2 the half values are
+ * widened in registers as they are summed.  The transform and the backward
+ * do the float kernel's arithmetic: at AVX-512 (FBN_F16C == 512) and AVX2
+ * (FBN_F16C == 256) in registers, 16 or 8 values (or channel-last: 16 or 8
+ * channels) at a time, in the float kernel's lane order (elementwise tails
+ * masked or in the float kernel's own expression, reduction tails in the
+ * scalar lane, as there); at AVX-512 whole lines of long runs are streamed
+ * straight from the registers (apply_nt_body).  Without F16C (the portable
+ * level) they work on L1 tiles of FBN_TILE values (rows longer than a
+ * tile: slices of FBN_TILE channels) widened to float (exactly), run
+ * through the float kernels' own loop (FBN_F32(f): the f32 instance for
+ * the same instruction set, compiled before this one), the results rounded
+ * once back to the half type; the channel-last backward's reductions do so
+ * at every level.  (The widen - float loop - narrow passes through L1 cost
+ * the AVX-512 kernels 15-30 % of a channel-last transform.)  So given the
+ * same statistics the results are bitwise those of the float kernel on the
+ * widened data; and every result is the same for every plan, thread count
+ * and instruction set.  (Conversions inside the float loops kept GCC from
+ * vectorising them; the separate conversion loops vectorise.)
  */
 #undef FBN_F32
 #ifdef FBN_F32_ISA /* (an instance of the bfloat16 kernels alone) */
@@ -1027,6 +1030,65 @@ static inline void NAME(bapply_body)(const T *dy, const T *x, const T *y,
         if (hasdz)
             NAME(narrow)(wz, dz + t, len);
         NAME(narrow)(wg, dx + t, len);
+    }
+}
+#endif
+
+#if FBN_F16C
+/* A long row's slice of n channels (the channel-last backward's
+ * reductions): the float kernel's bsum_long_rows on the widened values,
+ * channel by channel (s0[c] += g, s1[c] += g * (x - m[c]) in double, g
+ * = +0 where y <= 0 or NaN when y is given), in registers. */
+static void NAME(bsum_row_regs)(const T *dy, const T *x, const T *y, ptrdiff_t n,
+                                const double *m, double *s0, double *s1)
+{
+    ptrdiff_t c = 0;
+#if FBN_F16C == 512
+    __m512 zero = _mm512_setzero_ps();
+#define FBN_BROW(gd, xd, o)                                                    \
+    do {                                                                       \
+        __m512d gk = (gd);                                                     \
+        _mm512_storeu_pd(s0 + (o), _mm512_add_pd(_mm512_loadu_pd(s0 + (o)), gk)); \
+        _mm512_storeu_pd(s1 + (o), _mm512_add_pd(_mm512_loadu_pd(s1 + (o)),      \
+            _mm512_mul_pd(gk, _mm512_sub_pd((xd), _mm512_loadu_pd(m + (o))))));  \
+    } while (0)
+    for (; c + 16 <= n; c += 16) {
+        __m512 g = NAME(load16)(dy + c), v = NAME(load16)(x + c);
+        if (y)
+            g = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(NAME(load16)(y + c), zero, _CMP_GT_OQ), g);
+        FBN_BROW(_mm512_cvtps_pd(_mm512_castps512_ps256(g)),
+                 _mm512_cvtps_pd(_mm512_castps512_ps256(v)), c);
+        FBN_BROW(_mm512_cvtps_pd(_mm512_extractf32x8_ps(g, 1)),
+                 _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)), c + 8);
+    }
+#else
+    __m256 zero = _mm256_setzero_ps();
+#define FBN_BROW(gd, xd, o)                                                    \
+    do {                                                                       \
+        __m256d gk = (gd);                                                     \
+        _mm256_storeu_pd(s0 + (o), _mm256_add_pd(_mm256_loadu_pd(s0 + (o)), gk)); \
+        _mm256_storeu_pd(s1 + (o), _mm256_add_pd(_mm256_loadu_pd(s1 + (o)),      \
+            _mm256_mul_pd(gk, _mm256_sub_pd((xd), _mm256_loadu_pd(m + (o))))));  \
+    } while (0)
+    for (; c + 8 <= n; c += 8) {
+        __m256 g = NAME(load8)(dy + c), v = NAME(load8)(x + c);
+        if (y)
+            g = _mm256_and_ps(_mm256_cmp_ps(NAME(load8)(y + c), zero, _CMP_GT_OQ), g);
+        FBN_BROW(_mm256_cvtps_pd(_mm256_castps256_ps128(g)),
+                 _mm256_cvtps_pd(_mm256_castps256_ps128(v)), c);
+        FBN_BROW(_mm256_cvtps_pd(_mm256_extractf128_ps(g, 1)),
+                 _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), c + 4);
+    }
+#endif
+#undef FBN_BROW
+    for (; c < n; c++) {
+        float gf = FBN_LD(dy[c]);
+        double gk;
+        if (y && !(FBN_LD(y[c]) > 0.0f))
+            gf = 0.0f;
+        gk = (double)gf;
+        s0[c] += gk;
+        s1[c] += gk * ((double)FBN_LD(x[c]) - m[c]);
     }
 }
 #endif
