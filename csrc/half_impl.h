@@ -86,17 +86,13 @@ static inline __m256i NAME(narrow16)(__m512 t)
  * a line cost the streamed transform 10-25 %). */
 static inline __m512i NAME(narrow32)(__m512 t, __m512 u)
 {
-#if FBN_HALF == 1
-    return _mm512_inserti64x4(_mm512_castsi256_si512(NAME(narrow16)(t)), NAME(narrow16)(u), 1);
-#else
-#if defined(FBN_BF16_NARROW) && FBN_BF16_NARROW
-    /* one VCVTNE2PS2BF16 for both, as narrow16 when neither holds a
-     * denormal */
+#if FBN_HALF == 2 && defined(FBN_BF16_NARROW) && FBN_BF16_NARROW
+    /* bfloat16: one VCVTNE2PS2BF16 for both, as narrow16 when neither
+     * holds a denormal */
     if (_kortestz_mask16_u8(_mm512_fpclass_ps_mask(t, 0x20), _mm512_fpclass_ps_mask(u, 0x20)))
         return (__m512i)_mm512_cvtne2ps_pbh(u, t);
 #endif
     return _mm512_inserti64x4(_mm512_castsi256_si512(NAME(narrow16)(t)), NAME(narrow16)(u), 1);
-#endif
 }
 
 static inline void NAME(store16)(T *y, __m512 t)

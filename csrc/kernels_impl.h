@@ -474,22 +474,18 @@ static inline int NAME(nt_lines)(const T *y, ptrdiff_t q, ptrdiff_t e, ptrdiff_t
     return !((uintptr_t)y & (sizeof(T) - 1)) && *l1 - *l0 >= FBN_NT_DIRECT * FBN_LINE_VALUES;
 }
 
-/* apply_span's piece [q, e) of one run, whose whole lines [l0, l1) go
+/* apply_span's values [q, l1) of one run, whose whole lines [l0, l1) go
  * straight to y: the partial line before them into the tile (from i; then
- * y[from, l0) streamed from it), the one after them into a new tile that
- * starts at l1 (returned; pf: line by line, the values pf elements
- * further on prefetched). */
-static FBN_NOINLINE ptrdiff_t NAME(apply_piece_nt)(const T *x, const T *z, T *y, T *buf,
-                                                   ptrdiff_t i, ptrdiff_t from, ptrdiff_t q,
-                                                   ptrdiff_t l0, ptrdiff_t l1, ptrdiff_t e,
-                                                   R mh, R ml, R a, R b, int relu,
-                                                   ptrdiff_t pf)
+ * y[from, l0) streamed from it); pf: line by line, the values pf elements
+ * further on prefetched. */
+static FBN_NOINLINE void NAME(apply_piece_nt)(const T *x, const T *z, T *y, T *buf,
+                                              ptrdiff_t i, ptrdiff_t from, ptrdiff_t q,
+                                              ptrdiff_t l0, ptrdiff_t l1, R mh, R ml, R a,
+                                              R b, int relu, ptrdiff_t pf)
 {
     NAME(apply_any)(x + q, z ? z + q : NULL, buf + (q - i), l0 - q, mh, ml, a, b, relu);
     NAME(stream)(y + from, buf + (from - i), (size_t)(l0 - from) * sizeof(T));
     NAME(apply_any_nt)(x + l0, z ? z + l0 : NULL, y + l0, l1 - l0, mh, ml, a, b, relu, pf);
-    NAME(apply_any)(x + l1, z ? z + l1 : NULL, buf, e - l1, mh, ml, a, b, relu);
-    return l1;
 }
 #endif
 
@@ -498,10 +494,10 @@ static FBN_NOINLINE ptrdiff_t NAME(apply_piece_nt)(const T *x, const T *z, T *y,
  * an L1 tile with non-temporal stores; tiles end on 64-byte boundaries of
  * y, so each line is written whole, however short the runs are.  Kernels
  * with FBN_NT_LINES write the whole lines of a run's piece (from where it
- * starts in a tile to the run's end: at least FBN_NT_DIRECT lines) straight
- * to y, and only the partial lines at its ends through tiles.  pf != 0:
- * tile by tile (and direct piece by piece), the values pf elements further
- * on are prefetched. */
+ * starts in a tile to the run's last whole line: at least FBN_NT_DIRECT
+ * lines) straight to y, and only the partial lines at its ends through
+ * tiles (the next tile starts after them).  pf != 0: tile by tile (direct
+ * lines line by line), the values pf elements further on are prefetched. */
 static void NAME(apply_span)(const T *x, const T *z, T *y, ptrdiff_t C,
                              ptrdiff_t inner, ptrdiff_t s0, ptrdiff_t s1,
                              const R *coef, int relu, int nt, ptrdiff_t pf)
@@ -523,13 +519,11 @@ static void NAME(apply_span)(const T *x, const T *z, T *y, ptrdiff_t C,
             ptrdiff_t l0, l1, e = fbn_min(rend, s1);
             if (nt && e - q > FBN_NT_DIRECT * FBN_LINE_VALUES &&
                 NAME(nt_lines)(y, q, e, &l0, &l1)) {
-                /* through the run's end, then on in a new tile */
-                i = from = NAME(apply_piece_nt)(x, z, y, buf, i, from, q, l0, l1, e, mh, ml,
-                                                a, b, relu, pf);
-                end = i + fbn_tile_len(y + i, sizeof(T), s1 - i);
-                if (pf)
-                    fbn_prefetch(x + i, (size_t)pf * sizeof(T), (size_t)(end - i) * sizeof(T));
-                len = e - q;
+                /* through the run's last whole line; the next tile starts
+                 * there */
+                NAME(apply_piece_nt)(x, z, y, buf, i, from, q, l0, l1, mh, ml, a, b, relu, pf);
+                end = from = l1;
+                len = l1 - q;
             } else
 #endif
             NAME(apply_any)(x + q, zq, nt ? buf + (q - i) : y + q, len, mh, ml, a, b, relu);
