@@ -176,8 +176,7 @@ class BuildExt(build_ext):
 def extensions():
     return [Extension(
         "fastbn._kernels",
-        sources=["fastbn/_kernels.pyx", "csrc/fastbn.c", "csrc/pool.c",
-                 "csrc/colstats.c"],
+        sources=["fastbn/_kernels.pyx", "csrc/fastbn.c", "csrc/pool.c"],
         include_dirs=["csrc"],
         # every header: the kernels are templates included from several
         # places, so a change to any of them must rebuild

@@ -823,16 +823,17 @@ static int NAME(bwd_scratch)(NAME(bwd) *b, double **tmp, void **mem, double *sta
     return FBN_OK;
 }
 
-static int NAME(k_backward_reduce)(const T *dy, const T *x, const T *y,
-                                   ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
-                                   const R *mean, double *sum_dy, double *sum_dyxmu,
-                                   int nthreads)
+static int NAME(k_backward_reduce)(const void *dy, const void *x, const void *y,
+                                   int act, ptrdiff_t outer, ptrdiff_t C,
+                                   ptrdiff_t inner, const void *mean, double *sum_dy,
+                                   double *sum_dyxmu, int nthreads)
 {
     fbn_plan p;
     NAME(bwd) b;
     double *tmp, stack[FBN_STACK_BYTES / sizeof(double)];
     void *mem;
     ptrdiff_t c;
+    (void)act;
     if (outer < 0 || C < 0 || inner < 0)
         return FBN_EINVAL;
     if (outer * inner == 0) {
@@ -852,16 +853,17 @@ static int NAME(k_backward_reduce)(const T *dy, const T *x, const T *y,
     return FBN_OK;
 }
 
-static int NAME(k_backward_apply)(const T *dy, const T *x, const T *y,
-                                  ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
-                                  const R *mean, const R *invstd, const R *gamma,
-                                  const double *sum_dy, const double *sum_dyxmu,
-                                  double count, int training, T *dx, T *dz,
-                                  int nthreads)
+static int NAME(k_backward_apply)(const void *dy, const void *x, const void *y,
+                                  int act, ptrdiff_t outer, ptrdiff_t C,
+                                  ptrdiff_t inner, const void *mean, const void *invstd,
+                                  const void *gamma, const double *sum_dy,
+                                  const double *sum_dyxmu, double count, int training,
+                                  void *dx, void *dz, int nthreads)
 {
     fbn_plan p;
     NAME(bwd) b;
     ptrdiff_t c;
+    (void)act;
     if (outer < 0 || C < 0 || inner < 0 || (training && !(count > 0)))
         return FBN_EINVAL;
     if (C == 0 || outer * inner == 0)

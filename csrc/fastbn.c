@@ -23,6 +23,7 @@
 #endif
 
 #include "fastbn.h"
+#include "ops.h"
 #include "pool.h"
 
 #if defined(__SSE2__) || defined(_M_X64)
@@ -596,30 +597,9 @@ static void fbn_plan_make(fbn_plan *p, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t i
  * channels per tile, chunks per tile, tiles, chunks per channel, row
  * blocks (channel-last statistics), elementwise blocks, rows folded into
  * one (channel-last). */
-void fbn_describe_plan(ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner, int elsize,
-                       int nstat, int nextra, int nout, int ops, int nthreads,
-                       long long *fields)
-{
-    fbn_plan p;
-    fbn_plan_make(&p, outer, C, inner, (size_t)elsize, nstat, nextra, nout, ops,
-                  nthreads);
-    fields[0] = p.cl;
-    fields[1] = p.nth;
-    fields[2] = p.nt;
-    fields[3] = p.fused;
-    fields[4] = p.g;
-    fields[5] = p.kt;
-    fields[6] = p.ntiles;
-    fields[7] = p.nk;
-    fields[8] = p.nb;
-    fields[9] = p.nab;
-    fields[10] = p.cl ? p.fold : 1;
-}
-
-/* The plan of a ghost call over `groups` blocks (fields as above). */
-void fbn_describe_plan_groups(ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C,
-                              ptrdiff_t inner, int elsize, int nstat, int nextra,
-                              int nout, int ops, int nthreads, long long *fields)
+void fbn_describe_plan(ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C,
+                       ptrdiff_t inner, int elsize, int nstat, int nextra, int nout,
+                       int ops, int nthreads, long long *fields)
 {
     fbn_plan p;
     fbn_plan_make_g(&p, groups, outer, C, inner, (size_t)elsize, nstat, nextra, nout,
@@ -726,59 +706,8 @@ static void fbn_merge_blocks(const double *pm, const double *pq, ptrdiff_t C,
 
 /* ---- the kernels, once per element type and instruction set ------------ */
 
-/* Table of one element type's kernels (same signatures as fastbn.h). */
-#define FBN_OPS_TYPE_(s) fbn_ops_##s
-#define FBN_OPS_TYPE(s) FBN_OPS_TYPE_(s)
-#define FBN_DEFINE_OPS(T, R, SFX)                                               \
-    typedef struct {                                                           \
-        int (*moments)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, double *,   \
-                       double *, int);                                         \
-        int (*train_forward)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t,       \
-                             const R *, const R *, const T *, double, int,     \
-                             T *, R *, R *, double *, int);                    \
-        int (*infer_forward)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t,       \
-                             const R *, const R *, const R *, const R *,       \
-                             const T *, double, int, T *, int);                \
-        int (*apply)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t,               \
-                     const double *, const double *, const R *, const R *,     \
-                     const T *, int, T *, int);                                \
-        int (*backward_reduce)(const T *, const T *, const T *, ptrdiff_t,     \
-                               ptrdiff_t, ptrdiff_t, const R *, double *,      \
-                               double *, int);                                 \
-        int (*backward_apply)(const T *, const T *, const T *, ptrdiff_t,      \
-                              ptrdiff_t, ptrdiff_t, const R *, const R *,      \
-                              const R *, const double *, const double *,       \
-                              double, int, T *, T *, int);                     \
-        int (*backward)(const T *, const T *, const T *, ptrdiff_t, ptrdiff_t, \
-                        ptrdiff_t, const R *, const R *, const R *, int, T *,  \
-                        T *, R *, R *, int);                                   \
-    } fbn_ops_##SFX;
-FBN_DEFINE_OPS(float, float, f32)
-FBN_DEFINE_OPS(double, double, f64)
-FBN_DEFINE_OPS(fbn_half, float, f16)
-FBN_DEFINE_OPS(fbn_half, float, bf16)
-
 #include "half_convert.h"
-
-/* Table of one element type's ghost-batch and renormalization kernels
- * (ghost_impl.h; same signatures as fastbn.h). */
-#define FBN_GOPS_TYPE_(s) fbn_gops_##s
-#define FBN_GOPS_TYPE(s) FBN_GOPS_TYPE_(s)
-#define FBN_DEFINE_GOPS(T, R, SFX)                                             \
-    typedef struct {                                                           \
-        int (*train_forward)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t,       \
-                             ptrdiff_t, const R *, const R *, const T *,       \
-                             double, int, const fbn_renorm *, T *, R *, R *,   \
-                             double *, double *, double *, int);               \
-        int (*backward)(const T *, const T *, const T *, ptrdiff_t, ptrdiff_t, \
-                        ptrdiff_t, ptrdiff_t, const R *, const R *, const R *, \
-                        const double *, const double *, int, T *, T *, R *,    \
-                        R *, int);                                             \
-    } fbn_gops_##SFX;
-FBN_DEFINE_GOPS(float, float, f32)
-FBN_DEFINE_GOPS(double, double, f64)
-FBN_DEFINE_GOPS(fbn_half, float, f16)
-FBN_DEFINE_GOPS(fbn_half, float, bf16)
+#include "colstats.h"
 
 /* The portable baseline (SSE2 on x86-64; whatever the target has
  * elsewhere). */
@@ -865,33 +794,19 @@ FBN_DEFINE_GOPS(fbn_half, float, bf16)
 /* ---- instruction-set dispatch -------------------------------------------- */
 
 enum { FBN_ISA_BASE = 0, FBN_ISA_AVX2 = 1, FBN_ISA_AVX512 = 2, FBN_ISA_AVX512BF16 = 3 };
-#define FBN_NISA 4
-static const char *const fbn_isa_names[] = {"baseline", "avx2", "avx512", "avx512bf16"};
-
-static const fbn_ops_f32 *const fbn_table_f32[] = {
-    &ops_f32_base,
+/* The instruction sets built, in the order of the enum: X(isa, name). */
 #if FBN_HAVE_DISPATCH
-    &ops_f32_avx2, &ops_f32_avx512, &ops_f32_avx512,
+#define FBN_ISA_LIST(X) X(base, "baseline") X(avx2, "avx2") X(avx512, "avx512") \
+    X(avx512bf16, "avx512bf16")
+#else
+#define FBN_ISA_LIST(X) X(base, "baseline")
 #endif
-};
-static const fbn_ops_f64 *const fbn_table_f64[] = {
-    &ops_f64_base,
-#if FBN_HAVE_DISPATCH
-    &ops_f64_avx2, &ops_f64_avx512, &ops_f64_avx512,
-#endif
-};
-static const fbn_ops_f16 *const fbn_table_f16[] = {
-    &ops_f16_base,
-#if FBN_HAVE_DISPATCH
-    &ops_f16_avx2, &ops_f16_avx512, &ops_f16_avx512,
-#endif
-};
-static const fbn_ops_bf16 *const fbn_table_bf16[] = {
-    &ops_bf16_base,
-#if FBN_HAVE_DISPATCH
-    &ops_bf16_avx2, &ops_bf16_avx512, &ops_bf16_avx512bf16,
-#endif
-};
+#define FBN_ISA_NAME(isa, name) name,
+#define FBN_ISA_TABLE(isa, name) fbn_isa_ops_##isa,
+static const char *const fbn_isa_names[] = {FBN_ISA_LIST(FBN_ISA_NAME)};
+/* fbn_table[isa][dtype]: the kernels of every element type per set */
+static const fbn_ops *const *const fbn_table[] = {FBN_ISA_LIST(FBN_ISA_TABLE)};
+#define FBN_NISA ((int)(sizeof fbn_isa_names / sizeof fbn_isa_names[0]))
 
 /* Best instruction set this CPU (and OS) supports among those built. */
 static int fbn_best_isa(void)
@@ -944,89 +859,130 @@ const char *fbn_simd_available(void)
     return avail[fbn_best_isa()];
 }
 
-#define T float
-#define R float
-#define SFX f32
-#include "dispatch_impl.h"
-#undef T
-#undef R
-#undef SFX
+/* ---- the public kernels: the table of the dtype, then its kernel -------- */
 
-#define T double
-#define R double
-#define SFX f64
-#include "dispatch_impl.h"
-#undef T
-#undef R
-#undef SFX
+const fbn_ops *fbn_ops_for(int dtype) { return fbn_table[fbn_active_isa()][dtype]; }
 
-#define T fbn_half
-#define R float
-#define SFX f16
-#include "dispatch_impl.h"
-#undef T
-#undef R
-#undef SFX
+/* The table of dtype, NULL for an unknown one. */
+static const fbn_ops *fbn_ops_of(int dtype)
+{
+    return dtype >= 0 && dtype < FBN_NDTYPES ? fbn_ops_for(dtype) : NULL;
+}
 
-#define T fbn_half
-#define R float
-#define SFX bf16
-#include "dispatch_impl.h"
-#undef T
-#undef R
-#undef SFX
+static int fbn_act_ok(int act) { return act >= FBN_ACT_NONE && act <= FBN_ACT_RELU6; }
 
-/* ---- ghost batches and renormalization: dispatch ------------------------ */
+/* The backward's y: NULL without an activation, needed with one. */
+static int fbn_mask_ok(int act, const void **y)
+{
+    if (act == FBN_ACT_NONE)
+        *y = NULL;
+    return fbn_act_ok(act) && (act == FBN_ACT_NONE || *y != NULL);
+}
 
-static const fbn_gops_f32 *const fbn_gtable_f32[] = {
-    &gops_f32_base,
-#if FBN_HAVE_DISPATCH
-    &gops_f32_avx2, &gops_f32_avx512, &gops_f32_avx512,
-#endif
-};
-static const fbn_gops_f64 *const fbn_gtable_f64[] = {
-    &gops_f64_base,
-#if FBN_HAVE_DISPATCH
-    &gops_f64_avx2, &gops_f64_avx512, &gops_f64_avx512,
-#endif
-};
-static const fbn_gops_f16 *const fbn_gtable_f16[] = {
-    &gops_f16_base,
-#if FBN_HAVE_DISPATCH
-    &gops_f16_avx2, &gops_f16_avx512, &gops_f16_avx512,
-#endif
-};
-static const fbn_gops_bf16 *const fbn_gtable_bf16[] = {
-    &gops_bf16_base,
-#if FBN_HAVE_DISPATCH
-    &gops_bf16_avx2, &gops_bf16_avx512, &gops_bf16_avx512bf16,
-#endif
-};
+int fbn_moments(int dtype, const void *x, ptrdiff_t outer, ptrdiff_t C,
+                ptrdiff_t inner, double *mean, double *m2, int nthreads)
+{
+    const fbn_ops *o = fbn_ops_of(dtype);
+    if (o == NULL)
+        return FBN_EINVAL;
+    return o->moments(x, outer, C, inner, mean, m2, nthreads);
+}
 
-#define FBN_GHOST_ENTRIES(T, R, SFX)                                           \
-    int fbn_train_forward_ghost_##SFX(                                         \
-        const T *x, ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C,            \
-        ptrdiff_t inner, const R *gamma, const R *beta, const T *z,            \
-        double eps, int relu, const fbn_renorm *rn, T *y, R *mean_out,         \
-        R *invstd_out, double *var_out, double *r_out, double *d_out,          \
-        int nthreads)                                                          \
-    {                                                                          \
-        return fbn_gtable_##SFX[fbn_active_isa()]->train_forward(              \
-            x, groups, outer, C, inner, gamma, beta, z, eps, relu, rn, y,      \
-            mean_out, invstd_out, var_out, r_out, d_out, nthreads);            \
-    }                                                                          \
-    int fbn_backward_ghost_##SFX(                                              \
-        const T *dy, const T *x, const T *y, ptrdiff_t groups,                 \
-        ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner, const R *mean,          \
-        const R *invstd, const R *gamma, const double *r, const double *d,     \
-        int training, T *dx, T *dz, R *dgamma, R *dbeta, int nthreads)         \
-    {                                                                          \
-        return fbn_gtable_##SFX[fbn_active_isa()]->backward(                   \
-            dy, x, y, groups, outer, C, inner, mean, invstd, gamma, r, d,      \
-            training, dx, dz, dgamma, dbeta, nthreads);                        \
-    }
-FBN_GHOST_ENTRIES(float, float, f32)
-FBN_GHOST_ENTRIES(double, double, f64)
-FBN_GHOST_ENTRIES(fbn_half, float, f16)
-FBN_GHOST_ENTRIES(fbn_half, float, bf16)
-#undef FBN_GHOST_ENTRIES
+int fbn_train_forward(int dtype, const void *x, ptrdiff_t groups, ptrdiff_t outer,
+                      ptrdiff_t C, ptrdiff_t inner, const void *gamma,
+                      const void *beta, const void *z, double eps, int act,
+                      const fbn_renorm *rn, void *y, void *mean_out,
+                      void *invstd_out, double *var_out, double *r_out,
+                      double *d_out, int nthreads)
+{
+    const fbn_ops *o = fbn_ops_of(dtype);
+    if (o == NULL || !fbn_act_ok(act))
+        return FBN_EINVAL;
+    return o->train_forward(x, groups, outer, C, inner, gamma, beta, z, eps, act, rn,
+                            y, mean_out, invstd_out, var_out, r_out, d_out, nthreads);
+}
+
+int fbn_infer_forward(int dtype, const void *x, ptrdiff_t outer, ptrdiff_t C,
+                      ptrdiff_t inner, const void *mean, const void *var,
+                      const void *gamma, const void *beta, const void *z,
+                      double eps, int act, void *y, int nthreads)
+{
+    const fbn_ops *o = fbn_ops_of(dtype);
+    if (o == NULL || !fbn_act_ok(act))
+        return FBN_EINVAL;
+    return o->infer_forward(x, outer, C, inner, mean, var, gamma, beta, z, eps, act,
+                            y, nthreads);
+}
+
+int fbn_apply(int dtype, const void *x, ptrdiff_t outer, ptrdiff_t C,
+              ptrdiff_t inner, const double *mean, const double *invstd,
+              const void *gamma, const void *beta, const void *z, int act,
+              void *y, int nthreads)
+{
+    const fbn_ops *o = fbn_ops_of(dtype);
+    if (o == NULL || !fbn_act_ok(act))
+        return FBN_EINVAL;
+    return o->apply(x, outer, C, inner, mean, invstd, gamma, beta, z, act, y,
+                    nthreads);
+}
+
+int fbn_backward_reduce(int dtype, const void *dy, const void *x, const void *y,
+                        int act, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
+                        const void *mean, double *sum_dy, double *sum_dyxmu,
+                        int nthreads)
+{
+    const fbn_ops *o = fbn_ops_of(dtype);
+    if (o == NULL || !fbn_mask_ok(act, &y))
+        return FBN_EINVAL;
+    return o->backward_reduce(dy, x, y, act, outer, C, inner, mean, sum_dy,
+                              sum_dyxmu, nthreads);
+}
+
+int fbn_backward_apply(int dtype, const void *dy, const void *x, const void *y,
+                       int act, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
+                       const void *mean, const void *invstd, const void *gamma,
+                       const double *sum_dy, const double *sum_dyxmu, double count,
+                       int training, void *dx, void *dz, int nthreads)
+{
+    const fbn_ops *o = fbn_ops_of(dtype);
+    if (o == NULL || !fbn_mask_ok(act, &y))
+        return FBN_EINVAL;
+    return o->backward_apply(dy, x, y, act, outer, C, inner, mean, invstd, gamma,
+                             sum_dy, sum_dyxmu, count, training, dx, dz, nthreads);
+}
+
+int fbn_backward(int dtype, const void *dy, const void *x, const void *y, int act,
+                 ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
+                 const void *mean, const void *invstd, const void *gamma,
+                 const double *r, const double *d, int training, void *dx,
+                 void *dz, void *dgamma, void *dbeta, int nthreads)
+{
+    const fbn_ops *o = fbn_ops_of(dtype);
+    if (o == NULL || !fbn_mask_ok(act, &y))
+        return FBN_EINVAL;
+    return o->backward(dy, x, y, act, groups, outer, C, inner, mean, invstd, gamma, r,
+                       d, training, dx, dz, dgamma, dbeta, nthreads);
+}
+
+int fbn_colstats(int dtype, const void *x, ptrdiff_t n, ptrdiff_t p, int colmajor,
+                 const double *w, double *count, double *mean, double *m2,
+                 int nthreads)
+{
+    const fbn_ops *o = fbn_ops_of(dtype);
+    if (o == NULL || o->colstats == NULL)
+        return FBN_EINVAL;
+    return o->colstats(x, n, p, colmajor, w, count, mean, m2, nthreads);
+}
+
+int fbn_standardize(int dtype, const void *x, ptrdiff_t n, ptrdiff_t p,
+                    int colmajor, const double *mean, const double *scale,
+                    int inverse, void *y, int *has_inf, int nthreads)
+{
+    const fbn_ops *o = fbn_ops_of(dtype);
+    if (has_inf)
+        *has_inf = 0;
+    if (o == NULL || o->standardize == NULL)
+        return FBN_EINVAL;
+    return o->standardize(x, n, p, colmajor, mean, scale, inverse, y, has_inf,
+                          nthreads);
+}

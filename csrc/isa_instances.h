@@ -46,3 +46,20 @@
 #undef R
 #undef FBN_HALF
 #undef SFX
+
+/* The tables of this instruction set, indexed by dtype (fastbn.h's enum
+ * order); an instance of the bfloat16 kernels alone takes the others from
+ * FBN_F32_ISA. */
+#define FBN_ICAT_(a, b, c) a##_##b##_##c
+#define FBN_ICAT(a, b, c) FBN_ICAT_(a, b, c)
+#ifdef FBN_F32_ISA
+#define FBN_OTHER_ISA FBN_F32_ISA
+#else
+#define FBN_OTHER_ISA FBN_ISA
+#endif
+static const fbn_ops *const FBN_ICAT(fbn_isa, ops, FBN_ISA)[FBN_NDTYPES] = {
+    &FBN_ICAT(ops, f32, FBN_OTHER_ISA), &FBN_ICAT(ops, f64, FBN_OTHER_ISA),
+    &FBN_ICAT(ops, f16, FBN_OTHER_ISA), &FBN_ICAT(ops, bf16, FBN_ISA)};
+#undef FBN_OTHER_ISA
+#undef FBN_ICAT
+#undef FBN_ICAT_

@@ -876,7 +876,7 @@ static int NAME(fwd_scratch)(NAME(fwd) *f, double **tmp, void **mem, double *sta
 
 /* ---- public kernels ---------------------------------------------------- */
 
-static int NAME(k_moments)(const T *x, ptrdiff_t outer, ptrdiff_t C,
+static int NAME(k_moments)(const void *x, ptrdiff_t outer, ptrdiff_t C,
                            ptrdiff_t inner, double *mean, double *m2, int nthreads)
 {
     fbn_plan p;
@@ -1001,30 +1001,33 @@ static int NAME(transform)(const T *x, ptrdiff_t outer, ptrdiff_t C,
     return FBN_OK;
 }
 
-static int NAME(k_infer_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
-                                 ptrdiff_t inner, const R *mean, const R *var,
-                                 const R *gamma, const R *beta, const T *z,
-                                 double eps, int relu, T *y, int nthreads)
+static int NAME(k_infer_forward)(const void *x, ptrdiff_t outer, ptrdiff_t C,
+                                 ptrdiff_t inner, const void *mean, const void *var,
+                                 const void *gamma, const void *beta, const void *z,
+                                 double eps, int act, void *y, int nthreads)
 {
     if (outer < 0 || C < 0 || inner < 0 || !(eps > 0))
         return FBN_EINVAL;
     return NAME(transform)(x, outer, C, inner, mean, var, eps, NULL, NULL, gamma,
-                           beta, z, relu, y, nthreads);
+                           beta, z, act, y, nthreads);
 }
 
-static int NAME(k_apply)(const T *x, ptrdiff_t outer, ptrdiff_t C,
+static int NAME(k_apply)(const void *x, ptrdiff_t outer, ptrdiff_t C,
                          ptrdiff_t inner, const double *mean,
-                         const double *invstd, const R *gamma, const R *beta,
-                         const T *z, int relu, T *y, int nthreads)
+                         const double *invstd, const void *gamma, const void *beta,
+                         const void *z, int act, void *y, int nthreads)
 {
     if (outer < 0 || C < 0 || inner < 0)
         return FBN_EINVAL;
     return NAME(transform)(x, outer, C, inner, NULL, NULL, 0.0, mean, invstd,
-                           gamma, beta, z, relu, y, nthreads);
+                           gamma, beta, z, act, y, nthreads);
 }
 
 #include "backward_impl.h"
 #include "ghost_impl.h"
+#if !FBN_HALF
+#include "colstats_impl.h"
+#endif
 
 #if FBN_VEC
 #undef FBN_VN
@@ -1046,10 +1049,15 @@ static int NAME(k_apply)(const T *x, ptrdiff_t outer, ptrdiff_t C,
 #undef FBN_F32
 #endif
 
-static const FBN_OPS_TYPE(SFX) NAME(ops) = {
-    NAME(k_moments),         NAME(k_train_forward), NAME(k_infer_forward),
+static const fbn_ops NAME(ops) = {
+    NAME(k_moments),         NAME(k_train_ghost),    NAME(k_infer_forward),
     NAME(k_apply),           NAME(k_backward_reduce), NAME(k_backward_apply),
-    NAME(k_backward),
+    NAME(k_backward_ghost),
+#if FBN_HALF
+    NULL, NULL, /* (no per-column kernels) */
+#else
+    NAME(cs_k_colstats),     NAME(cs_k_standardize),
+#endif
 };
 
 #undef NAME
