@@ -204,7 +204,7 @@ def _train(x, gamma, beta, axis, eps, relu, residual, out, comm, want_var, k=Non
         return y, mean, invstd, var, n
     mean, invstd, var, r, d = _kernels.train_forward(
         x, G, outer, C, inner, gamma, beta, z, eps, act, y, _nthreads(), want_var,
-        k is not None, *rn)
+        k is not None, rn)
     return y, mean, invstd, var, n, r, d
 
 

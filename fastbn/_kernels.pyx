@@ -3,10 +3,10 @@
 """The boundary between NumPy and the C kernels (csrc/fastbn.h).
 
 Every function here takes arrays that the Python layer has already checked:
-C-contiguous, of one dtype (float32 or float64, or the half types float16
-and bfloat16 with float32 per-channel arrays), of the sizes given by the
-(outer, C, inner) view.  This module picks the dtype's kernel, releases the
-GIL, calls C and raises on a status code.  Optional arrays are None.
+C-contiguous, of the sizes given by the (outer, C, inner) view, per-channel
+arrays of x's dtype (float32 for the half types), optional ones None.  It
+passes the element type to C as data (a dtype code), releases the GIL,
+calls the kernel and raises on a status code.
 """
 cimport numpy as cnp
 import numpy as np
@@ -18,6 +18,7 @@ cdef extern from "numpy/ndarraytypes.h":
     int NPY_HALF      # float16
     int NPY_USERDEF   # first type number of a dtype registered at run time
 
+# (array arguments are declared void *: fastbn.h gives their C types)
 cdef extern from "fastbn.h" nogil:
     int FBN_OK
     int FBN_ENOMEM
@@ -38,8 +39,8 @@ cdef extern from "fastbn.h" nogil:
     long fbn_set_spin_us(long us)
     int fbn_pool_threads()
     void fbn_describe_plan(Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
-                           Py_ssize_t inner, int elsize, int nstat, int nextra, int nout,
-                           int ops, int nthreads, long long *fields)
+                           Py_ssize_t inner, int elsize, int nstat, int nextra,
+                           int nout, int ops, int nthreads, long long *fields)
     const char *fbn_simd()
     const char *fbn_simd_available()
 
@@ -54,41 +55,40 @@ cdef extern from "fastbn.h" nogil:
         double rmax
         double dmax
     int fbn_moments(int dtype, const void *x, Py_ssize_t outer, Py_ssize_t C,
-                    Py_ssize_t inner, double *mean, double *m2, int nthreads)
+                    Py_ssize_t inner, void *mean, void *m2, int nthreads)
     int fbn_train_forward(int dtype, const void *x, Py_ssize_t groups, Py_ssize_t outer,
                           Py_ssize_t C, Py_ssize_t inner, const void *gamma,
                           const void *beta, const void *z, double eps, int act,
                           const fbn_renorm *rn, void *y, void *mean_out,
-                          void *invstd_out, double *var_out, double *r_out,
-                          double *d_out, int nthreads)
+                          void *invstd_out, void *var_out, void *r_out, void *d_out,
+                          int nthreads)
     int fbn_infer_forward(int dtype, const void *x, Py_ssize_t outer, Py_ssize_t C,
                           Py_ssize_t inner, const void *mean, const void *var,
                           const void *gamma, const void *beta, const void *z,
                           double eps, int act, void *y, int nthreads)
     int fbn_apply(int dtype, const void *x, Py_ssize_t outer, Py_ssize_t C,
-                  Py_ssize_t inner, const double *mean, const double *invstd,
-                  const void *gamma, const void *beta, const void *z, int act,
-                  void *y, int nthreads)
+                  Py_ssize_t inner, const void *mean, const void *invstd,
+                  const void *gamma, const void *beta, const void *z, int act, void *y,
+                  int nthreads)
     int fbn_backward_reduce(int dtype, const void *dy, const void *x, const void *y,
                             int act, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                            const void *mean, double *sum_dy, double *sum_dyxmu,
+                            const void *mean, void *sum_dy, void *sum_dyxmu,
                             int nthreads)
     int fbn_backward_apply(int dtype, const void *dy, const void *x, const void *y,
                            int act, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
                            const void *mean, const void *invstd, const void *gamma,
-                           const double *sum_dy, const double *sum_dyxmu, double count,
+                           const void *sum_dy, const void *sum_dyxmu, double count,
                            int training, void *dx, void *dz, int nthreads)
     int fbn_backward(int dtype, const void *dy, const void *x, const void *y, int act,
-                     Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                     const void *mean, const void *invstd, const void *gamma,
-                     const double *r, const double *d, int training, void *dx,
-                     void *dz, void *dgamma, void *dbeta, int nthreads)
+                     Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
+                     Py_ssize_t inner, const void *mean, const void *invstd,
+                     const void *gamma, const void *r, const void *d, int training,
+                     void *dx, void *dz, void *dgamma, void *dbeta, int nthreads)
     int fbn_colstats(int dtype, const void *x, Py_ssize_t n, Py_ssize_t p, int colmajor,
-                     const double *w, double *count, double *mean, double *m2,
-                     int nthreads)
+                     const void *w, void *count, void *mean, void *m2, int nthreads)
     int fbn_standardize(int dtype, const void *x, Py_ssize_t n, Py_ssize_t p,
-                        int colmajor, const double *mean, const double *scale,
-                        int inverse, void *y, int *has_inf, int nthreads)
+                        int colmajor, const void *mean, const void *scale, int inverse,
+                        void *y, int *has_inf, int nthreads)
 
 cdef inline void *_ptr(object a):
     """Data pointer of a checked array, NULL for None."""
@@ -97,22 +97,24 @@ cdef inline void *_ptr(object a):
     return cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
-cdef inline object _empty(Py_ssize_t n, int typenum):
-    """A new 1-D array of n elements."""
-    cdef cnp.npy_intp dims[1]
-    dims[0] = n
-    return cnp.PyArray_EMPTY(1, dims, typenum, 0)
+cdef int F64 = cnp.NPY_FLOAT64  # (a short name: the statistics' type)
+
+
+cdef inline object _empty(Py_ssize_t n, int typenum, Py_ssize_t g=-1):
+    """A new array of n elements, or of shape (g, n) for g >= 0."""
+    cdef cnp.npy_intp dims[2]
+    dims[0] = g
+    dims[1] = n
+    return cnp.PyArray_EMPTY(1 + (g >= 0), &dims[g < 0], typenum, 0)
 
 
 # NumPy's type number of bfloat16 (ml_dtypes registers it at run time), -1
-# until the first bfloat16 array is seen.  Found by the dtype's name and
-# size, so that fastbn never imports ml_dtypes.
+# until the first bfloat16 array is seen.
 cdef int _bf16_num = -1
 
 def is_bfloat16(dt):
-    """True if the NumPy dtype ``dt`` is bfloat16 (ml_dtypes.bfloat16, also
-    JAX's and TensorFlow's), told by its name and size without importing
-    ml_dtypes."""
+    """True if the NumPy dtype ``dt`` is bfloat16 (ml_dtypes', JAX's, ...),
+    told by its name and size without importing ml_dtypes."""
     global _bf16_num
     if dt.num == _bf16_num and _bf16_num >= 0:
         return True
@@ -123,8 +125,8 @@ def is_bfloat16(dt):
 
 
 cdef inline int _typenum_kind(int t, object dt) except -2:
-    """The kernels' dtype code (FBN_FLOAT32 ...) of type number t (dtype dt),
-    -1 for another type."""
+    """The kernels' dtype code (FBN_FLOAT32 ...) of type number t (dtype dt;
+    None: bfloat16 only once seen), -1 for another type."""
     if t == cnp.NPY_FLOAT32:
         return FBN_FLOAT32
     if t == cnp.NPY_FLOAT64:
@@ -133,7 +135,7 @@ cdef inline int _typenum_kind(int t, object dt) except -2:
         return FBN_FLOAT16
     if t == _bf16_num and t >= 0:
         return FBN_BFLOAT16
-    if t >= NPY_USERDEF and is_bfloat16(dt):
+    if t >= NPY_USERDEF and dt is not None and is_bfloat16(dt):
         return FBN_BFLOAT16
     return -1
 
@@ -149,26 +151,18 @@ cdef inline int _kind(object x) except -1:
 
 
 cdef inline int _stat_typenum(int k, object x):
-    """Type number of the per-channel arrays for data of code k: x's, or
-    float32 for the half types."""
+    """Type number of the per-channel arrays: x's, float32 for half x."""
     return cnp.NPY_FLOAT32 if k >= FBN_FLOAT16 else cnp.PyArray_TYPE(<cnp.ndarray>x)
 
 
-cdef inline int _mask(object act, object y):
-    """The backward's activation code: act, or ReLU when only y is given
-    (the forward fused a ReLU)."""
-    if act is None:
-        return 0 if y is None else 1
-    return act
-
-
-cdef int _check(int status) except -1:
-    if status == FBN_OK:
-        return 0
-    msg = fbn_strerror(status).decode()
-    if status == FBN_ENOMEM:
-        raise MemoryError(f"fastbn: {msg}")
-    raise ValueError(f"fastbn: {msg}")
+cdef int _check(int status) except -1 nogil:
+    """Raises (taking the GIL) on a kernel's error status."""
+    if status != FBN_OK:
+        with gil:
+            msg = fbn_strerror(status).decode()
+            err = MemoryError if status == FBN_ENOMEM else ValueError
+            raise err(f"fastbn: {msg}")
+    return 0
 
 
 def have_openmp():
@@ -214,9 +208,7 @@ def plain(a, bint writeable=False):
     cdef int need = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
     if writeable:
         need |= cnp.NPY_ARRAY_WRITEABLE
-    return ((t == cnp.NPY_FLOAT32 or t == cnp.NPY_FLOAT64 or t == NPY_HALF
-             or (t == _bf16_num and t >= 0))
-            and cnp.PyArray_ISNOTSWAPPED(arr)
+    return (_typenum_kind(t, None) >= 0 and cnp.PyArray_ISNOTSWAPPED(arr)
             and (cnp.PyArray_FLAGS(arr) & need) == need)
 
 
@@ -239,9 +231,10 @@ def set_tuning(nt=None, fuse=None, tile=None, serial=None, wake=None):
     channel-first tiles (`fuse`), the bytes of a statistics tile (`tile`);
     the number of values below which a call runs on its caller alone
     (`serial`), and the bytes a call moves (every array read or written,
-    once) below which it does not wake sleeping helpers (`wake`).  None (or < 0) means the default.  No setting changes a
-    result's bits.  Returns the previous settings as a dict (None where
-    default), so that ``set_tuning(**old)`` restores them."""
+    once) below which it does not wake sleeping helpers (`wake`).  None (or
+    < 0) means the default.  No setting changes a result's bits.  Returns
+    the previous settings as a dict (None where default), so that
+    ``set_tuning(**old)`` restores them."""
     global _tuning
     old = dict(_tuning)
     new = {"nt": nt, "fuse": fuse, "tile": tile, "serial": serial, "wake": wake}
@@ -306,8 +299,7 @@ _PLAN_FIELDS = ("channel_last", "threads", "nontemporal", "fused", "tile_channel
 def plan(str op, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, int itemsize,
          int nthreads):
     """The work plan the kernel of `op` makes for the (outer, C, inner) view
-    (see fbn_describe_plan): a dict with "strategy" ("channel-last",
-    "fused tiles" or "two-phase tiles") and the plan's fields."""
+    (see fbn_describe_plan): a dict with "strategy" and the plan's fields."""
     return plan_groups(op, 1, outer, C, inner, itemsize, nthreads)
 
 
@@ -346,68 +338,41 @@ def simd_available():
     return fbn_simd_available().decode().split()
 
 
-cdef inline object _empty2(Py_ssize_t g, Py_ssize_t n, int typenum):
-    """A new (g, n) array."""
-    cdef cnp.npy_intp dims[2]
-    dims[0] = g
-    dims[1] = n
-    return cnp.PyArray_EMPTY(2, dims, typenum, 0)
-
-
 def moments(x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, int nthreads):
     """Per-channel (mean, m2) of x in float64."""
-    mean = _empty(C, cnp.NPY_FLOAT64)
-    m2 = _empty(C, cnp.NPY_FLOAT64)
-    cdef int k = _kind(x), st
-    cdef void *px = _ptr(x)
-    cdef double *pm = <double *>_ptr(mean)
-    cdef double *pq = <double *>_ptr(m2)
+    mean, m2 = _empty(C, F64), _empty(C, F64)
+    cdef int k = _kind(x)
+    cdef void *px = _ptr(x), *pm = _ptr(mean), *pq = _ptr(m2)
     with nogil:
-        st = fbn_moments(k, px, outer, C, inner, pm, pq, nthreads)
-    _check(st)
+        _check(fbn_moments(k, px, outer, C, inner, pm, pq, nthreads))
     return mean, m2
 
 
 def train_forward(x, Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
                   Py_ssize_t inner, gamma, beta, z, double eps, int act, y,
-                  int nthreads, bint want_var=False, bint grouped=False, rn_mean=None,
-                  rn_sigma=None, double rmax=np.inf, double dmax=np.inf):
+                  int nthreads, bint want_var=False, bint grouped=False, rn=None):
     """Training forward over `groups` ghost batches (1: ordinary batch norm)
-    into y with activation code act, renormalised when rn_mean and rn_sigma
-    (float64 running mean and sqrt(running_var + eps)) are given.  Returns
-    (mean, invstd, var64 or None, r or None, d or None), each of shape
-    (groups, C) when `grouped`, else (C,) (mean and invstd float32 for the
-    half types)."""
-    cdef int k = _kind(x), st, typenum = _stat_typenum(k, x)
-    cdef bint renorm = rn_mean is not None
-    new = (lambda t: _empty2(groups, C, t)) if grouped else (lambda t: _empty(C, t))
-    mean = new(typenum)
-    invstd = new(typenum)
-    var = new(cnp.NPY_FLOAT64) if want_var else None
-    r = new(cnp.NPY_FLOAT64) if renorm else None
-    d = new(cnp.NPY_FLOAT64) if renorm else None
-    cdef fbn_renorm rn
-    cdef fbn_renorm *prn = NULL
-    if renorm:
-        rn.mean = <double *>_ptr(rn_mean)
-        rn.sigma = <double *>_ptr(rn_sigma)
-        rn.rmax = rmax
-        rn.dmax = dmax
-        prn = &rn
-    cdef void *px = _ptr(x)
-    cdef void *pg = _ptr(gamma)
-    cdef void *pb = _ptr(beta)
-    cdef void *pz = _ptr(z)
-    cdef void *py = _ptr(y)
-    cdef void *pm = _ptr(mean)
-    cdef void *pi = _ptr(invstd)
-    cdef double *pv = <double *>_ptr(var)
-    cdef double *pr = <double *>_ptr(r)
-    cdef double *pd = <double *>_ptr(d)
+    into y with activation code act, renormalised when rn = (running mean,
+    sqrt(running_var + eps), rmax, dmax) is given (float64 arrays and
+    floats).  Returns (mean, invstd, var64 or None, r or None, d or None),
+    each of shape (groups, C) when `grouped`, else (C,) (mean and invstd
+    float32 for the half types)."""
+    cdef int k = _kind(x), typenum = _stat_typenum(k, x)
+    cdef Py_ssize_t g = groups if grouped else -1
+    mean = _empty(C, typenum, g)
+    invstd = _empty(C, typenum, g)
+    var = _empty(C, F64, g) if want_var else None
+    r, d = (_empty(C, F64, g), _empty(C, F64, g)) if rn is not None else (None, None)
+    cdef fbn_renorm crn, *prn = NULL
+    if rn is not None:
+        crn = fbn_renorm(<double *>_ptr(rn[0]), <double *>_ptr(rn[1]), rn[2], rn[3])
+        prn = &crn
+    cdef void *px = _ptr(x), *pg = _ptr(gamma), *pb = _ptr(beta), *pz = _ptr(z)
+    cdef void *py = _ptr(y), *pm = _ptr(mean), *pi = _ptr(invstd), *pv = _ptr(var)
+    cdef void *pr = _ptr(r), *pd = _ptr(d)
     with nogil:
-        st = fbn_train_forward(k, px, groups, outer, C, inner, pg, pb, pz, eps, act, prn,
-                               py, pm, pi, pv, pr, pd, nthreads)
-    _check(st)
+        _check(fbn_train_forward(k, px, groups, outer, C, inner, pg, pb, pz, eps, act,
+                                 prn, py, pm, pi, pv, pr, pd, nthreads))
     return mean, invstd, var, r, d
 
 
@@ -415,35 +380,23 @@ def infer_forward(x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, mean, var
                   gamma, beta, z, double eps, int act, y, int nthreads):
     """Inference forward into y with the given statistics (x's dtype, or
     float32 for the half types) and activation code act."""
-    cdef int k = _kind(x), st
-    cdef void *px = _ptr(x)
-    cdef void *pm = _ptr(mean)
-    cdef void *pv = _ptr(var)
-    cdef void *pg = _ptr(gamma)
-    cdef void *pb = _ptr(beta)
-    cdef void *pz = _ptr(z)
-    cdef void *py = _ptr(y)
+    cdef int k = _kind(x)
+    cdef void *px = _ptr(x), *pm = _ptr(mean), *pv = _ptr(var), *pg = _ptr(gamma)
+    cdef void *pb = _ptr(beta), *pz = _ptr(z), *py = _ptr(y)
     with nogil:
-        st = fbn_infer_forward(k, px, outer, C, inner, pm, pv, pg, pb, pz, eps, act, py,
-                               nthreads)
-    _check(st)
+        _check(fbn_infer_forward(k, px, outer, C, inner, pm, pv, pg, pb, pz, eps, act,
+                                 py, nthreads))
 
 
 def apply(x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, mean, invstd,
           gamma, beta, z, int act, y, int nthreads):
     """The normalisation into y with float64 mean and invstd and activation
     code act (True: ReLU)."""
-    cdef int k = _kind(x), st
-    cdef void *px = _ptr(x)
-    cdef double *pm = <double *>_ptr(mean)
-    cdef double *pi = <double *>_ptr(invstd)
-    cdef void *pg = _ptr(gamma)
-    cdef void *pb = _ptr(beta)
-    cdef void *pz = _ptr(z)
-    cdef void *py = _ptr(y)
+    cdef int k = _kind(x)
+    cdef void *px = _ptr(x), *pm = _ptr(mean), *pi = _ptr(invstd), *pg = _ptr(gamma)
+    cdef void *pb = _ptr(beta), *pz = _ptr(z), *py = _ptr(y)
     with nogil:
-        st = fbn_apply(k, px, outer, C, inner, pm, pi, pg, pb, pz, act, py, nthreads)
-    _check(st)
+        _check(fbn_apply(k, px, outer, C, inner, pm, pi, pg, pb, pz, act, py, nthreads))
 
 
 def backward_reduce(dy, x, y, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
@@ -451,18 +404,13 @@ def backward_reduce(dy, x, y, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
     """Per-channel (sum dy', sum dy'*(x-mean)) in float64; dy' masked by the
     forward's output y for activation code act (None: ReLU when y is
     given)."""
-    sdy = _empty(C, cnp.NPY_FLOAT64)
-    sdyx = _empty(C, cnp.NPY_FLOAT64)
-    cdef int k = _kind(x), st, a = _mask(act, y)
-    cdef void *pd = _ptr(dy)
-    cdef void *px = _ptr(x)
-    cdef void *py = _ptr(y)
-    cdef void *pm = _ptr(mean)
-    cdef double *ps = <double *>_ptr(sdy)
-    cdef double *pq = <double *>_ptr(sdyx)
+    sdy, sdyx = _empty(C, F64), _empty(C, F64)
+    cdef int k = _kind(x), a = (y is not None) if act is None else act
+    cdef void *pd = _ptr(dy), *px = _ptr(x), *py = _ptr(y), *pm = _ptr(mean)
+    cdef void *ps = _ptr(sdy), *pq = _ptr(sdyx)
     with nogil:
-        st = fbn_backward_reduce(k, pd, px, py, a, outer, C, inner, pm, ps, pq, nthreads)
-    _check(st)
+        _check(fbn_backward_reduce(k, pd, px, py, a, outer, C, inner, pm, ps, pq,
+                                   nthreads))
     return sdy, sdyx
 
 
@@ -471,21 +419,13 @@ def backward_apply(dy, x, y, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
                    bint training, dx, dz, int nthreads, act=None):
     """dx (and dz) from the reductions (float64 sums over count values); act
     as for backward_reduce."""
-    cdef int k = _kind(x), st, a = _mask(act, y)
-    cdef void *pd = _ptr(dy)
-    cdef void *px = _ptr(x)
-    cdef void *py = _ptr(y)
-    cdef void *pm = _ptr(mean)
-    cdef void *pi = _ptr(invstd)
-    cdef void *pg = _ptr(gamma)
-    cdef double *ps = <double *>_ptr(sum_dy)
-    cdef double *pq = <double *>_ptr(sum_dyxmu)
-    cdef void *pdx = _ptr(dx)
-    cdef void *pdz = _ptr(dz)
+    cdef int k = _kind(x), a = (y is not None) if act is None else act
+    cdef void *pd = _ptr(dy), *px = _ptr(x), *py = _ptr(y), *pm = _ptr(mean)
+    cdef void *pi = _ptr(invstd), *pg = _ptr(gamma), *ps = _ptr(sum_dy)
+    cdef void *pq = _ptr(sum_dyxmu), *pdx = _ptr(dx), *pdz = _ptr(dz)
     with nogil:
-        st = fbn_backward_apply(k, pd, px, py, a, outer, C, inner, pm, pi, pg, ps, pq,
-                                count, training, pdx, pdz, nthreads)
-    _check(st)
+        _check(fbn_backward_apply(k, pd, px, py, a, outer, C, inner, pm, pi, pg, ps, pq,
+                                  count, training, pdx, pdz, nthreads))
 
 
 def backward(dy, x, y, int act, Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
@@ -496,31 +436,20 @@ def backward(dy, x, y, int act, Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t 
     hold groups*C values (x's dtype, float32 for the half types), r, d
     (float64) a renormalised forward's or None.  Returns (dgamma, dbeta),
     summed over the groups (float32 for the half types)."""
-    cdef int k = _kind(x), st, typenum = _stat_typenum(k, x)
+    cdef int k = _kind(x), typenum = _stat_typenum(k, x)
     dgamma = _empty(C, typenum)
     dbeta = _empty(C, typenum)
-    cdef void *pdy = _ptr(dy)
-    cdef void *px = _ptr(x)
-    cdef void *py = _ptr(y)
-    cdef void *pm = _ptr(mean)
-    cdef void *pi = _ptr(invstd)
-    cdef void *pg = _ptr(gamma)
-    cdef double *pr = <double *>_ptr(r)
-    cdef double *pd = <double *>_ptr(d)
-    cdef void *pdx = _ptr(dx)
-    cdef void *pdz = _ptr(dz)
-    cdef void *pdg = _ptr(dgamma)
-    cdef void *pdb = _ptr(dbeta)
+    cdef void *pdy = _ptr(dy), *px = _ptr(x), *py = _ptr(y), *pm = _ptr(mean)
+    cdef void *pi = _ptr(invstd), *pg = _ptr(gamma), *pr = _ptr(r), *pd = _ptr(d)
+    cdef void *pdx = _ptr(dx), *pdz = _ptr(dz), *pdg = _ptr(dgamma), *pdb = _ptr(dbeta)
     with nogil:
-        st = fbn_backward(k, pdy, px, py, act, groups, outer, C, inner, pm, pi, pg, pr,
-                          pd, training, pdx, pdz, pdg, pdb, nthreads)
-    _check(st)
+        _check(fbn_backward(k, pdy, px, py, act, groups, outer, C, inner, pm, pi, pg,
+                            pr, pd, training, pdx, pdz, pdg, pdb, nthreads))
     return dgamma, dbeta
 
 
 cdef inline int _cols_kind(object x) except -1:
-    """The dtype code of x for the per-column kernels (float32 or float64:
-    they have no half instantiation)."""
+    """The dtype code of x for the per-column kernels (no half types)."""
     cdef int k = _kind(x)
     if k >= FBN_FLOAT16:
         raise TypeError(f"fastbn per-column kernels take float32 or float64, got "
@@ -532,18 +461,12 @@ def colstats(x, Py_ssize_t n, Py_ssize_t p, bint colmajor, w, int nthreads):
     """Per-column (count, mean, m2) in float64 of the (n, p) matrix x (its
     data read in C order, or Fortran order with colmajor), NaN skipped,
     weighted by the float64 array w (n values) or not (None)."""
-    count = _empty(p, cnp.NPY_FLOAT64)
-    mean = _empty(p, cnp.NPY_FLOAT64)
-    m2 = _empty(p, cnp.NPY_FLOAT64)
-    cdef int k = _cols_kind(x), st
-    cdef void *px = _ptr(x)
-    cdef double *pw = <double *>_ptr(w)
-    cdef double *pk = <double *>_ptr(count)
-    cdef double *pm = <double *>_ptr(mean)
-    cdef double *pq = <double *>_ptr(m2)
+    count, mean, m2 = _empty(p, F64), _empty(p, F64), _empty(p, F64)
+    cdef int k = _cols_kind(x)
+    cdef void *px = _ptr(x), *pw = _ptr(w), *pk = _ptr(count), *pm = _ptr(mean)
+    cdef void *pq = _ptr(m2)
     with nogil:
-        st = fbn_colstats(k, px, n, p, colmajor, pw, pk, pm, pq, nthreads)
-    _check(st)
+        _check(fbn_colstats(k, px, n, p, colmajor, pw, pk, pm, pq, nthreads))
     return count, mean, m2
 
 
@@ -553,12 +476,9 @@ def standardize(x, Py_ssize_t n, Py_ssize_t p, bint colmajor, mean, scale,
     x's dtype, mean and scale float64 arrays of p values or None; y has x's
     layout and dtype (it may be x; None: x is only searched for
     infinities).  Returns True if x holds an infinity."""
-    cdef int k = _cols_kind(x), st, bad = 0
-    cdef void *px = _ptr(x)
-    cdef double *pm = <double *>_ptr(mean)
-    cdef double *ps = <double *>_ptr(scale)
-    cdef void *py = _ptr(y)
+    cdef int k = _cols_kind(x), bad = 0
+    cdef void *px = _ptr(x), *pm = _ptr(mean), *ps = _ptr(scale), *py = _ptr(y)
     with nogil:
-        st = fbn_standardize(k, px, n, p, colmajor, pm, ps, inverse, py, &bad, nthreads)
-    _check(st)
+        _check(fbn_standardize(k, px, n, p, colmajor, pm, ps, inverse, py, &bad,
+                               nthreads))
     return bool(bad)
