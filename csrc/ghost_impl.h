@@ -179,7 +179,7 @@ static int NAME(k_train_ghost)(const void *x, ptrdiff_t groups, ptrdiff_t outer,
     gf.f.gamma = gamma;
     gf.f.beta = beta;
     gf.f.y = y;
-    gf.f.relu = act;
+    gf.f.act = act;
     gf.f.eps = eps;
     gf.f.mean_out = mean_out;
     gf.f.invstd_out = invstd_out;
@@ -348,7 +348,6 @@ static int NAME(k_backward_ghost)(const void *dy, const void *x, const void *y,
     double *tmp, *dg64, *db64;
     const R *mean = (const R *)mean_v;
     R *dgamma = (R *)dgamma_v, *dbeta = (R *)dbeta_v;
-    (void)act;
     if (groups < 1 || outer < 0 || C < 0 || inner < 0 || outer % groups != 0 ||
         (r == NULL) != (d == NULL))
         return FBN_EINVAL;
@@ -360,7 +359,7 @@ static int NAME(k_backward_ghost)(const void *dy, const void *x, const void *y,
         return FBN_OK;
     }
     if (groups == 1 && r == NULL)
-        return NAME(k_backward)(dy, x, y, outer, C, inner, mean, invstd, gamma,
+        return NAME(k_backward)(dy, x, y, act, outer, C, inner, mean, invstd, gamma,
                                 training, dx, dz, dgamma, dbeta, nthreads);
     og = outer / groups;
     fbn_plan_make_g(&p, groups, og, C, inner, sizeof(T), y ? 3 : 2, 0, dz ? 2 : 1,
@@ -380,7 +379,7 @@ static int NAME(k_backward_ghost)(const void *dy, const void *x, const void *y,
     if (mem == NULL)
         return FBN_ENOMEM;
     memset(&gb, 0, sizeof gb);
-    NAME(bwd_init)(&gb.b, &p, dy, x, y, mean, invstd, gamma, training, dx, dz);
+    NAME(bwd_init)(&gb.b, &p, dy, x, y, act, mean, invstd, gamma, training, dx, dz);
     gb.b.rr = r;
     gb.b.rd = d;
     gb.b.pd = (double *)mem;

@@ -101,6 +101,15 @@ static inline void NAME(store16)(T *y, __m512 t)
 }
 
 /* The first n < 16 of them (nothing else written). */
+/* The backward's mask of activation act on 16 floats (as pass()). */
+static inline __mmask16 NAME(pass16)(__m512 v, int act)
+{
+    __mmask16 k = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GT_OQ);
+    if (act == FBN_ACT_RELU6)
+        k &= _mm512_cmp_ps_mask(v, _mm512_set1_ps(6.0f), _CMP_LT_OQ);
+    return k;
+}
+
 static inline void NAME(storen)(T *y, __m512 t, ptrdiff_t n)
 {
     _mm256_mask_storeu_epi16(y, (__mmask16)((1u << n) - 1u), NAME(narrow16)(t));
@@ -150,6 +159,15 @@ static inline void NAME(store16u)(T *y, __m256 a, __m256 b)
 
 /* 8 floats rounded once to the half type (float16: VCVTPS2PH, bitwise
  * fbn_f32_to_f16; bfloat16: round8). */
+/* The backward's mask of activation act on 8 floats (as pass()). */
+static inline __m256 NAME(pass8)(__m256 v, int act)
+{
+    __m256 k = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ);
+    if (act == FBN_ACT_RELU6)
+        k = _mm256_and_ps(k, _mm256_cmp_ps(v, _mm256_set1_ps(6.0f), _CMP_LT_OQ));
+    return k;
+}
+
 static inline void NAME(store8)(T *y, __m256 t)
 {
 #if FBN_HALF == 1
@@ -706,12 +724,14 @@ static inline void NAME(dsum_acc)(const T *x, ptrdiff_t n, const double *m, doub
         t = _mm512_add_ps(_mm512_mul_ps(t, va), vb);                           \
         if (hasz)                                                              \
             t = _mm512_add_ps(t, (zv));                                        \
-        if (relu)                                                              \
+        if (act)                                                               \
             t = _mm512_max_ps(zero, t);                                        \
+        if ((act) == FBN_ACT_RELU6)                                            \
+            t = _mm512_min_ps(_mm512_set1_ps(6.0f), t);                        \
     } while (0)
 
 static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
-                                    R mh, R ml, R a, R b, int relu, int hasz)
+                                    R mh, R ml, R a, R b, int act, int hasz)
 {
     __m512 vmh = _mm512_set1_ps(mh), vml = _mm512_set1_ps(ml), t;
     __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), zero = _mm512_setzero_ps();
@@ -740,7 +760,7 @@ static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
  * (apply_span's whole lines); pf != 0: line by line, the line of x pf
  * values further on prefetched. */
 static inline void NAME(apply_nt_body)(const T *x, const T *z, T *y, ptrdiff_t n,
-                                       R mh, R ml, R a, R b, ptrdiff_t pf, int relu,
+                                       R mh, R ml, R a, R b, ptrdiff_t pf, int act,
                                        int hasz)
 {
     __m512 vmh = _mm512_set1_ps(mh), vml = _mm512_set1_ps(ml), t, u;
@@ -766,7 +786,7 @@ static inline void NAME(apply_nt_body)(const T *x, const T *z, T *y, ptrdiff_t n
  * (max(0, t) as at AVX-512), the last n % 8 one by one in the float
  * kernel's own expression; x, z and y may be the same array. */
 static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
-                                    R mh, R ml, R a, R b, int relu, int hasz)
+                                    R mh, R ml, R a, R b, int act, int hasz)
 {
     __m256 vmh = _mm256_set1_ps(mh), vml = _mm256_set1_ps(ml), t;
     __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b), zero = _mm256_setzero_ps();
@@ -777,8 +797,10 @@ static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
         t = _mm256_add_ps(_mm256_mul_ps(t, va), vb);                           \
         if (hasz)                                                              \
             t = _mm256_add_ps(t, (zv));                                        \
-        if (relu)                                                              \
+        if (act)                                                               \
             t = _mm256_max_ps(zero, t);                                        \
+        if ((act) == FBN_ACT_RELU6)                                            \
+            t = _mm256_min_ps(_mm256_set1_ps(6.0f), t);                        \
     } while (0)
 #if FBN_HALF == 2
     for (; i + 16 <= n; i += 16) { /* (in the unpacks' order: one set of constants) */
@@ -800,15 +822,14 @@ static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
         R u = ((FBN_LD(x[i]) - mh) - ml) * a + b;
         if (hasz)
             u += FBN_LD(z[i]);
-        if (relu)
-            u = u < (R)0 ? (R)0 : u;
+        FBN_ACTIVATE(u, act);
         y[i] = FBN_ST(u);
     }
 }
 #else
 /* x, z and y may be the same array (a tile is read before it is written). */
 static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
-                                    R mh, R ml, R a, R b, int relu, int hasz)
+                                    R mh, R ml, R a, R b, int act, int hasz)
 {
     float w[FBN_TILE], wz[FBN_TILE];
     ptrdiff_t t;
@@ -817,7 +838,7 @@ static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
         NAME(widen)(x + t, w, len);
         if (hasz)
             NAME(widen)(z + t, wz, len);
-        FBN_F32(apply_body)(w, wz, w, len, mh, ml, a, b, relu, hasz);
+        FBN_F32(apply_body)(w, wz, w, len, mh, ml, a, b, act, hasz);
         NAME(narrow)(w, y + t, len);
     }
 }
@@ -826,13 +847,14 @@ static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
 #if FBN_F16C
 /* The backward's reductions, values [i, n) in the scalar lane (t0, t1),
  * as bsum_plain adds its last n % 16 values. */
-static inline void NAME(bsum_tail)(const T *dy, const T *x, const T *y, ptrdiff_t i,
-                                   ptrdiff_t n, double m, double *t0, double *t1)
+static inline void NAME(bsum_tail)(const T *dy, const T *x, const T *y, int act,
+                                   ptrdiff_t i, ptrdiff_t n, double m, double *t0,
+                                   double *t1)
 {
     for (; i < n; i++) {
         float gf = FBN_LD(dy[i]);
         double gk;
-        if (y && !(FBN_LD(y[i]) > 0.0f))
+        if (y && !NAME(pass)(FBN_LD(y[i]), act))
             gf = 0.0f;
         gk = (double)gf;
         *t0 += gk;
@@ -848,20 +870,19 @@ static inline void NAME(bsum_tail)(const T *dy, const T *x, const T *y, ptrdiff_
  * the float kernel's order (bsum_plain: lanes 0-7 and 8-15, the last
  * n % 16 values in the scalar lane), so the bits are the float kernel's on
  * the widened data. */
-static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
+static void NAME(bsum_body)(const T *dy, const T *x, const T *y, int act, ptrdiff_t n,
                             double m, double *s0, double *s1)
 {
     __m512d a0 = _mm512_loadu_pd(s0), b0 = _mm512_loadu_pd(s0 + 8);
     __m512d a1 = _mm512_loadu_pd(s1), b1 = _mm512_loadu_pd(s1 + 8);
     __m512d mv = _mm512_set1_pd(m);
-    __m512 zero = _mm512_setzero_ps();
     double t0 = s0[FBN_LANES], t1 = s1[FBN_LANES];
     ptrdiff_t i = 0;
     for (; i + 16 <= n; i += 16) {
         __m512 g = NAME(load16)(dy + i), v = NAME(load16)(x + i);
         __m512d ga, gb;
         if (y)
-            g = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(NAME(load16)(y + i), zero, _CMP_GT_OQ), g);
+            g = _mm512_maskz_mov_ps(NAME(pass16)(NAME(load16)(y + i), act), g);
         ga = _mm512_cvtps_pd(_mm512_castps512_ps256(g));
         gb = _mm512_cvtps_pd(_mm512_extractf32x8_ps(g, 1));
         a0 = _mm512_add_pd(a0, ga);
@@ -871,7 +892,7 @@ static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
         b1 = _mm512_add_pd(b1, _mm512_mul_pd(gb, _mm512_sub_pd(
                  _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)), mv)));
     }
-    NAME(bsum_tail)(dy, x, y, i, n, m, &t0, &t1);
+    NAME(bsum_tail)(dy, x, y, act, i, n, m, &t0, &t1);
     _mm512_storeu_pd(s0, a0);
     _mm512_storeu_pd(s0 + 8, b0);
     _mm512_storeu_pd(s1, a1);
@@ -888,14 +909,14 @@ static inline void NAME(bapply_body)(const T *dy, const T *x, const T *y,
                                      R D, int mask, int training, int hasdz)
 {
     __m512 vm = _mm512_set1_ps(m), va = _mm512_set1_ps(A), vb = _mm512_set1_ps(B);
-    __m512 vd = _mm512_set1_ps(D), zero = _mm512_setzero_ps();
+    __m512 vd = _mm512_set1_ps(D);
     ptrdiff_t i;
     for (i = 0; i < n; i += 16) {
         ptrdiff_t q = n - i; /* < 16: the tail, masked */
         __m512 g = q >= 16 ? NAME(load16)(dy + i) : NAME(loadn)(dy + i, q), r;
         if (mask)
-            g = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(
-                    q >= 16 ? NAME(load16)(y + i) : NAME(loadn)(y + i, q), zero, _CMP_GT_OQ), g);
+            g = _mm512_maskz_mov_ps(NAME(pass16)(
+                    q >= 16 ? NAME(load16)(y + i) : NAME(loadn)(y + i, q), mask), g);
         if (hasdz) {
             if (q >= 16)
                 NAME(store16)(dz + i, g);
@@ -917,11 +938,10 @@ static inline void NAME(bapply_body)(const T *dy, const T *x, const T *y,
  * widened at once into two double vectors of 4 lanes, the lanes in the
  * float kernel's order (bsum_plain: 16 lanes, the last n % 16 values in
  * the scalar lane). */
-static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
+static void NAME(bsum_body)(const T *dy, const T *x, const T *y, int act, ptrdiff_t n,
                             double m, double *s0, double *s1)
 {
     __m256d a[4], b[4], mv = _mm256_set1_pd(m);
-    __m256 zero = _mm256_setzero_ps();
     double t0 = s0[FBN_LANES], t1 = s1[FBN_LANES];
     ptrdiff_t i = 0;
     int k;
@@ -934,7 +954,7 @@ static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
             __m256 g = NAME(load8)(dy + i + 8 * k), v = NAME(load8)(x + i + 8 * k);
             __m256d glo, ghi;
             if (y)
-                g = _mm256_and_ps(_mm256_cmp_ps(NAME(load8)(y + i + 8 * k), zero, _CMP_GT_OQ), g);
+                g = _mm256_and_ps(NAME(pass8)(NAME(load8)(y + i + 8 * k), act), g);
             glo = _mm256_cvtps_pd(_mm256_castps256_ps128(g));
             ghi = _mm256_cvtps_pd(_mm256_extractf128_ps(g, 1));
             a[2 * k] = _mm256_add_pd(a[2 * k], glo);
@@ -944,7 +964,7 @@ static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
             b[2 * k + 1] = _mm256_add_pd(b[2 * k + 1], _mm256_mul_pd(ghi, _mm256_sub_pd(
                                _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), mv)));
         }
-    NAME(bsum_tail)(dy, x, y, i, n, m, &t0, &t1);
+    NAME(bsum_tail)(dy, x, y, act, i, n, m, &t0, &t1);
     for (k = 0; k < 4; k++) {
         _mm256_storeu_pd(s0 + 4 * k, a[k]);
         _mm256_storeu_pd(s1 + 4 * k, b[k]);
@@ -961,12 +981,12 @@ static inline void NAME(bapply_body)(const T *dy, const T *x, const T *y,
                                      R D, int mask, int training, int hasdz)
 {
     __m256 vm = _mm256_set1_ps(m), va = _mm256_set1_ps(A), vb = _mm256_set1_ps(B);
-    __m256 vd = _mm256_set1_ps(D), zero = _mm256_setzero_ps();
+    __m256 vd = _mm256_set1_ps(D);
     ptrdiff_t i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 g = NAME(load8)(dy + i), r;
         if (mask)
-            g = _mm256_and_ps(_mm256_cmp_ps(NAME(load8)(y + i), zero, _CMP_GT_OQ), g);
+            g = _mm256_and_ps(NAME(pass8)(NAME(load8)(y + i), mask), g);
         if (hasdz)
             NAME(store8)(dz + i, g);
         r = _mm256_mul_ps(va, g);
@@ -977,7 +997,7 @@ static inline void NAME(bapply_body)(const T *dy, const T *x, const T *y,
     }
     for (; i < n; i++) {
         float g = FBN_LD(dy[i]), r;
-        if (mask && !(FBN_LD(y[i]) > 0.0f))
+        if (mask && !NAME(pass)(FBN_LD(y[i]), mask))
             g = 0.0f;
         if (hasdz)
             dz[i] = FBN_ST(g);
@@ -990,7 +1010,7 @@ static inline void NAME(bapply_body)(const T *dy, const T *x, const T *y,
 #else
 /* The backward's reductions of n values (dy' = dy where y > 0 when y is
  * given): the float kernel's bsum_body, tile by tile. */
-static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
+static void NAME(bsum_body)(const T *dy, const T *x, const T *y, int act, ptrdiff_t n,
                             double m, double *s0, double *s1)
 {
     float wg[FBN_TILE], wx[FBN_TILE], wy[FBN_TILE];
@@ -1001,7 +1021,7 @@ static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
         NAME(widen)(x + t, wx, len);
         if (y) {
             NAME(widen)(y + t, wy, len);
-            FBN_F32(mask_grad)(wg, wy, wg, len);
+            FBN_F32(mask_grad)(wg, wy, act, wg, len);
         }
         FBN_F32(bsum_plain)(wg, wx, len, m, s0, s1);
     }
@@ -1035,12 +1055,11 @@ static inline void NAME(bapply_body)(const T *dy, const T *x, const T *y,
  * reductions): the float kernel's bsum_long_rows on the widened values,
  * channel by channel (s0[c] += g, s1[c] += g * (x - m[c]) in double, g
  * = +0 where y <= 0 or NaN when y is given), in registers. */
-static void NAME(bsum_row_regs)(const T *dy, const T *x, const T *y, ptrdiff_t n,
+static void NAME(bsum_row_regs)(const T *dy, const T *x, const T *y, int act, ptrdiff_t n,
                                 const double *m, double *s0, double *s1)
 {
     ptrdiff_t c = 0;
 #if FBN_F16C == 512
-    __m512 zero = _mm512_setzero_ps();
 #define FBN_BROW(gd, xd, o)                                                    \
     do {                                                                       \
         __m512d gk = (gd);                                                     \
@@ -1051,14 +1070,13 @@ static void NAME(bsum_row_regs)(const T *dy, const T *x, const T *y, ptrdiff_t n
     for (; c + 16 <= n; c += 16) {
         __m512 g = NAME(load16)(dy + c), v = NAME(load16)(x + c);
         if (y)
-            g = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(NAME(load16)(y + c), zero, _CMP_GT_OQ), g);
+            g = _mm512_maskz_mov_ps(NAME(pass16)(NAME(load16)(y + c), act), g);
         FBN_BROW(_mm512_cvtps_pd(_mm512_castps512_ps256(g)),
                  _mm512_cvtps_pd(_mm512_castps512_ps256(v)), c);
         FBN_BROW(_mm512_cvtps_pd(_mm512_extractf32x8_ps(g, 1)),
                  _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)), c + 8);
     }
 #else
-    __m256 zero = _mm256_setzero_ps();
 #define FBN_BROW(gd, xd, o)                                                    \
     do {                                                                       \
         __m256d gk = (gd);                                                     \
@@ -1069,7 +1087,7 @@ static void NAME(bsum_row_regs)(const T *dy, const T *x, const T *y, ptrdiff_t n
     for (; c + 8 <= n; c += 8) {
         __m256 g = NAME(load8)(dy + c), v = NAME(load8)(x + c);
         if (y)
-            g = _mm256_and_ps(_mm256_cmp_ps(NAME(load8)(y + c), zero, _CMP_GT_OQ), g);
+            g = _mm256_and_ps(NAME(pass8)(NAME(load8)(y + c), act), g);
         FBN_BROW(_mm256_cvtps_pd(_mm256_castps256_ps128(g)),
                  _mm256_cvtps_pd(_mm256_castps256_ps128(v)), c);
         FBN_BROW(_mm256_cvtps_pd(_mm256_extractf128_ps(g, 1)),
@@ -1080,7 +1098,7 @@ static void NAME(bsum_row_regs)(const T *dy, const T *x, const T *y, ptrdiff_t n
     for (; c < n; c++) {
         float gf = FBN_LD(dy[c]);
         double gk;
-        if (y && !(FBN_LD(y[c]) > 0.0f))
+        if (y && !NAME(pass)(FBN_LD(y[c]), act))
             gf = 0.0f;
         gk = (double)gf;
         s0[c] += gk;

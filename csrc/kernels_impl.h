@@ -32,41 +32,53 @@
  * mean that float cannot hold, so large offsets cancel exactly),
  * a = gamma * invstd and b = beta.
  */
-#ifndef FBN_RELU_Z
-/* f(args..., relu, hasz) with the two flags made constants, so that each
- * instance of an inline body is a simple loop */
-#define FBN_RELU_Z(f, relu, hasz, ...)                                          \
+#ifndef FBN_ACT_Z
+/* f(args..., act, hasz) with the activation (FBN_ACT_*) and the residual
+ * flag made constants, so that each instance of an inline body is a
+ * simple loop */
+#define FBN_ACT_Z(f, act, hasz, ...)                                           \
     do {                                                                       \
-        if (relu) {                                                            \
-            if (hasz)                                                          \
-                f(__VA_ARGS__, 1, 1);                                          \
-            else                                                               \
-                f(__VA_ARGS__, 1, 0);                                          \
-        } else if (hasz)                                                       \
-            f(__VA_ARGS__, 0, 1);                                              \
+        if ((act) == FBN_ACT_RELU6)                                            \
+            FBN_FLAG(f, hasz, __VA_ARGS__, FBN_ACT_RELU6);                     \
+        else if (act)                                                          \
+            FBN_FLAG(f, hasz, __VA_ARGS__, FBN_ACT_RELU);                      \
         else                                                                   \
-            f(__VA_ARGS__, 0, 0);                                              \
+            FBN_FLAG(f, hasz, __VA_ARGS__, FBN_ACT_NONE);                      \
     } while (0)
-/* f(args..., mask, training, hasdz) with the three flags made constants
- * (the backward's bodies) */
-#define FBN_MASK_TRAIN_DZ(f, mask, training, hasdz, ...)                         \
+/* f(args..., 1) if flag, else f(args..., 0) */
+#define FBN_FLAG(f, flag, ...)                                                 \
+    do {                                                                       \
+        if (flag)                                                              \
+            f(__VA_ARGS__, 1);                                                 \
+        else                                                                   \
+            f(__VA_ARGS__, 0);                                                 \
+    } while (0)
+/* f(args..., mask, training, hasdz) with the three made constants (the
+ * backward's bodies; mask: the forward's activation, FBN_ACT_*) */
+#define FBN_MASK_TRAIN_DZ(f, mask, training, hasdz, ...)                       \
+    do {                                                                       \
+        if ((mask) == FBN_ACT_RELU6)                                           \
+            FBN_TRAIN_DZ(f, training, hasdz, __VA_ARGS__, FBN_ACT_RELU6);      \
+        else if (mask)                                                         \
+            FBN_TRAIN_DZ(f, training, hasdz, __VA_ARGS__, FBN_ACT_RELU);       \
+        else                                                                   \
+            FBN_TRAIN_DZ(f, training, hasdz, __VA_ARGS__, FBN_ACT_NONE);       \
+    } while (0)
+#define FBN_TRAIN_DZ(f, training, hasdz, ...)                                  \
     do {                                                                       \
         if (training)                                                          \
-            FBN_MASK_DZ(f, mask, hasdz, 1, __VA_ARGS__);                       \
+            FBN_FLAG(f, hasdz, __VA_ARGS__, 1);                                \
         else                                                                   \
-            FBN_MASK_DZ(f, mask, hasdz, 0, __VA_ARGS__);                       \
+            FBN_FLAG(f, hasdz, __VA_ARGS__, 0);                                \
     } while (0)
-#define FBN_MASK_DZ(f, mask, hasdz, tr, ...)                                    \
+/* The activation act (a constant in each body) of a value t of R in place:
+ * max(t, 0), and min(., 6) for ReLU6 (NaN stays NaN, -0 stays -0). */
+#define FBN_ACTIVATE(t, act)                                                   \
     do {                                                                       \
-        if (mask) {                                                            \
-            if (hasdz)                                                         \
-                f(__VA_ARGS__, 1, tr, 1);                                      \
-            else                                                               \
-                f(__VA_ARGS__, 1, tr, 0);                                      \
-        } else if (hasdz)                                                      \
-            f(__VA_ARGS__, 0, tr, 1);                                          \
-        else                                                                   \
-            f(__VA_ARGS__, 0, tr, 0);                                          \
+        if (act)                                                               \
+            (t) = (t) < (R)0 ? (R)0 : (t);                                     \
+        if ((act) == FBN_ACT_RELU6)                                            \
+            (t) = (t) > (R)6 ? (R)6 : (t);                                     \
     } while (0)
 #endif
 #define FBN_CAT_(a, b, c) a##_##b##_##c
@@ -91,6 +103,13 @@
 #define FBN_LD(v) (v)
 #define FBN_ST(v) (v)
 #endif
+
+/* 1 where the forward's output v (an element as R) passes the backward's
+ * mask of activation act: v > 0 (ReLU), 0 < v < 6 (ReLU6); 0 for NaN. */
+static inline int NAME(pass)(R v, int act)
+{
+    return act == FBN_ACT_RELU6 ? (v > (R)0) & (v < (R)6) : v > (R)0;
+}
 
 #if FBN_VEC
 /* 32-byte vectors of T (GCC/clang vector extensions) for the few loops the
@@ -401,7 +420,7 @@ static void NAME(block_moments)(const T *x, ptrdiff_t C, ptrdiff_t r0,
  * `omp simd` states that there is no dependence between iterations. */
 #if !FBN_HALF /* (half_impl.h) */
 static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
-                                    R mh, R ml, R a, R b, int relu, int hasz)
+                                    R mh, R ml, R a, R b, int act, int hasz)
 {
     ptrdiff_t i;
 #pragma omp simd
@@ -409,17 +428,16 @@ static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
         R t = ((FBN_LD(x[i]) - mh) - ml) * a + b;
         if (hasz)
             t += FBN_LD(z[i]);
-        if (relu)
-            t = t < (R)0 ? (R)0 : t; /* NaN stays NaN */
+        FBN_ACTIVATE(t, act);
         y[i] = FBN_ST(t);
     }
 }
 #endif
 
 static void NAME(apply_any)(const T *x, const T *z, T *y, ptrdiff_t n, R mh,
-                            R ml, R a, R b, int relu)
+                            R ml, R a, R b, int act)
 {
-    FBN_RELU_Z(NAME(apply_body), relu, z != NULL, x, z, y, n, mh, ml, a, b);
+    FBN_ACT_Z(NAME(apply_body), act, z != NULL, x, z, y, n, mh, ml, a, b);
 }
 
 #if FBN_HALF && FBN_F16C == 512
@@ -429,9 +447,9 @@ static void NAME(apply_any)(const T *x, const T *z, T *y, ptrdiff_t n, R mh,
 #define FBN_NT_LINES 1
 #define FBN_LINE_VALUES ((ptrdiff_t)(64 / sizeof(T)))
 static void NAME(apply_any_nt)(const T *x, const T *z, T *y, ptrdiff_t n, R mh,
-                               R ml, R a, R b, int relu, ptrdiff_t pf)
+                               R ml, R a, R b, int act, ptrdiff_t pf)
 {
-    FBN_RELU_Z(NAME(apply_nt_body), relu, z != NULL, x, z, y, n, mh, ml, a, b, pf);
+    FBN_ACT_Z(NAME(apply_nt_body), act, z != NULL, x, z, y, n, mh, ml, a, b, pf);
 }
 #else
 #undef FBN_NT_LINES
@@ -481,11 +499,11 @@ static inline int NAME(nt_lines)(const T *y, ptrdiff_t q, ptrdiff_t e, ptrdiff_t
 static FBN_NOINLINE void NAME(apply_piece_nt)(const T *x, const T *z, T *y, T *buf,
                                               ptrdiff_t i, ptrdiff_t from, ptrdiff_t q,
                                               ptrdiff_t l0, ptrdiff_t l1, R mh, R ml, R a,
-                                              R b, int relu, ptrdiff_t pf)
+                                              R b, int act, ptrdiff_t pf)
 {
-    NAME(apply_any)(x + q, z ? z + q : NULL, buf + (q - i), l0 - q, mh, ml, a, b, relu);
+    NAME(apply_any)(x + q, z ? z + q : NULL, buf + (q - i), l0 - q, mh, ml, a, b, act);
     NAME(stream)(y + from, buf + (from - i), (size_t)(l0 - from) * sizeof(T));
-    NAME(apply_any_nt)(x + l0, z ? z + l0 : NULL, y + l0, l1 - l0, mh, ml, a, b, relu, pf);
+    NAME(apply_any_nt)(x + l0, z ? z + l0 : NULL, y + l0, l1 - l0, mh, ml, a, b, act, pf);
 }
 #endif
 
@@ -500,7 +518,7 @@ static FBN_NOINLINE void NAME(apply_piece_nt)(const T *x, const T *z, T *y, T *b
  * lines line by line), the values pf elements further on are prefetched. */
 static void NAME(apply_span)(const T *x, const T *z, T *y, ptrdiff_t C,
                              ptrdiff_t inner, ptrdiff_t s0, ptrdiff_t s1,
-                             const R *coef, int relu, int nt, ptrdiff_t pf)
+                             const R *coef, int act, int nt, ptrdiff_t pf)
 {
     T buf[FBN_TILE];
     ptrdiff_t i = s0;
@@ -521,12 +539,12 @@ static void NAME(apply_span)(const T *x, const T *z, T *y, ptrdiff_t C,
                 NAME(nt_lines)(y, q, e, &l0, &l1)) {
                 /* through the run's last whole line; the next tile starts
                  * there */
-                NAME(apply_piece_nt)(x, z, y, buf, i, from, q, l0, l1, mh, ml, a, b, relu, pf);
+                NAME(apply_piece_nt)(x, z, y, buf, i, from, q, l0, l1, mh, ml, a, b, act, pf);
                 end = from = l1;
                 len = l1 - q;
             } else
 #endif
-            NAME(apply_any)(x + q, zq, nt ? buf + (q - i) : y + q, len, mh, ml, a, b, relu);
+            NAME(apply_any)(x + q, zq, nt ? buf + (q - i) : y + q, len, mh, ml, a, b, act);
             q += len;
             if (q == rend) {
                 rend += inner;
@@ -542,7 +560,7 @@ static void NAME(apply_span)(const T *x, const T *z, T *y, ptrdiff_t C,
 #if !FBN_HALF
 static inline void NAME(rows_body)(const T *x, const T *z, T *y, ptrdiff_t C,
                                    ptrdiff_t r0, ptrdiff_t r1, const R *coef,
-                                   int relu, int hasz)
+                                   int act, int hasz)
 {
     const R *mh = coef, *ml = coef + C, *a = coef + 2 * C, *b = coef + 3 * C;
     ptrdiff_t r, c;
@@ -555,24 +573,23 @@ static inline void NAME(rows_body)(const T *x, const T *z, T *y, ptrdiff_t C,
             R t = ((FBN_LD(xr[c]) - mh[c]) - ml[c]) * a[c] + b[c];
             if (hasz)
                 t += FBN_LD(zr[c]);
-            if (relu)
-                t = t < (R)0 ? (R)0 : t;
+            FBN_ACTIVATE(t, act);
             yr[c] = FBN_ST(t);
         }
     }
 }
 
 static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
-                           ptrdiff_t r0, ptrdiff_t r1, const R *coef, int relu)
+                           ptrdiff_t r0, ptrdiff_t r1, const R *coef, int act)
 {
-    FBN_RELU_Z(NAME(rows_body), relu, z != NULL, x, z, y, C, r0, r1, coef);
+    FBN_ACT_Z(NAME(rows_body), act, z != NULL, x, z, y, C, r0, r1, coef);
 }
 #elif FBN_F16C == 512
 /* AVX-512: the float kernel's rows_body in registers, 16 channels at a
  * time (the last C % 16 masked), each value rounded once (store16). */
 static inline void NAME(rows_regs)(const T *x, const T *z, T *y, ptrdiff_t C,
                                    ptrdiff_t r0, ptrdiff_t r1, const R *coef,
-                                   int relu, int hasz)
+                                   int act, int hasz)
 {
     const R *mh = coef, *ml = coef + C, *a = coef + 2 * C, *b = coef + 3 * C;
     __m512 zero = _mm512_setzero_ps(), t;
@@ -583,8 +600,10 @@ static inline void NAME(rows_regs)(const T *x, const T *z, T *y, ptrdiff_t C,
         t = _mm512_add_ps(_mm512_mul_ps(t, ldc(a + c)), ldc(b + c));           \
         if (hasz)                                                              \
             t = _mm512_add_ps(t, ld(zr + c));                                  \
-        if (relu)                                                              \
+        if (act)                                                               \
             t = _mm512_max_ps(zero, t);                                        \
+        if ((act) == FBN_ACT_RELU6)                                            \
+            t = _mm512_min_ps(_mm512_set1_ps(6.0f), t);                        \
     } while (0)
 #define FBN_LDX(p) NAME(loadn)((p), C - c)
 #define FBN_LDC(p) _mm512_maskz_loadu_ps(m, (p))
@@ -611,7 +630,7 @@ static inline void NAME(rows_regs)(const T *x, const T *z, T *y, ptrdiff_t C,
  * the last C % 8 one by one in its own expression. */
 static inline void NAME(rows_regs)(const T *x, const T *z, T *y, ptrdiff_t C,
                                    ptrdiff_t r0, ptrdiff_t r1, const R *coef,
-                                   int relu, int hasz)
+                                   int act, int hasz)
 {
     const R *mh = coef, *ml = coef + C, *a = coef + 2 * C, *b = coef + 3 * C;
     __m256 zero = _mm256_setzero_ps(), t;
@@ -625,16 +644,17 @@ static inline void NAME(rows_regs)(const T *x, const T *z, T *y, ptrdiff_t C,
             t = _mm256_add_ps(_mm256_mul_ps(t, _mm256_loadu_ps(a + c)), _mm256_loadu_ps(b + c));
             if (hasz)
                 t = _mm256_add_ps(t, NAME(load8)(zr + c));
-            if (relu)
+            if (act)
                 t = _mm256_max_ps(zero, t);
+            if (act == FBN_ACT_RELU6)
+                t = _mm256_min_ps(_mm256_set1_ps(6.0f), t);
             NAME(store8)(yr + c, t);
         }
         for (; c < C; c++) {
             R u = ((FBN_LD(xr[c]) - mh[c]) - ml[c]) * a[c] + b[c];
             if (hasz)
                 u += FBN_LD(zr[c]);
-            if (relu)
-                u = u < (R)0 ? (R)0 : u;
+            FBN_ACTIVATE(u, act);
             yr[c] = FBN_ST(u);
         }
     }
@@ -644,16 +664,16 @@ static inline void NAME(rows_regs)(const T *x, const T *z, T *y, ptrdiff_t C,
 #if FBN_HALF && FBN_F16C
 /* The half kernels' rows in registers, flags made constants. */
 static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
-                           ptrdiff_t r0, ptrdiff_t r1, const R *coef, int relu)
+                           ptrdiff_t r0, ptrdiff_t r1, const R *coef, int act)
 {
-    FBN_RELU_Z(NAME(rows_regs), relu, z != NULL, x, z, y, C, r0, r1, coef);
+    FBN_ACT_Z(NAME(rows_regs), act, z != NULL, x, z, y, C, r0, r1, coef);
 }
 #elif FBN_HALF
 /* Groups of rows widened into L1 tiles, the float kernel's rows_any, and
  * rounded once.  Rows longer than a tile go by slices of FBN_TILE
  * channels, each slice's constants copied out once. */
 static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
-                           ptrdiff_t r0, ptrdiff_t r1, const R *coef, int relu)
+                           ptrdiff_t r0, ptrdiff_t r1, const R *coef, int act)
 {
     float w[FBN_TILE], wz[FBN_TILE];
     ptrdiff_t k = FBN_TILE / C, r;
@@ -667,7 +687,7 @@ static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
                 NAME(widen)(x + r * C + c0, w, len);
                 if (z)
                     NAME(widen)(z + r * C + c0, wz, len);
-                FBN_F32(rows_any)(w, z ? wz : NULL, w, len, 0, 1, kc, relu);
+                FBN_F32(rows_any)(w, z ? wz : NULL, w, len, 0, 1, kc, act);
                 NAME(narrow)(w, y + r * C + c0, len);
             }
         }
@@ -678,7 +698,7 @@ static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
         NAME(widen)(x + r * C, w, nr * C);
         if (z)
             NAME(widen)(z + r * C, wz, nr * C);
-        FBN_F32(rows_any)(w, z ? wz : NULL, w, C, 0, nr, coef, relu);
+        FBN_F32(rows_any)(w, z ? wz : NULL, w, C, 0, nr, coef, act);
         NAME(narrow)(w, y + r * C, nr * C);
     }
 }
@@ -687,19 +707,19 @@ static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
 /* Rows [r0, r1), channel-last; with nt, groups of rows go through a tile
  * in L1 and out with non-temporal stores. */
 static void NAME(apply_rows)(const T *x, const T *z, T *y, ptrdiff_t C,
-                             ptrdiff_t r0, ptrdiff_t r1, const R *coef, int relu,
+                             ptrdiff_t r0, ptrdiff_t r1, const R *coef, int act,
                              int nt)
 {
     T buf[FBN_TILE];
     ptrdiff_t k = FBN_TILE / C, r;
     if (!nt || k < 1) {
-        NAME(rows_any)(x, z, y, C, r0, r1, coef, relu);
+        NAME(rows_any)(x, z, y, C, r0, r1, coef, act);
         return;
     }
     for (r = r0; r < r1; r += k) {
         ptrdiff_t nr = fbn_min(k, r1 - r);
         fbn_prefetch(x + r * C, FBN_APF * sizeof(T), (size_t)(nr * C) * sizeof(T));
-        NAME(rows_any)(x + r * C, z ? z + r * C : NULL, buf, C, 0, nr, coef, relu);
+        NAME(rows_any)(x + r * C, z ? z + r * C : NULL, buf, C, 0, nr, coef, act);
         NAME(stream)(y + r * C, buf, (size_t)(nr * C) * sizeof(T));
     }
 }
@@ -712,7 +732,7 @@ typedef struct {
     const T *x, *z;
     const R *gamma, *beta;
     T *y;
-    int relu;
+    int act;
     double eps;
     double *pm, *pq;    /* per-chunk or per-block moments */
     R *coef;            /* 4*C constants (see coef_one) */
@@ -791,7 +811,7 @@ static void NAME(item_fused_tile)(void *arg, ptrdiff_t t)
     }
     for (o = 0; o < p->outer; o++)
         NAME(apply_span)(f->x, f->z, f->y, p->C, p->inner, o * ci + c0 * p->inner,
-                         o * ci + c1 * p->inner, f->coef, f->relu, p->nt,
+                         o * ci + c1 * p->inner, f->coef, f->act, p->nt,
                          (p->pf && c1 < p->C) ? (c1 - c0) * p->inner : 0);
 }
 
@@ -819,13 +839,13 @@ static void NAME(item_apply)(void *arg, ptrdiff_t b)
     ptrdiff_t i0 = b * p->ab, off = p->outerv * p->Cv;
     if (p->cl && b < p->nab)
         NAME(apply_rows)(f->x, f->z, f->y, p->Cv, i0, fbn_min(i0 + p->ab, p->outerv),
-                         f->coefv, f->relu, p->nt);
+                         f->coefv, f->act, p->nt);
     else if (p->cl) /* the rows left over from folding */
         NAME(apply_rows)(f->x + off, f->z ? f->z + off : NULL, f->y + off, p->C, 0,
-                         p->rem, f->coef, f->relu, p->nt);
+                         p->rem, f->coef, f->act, p->nt);
     else
         NAME(apply_span)(f->x, f->z, f->y, p->C, p->inner, i0,
-                         fbn_min(i0 + p->ab, p->ntot * p->C), f->coef, f->relu,
+                         fbn_min(i0 + p->ab, p->ntot * p->C), f->coef, f->act,
                          p->nt, p->nt ? FBN_APF : 0);
 }
 
@@ -906,7 +926,7 @@ static int NAME(k_moments)(const void *x, ptrdiff_t outer, ptrdiff_t C,
 
 static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
                                  ptrdiff_t inner, const R *gamma, const R *beta,
-                                 const T *z, double eps, int relu, T *y, R *mean_out,
+                                 const T *z, double eps, int act, T *y, R *mean_out,
                                  R *invstd_out, double *var_out, int nthreads)
 {
     fbn_plan p;
@@ -927,7 +947,7 @@ static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
     f.gamma = gamma;
     f.beta = beta;
     f.y = y;
-    f.relu = relu;
+    f.act = act;
     f.eps = eps;
     f.mean_out = mean_out;
     f.invstd_out = invstd_out;
@@ -958,7 +978,7 @@ static int NAME(transform)(const T *x, ptrdiff_t outer, ptrdiff_t C,
                            ptrdiff_t inner, const R *mean_t, const R *var_t,
                            double eps, const double *mean_d,
                            const double *invstd_d, const R *gamma,
-                           const R *beta, const T *z, int relu, T *y,
+                           const R *beta, const T *z, int act, T *y,
                            int nthreads)
 {
     fbn_plan p;
@@ -975,7 +995,7 @@ static int NAME(transform)(const T *x, ptrdiff_t outer, ptrdiff_t C,
     f.x = x;
     f.z = z;
     f.y = y;
-    f.relu = relu;
+    f.act = act;
     /* the constants, and those of folded channel-last rows */
     nc = 4 * (size_t)C + (p.cl && p.fold > 1 ? 4 * (size_t)p.Cv : 0);
     f.coef = nc <= 8 * FBN_STACK_C ? stack_coef : (R *)malloc(sizeof(R) * nc);
