@@ -414,10 +414,11 @@ static void NAME(bapply_span)(const T *dy, const T *x, const T *y, int act, T *d
 }
 
 #if !FBN_HALF
-/* Rows [r0, r1) of dx (channel-last); the constants are per channel. */
-static void NAME(brows_any)(const T *dy, const T *x, const T *y, int act, T *dx,
-                            T *dz, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
-                            const R *k, int training)
+/* Rows [r0, r1) of dx (channel-last); the constants are per channel.
+ * act: the mask's activation, a constant in each instance (brows_any). */
+static inline void NAME(brows_body)(const T *dy, const T *x, const T *y, T *dx,
+                                    T *dz, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
+                                    const R *k, int training, int act)
 {
     const R *m = k, *A = k + C, *B = k + 2 * C, *D = k + 3 * C;
     ptrdiff_t r, c;
@@ -441,6 +442,16 @@ static void NAME(brows_any)(const T *dy, const T *x, const T *y, int act, T *dx,
             dxr[c] = FBN_ST(v);
         }
     }
+}
+
+static void NAME(brows_any)(const T *dy, const T *x, const T *y, int act, T *dx,
+                            T *dz, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
+                            const R *k, int training)
+{
+    if (act == FBN_ACT_RELU6)
+        NAME(brows_body)(dy, x, y, dx, dz, C, r0, r1, k, training, FBN_ACT_RELU6);
+    else
+        NAME(brows_body)(dy, x, y, dx, dz, C, r0, r1, k, training, FBN_ACT_RELU);
 }
 #elif FBN_F16C == 512
 /* AVX-512: the float kernel's brows_any in registers, 16 channels at a time

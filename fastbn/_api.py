@@ -209,10 +209,8 @@ def _train(x, gamma, beta, axis, eps, relu, residual, out, comm, want_var, k=Non
 
 
 def _ghost_k(virtual_batch_size, comm, backward):
-    """``virtual_batch_size`` checked (None: ordinary batch norm); with
-    ``comm`` the ValueError of combining them, told to every rank."""
-    if virtual_batch_size is None:
-        return None
+    """``virtual_batch_size`` checked; with ``comm`` the ValueError of
+    combining them, told to every rank."""
     k = _ghost.check_virtual_batch_size(virtual_batch_size)
     if comm is not None:
         _ghost.comm_error(backward, comm)
@@ -251,9 +249,14 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis=1, eps=1e-5, relu=False,
 
     Returns ``(y, mean, invstd)`` with ``invstd = 1/sqrt(var + eps)``.
     """
-    k = _ghost_k(virtual_batch_size, comm, False)
-    y, mean, invstd, _, _ = _run("FORWARD", _train, comm, x, gamma, beta, axis, eps,
-                                 relu, residual, out, comm, False, k, None, activation)
+    k = None if virtual_batch_size is None else _ghost_k(virtual_batch_size, comm,
+                                                          False)
+    args = (x, gamma, beta, axis, eps, relu, residual, out, comm, False, k, None,
+            activation)
+    if comm is None:
+        y, mean, invstd, _, _ = _train(*args)
+    else:
+        y, mean, invstd, _, _ = _run("FORWARD", _train, comm, *args)
     return y, mean, invstd
 
 
@@ -304,10 +307,13 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
     (``mean``, ``invstd`` of shape ``(G, C)``); ``dgamma`` and ``dbeta``
     are summed over the groups.
     """
-    k = _ghost_k(virtual_batch_size, comm, True)
-    return _run("BACKWARD", _backward, comm if training else None, dy, x, mean,
-                invstd, gamma, axis, y, training, residual, out, comm, k, None, None,
-                activation)
+    k = None if virtual_batch_size is None else _ghost_k(virtual_batch_size, comm,
+                                                          True)
+    args = (dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm, k,
+            None, None, activation)
+    if comm is not None and training:
+        return _run("BACKWARD", _backward, comm, *args)
+    return _backward(*args)
 
 
 def _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm,
@@ -323,7 +329,7 @@ def _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm
     G = 1 if k is None else _ghost.groups(x.shape, a, k)
     dy = like_x(dy, "dy", x)
     yv = None if y is None else like_x(y, "y", x)
-    act = _mask(activation, yv)
+    act = (0 if yv is None else 1) if activation is None else _mask(activation, yv)
     if k is None:
         mean = per_channel(mean, "mean", C, sdt, allow_none=False)
         invstd = per_channel(invstd, "invstd", C, sdt, allow_none=False)

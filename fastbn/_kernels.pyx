@@ -97,9 +97,6 @@ cdef inline void *_ptr(object a):
     return cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
-cdef int F64 = cnp.NPY_FLOAT64  # (a short name: the statistics' type)
-
-
 cdef inline object _empty(Py_ssize_t n, int typenum, Py_ssize_t g=-1):
     """A new array of n elements, or of shape (g, n) for g >= 0."""
     cdef cnp.npy_intp dims[2]
@@ -111,6 +108,7 @@ cdef inline object _empty(Py_ssize_t n, int typenum, Py_ssize_t g=-1):
 # NumPy's type number of bfloat16 (ml_dtypes registers it at run time), -1
 # until the first bfloat16 array is seen.
 cdef int _bf16_num = -1
+cdef int F64 = cnp.NPY_FLOAT64  # (a short name: the statistics' type)
 
 def is_bfloat16(dt):
     """True if the NumPy dtype ``dt`` is bfloat16 (ml_dtypes', JAX's, ...),
@@ -155,13 +153,16 @@ cdef inline int _stat_typenum(int k, object x):
     return cnp.NPY_FLOAT32 if k >= FBN_FLOAT16 else cnp.PyArray_TYPE(<cnp.ndarray>x)
 
 
-cdef int _check(int status) except -1 nogil:
+cdef int _raise(int status) except -1:
+    err = MemoryError if status == FBN_ENOMEM else ValueError
+    raise err(f"fastbn: {fbn_strerror(status).decode()}")
+
+
+cdef inline int _check(int status) except -1 nogil:
     """Raises (taking the GIL) on a kernel's error status."""
     if status != FBN_OK:
         with gil:
-            msg = fbn_strerror(status).decode()
-            err = MemoryError if status == FBN_ENOMEM else ValueError
-            raise err(f"fastbn: {msg}")
+            _raise(status)
     return 0
 
 
@@ -196,11 +197,10 @@ def set_simd(str name):
 
 
 def plain(a, bint writeable=False):
-    """True if `a` is exactly a numpy.ndarray of native float32 or float64
-    (or float16, or bfloat16 once one has been seen),
-    C-contiguous and aligned (and writeable if asked): the form the kernels
-    take as it is.  One C-level look at the array for the common case; the
-    checks in fastbn._checks handle every other case and its messages."""
+    """True if `a` is exactly a numpy.ndarray of a kernel dtype (bfloat16
+    once one has been seen), native, C-contiguous and aligned (and writeable
+    if asked): the form the kernels take as it is (one C-level look; the
+    checks in fastbn._checks handle every other case and its messages)."""
     if type(a) is not cnp.ndarray:
         return False
     cdef cnp.ndarray arr = <cnp.ndarray>a
