@@ -72,7 +72,7 @@ static inline void NAME(bsum_plain)(const T *g, const T *x, ptrdiff_t n,
 static inline void NAME(mask_grad)(const T *dy, const T *y, T *g, ptrdiff_t n)
 {
     ptrdiff_t i;
-#pragma omp simd
+        FBN_OMP_SIMD
     for (i = 0; i < n; i++)
         g[i] = FBN_LD(y[i]) > (R)0 ? dy[i] : (T)0; /* (T)0: +0 in every type */
 }
@@ -158,7 +158,7 @@ FBN_NOINLINE static void NAME(bsum_long_rows)(const T *dy, const T *x, const T *
                 NAME(mask_grad)(gr, y + r * C + c0, g, len);
                 gr = g;
             }
-#pragma omp simd
+        FBN_OMP_SIMD
             for (c = 0; c < len; c++) {
                 double gc = (double)FBN_LD(gr[c]);
                 s0[c0 + c] += gc;
@@ -332,7 +332,7 @@ static inline void NAME(bapply_body)(const T *dy, const T *x, const T *y,
                                      R D, int mask, int training, int hasdz)
 {
     ptrdiff_t i;
-#pragma omp simd
+        FBN_OMP_SIMD
     for (i = 0; i < n; i++) {
         T gt = dy[i];
         R g, r;
@@ -418,7 +418,7 @@ static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx,
         const T *yr = y ? y + r * C : NULL;
         T *dxr = dx + r * C;
         T *dzr = dz ? dz + r * C : NULL;
-#pragma omp simd
+        FBN_OMP_SIMD
         for (c = 0; c < C; c++) {
             T gt = dr[c];
             R g, v;

@@ -20,6 +20,7 @@
 
 #include "fastbn.h"
 #include "pool.h"
+#include "portable.h"
 
 
 /* Values per row block (row-major statistics), at least CS_MIN_ROWS rows:
@@ -72,18 +73,6 @@ static int cs_light(ptrdiff_t work)
     long long nt, fuse, tile, serial, wake;
     fbn_get_tuning(&nt, &fuse, &tile, &serial, &wake);
     return (long long)work < wake ? FBN_LIGHT : 0;
-}
-
-/* Total of CS_LANES accumulators in a fixed pairwise tree. */
-static inline double cs_lanes_total(const double *acc)
-{
-    double v[CS_LANES];
-    int w, k;
-    memcpy(v, acc, sizeof v);
-    for (w = CS_LANES / 2; w >= 1; w /= 2)
-        for (k = 0; k < w; k++)
-            v[k] += v[k + w];
-    return v[0];
 }
 
 /* What the items of one call share. */
@@ -249,17 +238,17 @@ CS_DEFINE_OPS(double, f64)
 
 /* The kernels of the instruction set fbn_simd() names (fbn_set_simd
  * chooses it for every fastbn kernel). */
+#if CS_HAVE_DISPATCH
 static int cs_isa(void)
 {
-#if CS_HAVE_DISPATCH
     const char *s = fbn_simd();
     if (strncmp(s, "avx512", 6) == 0) /* (avx512bf16: only bfloat16 differs) */
         return 2;
     if (strcmp(s, "avx2") == 0)
         return 1;
-#endif
     return 0;
 }
+#endif
 
 static const cs_ops_f32 *cs_table_f32(void)
 {
