@@ -522,7 +522,8 @@ def test_default_is_the_headline_and_full_is_one_flag_away(capsys):
     # what the headline runs: a slice of the sweep, not all of it
     assert cli.main(["--list"]) == 0
     out = capsys.readouterr().out
-    assert "kernel workloads (" in out and "between calls:" in out
+    assert "kernel workloads (%d):" % len(WORKLOADS) in out
+    assert "between calls:" in out
     n_rows = int(re.search(r"sweep rows \((\d+);", out).group(1))
     assert 0 < n_rows < len(SWEEP) / 10
     assert "network step" not in out and "half precision" not in out

@@ -26,7 +26,10 @@ from .workloads import (WORKLOADS, check_sweep_terms, family_counts,
 
 PARTS = ("kernels", "sweep", "scenarios", "network", "ghost", "sklearn", "half")
 #: The parts of the default (headline) report; ``--full`` runs all PARTS.
+#: The headline runs every kernel workload (HEADLINE_KERNEL_ROUNDS rounds),
+#: the sweep and the scenarios at their --quick sizes and rounds.
 HEADLINE = ("kernels", "sweep", "scenarios")
+HEADLINE_KERNEL_ROUNDS = 11
 
 #: Timing rounds per part: (full, --quick).
 ROUNDS = {"kernels": (25, 7), "sweep": (5, 3), "scenarios": (5, 2),
@@ -210,7 +213,7 @@ def list_selection(args) -> str:
     """--list: what would run."""
     lines = []
     if "kernels" in args.parts:
-        ws = select_workloads(args.quick, args.only)
+        ws = select_workloads(args.quick and not args.headline, args.only)
         lines.append("kernel workloads (%d):" % len(ws))
         lines += ["  %-20s %s" % (w.key, w.title) for w in ws]
     if "sweep" in args.parts:
@@ -278,6 +281,8 @@ def main(argv=None) -> int:
     sweep_compile = args.sweep_compile if torch is not None else "none"
     rounds = {part: args.repeats or ROUNDS[part][args.quick]
               for part in PARTS}
+    if args.headline and not args.repeats:
+        rounds["kernels"] = HEADLINE_KERNEL_ROUNDS
     progress = Progress()
     gil = copyto_releases_gil() if threads > 1 else None
     if gil is False:
@@ -289,7 +294,8 @@ def main(argv=None) -> int:
     if "kernels" in args.parts:
         load = OtherLoad()
         rep.kernels = kernels.run_kernels(
-            select_workloads(args.quick, args.only), fastbn, threads,
+            select_workloads(args.quick and not args.headline, args.only),
+            fastbn, threads,
             rounds["kernels"], torch=torch, compile_torch=compile_kernels,
             pause=args.pause, progress=progress)
         rep.other_load["kernels"] = load.share()
