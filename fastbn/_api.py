@@ -2,7 +2,7 @@
 
 Each function checks its arguments (fastbn._checks), views the input as a
 C-contiguous (outer, C, inner) block, and calls one kernel through
-fastbn._kernels.  See API.md for the contract.
+fastbn._kernels.  The contract: docs/contract.md.
 """
 import numpy as np
 

@@ -27,7 +27,7 @@ contributes nothing.  Errors that depend on global data (fewer than 2
 values per channel in the whole batch) are decided after the collective,
 identically on every rank, so no rank is left waiting.
 
-Errors on one rank raise on every rank (API.md, "MPI errors").  The data
+Errors on one rank raise on every rank (docs/contract.md, "MPI errors").  The data
 collectives' sizes depend on C, which a failing rank may not know (x is
 not an array) or which ranks may disagree on, so a status cannot ride in
 them: before its data collective every synchronised call makes one status
