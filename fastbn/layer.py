@@ -134,13 +134,15 @@ class BatchNorm:
     Raises
     ------
     TypeError
-        If ``num_features`` or ``axis`` is not an integer, ``momentum`` is
-        not a number, or ``dtype`` is not float32 or float64.
+        If ``num_features``, ``axis`` or ``virtual_batch_size`` is not an
+        integer, ``momentum`` is not a number, ``dtype`` is not float32 or
+        float64, or ``renorm_clipping`` is not a dict of numbers.
     ValueError
         If ``num_features < 1``, ``momentum`` is outside [0, 1], ``eps <=
-        0``, ``virtual_batch_size`` is not a positive integer or is given
-        with ``comm``, ``renorm`` is set without running statistics, or
-        ``renorm_clipping`` has bad keys or values.
+        0``, ``virtual_batch_size < 1`` or it is given with ``comm`` or with
+        the channel axis 0, ``renorm`` is set without running statistics or
+        with ``comm``, or ``renorm_clipping`` has unknown keys or values
+        below its bounds.
 
     See Also
     --------
