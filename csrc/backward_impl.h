@@ -74,11 +74,11 @@ static inline void NAME(mask_grad)(const T *dy, const T *y, int act, T *g, ptrdi
 {
     ptrdiff_t i;
     if (act == FBN_ACT_RELU6) {
-#pragma omp simd
+        FBN_OMP_SIMD
         for (i = 0; i < n; i++)
             g[i] = NAME(pass)(FBN_LD(y[i]), FBN_ACT_RELU6) ? dy[i] : (T)0;
     } else {
-#pragma omp simd
+        FBN_OMP_SIMD
         for (i = 0; i < n; i++) /* (T)0: +0 in every type */
             g[i] = NAME(pass)(FBN_LD(y[i]), FBN_ACT_RELU) ? dy[i] : (T)0;
     }
@@ -166,7 +166,7 @@ FBN_NOINLINE static void NAME(bsum_long_rows)(const T *dy, const T *x, const T *
                 NAME(mask_grad)(gr, y + r * C + c0, act, g, len);
                 gr = g;
             }
-#pragma omp simd
+        FBN_OMP_SIMD
             for (c = 0; c < len; c++) {
                 double gc = (double)FBN_LD(gr[c]);
                 s0[c0 + c] += gc;
@@ -340,7 +340,7 @@ static inline void NAME(bapply_body)(const T *dy, const T *x, const T *y,
                                      R D, int mask, int training, int hasdz)
 {
     ptrdiff_t i;
-#pragma omp simd
+        FBN_OMP_SIMD
     for (i = 0; i < n; i++) {
         T gt = dy[i];
         R g, r;
@@ -427,7 +427,7 @@ static inline void NAME(brows_body)(const T *dy, const T *x, const T *y, T *dx,
         const T *yr = y ? y + r * C : NULL;
         T *dxr = dx + r * C;
         T *dzr = dz ? dz + r * C : NULL;
-#pragma omp simd
+        FBN_OMP_SIMD
         for (c = 0; c < C; c++) {
             T gt = dr[c];
             R g, v;

@@ -382,14 +382,14 @@ static inline T CS(rows_std)(const T *x, T *y, ptrdiff_t p, ptrdiff_t r0, ptrdif
         const T *xr = x + r * p;
         T *yr = y + (r - r0) * p;
         if (inverse) {
-#pragma omp simd reduction(max : mx)
+        FBN_OMP_SIMD_MAX(mx)
             for (c = 0; c < p; c++) {
                 T v = xr[c], a = v < (T)0 ? -v : v;
                 mx = a > mx ? a : mx;
                 yr[c] = v * s[c] + m[c];
             }
         } else {
-#pragma omp simd reduction(max : mx)
+        FBN_OMP_SIMD_MAX(mx)
             for (c = 0; c < p; c++) {
                 T v = xr[c], a = v < (T)0 ? -v : v;
                 mx = a > mx ? a : mx;
@@ -406,14 +406,14 @@ static inline T CS(run_std)(const T *x, T *y, ptrdiff_t len, T m, T s, int inver
     T mx = (T)0;
     ptrdiff_t i;
     if (inverse) {
-#pragma omp simd reduction(max : mx)
+        FBN_OMP_SIMD_MAX(mx)
         for (i = 0; i < len; i++) {
             T v = x[i], a = v < (T)0 ? -v : v;
             mx = a > mx ? a : mx;
             y[i] = v * s + m;
         }
     } else {
-#pragma omp simd reduction(max : mx)
+        FBN_OMP_SIMD_MAX(mx)
         for (i = 0; i < len; i++) {
             T v = x[i], a = v < (T)0 ? -v : v;
             mx = a > mx ? a : mx;
@@ -428,7 +428,7 @@ static inline T CS(scan)(const T *x, ptrdiff_t n)
 {
     T mx = (T)0;
     ptrdiff_t i;
-#pragma omp simd reduction(max : mx)
+        FBN_OMP_SIMD_MAX(mx)
     for (i = 0; i < n; i++) {
         T v = x[i], a = v < (T)0 ? -v : v;
         mx = a > mx ? a : mx;

@@ -25,6 +25,7 @@
 #include "fastbn.h"
 #include "ops.h"
 #include "pool.h"
+#include "portable.h"
 
 #if defined(__SSE2__) || defined(_M_X64)
 #include <emmintrin.h>
@@ -93,11 +94,6 @@
 /* Work items wanted per thread, so that helpers that arrive late still
  * find work and every thread ends at about the same time. */
 #define FBN_ITEMS_PER_THREAD 4
-#if defined(__GNUC__) || defined(__clang__)
-#define FBN_NOINLINE __attribute__((noinline))
-#else
-#define FBN_NOINLINE
-#endif
 
 /* Channel-last rows longer than this many bytes are reduced in tiles of
  * FBN_ROW_TILE rows (see block_moments). */
@@ -194,6 +190,10 @@ const char *fbn_build_info(void) { return FBN_COMPILER "; " FBN_SIMD; }
 
 /* ---- the machine's caches and the budgets made from them ---------------- */
 
+/* The best instruction set (FBN_ISA_*; -1: not read yet; fbn_init reads it). */
+static int fbn_best = -1;
+static int fbn_detect_isa(void);
+
 /* Detected sizes in bytes (0: unknown; fbn_init fills them). */
 static long long fbn_cache[3];
 /* Tuning: -1 means "from the caches" (see fbn_budget). */
@@ -274,16 +274,23 @@ void fbn_init(void)
         c[1] = fbn_sysctl("hw.l2cachesize");
     c[2] = fbn_sysctl("hw.l3cachesize");
 #elif defined(_WIN32)
-    SYSTEM_LOGICAL_PROCESSOR_INFORMATION info[256];
-    DWORD len = sizeof info, i;
-    if (GetLogicalProcessorInformation(info, &len))
+    /* one entry per relation of every logical processor: ask the size first
+     * (large machines have far more than any fixed buffer holds) */
+    SYSTEM_LOGICAL_PROCESSOR_INFORMATION *info = NULL;
+    DWORD len = 0, i;
+    if (!GetLogicalProcessorInformation(NULL, &len) &&
+        GetLastError() == ERROR_INSUFFICIENT_BUFFER && len > 0 &&
+        (info = (SYSTEM_LOGICAL_PROCESSOR_INFORMATION *)malloc(len)) != NULL &&
+        GetLogicalProcessorInformation(info, &len))
         for (i = 0; i < len / sizeof info[0]; i++)
             if (info[i].Relationship == RelationCache &&
                 info[i].Cache.Type != CacheInstruction && info[i].Cache.Level >= 1 &&
                 info[i].Cache.Level <= 3 && c[info[i].Cache.Level - 1] == 0)
                 c[info[i].Cache.Level - 1] = (long long)info[i].Cache.Size;
+    free(info);
 #endif
     memcpy(fbn_cache, c, sizeof c);
+    fbn_best = fbn_detect_isa();
 }
 
 void fbn_cache_sizes(long long *l1, long long *l2, long long *l3)
@@ -375,15 +382,9 @@ static inline void fbn_sfence(void)
  * would be undefined.) */
 static inline void fbn_prefetch(const void *p, size_t ahead, size_t n)
 {
-#if defined(__GNUC__) || defined(__clang__)
     uintptr_t q = (uintptr_t)p + ahead, end = q + n;
     for (; q < end; q += 64)
-        __builtin_prefetch((const void *)q, 0, FBN_PF_LOCALITY);
-#else
-    (void)p;
-    (void)ahead;
-    (void)n;
-#endif
+        fbn_prefetch_line(q);
 }
 
 /* Elements (at most `left`) of an L1 tile that starts at p and ends on a
@@ -808,21 +809,25 @@ static const char *const fbn_isa_names[] = {FBN_ISA_LIST(FBN_ISA_NAME)};
 static const fbn_ops *const *const fbn_table[] = {FBN_ISA_LIST(FBN_ISA_TABLE)};
 #define FBN_NISA ((int)(sizeof fbn_isa_names / sizeof fbn_isa_names[0]))
 
-/* Best instruction set this CPU (and OS) supports among those built. */
-static int fbn_best_isa(void)
+/* Best instruction set this CPU (and OS) supports among those built, read
+ * once (CPUID is slow, and traps to the hypervisor in a VM): by fbn_init,
+ * which the library's users call before any kernel. */
+static int fbn_detect_isa(void)
 {
 #if FBN_HAVE_DISPATCH
-    __builtin_cpu_init();
-    /* (F16C: the float16 kernels' conversions; every AVX2 CPU has it) */
-    if (!__builtin_cpu_supports("f16c"))
-        return FBN_ISA_BASE;
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
-        return __builtin_cpu_supports("avx512bf16") ? FBN_ISA_AVX512BF16 : FBN_ISA_AVX512;
-    if (__builtin_cpu_supports("avx2"))
+    int f = fbn_cpu_features();
+    if (f & FBN_CPU_AVX512)
+        return (f & FBN_CPU_AVX512BF16) ? FBN_ISA_AVX512BF16 : FBN_ISA_AVX512;
+    if (f & FBN_CPU_AVX2)
         return FBN_ISA_AVX2;
 #endif
     return FBN_ISA_BASE;
+}
+
+static int fbn_best_isa(void)
+{
+    int best = fbn_best;
+    return best >= 0 ? best : fbn_detect_isa();
 }
 
 static int fbn_isa = -1; /* -1: not chosen yet (the best one is used) */

@@ -70,7 +70,8 @@ const char *fbn_simd_available(void);
 
 /* Reads the sizes of the machine's caches, from which the kernels choose
  * how to split their work (fused tiles, statistics tiles, non-temporal
- * stores).  Call once before the first kernel, not concurrently with
+ * stores), and the best instruction set the CPU supports.  Call once
+ * before the first kernel, not concurrently with
  * kernels; without it the kernels assume L2 = 1 MB, L3 = 32 MB.
  * fbn_cache_sizes() gives the L1d, L2 and L3 sizes found (0: unknown). */
 void fbn_init(void);

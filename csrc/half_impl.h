@@ -197,7 +197,7 @@ static inline void NAME(widen)(const T *x, float *w, ptrdiff_t n)
 #endif
     {
         ptrdiff_t j;
-#pragma omp simd
+        FBN_OMP_SIMD
         for (j = i; j < n; j++)
             w[j] = FBN_LD(x[j]);
     }
@@ -219,7 +219,7 @@ static inline void NAME(narrow)(const float *w, T *y, ptrdiff_t n)
 #endif
     {
         ptrdiff_t j;
-#pragma omp simd
+        FBN_OMP_SIMD
         for (j = i; j < n; j++)
             y[j] = FBN_ST(w[j]);
     }
@@ -497,6 +497,7 @@ static inline int NAME(sums_held)(double q, double sd, double cnt)
 /* A strip's row of FBN_LANES channels as FBN_SV vectors of float: one of
  * 16 at AVX-512, else two of 8 (GCC keeps a 64-byte vector that the
  * instruction set lacks in memory). */
+#undef FBN_SV /* (this file is included once per element type and level) */
 #if FBN_F16C == 512
 #define FBN_SV 1
 #else

@@ -423,7 +423,7 @@ static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
                                     R mh, R ml, R a, R b, int act, int hasz)
 {
     ptrdiff_t i;
-#pragma omp simd
+        FBN_OMP_SIMD
     for (i = 0; i < n; i++) {
         R t = ((FBN_LD(x[i]) - mh) - ml) * a + b;
         if (hasz)
@@ -568,7 +568,7 @@ static inline void NAME(rows_body)(const T *x, const T *z, T *y, ptrdiff_t C,
         const T *xr = x + r * C;
         const T *zr = hasz ? z + r * C : NULL;
         T *yr = y + r * C;
-#pragma omp simd
+        FBN_OMP_SIMD
         for (c = 0; c < C; c++) {
             R t = ((FBN_LD(xr[c]) - mh[c]) - ml[c]) * a[c] + b[c];
             if (hasz)

@@ -2,7 +2,8 @@
 
 Each function checks its arguments (fastbn._checks), views the input as a
 C-contiguous (outer, C, inner) block, and calls one kernel through
-fastbn._kernels.  See API.md for the contract.
+fastbn._kernels.  The contract (layouts, dtypes, errors, determinism) is
+docs/contract.md, "Conventions everywhere".
 """
 import numpy as np
 
@@ -21,18 +22,57 @@ def _mpi():
 
 
 def batch_stats(x, axis=1):
-    """Per-channel mean and biased (population) variance of ``x``.
+    """Per-channel mean and biased (population) variance.
 
-    Statistics are taken over every axis but ``axis``.  Accumulation is in
-    double with a two-pass variance per cache-resident block, merged with
-    Chan's formula, so float32 data with a large offset keeps its accuracy
-    and the variance is never negative.  float16 and bfloat16 data are
-    summed in float partial sums of at most 128 values with the corrected
-    two-pass form, then in double: the variance within 7.7e-6 relative, the
-    mean within 7.7e-6 standard deviations (README, "Half precision").
+    Parameters
+    ----------
+    x : ndarray
+        The data: float32, float64, float16 or bfloat16, ``ndim >= 2``.
+        Non-contiguous and read-only arrays are accepted.
+    axis : int, default 1
+        The channel axis (``1`` for NCHW/NCL/NC, ``-1`` for channels-last).
+        Statistics are taken over every other axis.
 
-    Returns ``(mean, var)``, each of shape ``(C,)`` and ``x.dtype``
-    (float32 for float16 and bfloat16 ``x``).
+    Returns
+    -------
+    mean, var : ndarray of shape (C,)
+        The per-channel mean and biased variance, in ``x.dtype`` (float32
+        for float16 and bfloat16 ``x``).
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not a float array of a supported dtype.
+    ValueError
+        If ``axis`` is out of range, ``x`` has fewer than 2 dimensions, or a
+        channel has no value.
+
+    See Also
+    --------
+    moments : mergeable partial moments, for data in chunks or processes.
+
+    Notes
+    -----
+    Statistics are accumulated in double with a two-pass variance per
+    cache-resident block, merged with Chan et al.'s formula, so float32 data
+    with a large offset keeps its accuracy (mean 1e4, std 1: the variance
+    within 1e-4 relative of the float64 value) and the variance is never
+    negative.  float16 and bfloat16 data are summed in float32 partial sums
+    of at most 128 values with the corrected two-pass form, then in double:
+    the variance within 7.7e-6 relative, the mean within 7.7e-6 standard
+    deviations.  The result is bitwise the same for every thread count.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)   # (N, C, L)
+    >>> mean, var = fastbn.batch_stats(x)
+    >>> print(mean, var)
+    [ 7.5 11.5 15.5] [37.25 37.25 37.25]
+    >>> mean, var = fastbn.batch_stats(x.transpose(0, 2, 1), axis=-1)  # channels-last
+    >>> print(mean)
+    [ 7.5 11.5 15.5]
     """
     x = as_data(x)
     outer, C, inner, _ = view(x.shape, axis)
@@ -46,13 +86,50 @@ def batch_stats(x, axis=1):
 
 
 def moments(x, axis=1):
-    """Mergeable per-channel moments ``(count, mean, m2)`` of ``x``.
+    """Mergeable per-channel moments ``(count, mean, m2)``.
 
-    ``count`` is the number of values per channel (an int), ``mean`` and
-    ``m2`` (the sum of squared deviations from the mean) are float64 arrays
-    of shape ``(C,)`` whatever ``x.dtype`` is, so that merging partial
-    moments (``merge_moments``) stays exact.  An empty batch gives
-    ``count == 0`` and zeros.
+    Parameters
+    ----------
+    x : ndarray
+        The data: float32, float64, float16 or bfloat16, ``ndim >= 2``.
+    axis : int, default 1
+        The channel axis; the moments are taken over every other axis.
+
+    Returns
+    -------
+    count : int
+        The number of values per channel (0 for an empty batch).
+    mean : ndarray of shape (C,), float64
+        The per-channel mean (zeros for an empty batch).
+    m2 : ndarray of shape (C,), float64
+        The per-channel sum of squared deviations from the mean.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not a float array of a supported dtype.
+    ValueError
+        If ``axis`` is out of range or ``x`` has fewer than 2 dimensions.
+
+    See Also
+    --------
+    merge_moments : combine the moments of several parts.
+    batch_stats : mean and variance in one call.
+
+    Notes
+    -----
+    ``mean`` and ``m2`` are float64 whatever ``x.dtype`` is, so that
+    merging partial moments stays exact; this is the one function whose
+    per-channel results are not in ``x.dtype``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    >>> count, mean, m2 = fastbn.moments(x)
+    >>> print(count, mean, m2, mean.dtype)
+    8 [ 7.5 11.5 15.5] [298. 298. 298.] float64
     """
     x = as_data(x)
     outer, C, inner, _ = view(x.shape, axis)
@@ -63,10 +140,45 @@ def moments(x, axis=1):
 def merge_moments(parts):
     """Merge partial moments with Chan et al.'s formula.
 
-    ``parts`` is a sequence of ``(count, mean, m2)`` as returned by
-    ``moments`` (count an int or an array of per-channel counts); parts
-    with count 0 contribute nothing.  Returns ``(mean, var)`` of the union
-    in float64, ``var`` biased.
+    Parameters
+    ----------
+    parts : sequence of (count, mean, m2)
+        Triples as returned by :func:`moments`; ``count`` is an int or an
+        array of per-channel counts, ``mean`` and ``m2`` have shape ``(C,)``.
+        Parts with count 0 contribute nothing.
+
+    Returns
+    -------
+    mean, var : ndarray of shape (C,), float64
+        The mean and biased variance of the union of the parts.
+
+    Raises
+    ------
+    TypeError
+        If a part is not a ``(count, mean, m2)`` triple.
+    ValueError
+        If ``parts`` is empty, the parts' shapes differ, a count is
+        negative, or the merged count of a channel is 0.
+
+    See Also
+    --------
+    moments : the moments of one part.
+
+    Notes
+    -----
+    The merge is exact algebra in float64 (no ``E[x^2] - E[x]^2``
+    cancellation) and correct for parts of unequal size: the same formula
+    merges the statistics of synchronised batch norm across MPI ranks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> x = np.arange(24, dtype=np.float64).reshape(2, 3, 4)
+    >>> parts = [fastbn.moments(chunk) for chunk in np.array_split(x, 2)]
+    >>> mean, var = fastbn.merge_moments(parts)
+    >>> print(mean, var)
+    [ 7.5 11.5 15.5] [37.25 37.25 37.25]
     """
     parts = list(parts)
     if not parts:
@@ -220,34 +332,118 @@ def _ghost_k(virtual_batch_size, comm, backward):
 def batch_norm_train(x, gamma=None, beta=None, *, axis=1, eps=1e-5, relu=False,
                      residual=None, out=None, comm=None, virtual_batch_size=None,
                      activation=None):
-    """Training-mode batch normalization.
+    """Training-mode batch normalization: batch statistics, then normalise.
 
-    ``y = relu((x - mean) / sqrt(var + eps) * gamma + beta + residual)`` with
-    the batch mean and biased variance per channel (channel axis ``axis``),
-    gamma/beta optional (None: scale 1 / shift 0), residual and ReLU
-    optional, all in one fused pass per channel where the channel fits in
-    cache.  ``out`` (C-contiguous, x's shape and dtype; ``out=x`` works in
-    place) receives y.  ``comm`` (an mpi4py communicator) synchronises the
-    statistics over all its ranks; an argument error on any rank then
-    raises on every rank (RuntimeError on the ranks whose arguments were
-    valid), and ranks that disagree on the channel count or dtype raise
-    ValueError.
+    ``y = relu((x - mean) / sqrt(var + eps) * gamma + beta + residual)`` per
+    channel with the batch mean and biased variance; ``gamma``, ``beta``,
+    ``residual`` and the ReLU are optional, and all of it runs in one fused
+    pass per channel where the channel fits in cache.
 
-    ``virtual_batch_size=k`` (ghost batch normalization, Hoffer et al.
-    2017): axis 0 (the batch axis; not the channel axis) is split into
-    ``G = N // k`` groups of ``k`` consecutive samples (samples
-    ``g*k .. g*k+k-1`` form group ``g``), each normalised with its own
-    statistics; ``mean`` and ``invstd`` then have shape ``(G, C)`` (pass
-    them and the same ``virtual_batch_size`` to batch_norm_backward).
-    ``N % k`` must be 0; ``k = N`` gives ordinary batch norm bit for bit.
-    Keras's ``virtual_batch_size`` groups every G-th sample instead.  Not
-    combinable with ``comm``.
+    Parameters
+    ----------
+    x : ndarray
+        The data: float32, float64, float16 or bfloat16, ``ndim >= 2``.
+        Non-contiguous, Fortran-ordered and read-only arrays are accepted
+        (copied once when needed); ``x`` is never modified (unless ``out=x``).
+    gamma : array_like of shape (C,), optional
+        The scale; None means 1 (TensorFlow's ``scale=False``).  Cast to
+        ``x.dtype`` (float32 for half ``x``).
+    beta : array_like of shape (C,), optional
+        The shift; None means 0 (``center=False``).
+    axis : int, default 1
+        The channel axis (``1``: NCHW/NCL/NC, ``-1``: channels-last).
+    eps : float, default 1e-5
+        Added to the variance before the square root; must be > 0.
+    relu : bool, default False
+        Fuse ``max(0, .)`` into the same pass.
+    activation : {None, "relu", "relu6"}, optional
+        The activation fused into the same pass (``"relu6"``:
+        ``min(max(0, .), 6)``); ``relu=True`` is ``activation="relu"``.
+    residual : ndarray, optional
+        An array of ``x``'s shape added after the affine and before the ReLU
+        (a ResNet block's ``relu(BN(x) + z)``); float16, float32, float64 or
+        bfloat16, cast to ``x.dtype``.
+    out : ndarray, optional
+        A C-contiguous array of ``x``'s shape and dtype that receives ``y``;
+        ``out=x`` works in place.
+    comm : mpi4py communicator, optional
+        Synchronised batch norm: the statistics are those of the union of
+        every rank's ``x`` (exactly, for unequal and empty local batches).
+    virtual_batch_size : int, optional
+        Ghost batch normalization (Hoffer et al. 2017): axis 0 is split into
+        ``G = N // k`` groups of ``k`` consecutive samples, each normalised
+        with its own statistics.  Not combinable with ``comm``.
 
-    ``activation`` (None, ``"relu"`` or ``"relu6"``, the latter
-    ``min(max(t, 0), 6)``) is fused the same way; ``relu=True`` means
-    ``activation="relu"``.
+    Returns
+    -------
+    y : ndarray
+        The output, of ``x``'s shape and dtype (``out`` if given).
+    mean : ndarray of shape (C,), or (G, C) with ``virtual_batch_size``
+        The batch mean, in ``x.dtype`` (float32 for half ``x``).
+    invstd : ndarray of shape (C,), or (G, C) with ``virtual_batch_size``
+        ``1 / sqrt(var + eps)``, what :func:`batch_norm_backward` needs.
 
-    Returns ``(y, mean, invstd)`` with ``invstd = 1/sqrt(var + eps)``.
+    Raises
+    ------
+    TypeError
+        If ``x`` (or ``residual``, ``out``) has an unsupported dtype, or an
+        argument has the wrong type.
+    ValueError
+        If ``axis`` is out of range, a per-channel array has the wrong
+        shape, ``eps <= 0``, a channel has fewer than 2 values, ``out`` does
+        not match ``x``, or ``N % virtual_batch_size != 0``.
+    RuntimeError
+        With ``comm``: on the ranks whose arguments were valid, when another
+        rank's were not (that rank raises its own error; no rank hangs).
+
+    See Also
+    --------
+    batch_norm_backward : the gradients of this call.
+    batch_norm_infer : normalisation with given (running) statistics.
+    BatchNorm : the layer, with running statistics.
+
+    Notes
+    -----
+    The variance used for normalisation is the biased (population)
+    variance.  Results are bitwise identical for every thread count, plan
+    and SIMD level, and the same data as NCHW (``axis=1``) or NHWC
+    (``axis=-1``) gives the same numbers within float rounding.  With
+    ``comm``, ranks that disagree on the channel count or dtype raise
+    ValueError on every rank.  With ``virtual_batch_size=k``, samples
+    ``g*k .. g*k+k-1`` form group ``g`` (Keras groups every G-th sample
+    instead), and ``k = N`` gives ordinary batch norm bit for bit.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> x = np.arange(16, dtype=np.float32).reshape(4, 2, 2)   # (N, C, L)
+    >>> y, mean, invstd = fastbn.batch_norm_train(x)
+    >>> print(mean)
+    [6.5 8.5]
+    >>> print(np.round(y[:, 0], 3))
+    [[-1.444 -1.222]
+     [-0.556 -0.333]
+     [ 0.333  0.556]
+     [ 1.222  1.444]]
+
+    Scale, shift and a fused ReLU:
+
+    >>> gamma = np.array([2.0, 1.0], np.float32)
+    >>> beta = np.array([0.5, 0.0], np.float32)
+    >>> y, mean, invstd = fastbn.batch_norm_train(x, gamma, beta, relu=True)
+    >>> print(np.round(y[:, 0], 3))
+    [[0.    0.   ]
+     [0.    0.   ]
+     [1.167 1.611]
+     [2.944 3.389]]
+
+    Ghost batches of 2 samples: one row of statistics per group.
+
+    >>> y, mean, invstd = fastbn.batch_norm_train(x, virtual_batch_size=2)
+    >>> print(mean)
+    [[ 2.5  4.5]
+     [10.5 12.5]]
     """
     k = None if virtual_batch_size is None else _ghost_k(virtual_batch_size, comm,
                                                           False)
@@ -265,10 +461,68 @@ def batch_norm_infer(x, mean, var, gamma=None, beta=None, *, axis=1, eps=1e-5,
     """Inference-mode batch normalization with given statistics.
 
     ``y = relu((x - mean) / sqrt(var + eps) * gamma + beta + residual)`` in
-    one pass.  ``mean`` and ``var`` (e.g. running statistics) have shape
-    ``(C,)`` and are cast to ``x.dtype`` (float32 for half ``x``).
-    ``activation`` (None, ``"relu"`` or ``"relu6"``) as in
-    batch_norm_train.  Returns y (``out`` if given).
+    one pass, with ``mean`` and ``var`` given (e.g. running statistics).
+
+    Parameters
+    ----------
+    x : ndarray
+        The data: float32, float64, float16 or bfloat16, ``ndim >= 2``.
+    mean, var : array_like of shape (C,)
+        The statistics to normalise with; cast to ``x.dtype`` (float32 for
+        half ``x``).
+    gamma, beta : array_like of shape (C,), optional
+        The scale (None: 1) and shift (None: 0).
+    axis : int, default 1
+        The channel axis.
+    eps : float, default 1e-5
+        Added to ``var`` before the square root; must be > 0.
+    relu : bool, default False
+        Fuse ``max(0, .)`` into the same pass.
+    activation : {None, "relu", "relu6"}, optional
+        As in :func:`batch_norm_train`: the activation fused into the same
+        pass (``"relu6"``: ``min(max(0, .), 6)``); ``relu=True`` is
+        ``activation="relu"``.
+    residual : ndarray, optional
+        An array of ``x``'s shape added before the ReLU.
+    out : ndarray, optional
+        A C-contiguous array of ``x``'s shape and dtype that receives ``y``;
+        ``out=x`` works in place.
+
+    Returns
+    -------
+    y : ndarray
+        The output, of ``x``'s shape and dtype (``out`` if given).  An empty
+        ``x`` gives an empty ``y``.
+
+    Raises
+    ------
+    TypeError
+        If an array has an unsupported dtype or an argument the wrong type.
+    ValueError
+        If ``axis`` is out of range, a per-channel array has the wrong shape,
+        ``eps <= 0`` or ``out`` does not match ``x``.
+
+    See Also
+    --------
+    batch_norm_train : normalisation with the batch's own statistics.
+
+    Notes
+    -----
+    The affine is folded into two per-channel constants first, so the pass
+    costs about what a copy of ``x`` costs.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> x = np.array([[1.0, -2.0], [3.0, 4.0]], np.float32)   # (N, C)
+    >>> y = fastbn.batch_norm_infer(x, mean=[1.0, 0.0], var=[4.0, 1.0], eps=1e-12)
+    >>> print(y)
+    [[ 0. -2.]
+     [ 1.  4.]]
+    >>> print(fastbn.batch_norm_infer(x, [1.0, 0.0], [4.0, 1.0], eps=1e-12, relu=True))
+    [[0. 0.]
+     [1. 4.]]
     """
     act = (1 if relu else 0) if activation is None else _activation(activation, relu)
     x, outer, C, inner, _, gamma, beta, eps, z, y = _forward_args(
@@ -286,26 +540,98 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
                         virtual_batch_size=None, activation=None):
     """Gradients of batch normalization.
 
-    ``dy`` is the gradient of the loss with respect to the forward output,
-    ``x`` the forward input, ``mean`` and ``invstd`` what the forward
-    returned (or the running statistics' mean and ``1/sqrt(var+eps)`` for
-    ``training=False``), ``gamma`` the scale (None: 1).  When the forward
-    fused a ReLU, pass its output as ``y``: the gradient flows where
-    ``y > 0``.  ``training=False`` gives the gradient through frozen
-    statistics, ``dx = dy' * gamma * invstd``.  ``out`` receives dx.
-    After a forward with ``activation="relu6"``, pass its output as ``y``
-    and ``activation="relu6"``: the gradient flows where ``0 < y < 6``.
+    Parameters
+    ----------
+    dy : ndarray
+        The gradient of the loss with respect to the forward output; of
+        ``x``'s shape, float16, float32, float64 or bfloat16 (cast to
+        ``x.dtype``).
+    x : ndarray
+        The forward input.
+    mean, invstd : array_like of shape (C,), or (G, C) with ``virtual_batch_size``
+        What the forward returned, or for ``training=False`` the running
+        mean and ``1 / sqrt(running_var + eps)``.
+    gamma : array_like of shape (C,), optional
+        The scale of the forward (None: 1).
+    axis : int, default 1
+        The channel axis.
+    y : ndarray, optional
+        The forward output.  Required when the forward fused a ReLU: the
+        gradient flows where ``y > 0``.
+    training : bool, default True
+        True: the gradient through the batch statistics.  False: through
+        frozen statistics, ``dx = dy' * gamma * invstd``.
+    residual : bool, default False
+        True when the forward fused a residual add: the residual's gradient
+        is returned too.
+    out : ndarray, optional
+        A C-contiguous array of ``x``'s shape and dtype that receives ``dx``.
+    comm : mpi4py communicator, optional
+        With ``training=True``, all-reduce the two per-channel sums over the
+        ranks (the gradient of synchronised batch norm).
+    virtual_batch_size : int, optional
+        As given to :func:`batch_norm_train`: the gradient of each ghost
+        batch through its own statistics.
+    activation : {None, "relu", "relu6"}, optional
+        The forward's activation, with its output ``y``: the gradient flows
+        where ``y > 0`` (``"relu"``) or ``0 < y < 6`` (``"relu6"``).  None
+        with ``y`` given means ``"relu"``.
 
-    Returns ``(dx, dgamma, dbeta)``, and with ``residual=True`` (the
-    forward fused a residual add) also the residual's gradient ``dy'``:
-    ``(dx, dgamma, dbeta, dresidual)``.  ``dgamma = sum(dy' * xhat)`` and
-    ``dbeta = sum(dy')`` are always returned, even when the forward had no
-    gamma or beta.  ``comm`` all-reduces the two per-channel sums (with
-    ``training=True``), with the same error guarantee as batch_norm_train.
-    With ``virtual_batch_size=k`` (as given to batch_norm_train) the
-    gradient is that of each ghost batch through its own statistics
-    (``mean``, ``invstd`` of shape ``(G, C)``); ``dgamma`` and ``dbeta``
-    are summed over the groups.
+    Returns
+    -------
+    dx : ndarray
+        The gradient with respect to ``x``, in ``x.dtype``.
+    dgamma, dbeta : ndarray of shape (C,)
+        ``sum(dy' * xhat)`` and ``sum(dy')`` (``dy'`` is ``dy`` masked by
+        the ReLU), always returned, even when the forward had no gamma or
+        beta; summed over the groups with ``virtual_batch_size``.
+    dresidual : ndarray
+        Only with ``residual=True``: the residual's gradient ``dy'``,
+        written in the same pass.
+
+    Raises
+    ------
+    TypeError
+        If an array has an unsupported dtype or an argument the wrong type.
+    ValueError
+        If a shape does not match ``x``, ``axis`` is out of range, a channel
+        has fewer than 2 values in training, or ``out`` does not match.
+    RuntimeError
+        With ``comm``: on the ranks whose arguments were valid, when another
+        rank's were not.
+
+    See Also
+    --------
+    batch_norm_train : the forward pass.
+
+    Notes
+    -----
+    The backward reads ``dy``, ``x`` (and ``y``) once for the two sums and
+    once more for ``dx`` when a channel does not fit in cache.  Results are
+    bitwise identical for every thread count.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> x = np.arange(16, dtype=np.float32).reshape(4, 2, 2)
+    >>> y, mean, invstd = fastbn.batch_norm_train(x, relu=True)
+    >>> dy = np.ones_like(y)
+    >>> dx, dgamma, dbeta = fastbn.batch_norm_backward(dy, x, mean, invstd, y=y)
+    >>> print(dbeta)
+    [4. 4.]
+    >>> print(np.round(dgamma, 3))
+    [3.556 3.556]
+    >>> dx.shape, dx.dtype
+    ((4, 2, 2), dtype('float32'))
+
+    Without a ReLU a constant ``dy`` has no effect on ``x`` through the
+    normalisation:
+
+    >>> y, mean, invstd = fastbn.batch_norm_train(x)
+    >>> dx, _, _ = fastbn.batch_norm_backward(dy, x, mean, invstd)
+    >>> print(np.abs(dx).max() < 1e-6)
+    True
     """
     k = None if virtual_batch_size is None else _ghost_k(virtual_batch_size, comm,
                                                           True)

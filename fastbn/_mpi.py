@@ -27,7 +27,7 @@ contributes nothing.  Errors that depend on global data (fewer than 2
 values per channel in the whole batch) are decided after the collective,
 identically on every rank, so no rank is left waiting.
 
-Errors on one rank raise on every rank (API.md, "MPI errors").  The data
+Errors on one rank raise on every rank (docs/contract.md, "MPI errors").  The data
 collectives' sizes depend on C, which a failing rank may not know (x is
 not an array) or which ranks may disagree on, so a status cannot ride in
 them: before its data collective every synchronised call makes one status
@@ -37,7 +37,7 @@ exchange of a fixed size, an ``Allreduce(MAX)`` of 7 int64
 
 (MAX of -v is -MIN of v, so one reduction gives each field's maximum and
 minimum: the ranks agree iff they are equal).  Its volume is O(1) at any
-process count; it costs one small-message latency per call (README,
+process count; it costs one small-message latency per call (docs/guide/mpi.md,
 "Measured cost").  A rank whose checks or local reduction raised joins it
 with failed = 1 (``run``), so the other ranks learn of the failure
 instead of waiting in the data collective.  Then, on every rank alike:

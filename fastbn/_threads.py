@@ -22,7 +22,31 @@ _setting = None  # None: follow OpenMP
 
 
 def get_num_threads():
-    """Number of threads the next fastbn call will use."""
+    """Number of threads the next fastbn call will use.
+
+    Returns
+    -------
+    int
+        The count set by :func:`set_num_threads` (or :func:`num_threads`),
+        else OpenMP's ``omp_get_max_threads()`` of the calling thread, so
+        ``OMP_NUM_THREADS`` and threadpoolctl's limits apply.
+
+    See Also
+    --------
+    set_num_threads, num_threads
+
+    Notes
+    -----
+    Small problems run on the calling thread alone whatever the count; the
+    results are bitwise the same for every count.
+
+    Examples
+    --------
+    >>> import fastbn
+    >>> with fastbn.num_threads(1):
+    ...     fastbn.get_num_threads()
+    1
+    """
     if _setting is not None:
         return _setting
     return _kernels.omp_max_threads()
@@ -35,9 +59,43 @@ def _nthreads():
 
 
 def set_num_threads(n):
-    """Use ``n`` threads in fastbn's kernels; ``None`` follows OpenMP again.
+    """Set the number of threads of fastbn's kernels, for the whole process.
 
-    Returns the previous setting (``None`` if there was none).
+    Parameters
+    ----------
+    n : int or None
+        A positive thread count, or None to follow OpenMP again
+        (``OMP_NUM_THREADS``, threadpoolctl).
+
+    Returns
+    -------
+    int or None
+        The previous setting (None if there was none).
+
+    Raises
+    ------
+    TypeError
+        If ``n`` is not an integer or None.
+    ValueError
+        If ``n < 1``.
+
+    See Also
+    --------
+    num_threads : the same for a ``with`` block.
+
+    Notes
+    -----
+    fastbn never calls ``omp_set_num_threads`` and never changes other
+    libraries' settings or the environment.
+
+    Examples
+    --------
+    >>> import fastbn
+    >>> old = fastbn.set_num_threads(2)
+    >>> fastbn.get_num_threads()
+    2
+    >>> fastbn.set_num_threads(old)
+    2
     """
     global _setting
     if n is not None:
@@ -55,8 +113,32 @@ def set_num_threads(n):
 
 @contextlib.contextmanager
 def num_threads(n):
-    """Context manager: ``with fastbn.num_threads(2): ...`` sets the thread
-    count for the block and restores the previous setting afterwards."""
+    """Context manager: a thread count for the block, restored afterwards.
+
+    Parameters
+    ----------
+    n : int or None
+        As for :func:`set_num_threads`.
+
+    Yields
+    ------
+    None
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`set_num_threads`, on entering the block.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> x = np.ones((4, 3), np.float32)
+    >>> with fastbn.num_threads(1):
+    ...     mean, var = fastbn.batch_stats(x)
+    >>> print(mean)
+    [1. 1. 1.]
+    """
     old = set_num_threads(n)
     try:
         yield
@@ -65,7 +147,24 @@ def num_threads(n):
 
 
 def config():
-    """Build and runtime information as a dict (see show_config)."""
+    """Build and runtime information as a dict (what :func:`show_config` prints).
+
+    Returns
+    -------
+    dict
+        ``version``, ``numpy``, ``openmp`` (bool), ``openmp_version``,
+        ``openmp_runtime`` (the loaded library), ``threads``,
+        ``thread_setting``, ``scheduler``, ``caches`` (bytes of L1d, L2, L3),
+        ``compiler``, ``simd_baseline``, ``simd`` (the level in use) and
+        ``simd_available``.
+
+    Examples
+    --------
+    >>> import fastbn._threads
+    >>> cfg = fastbn._threads.config()
+    >>> cfg["simd"] in cfg["simd_available"]
+    True
+    """
     import numpy
 
     return {
@@ -109,8 +208,32 @@ def _openmp_runtime():
 
 
 def show_config(file=None):
-    """Print fastbn's version, OpenMP status and runtime, threads, compiler
-    and SIMD baseline; also return them as a dict."""
+    """Print fastbn's build and runtime configuration.
+
+    Parameters
+    ----------
+    file : file-like, optional
+        Where to print (default: ``sys.stdout``).
+
+    Returns
+    -------
+    dict
+        The printed information: version, NumPy version, whether OpenMP is on
+        and which runtime library is loaded, the thread count and its
+        source, the scheduler, the cache sizes, the compiler, the SIMD level
+        in use and the levels available (``FASTBN_SIMD`` chooses).
+
+    Examples
+    --------
+    >>> import io
+    >>> import fastbn
+    >>> buf = io.StringIO()
+    >>> cfg = fastbn.show_config(file=buf)
+    >>> buf.getvalue().startswith("fastbn " + fastbn.__version__)
+    True
+    >>> sorted(cfg)[:4]
+    ['caches', 'compiler', 'numpy', 'openmp']
+    """
     import sys
 
     cfg = config()

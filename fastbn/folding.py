@@ -38,20 +38,65 @@ def _result_dtype(w):
 def fold_into_linear(weight, bias, bn):
     """Fold an inference-mode BatchNorm into the linear layer before it.
 
-    For ``h = weight @ x + bias`` (dense, ``weight`` of shape ``(out, in)``)
-    or a convolution (``weight`` of shape ``(out, in, kh, kw)``, any kernel
-    rank) followed by ``bn`` with ``bn.num_features == out``, returns
-    ``(w2, b2)`` such that ``w2 @ x + b2 == bn(h)`` in eval mode:
+    For ``h = weight @ x + bias`` (dense) or a convolution followed by
+    ``bn``, returns ``(w2, b2)`` such that ``w2 @ x + b2 == bn(h)`` in
+    evaluation mode::
 
         s  = gamma / sqrt(running_var + eps)
-        w2 = weight * s   (row o scaled by s[o])
+        w2 = weight * s          (row o scaled by s[o])
         b2 = (bias - running_mean) * s + beta
 
-    ``bias=None`` means no bias (0); ``bn``'s gamma/beta may be None (1/0).
-    The running statistics are used, so ``bn`` must track them.  A fused
-    ReLU (``bn.relu=True``) is not part of the fold: apply it after the
-    folded layer.  Returns new arrays of the weight's dtype (``b2`` always
-    an array); the inputs are not modified.
+    Parameters
+    ----------
+    weight : array_like
+        The layer's weight, PyTorch's layout: ``(out, in)`` dense or
+        ``(out, in, kh, kw)`` (any kernel rank) convolution, with
+        ``out == bn.num_features``.
+    bias : array_like of shape (out,) or None
+        The layer's bias; None means 0.
+    bn : BatchNorm
+        The layer after it, with running statistics (its gamma/beta may be
+        None: 1/0).
+
+    Returns
+    -------
+    w2 : ndarray
+        The folded weight, of ``weight``'s shape and dtype (float64 for an
+        integer weight).
+    b2 : ndarray of shape (out,)
+        The folded bias (always an array).
+
+    Raises
+    ------
+    TypeError
+        If ``bn`` is not a :class:`BatchNorm` or the weight is not real.
+    ValueError
+        If the shapes do not match ``bn.num_features`` or ``bn`` has no
+        running statistics.
+
+    See Also
+    --------
+    absorb_scale : move the scale into the layer after a ReLU.
+
+    Notes
+    -----
+    The arithmetic is in float64.  A fused ReLU (``bn.relu=True``) is not
+    part of the fold: apply it after the folded layer.  The inputs are not
+    modified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> rng = np.random.default_rng(0)
+    >>> W, b = rng.standard_normal((3, 5)), rng.standard_normal(3)
+    >>> bn = fastbn.BatchNorm(3, dtype=np.float64)
+    >>> _ = bn(rng.standard_normal((16, 5)) @ W.T + b)   # trains the statistics
+    >>> bn = bn.eval()
+    >>> W2, b2 = fastbn.fold_into_linear(W, b, bn)
+    >>> x = rng.standard_normal((4, 5))
+    >>> np.allclose(x @ W2.T + b2, bn(x @ W.T + b))
+    True
     """
     _check_bn(bn)
     w = _weight(weight, "weight")
@@ -90,24 +135,71 @@ def absorb_scale(bn, next_weight):
     with scale ``gamma > 0`` followed by a ReLU and a linear/conv layer with
     weight ``next_weight`` computes the same function as a BatchNorm without
     scale and with shift ``beta / gamma``, followed by the ReLU and a layer
-    whose input channels (axis 1 of ``(out, in)`` or ``(out, in, kh, kw)``)
-    are multiplied by gamma.  This is why TensorFlow suggests
-    ``scale=False`` before a ReLU.
+    whose input channels are multiplied by gamma.  This is why TensorFlow
+    suggests ``scale=False`` before a ReLU.
 
-    Returns ``(bn2, next_w2)``: ``bn2`` is a new ``BatchNorm`` with the same
-    configuration but ``scale=False``, ``beta2 = beta / gamma`` (or no beta
-    when ``bn`` has none), copies of the running statistics,
-    ``num_batches_tracked`` and the training/eval mode; ``next_w2`` a new
-    array of the weight's dtype.  The identity holds in eval mode (running
-    statistics) and in training mode (the batch statistics do not depend on
-    gamma).  The next layer's bias is unchanged.
+    Parameters
+    ----------
+    bn : BatchNorm
+        The layer whose scale moves.
+    next_weight : array_like
+        The next layer's weight, ``(out, in)`` or ``(out, in, kh, kw)``,
+        with ``in == bn.num_features`` (axis 1 is scaled).
 
-    Valid when the BatchNorm's output goes through a positively homogeneous
-    activation (ReLU, fused or not; leaky ReLU; identity) straight into the
-    next layer, without a residual add in between.  A channel with
-    ``gamma <= 0`` (or NaN) raises ``ValueError`` naming the channels.  A
-    layer without scale is returned as a copy with an unchanged copy of the
-    weight.  The inputs are not modified.
+    Returns
+    -------
+    bn2 : BatchNorm
+        A new layer with the same configuration but ``scale=False``,
+        ``beta2 = beta / gamma`` (no beta when ``bn`` has none), copies of
+        the running statistics, ``num_batches_tracked`` and the mode.
+    next_w2 : ndarray
+        A new array of the weight's dtype: ``next_weight[:, i] * gamma[i]``.
+
+    Raises
+    ------
+    ValueError
+        If a channel has ``gamma <= 0`` or NaN (the message names the
+        channels), or the shapes do not match.
+    TypeError
+        If ``bn`` is not a :class:`BatchNorm` or the weight is not real.
+
+    See Also
+    --------
+    fold_into_linear : fold a BatchNorm into the layer before it.
+
+    Notes
+    -----
+    The identity holds in evaluation mode (running statistics) and in
+    training mode (the batch statistics do not depend on gamma), when the
+    BatchNorm's output goes through a positively homogeneous activation
+    (ReLU, fused or not; leaky ReLU; identity) straight into the next layer,
+    without a residual add in between.  It does not hold for bounded
+    activations (ReLU6, clamps), for ``gamma <= 0``, or when the output
+    feeds a fixed readout or a sum; the user guide's folding page measures
+    what dropping the scale costs there.  The next layer's bias is
+    unchanged; a layer without scale is returned as a copy with a copy of
+    the weight.  The inputs are not modified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> rng = np.random.default_rng(0)
+    >>> bn = fastbn.BatchNorm(4, relu=True, dtype=np.float64)
+    >>> bn.gamma[:] = [0.5, 1.0, 2.0, 3.0]
+    >>> bn.beta[:] = [0.1, -0.2, 0.3, 0.0]
+    >>> W = rng.standard_normal((2, 4))
+    >>> bn2, W2 = fastbn.absorb_scale(bn, W)
+    >>> bn2.gamma is None
+    True
+    >>> h = rng.standard_normal((8, 4))
+    >>> np.allclose(bn(h) @ W.T, bn2(h) @ W2.T)
+    True
+    >>> bn.gamma[0] = -1.0
+    >>> fastbn.absorb_scale(bn, W)
+    Traceback (most recent call last):
+    ...
+    ValueError: ...
     """
     _check_bn(bn)
     w = _weight(next_weight, "next_weight")

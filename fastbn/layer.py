@@ -134,6 +134,25 @@ class BatchNorm:
         ``backward`` (``None`` for a parameter the layer does not have, and
         before the first ``backward``).
 
+    Raises
+    ------
+    TypeError
+        If ``num_features``, ``axis`` or ``virtual_batch_size`` is not an
+        integer, ``momentum`` is not a number, ``dtype`` is not float32 or
+        float64, or ``renorm_clipping`` is not a dict of numbers.
+    ValueError
+        If ``num_features < 1``, ``momentum`` is outside [0, 1], ``eps <=
+        0``, ``virtual_batch_size < 1`` or it is given with ``comm`` or with
+        the channel axis 0, ``renorm`` is set without running statistics or
+        with ``comm``, or ``renorm_clipping`` has unknown keys or values
+        below its bounds.
+
+    See Also
+    --------
+    batch_norm_train, batch_norm_infer, batch_norm_backward : the functions
+        the layer calls.
+    fold_into_linear, absorb_scale : folding a trained layer.
+
     Notes
     -----
     The forward call keeps references (not copies) to its input ``x`` and,
@@ -141,6 +160,23 @@ class BatchNorm:
     them in place in between.  The cache is kept after ``backward`` (so
     ``backward`` may be called again with another ``dy``) and replaced by the
     next forward call.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastbn
+    >>> bn = fastbn.BatchNorm(2, relu=True)
+    >>> x = np.arange(16, dtype=np.float32).reshape(4, 2, 2)   # (N, C, L)
+    >>> y = bn(x)                       # training mode: batch statistics
+    >>> print(bn.running_mean, bn.num_batches_tracked)
+    [0.65 0.85] 1
+    >>> dx = bn.backward(np.ones_like(y))
+    >>> print(bn.dbeta)
+    [4. 4.]
+    >>> bn.gamma -= 0.1 * bn.dgamma     # plain arrays: an optimizer updates them
+    >>> y = bn.eval()(x)                # evaluation mode: running statistics
+    >>> sorted(bn.state_dict())
+    ['bias', 'num_batches_tracked', 'running_mean', 'running_var', 'weight']
     """
 
     def __init__(self, num_features, *, axis=1, eps=1e-5, momentum=0.1,
@@ -226,9 +262,22 @@ class BatchNorm:
 
     @property
     def renorm_clipping(self):
-        """``{'rmax': ..., 'dmax': ...}`` (floats; inf: no clipping) or None.
-        May be set between steps (e.g. relaxed from rmax=1, dmax=0 to 3 and
-        5 as in Ioffe 2017); checked as the constructor's argument."""
+        """The clipping of batch renormalization's corrections, or None.
+
+        A dict ``{'rmax': float >= 1, 'dmax': float >= 0}`` (a missing key, or
+        inf, means no clipping of that correction).  It may be set between
+        steps (e.g. relaxed from ``rmax=1, dmax=0`` to 3 and 5 over training,
+        as in Ioffe 2017) and is checked as the constructor's argument is
+        (``ValueError`` for bad keys or values).
+
+        Examples
+        --------
+        >>> import fastbn
+        >>> bn = fastbn.BatchNorm(4, renorm=True, renorm_clipping={"rmax": 1.0, "dmax": 0.0})
+        >>> bn.renorm_clipping = {"rmax": 3.0, "dmax": 5.0}
+        >>> bn.renorm_clipping["rmax"]
+        3.0
+        """
         return self._renorm_clipping
 
     @renorm_clipping.setter
@@ -240,16 +289,60 @@ class BatchNorm:
 
     # ------------------------------------------------------------------ modes
     def train(self, mode=True):
-        """Set training mode (``mode=False`` is ``eval()``); returns self."""
+        """Set training mode (batch statistics, running statistics updated).
+
+        Parameters
+        ----------
+        mode : bool, default True
+            True for training mode; False is :meth:`eval`.
+
+        Returns
+        -------
+        BatchNorm
+            The layer itself.
+
+        Examples
+        --------
+        >>> import fastbn
+        >>> bn = fastbn.BatchNorm(4)
+        >>> bn.train(False).training, bn.train().training
+        (False, True)
+        """
         self.training = bool(mode)
         return self
 
     def eval(self):
-        """Set evaluation mode (running statistics are used); returns self."""
+        """Set evaluation mode (the running statistics are used).
+
+        Returns
+        -------
+        BatchNorm
+            The layer itself.
+
+        Examples
+        --------
+        >>> import fastbn
+        >>> fastbn.BatchNorm(4).eval().training
+        False
+        """
         return self.train(False)
 
     def reset_running_stats(self):
-        """Running mean 0, running variance 1, ``num_batches_tracked`` 0."""
+        """Reset the running statistics: mean 0, variance 1, ``num_batches_tracked`` 0.
+
+        The arrays are reset in place (they keep their identity).  A layer
+        without running statistics is left as it is.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import fastbn
+        >>> bn = fastbn.BatchNorm(2)
+        >>> y = bn(np.arange(8, dtype=np.float32).reshape(4, 2))
+        >>> bn.reset_running_stats()
+        >>> print(bn.running_mean, bn.running_var, bn.num_batches_tracked)
+        [0. 0.] [1. 1.] 0
+        """
         if self.track_running_stats:
             self.running_mean[...] = 0
             self.running_var[...] = 1
@@ -275,18 +368,50 @@ class BatchNorm:
         return x
 
     def __call__(self, x, residual=None):
-        """Normalise ``x``; returns ``y`` (a new array of the layer's dtype).
-
-        ``residual`` (an array of x's shape) is added after the affine and
-        before the ReLU: ``y = relu(BN(x) + residual)``.
+        """Normalise ``x`` (the forward pass).
 
         In training mode (and always when ``track_running_stats=False``) the
         batch statistics are used; in training mode with running statistics
-        these are then updated and ``num_batches_tracked`` is incremented.
-        In eval mode the running statistics are used.
+        these are then updated and ``num_batches_tracked`` is incremented.  In
+        evaluation mode the running statistics are used.
 
-        With ``comm`` in training mode, an error on any rank raises on every
-        rank (see ``batch_norm_train``); the layer's state is then unchanged.
+        Parameters
+        ----------
+        x : ndarray
+            Data with ``num_features`` channels on the layer's ``axis``: float32
+            or float64 (cast to the layer's dtype), or float16 / bfloat16 (kept
+            in their dtype, with float32 parameters and statistics).
+        residual : ndarray, optional
+            An array of ``x``'s shape added after the affine and before the
+            ReLU: ``y = relu(BN(x) + residual)``.
+
+        Returns
+        -------
+        y : ndarray
+            A new array of ``x``'s shape, in the layer's dtype (or ``x``'s half
+            dtype).
+
+        Raises
+        ------
+        TypeError
+            If ``x`` or ``residual`` has an unsupported dtype.
+        ValueError
+            If ``x`` has another channel count than ``num_features``, a channel
+            has fewer than 2 values in training, or ``residual``'s shape differs.
+        RuntimeError
+            With ``comm`` in training mode, when another rank's arguments were
+            bad (every rank raises; the layer's state is then unchanged).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import fastbn
+        >>> bn = fastbn.BatchNorm(3, axis=-1)           # channels-last
+        >>> x = np.arange(12, dtype=np.float32).reshape(4, 3)
+        >>> print(np.round(bn(x)[:, 0], 3))
+        [-1.342 -0.447  0.447  1.342]
+        >>> print(bn(x, residual=np.ones_like(x))[:, 0].round(3))
+        [-0.342  0.553  1.447  2.342]
         """
         if self.comm is not None and self.training:
             return _api._mpi().run(_api._mpi().FORWARD, self.comm, self._forward,
@@ -357,16 +482,46 @@ class BatchNorm:
     def backward(self, dy):
         """Gradient with respect to the input of the last forward call.
 
-        ``dy`` is the gradient of the loss with respect to that call's
-        output.  Returns ``dx``, or ``(dx, dresidual)`` when the forward had a
-        ``residual`` (``dresidual = dy * (y > 0)`` with ``relu=True``, else
-        ``dy``).  Sets ``self.dgamma`` and ``self.dbeta`` (``None`` for a
-        parameter the layer does not have).
-
         After a forward with batch statistics the full gradient is computed
-        (through the mean and variance); after an eval-mode forward with
+        (through the mean and variance); after an evaluation-mode forward with
         running statistics it is the frozen-statistics gradient
-        ``dx = dy' * gamma / sqrt(running_var + eps)``.
+        ``dx = dy' * gamma / sqrt(running_var + eps)``.  Sets ``self.dgamma``
+        and ``self.dbeta`` (``None`` for a parameter the layer does not have).
+
+        Parameters
+        ----------
+        dy : ndarray
+            The gradient of the loss with respect to the last call's output, of
+            its shape.
+
+        Returns
+        -------
+        dx : ndarray
+            The gradient with respect to that call's ``x``.
+        dresidual : ndarray
+            Only when the forward had a ``residual``: its gradient
+            (``dy * (y > 0)`` with ``relu=True``, else ``dy``); the method then
+            returns ``(dx, dresidual)``.
+
+        Raises
+        ------
+        RuntimeError
+            If no forward call preceded it.
+        ValueError
+            If ``dy``'s shape differs from the forward output's.
+        TypeError
+            If ``dy`` has an unsupported dtype.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import fastbn
+        >>> bn = fastbn.BatchNorm(2)
+        >>> x = np.arange(8, dtype=np.float32).reshape(4, 2)
+        >>> y = bn(x)
+        >>> dx = bn.backward(np.ones_like(y))
+        >>> print(bn.dbeta, np.abs(dx).max() < 1e-6)
+        [4. 4.] True
         """
         if self._cache is None:
             err = RuntimeError("backward called before a forward call of the layer")
@@ -399,13 +554,28 @@ class BatchNorm:
         return keys
 
     def state_dict(self):
-        """PyTorch-style state: a dict of copies with the keys of
-        ``torch.nn.BatchNorm*d``: ``weight`` (gamma), ``bias`` (beta),
-        ``running_mean``, ``running_var`` and ``num_batches_tracked`` (a 0-d
-        int64 array).  Keys of parameters or statistics the layer does not
-        have are left out (PyTorch's ``affine=False`` has neither weight nor
-        bias).  Load it into torch with
-        ``{k: torch.from_numpy(v) for k, v in d.items()}``.
+        """The layer's state with PyTorch's ``BatchNorm*d`` keys.
+
+        Returns
+        -------
+        dict of str to ndarray
+            Copies, under the keys ``weight`` (gamma), ``bias`` (beta),
+            ``running_mean``, ``running_var`` and ``num_batches_tracked`` (a 0-d
+            int64 array).  Keys of parameters or statistics the layer does not
+            have are left out (PyTorch's ``affine=False`` has neither weight
+            nor bias).
+
+        Notes
+        -----
+        Load it into PyTorch with
+        ``module.load_state_dict({k: torch.from_numpy(v) for k, v in d.items()})``.
+
+        Examples
+        --------
+        >>> import fastbn
+        >>> d = fastbn.BatchNorm(3, scale=False).state_dict()
+        >>> sorted(d), d["bias"].shape
+        (['bias', 'num_batches_tracked', 'running_mean', 'running_var'], (3,))
         """
         d = {}
         if self.gamma is not None:
@@ -419,17 +589,44 @@ class BatchNorm:
         return d
 
     def load_state_dict(self, state_dict, strict=True):
-        """Load a state dict (ours or a ``torch.nn.BatchNorm*d``'s).
+        """Load a state dict (this layer's or a ``torch.nn.BatchNorm*d``'s).
 
-        Values may be NumPy arrays, torch tensors (any device) or anything
-        with ``__array__``; they are cast to the layer's dtype and copied
-        into the existing arrays (which keep their identity).  With
-        ``strict=True`` (default) the keys must be exactly those of
-        ``state_dict()``, else ``KeyError`` names the missing and unexpected
-        ones; a missing ``num_batches_tracked`` keeps its value (as PyTorch
-        does for old checkpoints).  With ``strict=False`` unknown keys are
-        ignored and missing ones keep their values.  Shapes are checked
-        before anything is changed (``ValueError``).
+        Values are cast to the layer's dtype and copied into the existing
+        arrays (which keep their identity).  Shapes are checked before anything
+        changes.
+
+        Parameters
+        ----------
+        state_dict : dict
+            Values as NumPy arrays, torch tensors (any device) or anything with
+            ``__array__``, under the keys of :meth:`state_dict`.
+        strict : bool, default True
+            True: the keys must be exactly those of ``state_dict()`` (a missing
+            ``num_batches_tracked`` keeps its value, as PyTorch does for old
+            checkpoints).  False: unknown keys are ignored and missing ones keep
+            their values.
+
+        Returns
+        -------
+        BatchNorm
+            The layer itself.
+
+        Raises
+        ------
+        KeyError
+            With ``strict=True``, naming the missing and unexpected keys.
+        ValueError
+            If a value's shape does not match.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import fastbn
+        >>> a, b = fastbn.BatchNorm(2), fastbn.BatchNorm(2)
+        >>> a.running_mean[:] = [1.0, 2.0]
+        >>> b = b.load_state_dict(a.state_dict())
+        >>> print(b.running_mean)
+        [1. 2.]
         """
         if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
             raise TypeError(f"state_dict must be a mapping, got "
@@ -481,21 +678,33 @@ class BatchNorm:
         return self
 
     def get_weights(self):
-        """Keras order: ``[gamma, beta, moving_mean, moving_variance]`` (copies).
+        """The weights in Keras's order: ``[gamma, beta, moving_mean, moving_variance]``.
 
-        ``gamma``/``beta`` are left out when ``scale``/``center`` is off, as in
-        Keras; the moving statistics are left out when
-        ``track_running_stats=False``.
+        Returns
+        -------
+        list of ndarray
+            Copies; ``gamma``/``beta`` are left out when ``scale``/``center`` is
+            off (as in Keras), the moving statistics when
+            ``track_running_stats=False``.
 
-        Note on the variance: ``moving_variance`` here is accumulated from
-        the *unbiased* batch variance (``n/(n-1)`` correction), as in
-        PyTorch and TensorFlow's fused kernel (``tf.nn.fused_batch_norm``,
-        used by Keras 2 with ``fused=True``).  Keras 3 (and Keras 2's
-        non-fused path) accumulate the *biased* variance.  Both are
-        estimates of the same population variance and inference uses the
-        stored value as is, so weights transfer unchanged in either
-        direction; only the training-time accumulation differs by a factor
-        ``n/(n-1)`` (negligible for large batches).
+        Notes
+        -----
+        ``moving_variance`` here is accumulated from the *unbiased* batch
+        variance (``n/(n-1)`` correction), as in PyTorch and TensorFlow's fused
+        kernel (``tf.nn.fused_batch_norm``, used by Keras 2 with
+        ``fused=True``).  Keras 3 (and Keras 2's non-fused path) accumulate the
+        *biased* variance.  Both estimate the same population variance and
+        inference uses the stored value as is, so weights transfer unchanged in
+        either direction; only the training-time accumulation differs by a
+        factor ``n/(n-1)``.
+
+        Examples
+        --------
+        >>> import fastbn
+        >>> [w.shape for w in fastbn.BatchNorm(3).get_weights()]
+        [(3,), (3,), (3,), (3,)]
+        >>> len(fastbn.BatchNorm(3, scale=False).get_weights())
+        3
         """
         ws = []
         if self.gamma is not None:
@@ -507,10 +716,32 @@ class BatchNorm:
         return ws
 
     def set_weights(self, weights):
-        """Set the weights from a list in ``get_weights`` order (Keras's
-        ``[gamma, beta, moving_mean, moving_variance]`` without the parts the
-        layer does not have).  Values are cast to the layer's dtype and copied
-        in place; lengths and shapes are checked first."""
+        """Set the weights from a list in :meth:`get_weights` order.
+
+        Parameters
+        ----------
+        weights : sequence of array_like
+            Keras's ``[gamma, beta, moving_mean, moving_variance]`` without the
+            parts the layer does not have.  Values are cast to the layer's dtype
+            and copied in place.
+
+        Raises
+        ------
+        ValueError
+            If the number of arrays or a shape does not match (checked before
+            anything changes).
+        TypeError
+            If an array is not of a real dtype.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import fastbn
+        >>> bn = fastbn.BatchNorm(2)
+        >>> bn.set_weights([np.full(2, 2.0), np.zeros(2), np.zeros(2), np.full(2, 4.0)])
+        >>> print(bn.gamma, bn.running_var)
+        [2. 2.] [4. 4.]
+        """
         names = []
         if self.gamma is not None:
             names.append("gamma")

@@ -152,6 +152,59 @@ class StandardScaler(_SkStandardScaler):
         Center the data before scaling.
     with_std : bool, default=True
         Scale the data to unit variance.
+
+    Attributes
+    ----------
+    mean_ : ndarray of shape (n_features,) or None
+        The per-feature mean (None with ``with_mean=False`` and
+        ``with_std=False``).
+    var_ : ndarray of shape (n_features,) or None
+        The per-feature (biased) variance.
+    scale_ : ndarray of shape (n_features,) or None
+        ``sqrt(var_)``, with 1 for (near-)constant features.
+    n_samples_seen_ : int or ndarray of shape (n_features,)
+        The number of samples (or their total weight) seen, per feature
+        where NaN made the counts differ.
+    n_features_in_ : int
+        The number of features seen in ``fit``.
+    feature_names_in_ : ndarray of shape (n_features,)
+        The feature names, when ``X`` had string column names.
+
+    Raises
+    ------
+    ImportError
+        On import of :mod:`fastbn.sklearn` without scikit-learn
+        (``pip install fastbn[sklearn]``).
+    ValueError
+        scikit-learn's errors for bad input (e.g. an infinity in ``X``), with
+        scikit-learn's messages.
+
+    See Also
+    --------
+    sklearn.preprocessing.StandardScaler : the class this one replaces.
+    fastbn.batch_stats : the per-channel statistics behind ``fit``.
+
+    Notes
+    -----
+    ``fit`` computes every feature's weight, mean and sum of squared
+    deviations in one parallel pass (float64, the corrected two-pass
+    algorithm per cache-resident block, blocks merged in a fixed pairwise
+    tree); ``partial_fit`` merges with the moments seen so far (Chan et
+    al.); ``transform`` is one pass computing ``(x - mean_) / scale_`` in
+    the data's dtype, scikit-learn's own arithmetic.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastbn.sklearn import StandardScaler
+    >>> X = np.array([[0.0, 1.0], [2.0, 1.0], [4.0, 1.0]])
+    >>> scaler = StandardScaler().fit(X)
+    >>> print(scaler.mean_, scaler.var_, scaler.scale_)
+    [2. 1.] [2.66666667 0.        ] [1.63299316 1.        ]
+    >>> print(scaler.transform(X).round(4))
+    [[-1.2247  0.    ]
+     [ 0.      0.    ]
+     [ 1.2247  0.    ]]
     """
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -171,6 +224,29 @@ class StandardScaler(_SkStandardScaler):
         -------
         self : object
             Fitted scaler.
+
+        Raises
+        ------
+        ValueError
+            scikit-learn's validation errors (e.g. a feature count that differs
+            from the earlier batches').
+
+        Notes
+        -----
+        The batch's moments are merged with those seen so far in float64
+        (Chan et al.).  A batch in which a feature has no value (all NaN, or
+        zero weight) leaves that feature's statistics as they were.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastbn.sklearn import StandardScaler
+        >>> X = np.arange(12, dtype=np.float64).reshape(6, 2)
+        >>> s = StandardScaler()
+        >>> for chunk in np.array_split(X, 3):
+        ...     s = s.partial_fit(chunk)
+        >>> print(s.mean_, s.n_samples_seen_)
+        [5. 6.] 6.0
         """
         if (sparse.issparse(X) or _array_api_on()
                 or not (self.with_mean or self.with_std)):
@@ -304,7 +380,7 @@ class StandardScaler(_SkStandardScaler):
 
         Parameters
         ----------
-        X : {array-like, sparse matrix of shape (n_samples, n_features)
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
             The data used to scale along the features axis.
         copy : bool, default=None
             Copy the input X or not.
@@ -312,7 +388,21 @@ class StandardScaler(_SkStandardScaler):
         Returns
         -------
         X_tr : {ndarray, sparse matrix} of shape (n_samples, n_features)
-            Transformed array.
+            Transformed array, in ``X``'s float dtype (float32 stays float32).
+
+        Raises
+        ------
+        ValueError
+            scikit-learn's validation errors, e.g. for an infinity in ``X``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastbn.sklearn import StandardScaler
+        >>> X = np.array([[1.0], [3.0]], np.float32)
+        >>> Z = StandardScaler().fit(X).transform(X)
+        >>> print(Z.ravel(), Z.dtype)
+        [-1.  1.] float32
         """
         check_is_fitted(self)
         copy = copy if copy is not None else self.copy
@@ -343,6 +433,20 @@ class StandardScaler(_SkStandardScaler):
         -------
         X_original : {ndarray, sparse matrix} of shape (n_samples, n_features)
             Transformed array.
+
+        Raises
+        ------
+        ValueError
+            scikit-learn's validation errors.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastbn.sklearn import StandardScaler
+        >>> X = np.array([[1.0], [3.0]])
+        >>> s = StandardScaler().fit(X)
+        >>> print(s.inverse_transform(s.transform(X)).ravel())
+        [1. 3.]
         """
         check_is_fitted(self)
         copy = copy if copy is not None else self.copy

@@ -3,7 +3,7 @@ mpi_errors_worker.py GROUP`` (GROUP: forward, backward, layer, agree).
 
 Each case of the group makes one synchronised call in which some ranks pass
 bad arguments (or the ranks disagree on the channel count, the dtype or the
-call), and checks on every rank (API.md, "MPI errors"):
+call), and checks on every rank (docs/contract.md, "MPI errors"):
 
 - the call raises within DEADLINE seconds on every rank;
 - a rank whose arguments are bad raises exactly what the same call raises

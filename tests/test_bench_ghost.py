@@ -54,7 +54,8 @@ def test_report_shows_the_part():
 
 
 def test_options():
-    assert "ghost" in cli.parse_args([]).parts
+    assert "ghost" in cli.parse_args(["--full"]).parts
+    assert "ghost" not in cli.parse_args([]).parts   # not in the headline
     assert cli.parse_args(["--ghost"]).parts == ["ghost"]
     assert cli.parse_args(["--network", "--ghost"]).parts == ["network", "ghost"]
 

@@ -8,6 +8,7 @@ network step's convolution is right, and the options fail clearly.
 """
 
 import json
+import re
 import subprocess
 import sys
 
@@ -483,6 +484,8 @@ def test_network_step_fastbn_matches_float64():
     (["--no-compile", "--sweep-compile", "all"], "contradicts"),
     (["--threads", "0"], "--threads must be >= 1"),
     (["--sweep", "--only", "tiny"], "--only selects kernel workloads"),
+    (["--full", "--quick"], "--full runs every part"),
+    (["--full", "--sweep"], "--full runs every part"),
 ])
 def test_bad_options_fail_clearly(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -492,14 +495,42 @@ def test_bad_options_fail_clearly(argv, message, capsys):
 
 
 def test_option_defaults_and_implied_parts():
-    assert cli.parse_args([]).parts == list(cli.PARTS)
+    assert cli.parse_args(["--full"]).parts == list(cli.PARTS)
     assert cli.parse_args(["--only", "tiny"]).parts == ["kernels"]
     a = cli.parse_args(["--sweep-filter", "NHWC,mode=train"])
     assert a.parts == ["sweep"] and a.sweep_filter == ["NHWC", "mode=train"]
     assert cli.parse_args(["--quick"]).sweep_compile == "none"
-    assert cli.parse_args([]).sweep_compile == "subset"
+    assert cli.parse_args(["--full"]).sweep_compile == "subset"
     assert cli.parse_args(["--scenarios", "--network"]).parts == [
         "scenarios", "network"]
+
+
+def test_default_is_the_headline_and_full_is_one_flag_away(capsys):
+    """No option: the headline report (kernels, a sweep slice, scenarios at
+    --quick sizes, no torch.compile); --full: every part at full size."""
+    head = cli.parse_args([])
+    assert head.headline and head.parts == list(cli.HEADLINE)
+    assert head.quick and head.sweep_compile == "none"
+    assert set(cli.HEADLINE) < set(cli.PARTS)
+    full = cli.parse_args(["--full"])
+    assert not full.headline and not full.quick
+    assert full.parts == list(cli.PARTS)
+    # part options keep their full sizes, as before
+    part = cli.parse_args(["--sweep"])
+    assert not part.headline and not part.quick and part.parts == ["sweep"]
+    assert cli.parse_args(["--quick"]).parts == list(cli.PARTS)
+    # what the headline runs: a slice of the sweep, not all of it
+    assert cli.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert "kernel workloads (%d):" % len(WORKLOADS) in out
+    assert "between calls:" in out
+    n_rows = int(re.search(r"sweep rows \((\d+);", out).group(1))
+    assert 0 < n_rows < len(SWEEP) / 10
+    assert "network step" not in out and "half precision" not in out
+    assert cli.main(["--list", "--full"]) == 0
+    out = capsys.readouterr().out
+    assert int(re.search(r"sweep rows \((\d+);", out).group(1)) == len(SWEEP)
+    assert "network step" in out and "half precision" in out
 
 
 def test_list_runs_nothing(capsys):

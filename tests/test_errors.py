@@ -1,4 +1,4 @@
-"""Every error path of API.md: the exception type and a message that names
+"""Every error path of the contract (docs/contract.md): the exception type and a message that names
 the offending argument."""
 
 import numpy as np
@@ -140,7 +140,7 @@ def test_out_wrong_shape_or_layout_raises(kind, func):
 @pytest.mark.parametrize("bad_dtype", [np.float64, np.int32, np.float16])
 def test_out_wrong_dtype_raises(func, bad_dtype):
     out = np.empty(X32.shape, bad_dtype)
-    # API.md lists "out mismatch" under ValueError and "wrong dtype" under
+    # docs/contract.md lists "out mismatch" under ValueError and "wrong dtype" under
     # TypeError; either is acceptable, the message must name out.
     with pytest.raises((TypeError, ValueError), match=word("out")):
         CALLS[func](X32, out=out)
@@ -254,6 +254,6 @@ def test_merge_moments_errors():
 
 
 def test_batch_stats_empty_batch_raises():
-    # not specified by API.md; fastbn raises rather than returning NaN
+    # not specified by docs/contract.md; fastbn raises rather than returning NaN
     with pytest.raises(ValueError, match=word("x")):
         fastbn.batch_stats(np.zeros((0, C), np.float32))

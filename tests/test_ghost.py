@@ -1,4 +1,4 @@
-"""Ghost (virtual) batches and batch renormalization (API.md, "Ghost
+"""Ghost (virtual) batches and batch renormalization (docs/contract.md, "Ghost
 (virtual) batches" and "Batch renormalization").
 
 Oracles: a float64 reference in which every ghost batch is an independent

@@ -1,4 +1,4 @@
-"""Half precision: float16 and bfloat16 data, float32 statistics (API.md,
+"""Half precision: float16 and bfloat16 data, float32 statistics (docs/contract.md,
 "Half precision").
 
 The half kernels load each value exactly as float32 and round each output

@@ -5,7 +5,7 @@ tests/mpi_worker.py, which compares, on every rank, the synchronised
 forward, backward and layer with single-process fastbn on the concatenated
 global batch (see its docstring), and tests/mpi_errors_worker.py, which
 checks that an error on one rank raises on every rank and leaves comm
-usable (API.md, "MPI errors").  The jobs run as root and oversubscribed
+usable (docs/contract.md, "MPI errors").  The jobs run as root and oversubscribed
 on small machines, with one OpenMP thread per rank, shared-memory transport
 only, and a timeout.  They are skipped only when mpi4py is not
 importable (and never under FASTBN_REQUIRE_MPI=1, which CI sets); a
@@ -217,7 +217,7 @@ ERROR_CASES = {
 @pytest.mark.parametrize("group", list(ERROR_CASES))
 @pytest.mark.parametrize("nprocs", [2, 3])
 def test_error_on_one_rank_raises_on_every_rank(nprocs, group):
-    """API.md "MPI errors", in a real MPI job per group: each case raises the
+    """docs/contract.md, "MPI errors", in a real MPI job per group: each case raises the
     expected exception on every rank within seconds (the failing rank its
     own TypeError/ValueError, the others RuntimeError naming it; ValueError
     everywhere when ranks disagree on C or dtype), then a correct call gives

@@ -1,8 +1,11 @@
 """``python -m fastbn.bench``: options, the run of the chosen parts, output.
 
-Without a part option the full report runs: kernel workloads, shape sweep,
-between-calls scenarios, the NumPy network step, ghost batches and
-batch renormalization against ordinary batch norm, the scikit-learn
+Without a part option the headline report runs (about two minutes): the
+kernel workloads against NumPy, the floor and PyTorch where installed, a
+slice of the shape sweep and the between-calls scenarios.  ``--full`` runs
+the full report: every kernel workload, the whole shape sweep, the
+between-calls scenarios, the NumPy network step, ghost batches and batch
+renormalization against ordinary batch norm, the scikit-learn
 StandardScaler comparison and half precision.
 """
 
@@ -22,6 +25,11 @@ from .workloads import (WORKLOADS, check_sweep_terms, family_counts,
                         split_terms, sweep_workloads)
 
 PARTS = ("kernels", "sweep", "scenarios", "network", "ghost", "sklearn", "half")
+#: The parts of the default (headline) report; ``--full`` runs all PARTS.
+#: The headline runs every kernel workload (HEADLINE_KERNEL_ROUNDS rounds),
+#: the sweep and the scenarios at their --quick sizes and rounds.
+HEADLINE = ("kernels", "sweep", "scenarios")
+HEADLINE_KERNEL_ROUNDS = 11
 
 #: Timing rounds per part: (full, --quick).
 ROUNDS = {"kernels": (25, 7), "sweep": (5, 3), "scenarios": (5, 2),
@@ -36,12 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m fastbn.bench",
         description="Time fastbn against NumPy, PyTorch and the floor (a "
                     "copy of the same bytes on the same number of threads). "
-                    "Without a part option, the full report: kernel "
-                    "workloads, shape sweep, between-calls scenarios, "
-                    "the NumPy network step, ghost batches and batch "
-                    "renormalization, the scikit-learn StandardScaler "
-                    "comparison and half precision.")
-    parts = p.add_argument_group("parts (default: all)")
+                    "Without a part option, the headline report (about two "
+                    "minutes): the kernel workloads, a slice of the shape "
+                    "sweep and the between-calls scenarios, with fewer "
+                    "rounds and no torch.compile.  --full runs the full "
+                    "report: every part (the network step, ghost batches "
+                    "and renormalization, the scikit-learn StandardScaler "
+                    "and half precision too), the whole sweep, full rounds.")
+    parts = p.add_argument_group(
+        "parts (default: the headline: kernels, a sweep slice, scenarios)")
     parts.add_argument("--kernels", action="store_true",
                        help="the kernel workloads (standard shapes, every "
                             "implementation, issue-9 targets)")
@@ -66,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="half precision: fastbn on float16 and bfloat16 "
                             "beside its float32, and torch eager on half "
                             "tensors (bfloat16 needs ml_dtypes)")
+    p.add_argument("--full", action="store_true",
+                   help="the full report: every part, every sweep row, full "
+                        "rounds, torch.compile where installed (about 10 "
+                        "minutes without PyTorch, 20 with it, on 2 cores)")
     p.add_argument("--quick", action="store_true",
                    help="a small subset of every part, fewer rounds, no "
                         "torch.compile (about 2 minutes)")
@@ -143,16 +158,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.no_compile and args.sweep_compile not in (None, "none"):
         p.error("--no-compile contradicts --sweep-compile %s" %
                 args.sweep_compile)
-    if args.sweep_compile is None:
-        args.sweep_compile = ("none" if args.quick or args.no_compile
-                              else "subset")
     chosen = [part for part in PARTS if getattr(args, part)]
     if not chosen:
         if args.only:
             chosen.append("kernels")
         if args.sweep_filter:
             chosen.append("sweep")
+    if args.full and (chosen or args.quick):
+        p.error("--full runs every part at full size: leave out --quick "
+                "and the part options")
+    # the headline: no part named and no --full (quick sizes, headline parts)
+    args.headline = not (chosen or args.full or args.quick)
+    if args.headline:
+        args.quick = True
+        chosen = list(HEADLINE)
     args.parts = chosen or list(PARTS)
+    if args.sweep_compile is None:
+        args.sweep_compile = ("none" if args.quick or args.no_compile
+                              else "subset")
     if args.only and "kernels" not in args.parts:
         p.error("--only selects kernel workloads, but --kernels is not "
                 "among the parts")
@@ -190,7 +213,7 @@ def list_selection(args) -> str:
     """--list: what would run."""
     lines = []
     if "kernels" in args.parts:
-        ws = select_workloads(args.quick, args.only)
+        ws = select_workloads(args.quick and not args.headline, args.only)
         lines.append("kernel workloads (%d):" % len(ws))
         lines += ["  %-20s %s" % (w.key, w.title) for w in ws]
     if "sweep" in args.parts:
@@ -238,7 +261,9 @@ def settings_text(args, rounds: dict, compile_kernels: bool,
             extra = ", %d calls per block" % (
                 SCENARIO_CALLS[1] if args.quick else SCENARIO_CALLS[0])
         parts.append("%s %d rounds%s" % (part, rounds[part], extra))
-    return "%s; %s" % ("--quick" if args.quick else "full", "; ".join(parts))
+    mode = ("headline (--full for the full report)" if args.headline
+            else "--quick" if args.quick else "full")
+    return "%s; %s" % (mode, "; ".join(parts))
 
 
 def main(argv=None) -> int:
@@ -256,6 +281,8 @@ def main(argv=None) -> int:
     sweep_compile = args.sweep_compile if torch is not None else "none"
     rounds = {part: args.repeats or ROUNDS[part][args.quick]
               for part in PARTS}
+    if args.headline and not args.repeats:
+        rounds["kernels"] = HEADLINE_KERNEL_ROUNDS
     progress = Progress()
     gil = copyto_releases_gil() if threads > 1 else None
     if gil is False:
@@ -267,7 +294,8 @@ def main(argv=None) -> int:
     if "kernels" in args.parts:
         load = OtherLoad()
         rep.kernels = kernels.run_kernels(
-            select_workloads(args.quick, args.only), fastbn, threads,
+            select_workloads(args.quick and not args.headline, args.only),
+            fastbn, threads,
             rounds["kernels"], torch=torch, compile_torch=compile_kernels,
             pause=args.pause, progress=progress)
         rep.other_load["kernels"] = load.share()
