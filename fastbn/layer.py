@@ -438,15 +438,17 @@ class BatchNorm:
             if rn is not None:
                 r, d = res[5:]
             if self.training and self.track_running_stats:
-                if mean.ndim == 2 and mean.shape[0] > 1:
+                if mean.ndim == 1:
+                    self._update_running(mean, var, count)
+                elif mean.shape[0] == 1:
+                    self._update_running(mean[0], var[0], count)
+                else:
                     # ghost batches: the average over the groups of the group
                     # means and of the group unbiased variances (every group
                     # has `count` values per channel)
                     G = mean.shape[0]
                     self._update_running(np.add.reduce(mean, 0, np.float64) / G,
                                          np.add.reduce(var, 0) / G, count)
-                else:
-                    self._update_running(mean.reshape(-1), var.reshape(-1), count)
             frozen = False
         else:
             y = _api.batch_norm_infer(x, self.running_mean, self.running_var,
@@ -530,9 +532,12 @@ class BatchNorm:
                 _api._mpi().report_failure(_api._mpi().BACKWARD, self.comm, err)
             raise err
         x, y, mean, invstd, frozen, has_res, comm, k, r, d = self._cache
-        res = _api._run("BACKWARD", _api._backward, None if frozen else comm, dy, x,
-                        mean, invstd, self.gamma, self.axis, y, not frozen, has_res,
-                        None, comm, k, r, d, self.activation)
+        args = (dy, x, mean, invstd, self.gamma, self.axis, y, not frozen, has_res,
+                None, comm, k, r, d, self.activation)
+        if comm is None or frozen:
+            res = _api._backward(*args)
+        else:
+            res = _api._run("BACKWARD", _api._backward, comm, *args)
         # float32 from half x: the gradients take the parameters' dtype
         self.dgamma = (res[1].astype(self.dtype, copy=False)
                        if self.gamma is not None else None)
