@@ -1,6 +1,6 @@
 /*
  * isa_instances.h -- the kernels of every element type for the instruction
- * set named by FBN_ISA (included by fastbn.c once per instruction set).
+ * set named by FBN_ISA (included by kernels.c once per instruction set).
  * T is the element type, R the per-channel and computing type, FBN_HALF
  * the half format of T (0: none, T == R; 1: float16; 2: bfloat16).
  */
@@ -57,7 +57,7 @@
 #else
 #define FBN_OTHER_ISA FBN_ISA
 #endif
-static const fbn_ops *const FBN_ICAT(fbn_isa, ops, FBN_ISA)[FBN_NDTYPES] = {
+const fbn_ops *const FBN_ICAT(fbn_isa, ops, FBN_ISA)[FBN_NDTYPES] = {
     &FBN_ICAT(ops, f32, FBN_OTHER_ISA), &FBN_ICAT(ops, f64, FBN_OTHER_ISA),
     &FBN_ICAT(ops, f16, FBN_OTHER_ISA), &FBN_ICAT(ops, bf16, FBN_ISA)};
 #undef FBN_OTHER_ISA

@@ -1,14 +1,15 @@
 /*
  * kernels_impl.h -- the forward kernels, written once for an element type.
  *
- * Included by fastbn.c with T (float or double, or fbn_half), R (the
- * per-channel and computing type: T, or float for the half types),
+ * Included by kernels.c (isa_instances.h) with T (float or double, or
+ * fbn_half), R (the per-channel and computing type: T, or float for the
+ * half types),
  * FBN_HALF (0, or 1 for float16, 2 for bfloat16), SFX (f32, f64, f16, bf16)
  * and FBN_ISA (base, avx2, avx512: the instruction set the compiler may use)
  * defined.  NAME(f) gives the specific name f_SFX_ISA.  Everything is
- * static; the table NAME(ops) at the end is what fastbn.c dispatches to.
+ * static; the table NAME(ops) at the end is what dispatch.c dispatches to.
  *
- * Every kernel follows a plan (fbn_plan, fastbn.c) made from the geometry
+ * Every kernel follows a plan (fbn_plan, plan.h) made from the geometry
  * of its (outer, C, inner) view and the caches, and runs the plan's items
  * through fbn_parallel_for (pool.h):
  *   channel-first (inner > 1; C == 1 is one run of outer*inner values):
@@ -27,10 +28,11 @@
  * count or the instruction set.
  *
  * The normalisation of a value is
- *   t = ((x - mh) - ml) * a + b   [+ z]   [max(t, 0)]
+ *   t = ((x - mh) - ml) * a + b   [+ z]   [max(t, 0)   [min(t, 6)]]
  * with per-channel constants mh + ml = mean (ml carries the part of a double
  * mean that float cannot hold, so large offsets cancel exactly),
- * a = gamma * invstd and b = beta.
+ * a = gamma * invstd and b = beta, and the activation act (FBN_ACT_*: none,
+ * ReLU, ReLU6) a constant in each instance of a loop.
  */
 #ifndef FBN_ACT_Z
 /* f(args..., act, hasz) with the activation (FBN_ACT_*) and the residual

@@ -53,6 +53,26 @@ typedef struct {
                        void *y, int *has_inf, int nthreads);
 } fbn_ops;
 
+/* The instruction sets built (kernels.c instantiates the kernels for
+ * each), in order of preference: X(isa, name).  x86-64 with GCC or clang:
+ * the portable baseline, AVX2, AVX-512, and AVX-512 with BF16 conversions;
+ * elsewhere the baseline alone. */
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) \
+    && !defined(FBN_NO_DISPATCH)
+#define FBN_HAVE_DISPATCH 1
+#define FBN_ISA_LIST(X) X(base, "baseline") X(avx2, "avx2") X(avx512, "avx512") \
+    X(avx512bf16, "avx512bf16")
+#else
+#define FBN_HAVE_DISPATCH 0
+#define FBN_ISA_LIST(X) X(base, "baseline")
+#endif
+
+/* fbn_isa_ops_<isa>[dtype]: the tables of one instruction set
+ * (isa_instances.h). */
+#define FBN_ISA_DECLARE(isa, name) extern const fbn_ops *const fbn_isa_ops_##isa[FBN_NDTYPES];
+FBN_ISA_LIST(FBN_ISA_DECLARE)
+#undef FBN_ISA_DECLARE
+
 /* The table of element type `dtype` (0 <= dtype < FBN_NDTYPES) for the
  * active instruction set (dispatch.c). */
 const fbn_ops *fbn_ops_for(int dtype);
