@@ -9,31 +9,19 @@
 #define R float
 #define FBN_HALF 0
 #define SFX f32
-#include "kernels_impl.h"
-#undef T
-#undef R
-#undef FBN_HALF
-#undef SFX
+#include "type_instance.h"
 
 #define T double
 #define R double
 #define FBN_HALF 0
 #define SFX f64
-#include "kernels_impl.h"
-#undef T
-#undef R
-#undef FBN_HALF
-#undef SFX
+#include "type_instance.h"
 
 #define T fbn_half
 #define R float
 #define FBN_HALF 1
 #define SFX f16
-#include "kernels_impl.h"
-#undef T
-#undef R
-#undef FBN_HALF
-#undef SFX
+#include "type_instance.h"
 
 #endif /* FBN_BF16_ONLY */
 
@@ -41,11 +29,7 @@
 #define R float
 #define FBN_HALF 2
 #define SFX bf16
-#include "kernels_impl.h"
-#undef T
-#undef R
-#undef FBN_HALF
-#undef SFX
+#include "type_instance.h"
 
 /* The tables of this instruction set, indexed by dtype (fastbn.h's enum
  * order); an instance of the bfloat16 kernels alone takes the others from

@@ -1,13 +1,16 @@
 /*
  * kernels_impl.h -- the forward kernels, written once for an element type.
  *
- * Included by kernels.c (isa_instances.h) with T (float or double, or
- * fbn_half), R (the per-channel and computing type: T, or float for the
- * half types),
+ * Included by type_instance.h with T (float or double, or fbn_half), R
+ * (the per-channel and computing type: T, or float for the half types),
  * FBN_HALF (0, or 1 for float16, 2 for bfloat16), SFX (f32, f64, f16, bf16)
  * and FBN_ISA (base, avx2, avx512: the instruction set the compiler may use)
- * defined.  NAME(f) gives the specific name f_SFX_ISA.  Everything is
- * static; the table NAME(ops) at the end is what dispatch.c dispatches to.
+ * defined, after the element interface (elem_impl.h: NAME(f) gives the
+ * specific name f_SFX_ISA, FBN_LD/FBN_ST an element's value) and, for the
+ * half types, their hot loops (half_impl.h), which stand in for the bodies
+ * this file compiles only for float and double (#if !FBN_HALF).
+ * Everything is static; the table NAME(ops) at the end is what dispatch.c
+ * dispatches to.
  *
  * Every kernel follows a plan (fbn_plan, plan.h) made from the geometry
  * of its (outer, C, inner) view and the caches, and runs the plan's items
@@ -34,95 +37,6 @@
  * a = gamma * invstd and b = beta, and the activation act (FBN_ACT_*: none,
  * ReLU, ReLU6) a constant in each instance of a loop.
  */
-#ifndef FBN_ACT_Z
-/* f(args..., act, hasz) with the activation (FBN_ACT_*) and the residual
- * flag made constants, so that each instance of an inline body is a
- * simple loop */
-#define FBN_ACT_Z(f, act, hasz, ...)                                           \
-    do {                                                                       \
-        if ((act) == FBN_ACT_RELU6)                                            \
-            FBN_FLAG(f, hasz, __VA_ARGS__, FBN_ACT_RELU6);                     \
-        else if (act)                                                          \
-            FBN_FLAG(f, hasz, __VA_ARGS__, FBN_ACT_RELU);                      \
-        else                                                                   \
-            FBN_FLAG(f, hasz, __VA_ARGS__, FBN_ACT_NONE);                      \
-    } while (0)
-/* f(args..., 1) if flag, else f(args..., 0) */
-#define FBN_FLAG(f, flag, ...)                                                 \
-    do {                                                                       \
-        if (flag)                                                              \
-            f(__VA_ARGS__, 1);                                                 \
-        else                                                                   \
-            f(__VA_ARGS__, 0);                                                 \
-    } while (0)
-/* f(args..., mask, training, hasdz) with the three made constants (the
- * backward's bodies; mask: the forward's activation, FBN_ACT_*) */
-#define FBN_MASK_TRAIN_DZ(f, mask, training, hasdz, ...)                       \
-    do {                                                                       \
-        if ((mask) == FBN_ACT_RELU6)                                           \
-            FBN_TRAIN_DZ(f, training, hasdz, __VA_ARGS__, FBN_ACT_RELU6);      \
-        else if (mask)                                                         \
-            FBN_TRAIN_DZ(f, training, hasdz, __VA_ARGS__, FBN_ACT_RELU);       \
-        else                                                                   \
-            FBN_TRAIN_DZ(f, training, hasdz, __VA_ARGS__, FBN_ACT_NONE);       \
-    } while (0)
-#define FBN_TRAIN_DZ(f, training, hasdz, ...)                                  \
-    do {                                                                       \
-        if (training)                                                          \
-            FBN_FLAG(f, hasdz, __VA_ARGS__, 1);                                \
-        else                                                                   \
-            FBN_FLAG(f, hasdz, __VA_ARGS__, 0);                                \
-    } while (0)
-/* The activation act (a constant in each body) of a value t of R in place:
- * max(t, 0), and min(., 6) for ReLU6 (NaN stays NaN, -0 stays -0). */
-#define FBN_ACTIVATE(t, act)                                                   \
-    do {                                                                       \
-        if (act)                                                               \
-            (t) = (t) < (R)0 ? (R)0 : (t);                                     \
-        if ((act) == FBN_ACT_RELU6)                                            \
-            (t) = (t) > (R)6 ? (R)6 : (t);                                     \
-    } while (0)
-#endif
-#define FBN_CAT_(a, b, c) a##_##b##_##c
-#define FBN_CAT(a, b, c) FBN_CAT_(a, b, c)
-#define NAME(f) FBN_CAT(f, SFX, FBN_ISA)
-
-/* An element as R (FBN_LD: exact) and an R value stored as an element
- * (FBN_ST: rounded once).  The half types compute exactly what the float
- * kernels compute on the widened values (half_convert.h). */
-#if FBN_HALF == 1 && FBN_F16C
-/* one value through F16C (the scalar tails of the runs: 7x7 planes have
- * one in every 49 values), bitwise the portable conversions */
-#define FBN_LD(v) _cvtsh_ss(v)
-#define FBN_ST(v) ((fbn_half)_cvtss_sh((v), _MM_FROUND_TO_NEAREST_INT))
-#elif FBN_HALF == 1
-#define FBN_LD(v) fbn_f16_to_f32(v)
-#define FBN_ST(v) fbn_f32_to_f16(v)
-#elif FBN_HALF == 2
-#define FBN_LD(v) fbn_bf16_to_f32(v)
-#define FBN_ST(v) fbn_f32_to_bf16(v)
-#else
-#define FBN_LD(v) (v)
-#define FBN_ST(v) (v)
-#endif
-
-/* 1 where the forward's output v (an element as R) passes the backward's
- * mask of activation act: v > 0 (ReLU), 0 < v < 6 (ReLU6); 0 for NaN. */
-static inline int NAME(pass)(R v, int act)
-{
-    return act == FBN_ACT_RELU6 ? (v > (R)0) & (v < (R)6) : v > (R)0;
-}
-
-#if FBN_VEC
-/* 32-byte vectors of T (GCC/clang vector extensions) for the few loops the
- * auto-vectoriser handles badly; FBN_NV of them make the FBN_LANES lanes.
- * The arithmetic is lane by lane, as in the scalar fallback, so every
- * instruction set (and the fallback) gives the same bits. */
-typedef R NAME(vec) __attribute__((vector_size(32)));
-#define FBN_VN ((int)(32 / sizeof(R)))
-#define FBN_NV (FBN_LANES / FBN_VN)
-#endif
-
 /* Non-temporal copy of n bytes to dst: fbn_stream's 16-byte stores, or in
  * the AVX2 and AVX-512 kernels FBN_WIDE_NT-byte stores (32 or 64: a whole
  * line per store) where dst is so aligned (apply_span's tiles end on
@@ -155,30 +69,6 @@ static inline void NAME(stream)(void *dst, const void *src, size_t n)
 
 /* ---- reductions -------------------------------------------------------- */
 
-#if FBN_VEC
-/* The 16 double lanes as two vectors of 8, and 8 values of T, for the
- * backward's reductions: GCC turned their plain lane loops into scalar code
- * where they are inlined.  Element-wise IEEE arithmetic, so the bits are
- * those of the scalar loops. */
-typedef double NAME(d8) __attribute__((vector_size(64)));
-typedef R NAME(t8) __attribute__((vector_size(8 * sizeof(R))));
-#if FBN_HALF
-/* n elements at p, widened, into the vector v (of n values of R) */
-#define FBN_LOADN(v, p, n)                                                     \
-    do {                                                                       \
-        R w_[n];                                                               \
-        int j_;                                                                \
-        for (j_ = 0; j_ < (n); j_++)                                           \
-            w_[j_] = FBN_LD((p)[j_]);                                          \
-        memcpy(&(v), w_, sizeof(v));                                           \
-    } while (0)
-#define FBN_LOAD8(v, p) FBN_LOADN(v, p, 8)
-#else
-#define FBN_LOAD8(v, p) memcpy(&(v), (p), sizeof(v))
-#endif
-#define FBN_TO_D8(v) __builtin_convertvector((v), NAME(d8))
-#endif
-
 /* The generic form of a function that half_impl.h wraps (the half types
  * run the float kernel's on widened rows; this one when a buffer cannot be
  * had). */
@@ -188,10 +78,8 @@ typedef R NAME(t8) __attribute__((vector_size(8 * sizeof(R))));
 #define FBN_GENERIC(f) NAME(f)
 #endif
 
-#if FBN_HALF
-#include "half_impl.h" /* (with FBN_SACC and FBN_QACC: accumulators per
-                          channel in the statistics' passes) */
-#else
+#if !FBN_HALF /* (the half types': half_impl.h, with FBN_SACC and FBN_QACC,
+                 their accumulators per channel in the statistics' passes) */
 #define FBN_SACC FBN_ACC
 #define FBN_QACC FBN_ACC
 /* Adds n values to the lane accumulators acc[0..FBN_LANES] (the last one
@@ -1051,25 +939,11 @@ static int NAME(k_apply)(const void *x, ptrdiff_t outer, ptrdiff_t C,
 #include "colstats_impl.h"
 #endif
 
-#if FBN_VEC
-#undef FBN_VN
-#undef FBN_NV
-#undef FBN_LOAD8
-#undef FBN_TO_D8
-#if FBN_HALF
-#undef FBN_LOADN
-#endif
-#endif
-#undef FBN_LD
-#undef FBN_ST
 #undef FBN_GENERIC
 #undef FBN_LINE_VALUES
 #undef FBN_SACC
 #undef FBN_HROWS
 #undef FBN_QACC
-#if FBN_HALF
-#undef FBN_F32
-#endif
 
 static const fbn_ops NAME(ops) = {
     NAME(k_moments),         NAME(k_train_ghost),    NAME(k_infer_forward),
@@ -1081,7 +955,3 @@ static const fbn_ops NAME(ops) = {
     NAME(cs_k_colstats),     NAME(cs_k_standardize),
 #endif
 };
-
-#undef NAME
-#undef FBN_CAT
-#undef FBN_CAT_

@@ -214,7 +214,7 @@ def test_relu6_same_bits_for_every_thread_count_and_simd_level(shape, axis, dt):
                 for a, r in zip(got, ref):
                     assert_bitwise_equal(a, r)
     finally:
-        _kernels.set_simd("auto")
+        _kernels.set_simd(old_simd)  # (FASTBN_SIMD's level, or the best)
     assert _kernels.simd() == old_simd
 
 
