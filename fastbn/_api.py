@@ -447,12 +447,13 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis=1, eps=1e-5, relu=False,
     """
     k = None if virtual_batch_size is None else _ghost_k(virtual_batch_size, comm,
                                                           False)
-    args = (x, gamma, beta, axis, eps, relu, residual, out, comm, False, k, None,
-            activation)
     if comm is None:
-        y, mean, invstd, _, _ = _train(*args)
+        y, mean, invstd, _, _ = _train(x, gamma, beta, axis, eps, relu, residual, out,
+                                       None, False, k, None, activation)
     else:
-        y, mean, invstd, _, _ = _run("FORWARD", _train, comm, *args)
+        y, mean, invstd, _, _ = _run("FORWARD", _train, comm, x, gamma, beta, axis, eps,
+                                     relu, residual, out, comm, False, k, None,
+                                     activation)
     return y, mean, invstd
 
 
@@ -635,11 +636,11 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
     """
     k = None if virtual_batch_size is None else _ghost_k(virtual_batch_size, comm,
                                                           True)
-    args = (dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm, k,
-            None, None, activation)
     if comm is not None and training:
-        return _run("BACKWARD", _backward, comm, *args)
-    return _backward(*args)
+        return _run("BACKWARD", _backward, comm, dy, x, mean, invstd, gamma, axis, y,
+                    training, residual, out, comm, k, None, None, activation)
+    return _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm,
+                     k, None, None, activation)
 
 
 def _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm,
@@ -665,7 +666,6 @@ def _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm
         no_partial_overlap(dx, "out", x, dy, yv)
     dz = np.empty(x.shape, dt) if residual else None
     training = bool(training)
-    n = (outer // G) * inner if G else 0
     if comm is not None and training:
         dgamma, dbeta = _mpi().backward(comm, dy, x, yv, outer, C, inner, mean,
                                         invstd, gamma, dx, dz, _nthreads(), act)
@@ -678,6 +678,7 @@ def _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm
         if k is not None:
             mean = _ghost.per_group(mean, "mean", G, C, sdt)
             invstd = _ghost.per_group(invstd, "invstd", G, C, sdt)
+        n = (outer // G) * inner
         if training and n < 2:
             what = (f"x of shape {x.shape} has {n} (axis={axis})" if k is None else
                     f"each ghost batch of {k} samples (x of shape {x.shape}, "
