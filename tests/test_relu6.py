@@ -329,3 +329,11 @@ def test_relu6_nan_and_infinity():
                                               y=yb, training=False, residual=True,
                                               activation="relu6")
     np.testing.assert_array_equal(dz, [[0, 0], [0, 1], [0, 0], [1, 1]])
+
+
+def test_relu6_absorb_scale_refuses():
+    """The scale cannot move past a ReLU6 (its clamp at 6 would move)."""
+    bn = fastbn.BatchNorm(3, activation="relu6", dtype=np.float64)
+    with pytest.raises(ValueError, match="ReLU6"):
+        fastbn.absorb_scale(bn, np.ones((2, 3)))
+
