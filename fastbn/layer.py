@@ -253,15 +253,10 @@ class BatchNorm:
 
     # ---------------------------------------------------------------- forward
     def _check_input(self, x):
-        keep = False  # float16, bfloat16: kept (mixed precision)
-        if isinstance(x, np.ndarray):
-            dt = x.dtype
-            keep = is_half(dt)
-            if not keep and not (dt.kind == "f" and dt.itemsize >= 4):
-                raise TypeError(f"x must have dtype float32, float64, float16 or "
-                                f"bfloat16 (it is cast to the layer's dtype "
-                                f"{self.dtype}, except the half types, which are "
-                                f"kept), got {dt}")
+        # float16 and bfloat16 are kept (mixed precision); float32 and
+        # float64 are cast to the layer's dtype; fastbn._checks.as_data
+        # refuses every other dtype, as the functions do
+        keep = isinstance(x, np.ndarray) and is_half(x.dtype)
         x = as_data(x, "x", None if keep else self.dtype)
         _, C, _, _ = view(x.shape, self.axis)
         if C != self.num_features:

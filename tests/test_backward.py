@@ -19,37 +19,6 @@ from helpers import assert_bitwise_equal, assert_close, make_params, make_x
 EPS = 1e-5
 
 
-# ---------------------------------------------------------------- reference
-
-def ref_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
-                 training=True):
-    """Float64 textbook backward.  Returns (dx, dgamma, dbeta, dresidual).
-
-    With g = dy * (y > 0) (or dy), xhat = (x - mean) * invstd:
-        dbeta = sum(g), dgamma = sum(g * xhat)
-        training: dx = gamma * invstd * (g - dbeta/n - xhat * dgamma/n)
-        frozen:   dx = gamma * invstd * g
-    """
-    xc, moved = reference.to_columns(x, axis)
-    g, _ = reference.to_columns(dy, axis)
-    if y is not None:
-        g = g * (reference.to_columns(y, axis)[0] > 0)
-    n, C = xc.shape
-    mean = np.asarray(mean, np.float64)
-    invstd = np.asarray(invstd, np.float64)
-    gam = np.ones(C) if gamma is None else np.asarray(gamma, np.float64)
-    xhat = (xc - mean) * invstd
-    dbeta = g.sum(axis=0)
-    dgamma = (g * xhat).sum(axis=0)
-    if training:
-        dxc = gam * invstd * (g - dbeta / n - xhat * dgamma / n)
-    else:
-        dxc = gam * invstd * g
-    ax = reference.normalize_axis(axis, np.ndim(x))
-    return (reference.from_columns(dxc, moved, ax), dgamma, dbeta,
-            reference.from_columns(g, moved, ax))
-
-
 def forward(x, gamma, beta, axis, relu, z, training, rmean, rvar):
     """fastbn forward and what backward needs: (y, mean, invstd)."""
     if training:
@@ -94,8 +63,9 @@ def test_backward_matches_reference(layout, dtype, use_gamma, relu, residual,
     dx, dgamma, dbeta = res[:3]
     assert dx.shape == x.shape and dx.flags.c_contiguous
     assert dgamma.shape == dbeta.shape == (x.shape[axis],)
-    rdx, rdg, rdb, rdz = ref_backward(dy, x, mean, invstd, gamma, axis=axis,
-                                      y=y if relu else None, training=training)
+    rdx, rdg, rdb, rdz = reference.batch_norm_backward(
+        dy, x, mean, invstd, gamma, axis=axis, y=y if relu else None,
+        training=training)
     assert_close(dx, rdx, dtype, factor=10)
     assert_close(dgamma, rdg, dtype, factor=10)
     assert_close(dbeta, rdb, dtype, factor=10)
@@ -119,8 +89,8 @@ def test_backward_reference_parallel_sizes(shape, axis, training, rng,
     dx, dg, db, dz = fastbn.batch_norm_backward(dy, x, mean, invstd, gamma,
                                                 axis=axis, y=y, training=training,
                                                 residual=True)
-    rdx, rdg, rdb, rdz = ref_backward(dy, x, mean, invstd, gamma, axis=axis, y=y,
-                                      training=training)
+    rdx, rdg, rdb, rdz = reference.batch_norm_backward(
+        dy, x, mean, invstd, gamma, axis=axis, y=y, training=training)
     assert_close(dx, rdx, np.float32, factor=10)
     n = x.size // x.shape[axis]
     # sums over n float32 products, accumulated in double in fastbn

@@ -1,10 +1,10 @@
 """Ghost (virtual) batches and batch renormalization (API.md, "Ghost
 (virtual) batches" and "Batch renormalization").
 
-Oracles: a float64 reference in which every ghost batch is an independent
-batch norm (reference.py on each group of consecutive samples), the
-renormalization formula of Ioffe 2017 in float64, finite differences of
-the float64 forward with r and d held constant, identities (k = N is
+Oracles: the float64 reference (fastbn._reference), in which every ghost
+batch is an independent batch norm and which holds the renormalization
+formula of Ioffe 2017, finite differences of the float64 forward with r
+and d held constant, identities (k = N is
 ordinary batch norm bit for bit; each group equals an ordinary call on its
 slice bit for bit; unclipped renormalization is normalisation with the
 running statistics; rmax = 1, dmax = 0 is ordinary batch norm), and
@@ -69,70 +69,21 @@ OPTIONS = [  # (gamma, beta, relu, residual)
 OPT_IDS = ["plain", "affine", "affine-relu", "scale-relu-res", "shift-res"]
 
 
-# ---------------------------------------------------------------- references
+# --------------------------------------------------- the float64 reference
 
 def ref_ghost(x, gamma, beta, axis, k, relu=False, residual=None, eps=EPS):
-    """Every group of k consecutive samples an independent float64 batch
-    norm: (y, mean (G, C), invstd (G, C))."""
-    ys, ms, ss = [], [], []
-    for g in range(x.shape[0] // k):
-        sl = slice(g * k, (g + 1) * k)
-        y, m, s = reference.batch_norm_train(
-            x[sl], gamma, beta, axis=axis, eps=eps, relu=relu,
-            residual=None if residual is None else residual[sl])
-        ys.append(y)
-        ms.append(m)
-        ss.append(s)
-    return np.concatenate(ys, axis=0), np.stack(ms), np.stack(ss)
+    """(y, mean (G, C), invstd (G, C)) of the float64 ghost forward."""
+    return reference.batch_norm_train(x, gamma, beta, axis=axis, eps=eps, relu=relu,
+                                      residual=residual, virtual_batch_size=k)
 
 
 def ref_renorm(x, gamma, beta, axis, rm, rv, rmax=math.inf, dmax=math.inf, k=None,
                relu=False, residual=None, eps=EPS, rd=None):
-    """Ioffe's batch renormalization in float64, per ghost batch of k samples
-    (k None: the whole batch).  With rd = (r, d) given, those are used
-    instead of the ones from x (for finite differences with r, d fixed).
-    Returns (y, r (G, C), d (G, C))."""
-    k = x.shape[0] if k is None else k
-    s = np.sqrt(np.asarray(rv, np.float64) + eps)
-    rm = np.asarray(rm, np.float64)
-    ys, rs, ds = [], [], []
-    for g in range(x.shape[0] // k):
-        sl = slice(g * k, (g + 1) * k)
-        cols, moved = reference.to_columns(x[sl], axis)
-        mean = cols.mean(axis=0)
-        sb = np.sqrt(((cols - mean) ** 2).mean(axis=0) + eps)
-        if rd is None:
-            r = np.clip(sb / s, 1 / rmax, rmax)
-            d = np.clip((mean - rm) / s, -dmax, dmax)
-        else:
-            r, d = rd[0][g], rd[1][g]
-        gam = np.ones(cols.shape[1]) if gamma is None else np.asarray(gamma, np.float64)
-        bet = np.zeros(cols.shape[1]) if beta is None else np.asarray(beta, np.float64)
-        yc = gam * ((cols - mean) / sb * r + d) + bet
-        if residual is not None:
-            yc = yc + reference.to_columns(residual[sl], axis)[0]
-        if relu:
-            yc = np.maximum(yc, 0.0)
-        ys.append(reference.from_columns(yc, moved,
-                                         reference.normalize_axis(axis, x.ndim)))
-        rs.append(r)
-        ds.append(d)
-    return np.concatenate(ys, axis=0), np.stack(rs), np.stack(ds)
-
-
-def ref_backward(dy, x, mean, invstd, gamma, axis, y=None):
-    """Float64 training backward of one batch: (dx, dgamma, dbeta)."""
-    xc, moved = reference.to_columns(x, axis)
-    g = reference.to_columns(dy, axis)[0]
-    if y is not None:
-        g = g * (reference.to_columns(y, axis)[0] > 0)
-    n = xc.shape[0]
-    gam = np.ones(xc.shape[1]) if gamma is None else np.asarray(gamma, np.float64)
-    xhat = (xc - np.asarray(mean, np.float64)) * np.asarray(invstd, np.float64)
-    dbeta, dgamma = g.sum(axis=0), (g * xhat).sum(axis=0)
-    dxc = gam * np.asarray(invstd, np.float64) * (g - dbeta / n - xhat * dgamma / n)
-    return (reference.from_columns(dxc, moved, reference.normalize_axis(axis, x.ndim)),
-            dgamma, dbeta)
+    """(y, r (G, C), d (G, C)) of the float64 renormalised forward."""
+    return reference.batch_renorm_train(x, gamma, beta, rm, rv, axis=axis, eps=eps,
+                                        rmax=rmax, dmax=dmax, relu=relu,
+                                        residual=residual, virtual_batch_size=k,
+                                        rd=rd)
 
 
 def _problem(rng, shape, axis, dtype, use_gamma=True, use_beta=True, residual=False):
@@ -178,19 +129,12 @@ def test_ghost_backward_matches_reference(lid, shape, axis, k, relu, residual, d
     res = fastbn.batch_norm_backward(dy, x, mean, invstd, g, axis=axis,
                                      y=y if relu else None, residual=residual,
                                      virtual_batch_size=k)
-    G = shape[0] // k
-    dxs, dgs, dbs = [], [], []
-    for i in range(G):
-        sl = slice(i * k, (i + 1) * k)
-        dx, dg, db = ref_backward(dy[sl], x[sl], mean[i], invstd[i], g, axis,
-                                  y[sl] if relu else None)
-        dxs.append(dx)
-        dgs.append(dg)
-        dbs.append(db)
-    rdx = np.concatenate(dxs, axis=0)
+    rdx, rdg, rdb, _ = reference.batch_norm_backward(
+        dy, x, mean, invstd, g, axis=axis, y=y if relu else None,
+        virtual_batch_size=k)
     assert_close(res[0], rdx, dtype, factor=10)
-    assert_close(res[1], np.sum(dgs, axis=0), dtype, factor=10)
-    assert_close(res[2], np.sum(dbs, axis=0), dtype, factor=10)
+    assert_close(res[1], rdg, dtype, factor=10)
+    assert_close(res[2], rdb, dtype, factor=10)
     if residual:
         mask = (y > 0) if relu else np.ones(shape, bool)
         assert_bitwise_equal(res[3], np.where(mask, dy, 0).astype(dtype))
@@ -749,11 +693,10 @@ def test_random_shapes_against_reference(seed, tuning, restore_threads):
     ry, rm, rs = ref_ghost(x, g, b, axis, k, relu, z)
     assert_close(y, ry, dtype)
     assert_close(m, rm, dtype)
-    for i in range(shape[0] // k):
-        sl = slice(i * k, (i + 1) * k)
-        rdx = ref_backward(dy[sl], x[sl], m[i], s[i], g, axis,
-                           y[sl] if relu else None)[0]
-        assert_close(dx[sl], rdx, dtype, factor=10)
+    rdx = reference.batch_norm_backward(dy, x, m, s, g, axis=axis,
+                                        y=y if relu else None,
+                                        virtual_batch_size=k)[0]
+    assert_close(dx, rdx, dtype, factor=10)
 
 
 # ---- half precision: float16 and bfloat16 data in the ghost and renorm
