@@ -36,6 +36,33 @@ if not _ALLOW_SOURCE and Path(fastbn.__file__).resolve().is_relative_to(
         "editable) and run pytest from a directory where the source fastbn/ "
         "is not importable, or set FASTBN_TEST_SOURCE_TREE=1.")
 
+# The markers (registered here, not in pyproject.toml, so that they also
+# hold in a copy of tests/ without the project's configuration, as the wheel
+# builds test it).  The default run (and CI) runs every test;
+# ``pytest -m "not slow"`` is the fast tier.
+MARKERS = {
+    "slow": "a test taking about a second or more (every plan, thread count "
+            "or instruction set on large arrays, MPI jobs, hypothesis, "
+            "PyTorch or tf-keras imports); deselect with -m 'not slow'",
+    "mpi": "runs mpiexec jobs (skips without mpi4py, fails then under "
+           "FASTBN_REQUIRE_MPI=1)",
+    "torch": "compares with PyTorch (skips without torch); set on every test "
+             "that takes the torch fixture",
+    "keras": "compares with tf-keras 2 (skips without tf_keras)",
+}
+
+
+def pytest_configure(config):
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "torch" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.torch)
+
+
 # Layouts: (id, shape, axis).  Covers NC, NCL, NCHW, NCDHW, NHWC (axis=-1),
 # a middle axis (axis=2 of 4-D), axis=0, 1 and 3 channels, 1-element spatial,
 # odd sizes (SIMD remainders), channel-first (inner > 1) and channel-last

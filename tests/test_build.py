@@ -178,6 +178,7 @@ def _cpus():
         return os.cpu_count() or 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_PROC_TASKS, reason="needs /proc/self/task (Linux)")
 @pytest.mark.parametrize("nthreads", [0, 2], ids=["default", "explicit-2"])
 def test_large_call_runs_on_more_than_one_os_thread(nthreads):

@@ -156,6 +156,7 @@ def test_standardize_is_numpys_arithmetic(shape, order, dtype, rng):
     assert_bitwise_equal(standardize(x, None, None)[0], x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_standardize_in_place_large_and_threads(order, dtype, rng):
     # large enough for several threads and many items

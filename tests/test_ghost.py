@@ -620,6 +620,8 @@ def test_renorm_clipping_may_change_between_steps(rng):
 
 # ------------------------------------------------------- tf-keras 2 (oracle)
 
+@pytest.mark.slow
+@pytest.mark.keras
 @pytest.mark.parametrize("shape,k", [((32, 6), 8), ((16, 5, 5, 4), 4)], ids=str)
 def test_forward_matches_tf_keras_virtual_batch_size(shape, k):
     """tf-keras 2's BatchNormalization(virtual_batch_size=k) in training
@@ -652,6 +654,8 @@ def test_forward_matches_tf_keras_virtual_batch_size(shape, k):
     assert not np.allclose(ours, layer(x, training=True).numpy(), atol=1e-3)
 
 
+@pytest.mark.slow
+@pytest.mark.mpi
 def test_comm_with_virtual_batch_size_raises_on_every_rank():
     """With a real communicator: the ranks that pass both raise ValueError,
     the others RuntimeError naming them; nobody hangs."""

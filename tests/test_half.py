@@ -630,6 +630,7 @@ def test_bfloat16_is_detected_without_importing_ml_dtypes():
 
 # ------------------------------------------------------------------ PyTorch
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dt", HALVES)
 @pytest.mark.parametrize("shape", [(8, 6, 10, 10), (64, 12)], ids=str)
 def test_matches_pytorch_half_batch_norm(torch, dt, shape, rng):

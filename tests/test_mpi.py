@@ -108,6 +108,8 @@ def run_mpi(nprocs, script, *args, timeout=TIMEOUT):
     return proc.returncode, out
 
 
+@pytest.mark.slow
+@pytest.mark.mpi
 @pytest.mark.parametrize("nprocs", [2, 3])
 def test_sync_batch_norm_matches_single_process(nprocs):
     need_mpi4py()
@@ -181,6 +183,8 @@ def test_bad_comm_is_a_type_error(fake_mpi4py, bad):
         fastbn.batch_norm_backward(x, x, np.zeros(3), np.ones(3), comm=bad)
 
 
+@pytest.mark.slow
+@pytest.mark.mpi
 def test_example_runs_on_2_ranks():
     """examples/mpi_sync_bn.py, small and quick, checks itself."""
     need_mpi4py()
@@ -215,6 +219,8 @@ ERROR_CASES = {
 }
 
 
+@pytest.mark.slow
+@pytest.mark.mpi
 @pytest.mark.parametrize("group", list(ERROR_CASES))
 @pytest.mark.parametrize("nprocs", [2, 3])
 def test_error_on_one_rank_raises_on_every_rank(nprocs, group):

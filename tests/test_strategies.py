@@ -140,6 +140,7 @@ def _assert_same(ref, got, what):
             f"result {i} differs with {what}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,axis", CASES, ids=str)
 def test_every_plan_gives_the_same_bits(tuning, scheduler, shape, axis, dtype):
