@@ -87,6 +87,20 @@ LAYOUTS = [
 ]
 DTYPES = [np.float32, np.float64]
 
+try:
+    import ml_dtypes
+except ImportError:  # pragma: no cover - ml_dtypes is in the test extra
+    ml_dtypes = None
+#: ml_dtypes' bfloat16 (None without ml_dtypes: its cases are skipped)
+BF16 = np.dtype(ml_dtypes.bfloat16) if ml_dtypes is not None else None
+#: float16 and bfloat16, for ``@pytest.mark.parametrize("dtype", HALVES)``
+HALVES = [pytest.param(np.dtype(np.float16), id="f16"),
+          pytest.param(BF16, id="bf16", marks=pytest.mark.skipif(
+              BF16 is None, reason="needs ml_dtypes (pip install fastbn[test])"))]
+#: every dtype fastbn computes in: one test body for all four
+ALL_DTYPES = [pytest.param(np.dtype(np.float32), id="f32"),
+              pytest.param(np.dtype(np.float64), id="f64")] + HALVES
+
 
 @pytest.fixture
 def rng():

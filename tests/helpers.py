@@ -14,12 +14,31 @@ def channel_shape(shape, axis):
     return tuple(n if i == axis else 1 for i, n in enumerate(shape))
 
 
+def stat_dtype(dtype):
+    """The dtype of per-channel arrays and statistics for data of ``dtype``:
+    itself, float32 for float16 and bfloat16."""
+    dt = np.dtype(dtype)
+    return dt if dt.itemsize > 2 else np.dtype(np.float32)
+
+
 def make_x(rng, shape, axis=1, dtype=np.float32, offset=3.0):
     """Random data with a different mean and spread in every channel."""
     c = shape[reference.normalize_axis(axis, len(shape))]
     mean = rng.uniform(-offset, offset, c).reshape(channel_shape(shape, axis))
     std = rng.uniform(0.5, 2.0, c).reshape(channel_shape(shape, axis))
     return (rng.standard_normal(shape) * std + mean).astype(dtype)
+
+
+def make_inputs(rng, shape, axis, dtype):
+    """``(x, z, dy, gamma, beta, mean, var)`` for one call in ``dtype``: x,
+    the residual z and dy made in float32 (float64 for float64) and rounded
+    once to ``dtype``; the per-channel arrays in its stat_dtype."""
+    wide = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    x = make_x(rng, shape, axis, wide).astype(dtype)
+    z = make_x(rng, shape, axis, wide, offset=0.5).astype(dtype)
+    dy = rng.standard_normal(shape).astype(wide).astype(dtype)
+    g, b, m, v = make_params(rng, shape[axis], stat_dtype(dtype))
+    return x, z, dy, g, b, m, v
 
 
 def make_params(rng, c, dtype):

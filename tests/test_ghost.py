@@ -17,8 +17,9 @@ import pytest
 
 import fastbn
 import reference
+from conftest import ALL_DTYPES, HALVES
 from fastbn import _kernels
-from helpers import assert_bitwise_equal, assert_close, make_params, make_x
+from helpers import assert_bitwise_equal, assert_close, make_params, make_x, stat_dtype
 
 EPS = 1e-5
 
@@ -87,9 +88,10 @@ def ref_renorm(x, gamma, beta, axis, rm, rv, rmax=math.inf, dmax=math.inf, k=Non
 
 
 def _problem(rng, shape, axis, dtype, use_gamma=True, use_beta=True, residual=False):
+    """x (and residual) of dtype; per-channel arrays of its stat_dtype."""
     C = shape[axis]
     x = make_x(rng, shape, axis, dtype)
-    gamma, beta, rm, rv = make_params(rng, C, dtype)
+    gamma, beta, rm, rv = make_params(rng, C, stat_dtype(dtype))
     z = make_x(rng, shape, axis, dtype) if residual else None
     return (x, gamma if use_gamma else None, beta if use_beta else None, z, rm, rv)
 
@@ -180,16 +182,19 @@ def _check_fd(checks, P, rng):
             assert abs(fd - an) <= 1e-6 * max(1.0, scale), (fd, an)
 
 
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("shape,axis", [((8, 5), 1), ((4, 6, 7, 9), 1),
                                         ((4, 6, 7, 9), -1), ((6, 3, 3001), 1),
                                         ((700, 45), 1)], ids=str)
 def test_k_equals_n_is_ordinary_batch_norm_bitwise(shape, axis, dtype, rng):
+    sdt = stat_dtype(dtype)
     x, g, b, z, _, _ = _problem(rng, shape, axis, dtype, residual=True)
     dy = rng.standard_normal(shape).astype(dtype)
     N = shape[0]
     y0, m0, s0 = fastbn.batch_norm_train(x, g, b, axis=axis, relu=True, residual=z)
     y1, m1, s1 = fastbn.batch_norm_train(x, g, b, axis=axis, relu=True, residual=z,
                                          virtual_batch_size=N)
+    assert y1.dtype == dtype and m1.dtype == sdt and s1.dtype == sdt
     assert m1.shape == (1, shape[axis])
     assert_bitwise_equal(y0, y1)
     assert_bitwise_equal(m0, m1[0])
@@ -197,6 +202,7 @@ def test_k_equals_n_is_ordinary_batch_norm_bitwise(shape, axis, dtype, rng):
     r0 = fastbn.batch_norm_backward(dy, x, m0, s0, g, axis=axis, y=y0, residual=True)
     r1 = fastbn.batch_norm_backward(dy, x, m1, s1, g, axis=axis, y=y1, residual=True,
                                     virtual_batch_size=N)
+    assert r1[0].dtype == dtype and r1[1].dtype == sdt
     for a, c in zip(r0, r1):
         assert_bitwise_equal(a, c)
     # (C,) statistics are accepted for a single group too
@@ -217,14 +223,18 @@ def _slices_result(x, g, b, z, dy, axis, k, training=True):
     return y, m, s, dx, dg, db, dz
 
 
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("shape,axis,k", STRATEGY_CASES, ids=str)
 def test_each_group_is_an_ordinary_call_on_its_slice_bitwise(shape, axis, k, dtype):
     """The ghost kernels give every group the numbers of an ordinary call on
     its slice, bit for bit (forward, dx); dgamma and dbeta are the sums."""
     rng = np.random.default_rng(3)
+    sdt = stat_dtype(dtype)
     x, g, b, z, _, _ = _problem(rng, shape, axis, dtype, residual=True)
     dy = rng.standard_normal(shape).astype(dtype)
     y, m, s, dx, dg, db, dz = _slices_result(x, g, b, z, dy, axis, k)
+    assert y.dtype == dtype and dx.dtype == dtype and dz.dtype == dtype
+    assert m.dtype == sdt and dg.dtype == sdt
     dgs, dbs = [], []
     for i in range(shape[0] // k):
         sl = slice(i * k, (i + 1) * k)
@@ -238,8 +248,8 @@ def test_each_group_is_an_ordinary_call_on_its_slice_bitwise(shape, axis, k, dty
         assert_bitwise_equal(dx[sl], dxi)
         dgs.append(dgi)
         dbs.append(dbi)
-    assert_close(dg, np.sum(np.array(dgs, np.float64), axis=0), dtype, factor=10)
-    assert_close(db, np.sum(np.array(dbs, np.float64), axis=0), dtype, factor=10)
+    assert_close(dg, np.sum(np.array(dgs, np.float64), axis=0), sdt, factor=10)
+    assert_close(db, np.sum(np.array(dbs, np.float64), axis=0), sdt, factor=10)
 
 
 @pytest.fixture
@@ -704,80 +714,10 @@ def test_random_shapes_against_reference(seed, tuning, restore_threads):
 
 
 # ---- half precision: float16 and bfloat16 data in the ghost and renorm
-# kernels (their own instantiation: float32 per-channel arrays, as the
-# ordinary half calls; see test_half.py)
+# kernels (float32 per-channel arrays, as the ordinary half calls; see
+# test_half.py).  The identities above run for every dtype.
 
-try:
-    import ml_dtypes
-except ImportError:  # pragma: no cover - ml_dtypes is in the test extra
-    ml_dtypes = None
-
-_F16 = np.dtype(np.float16)
-_BF16 = np.dtype(ml_dtypes.bfloat16) if ml_dtypes is not None else None
-GHOST_HALVES = [pytest.param(_F16, id="f16"),
-                pytest.param(_BF16, id="bf16",
-                             marks=pytest.mark.skipif(ml_dtypes is None,
-                                                      reason="needs ml_dtypes"))]
-
-
-def _half_problem(rng, shape, axis, hdt):
-    """Half x, residual and dy; float32 gamma and beta."""
-    C = shape[axis]
-    x = make_x(rng, shape, axis, np.float32).astype(hdt)
-    z = make_x(rng, shape, axis, np.float32, offset=0.5).astype(hdt)
-    dy = rng.standard_normal(shape).astype(np.float32).astype(hdt)
-    g, b, _, _ = make_params(rng, C, np.float32)
-    return x, z, dy, g, b
-
-
-@pytest.mark.parametrize("hdt", GHOST_HALVES)
-@pytest.mark.parametrize("shape,axis", [((8, 5), 1), ((4, 6, 7, 9), 1),
-                                        ((4, 6, 7, 9), -1), ((700, 45), 1)], ids=str)
-def test_half_k_equals_n_is_ordinary_batch_norm_bitwise(shape, axis, hdt, rng):
-    x, z, dy, g, b = _half_problem(rng, shape, axis, hdt)
-    N = shape[0]
-    y0, m0, s0 = fastbn.batch_norm_train(x, g, b, axis=axis, relu=True, residual=z)
-    y1, m1, s1 = fastbn.batch_norm_train(x, g, b, axis=axis, relu=True, residual=z,
-                                         virtual_batch_size=N)
-    assert y1.dtype == hdt and m1.dtype == np.float32 and s1.dtype == np.float32
-    assert m1.shape == (1, shape[axis])
-    assert_bitwise_equal(y0, y1)
-    assert_bitwise_equal(m0, m1[0])
-    assert_bitwise_equal(s0, s1[0])
-    r0 = fastbn.batch_norm_backward(dy, x, m0, s0, g, axis=axis, y=y0, residual=True)
-    r1 = fastbn.batch_norm_backward(dy, x, m1, s1, g, axis=axis, y=y1, residual=True,
-                                    virtual_batch_size=N)
-    assert r1[0].dtype == hdt and r1[1].dtype == np.float32
-    for a, c in zip(r0, r1):
-        assert_bitwise_equal(a, c)
-
-
-@pytest.mark.parametrize("hdt", GHOST_HALVES)
-@pytest.mark.parametrize("shape,axis,k", STRATEGY_CASES[:8], ids=str)
-def test_half_each_group_is_an_ordinary_call_on_its_slice_bitwise(shape, axis, k, hdt):
-    rng = np.random.default_rng(3)
-    x, z, dy, g, b = _half_problem(rng, shape, axis, hdt)
-    y, m, s, dx, dg, db, dz = _slices_result(x, g, b, z, dy, axis, k)
-    assert y.dtype == hdt and dx.dtype == hdt and dz.dtype == hdt
-    assert m.dtype == np.float32 and dg.dtype == np.float32
-    dgs, dbs = [], []
-    for i in range(shape[0] // k):
-        sl = slice(i * k, (i + 1) * k)
-        yi, mi, si = fastbn.batch_norm_train(x[sl], g, b, axis=axis, relu=True,
-                                             residual=z[sl])
-        assert_bitwise_equal(y[sl], yi)
-        assert_bitwise_equal(m[i], mi)
-        assert_bitwise_equal(s[i], si)
-        dxi, dgi, dbi = fastbn.batch_norm_backward(dy[sl], x[sl], mi, si, g,
-                                                   axis=axis, y=yi)
-        assert_bitwise_equal(dx[sl], dxi)
-        dgs.append(dgi)
-        dbs.append(dbi)
-    assert_close(dg, np.sum(np.array(dgs, np.float64), axis=0), np.float32, factor=10)
-    assert_close(db, np.sum(np.array(dbs, np.float64), axis=0), np.float32, factor=10)
-
-
-@pytest.mark.parametrize("hdt", GHOST_HALVES)
+@pytest.mark.parametrize("hdt", HALVES)
 @pytest.mark.parametrize("lid,shape,axis,k", [c for c in GHOST_LAYOUTS
                                               if c[0] in ("NC", "NCHW", "NHWC")],
                          ids=lambda v: v if isinstance(v, str) else "")
@@ -789,7 +729,8 @@ def test_half_ghost_and_renorm_layer_is_the_float32_layer_to_an_ulp(
     and running statistics and gradients within float32 accuracy."""
     from test_half import EPSILON, M2_RTOL, _max_ulps
     C = shape[axis]
-    x, _, dy, _, _ = _half_problem(rng, shape, axis, hdt)
+    x = make_x(rng, shape, axis, hdt)
+    dy = rng.standard_normal(shape).astype(hdt)
     rm = rng.standard_normal(C)
     rv = rng.uniform(0.5, 2.0, C)
     layers = [_renorm_layer(C, axis, np.float32, rm, rv, {"rmax": 1.5, "dmax": 0.5},
