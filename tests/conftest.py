@@ -27,6 +27,7 @@ if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
 import fastbn  # noqa: E402
+from fastbn import _kernels  # noqa: E402
 
 if not _ALLOW_SOURCE and Path(fastbn.__file__).resolve().is_relative_to(
         SOURCE_ROOT / "fastbn"):
@@ -132,3 +133,21 @@ def restore_threads():
     fastbn.set_num_threads(old)
     yield
     fastbn.set_num_threads(old)
+
+
+@pytest.fixture
+def torch1(torch):
+    """torch with one intra-op thread (tiny problems; the machine is shared)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield torch
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def tuning():
+    """fastbn._kernels.set_tuning, with every setting restored afterwards."""
+    old = _kernels.set_tuning()
+    _kernels.set_tuning(**old)
+    yield _kernels.set_tuning
+    _kernels.set_tuning(**old)

@@ -14,7 +14,8 @@ import pytest
 import fastbn
 import reference
 from conftest import LAYOUTS
-from helpers import assert_bitwise_equal, assert_close, make_params, make_x
+from helpers import (assert_bitwise_equal, assert_close, check_directional_derivatives,
+                     fd_directional, make_params, make_x)
 
 EPS = 1e-5
 
@@ -101,18 +102,6 @@ def test_backward_reference_parallel_sizes(shape, axis, training, rng,
 
 # ---------------------------------------------------- finite differences
 
-def _fd_directional(f, arg, v, P, h=1e-5):
-    """Central difference of L = sum(P * f(arg)) along v; halves h when a ReLU
-    kink lies in [arg - h v, arg + h v] (the sign pattern of f changes)."""
-    y0 = f(arg)
-    for _ in range(8):
-        yp, ym = f(arg + h * v), f(arg - h * v)
-        if np.array_equal(yp > 0, y0 > 0) and np.array_equal(ym > 0, y0 > 0):
-            return (np.sum(P * yp) - np.sum(P * ym)) / (2 * h)
-        h /= 4
-    raise AssertionError("could not avoid the ReLU kinks")  # pragma: no cover
-
-
 @pytest.mark.parametrize("use_gamma,relu,residual,training", OPTIONS, ids=OPT_IDS)
 def test_backward_finite_differences(layout, use_gamma, relu, residual, training,
                                      rng):
@@ -136,13 +125,7 @@ def test_backward_finite_differences(layout, use_gamma, relu, residual, training
               (lambda a: fy(bb=a), beta, dbeta)]
     if residual:
         checks.append((lambda a: fy(zz=a), z, res[3]))
-    for f, arg, grad in checks:
-        for _ in range(2):
-            v = rng.standard_normal(arg.shape)
-            fd = _fd_directional(f, arg, v, P)
-            an = float(np.sum(grad * v))
-            scale = float(np.sqrt(np.sum(grad ** 2) * np.sum(v ** 2)))
-            assert abs(fd - an) <= 1e-6 * max(1.0, scale), (fd, an)
+    check_directional_derivatives(checks, P, rng, directions=2)
 
 
 @pytest.mark.parametrize("shape,axis", [((7, 5), 1), ((4, 3, 11), 1),
@@ -168,7 +151,7 @@ def test_backward_elementwise_finite_differences(shape, axis, relu, residual,
         for i in np.ndindex(arg.shape):
             e = np.zeros(arg.shape)
             e[i] = 1.0
-            out[i] = _fd_directional(f, arg, e, P, h=1e-6)
+            out[i] = fd_directional(f, arg, e, P, h=1e-6)
         return out
 
     np.testing.assert_allclose(
@@ -224,15 +207,6 @@ def _torch_grads(torch, x, gamma, beta, z, P, axis, relu, training, rm, rv):
 TORCH_OPTIONS = [(True, False, False, True), (False, True, True, True),
                  (True, True, True, True), (True, True, True, False),
                  (False, False, False, False)]
-
-
-@pytest.fixture
-def torch1(torch):
-    """torch with one intra-op thread (tiny problems; the machine is shared)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield torch
-    torch.set_num_threads(old)
 
 
 @pytest.mark.parametrize("use_gamma,relu,residual,training", TORCH_OPTIONS,

@@ -19,7 +19,8 @@ import fastbn
 import reference
 from conftest import ALL_DTYPES, HALVES
 from fastbn import _kernels
-from helpers import assert_bitwise_equal, assert_close, make_params, make_x, stat_dtype
+from helpers import (assert_bitwise_equal, assert_close, check_directional_derivatives,
+                     make_params, make_x, stat_dtype)
 
 EPS = 1e-5
 
@@ -157,29 +158,9 @@ def test_ghost_backward_finite_differences(rng):
                                               virtual_batch_size=k)
     dx, dg, db = fastbn.batch_norm_backward(P, x, mean, invstd, g, axis=axis, y=y,
                                             virtual_batch_size=k)
-    _check_fd([(lambda a: f(xx=a), x, dx), (lambda a: f(gg=a), g, dg),
-               (lambda a: f(bb=a), b, db)], P, rng)
-
-
-def _fd(f, arg, v, P, h=1e-5):
-    """Central difference of sum(P * f(arg)) along v, avoiding ReLU kinks."""
-    y0 = f(arg)
-    for _ in range(8):
-        yp, ym = f(arg + h * v), f(arg - h * v)
-        if np.array_equal(yp > 0, y0 > 0) and np.array_equal(ym > 0, y0 > 0):
-            return (np.sum(P * yp) - np.sum(P * ym)) / (2 * h)
-        h /= 4
-    raise AssertionError("could not avoid the ReLU kinks")  # pragma: no cover
-
-
-def _check_fd(checks, P, rng):
-    for f, arg, grad in checks:
-        for _ in range(3):
-            v = rng.standard_normal(arg.shape)
-            fd = _fd(f, arg, v, P)
-            an = float(np.sum(grad * v))
-            scale = float(np.sqrt(np.sum(grad ** 2) * np.sum(v ** 2)))
-            assert abs(fd - an) <= 1e-6 * max(1.0, scale), (fd, an)
+    check_directional_derivatives([(lambda a: f(xx=a), x, dx),
+                                   (lambda a: f(gg=a), g, dg),
+                                   (lambda a: f(bb=a), b, db)], P, rng)
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
@@ -250,14 +231,6 @@ def test_each_group_is_an_ordinary_call_on_its_slice_bitwise(shape, axis, k, dty
         dbs.append(dbi)
     assert_close(dg, np.sum(np.array(dgs, np.float64), axis=0), sdt, factor=10)
     assert_close(db, np.sum(np.array(dbs, np.float64), axis=0), sdt, factor=10)
-
-
-@pytest.fixture
-def tuning():
-    old = _kernels.set_tuning()
-    _kernels.set_tuning(**old)
-    yield _kernels.set_tuning
-    _kernels.set_tuning(**old)
 
 
 @pytest.mark.parametrize("shape,axis,k", STRATEGY_CASES, ids=str)
@@ -515,8 +488,10 @@ def test_renorm_backward_finite_differences(shape, axis, k, clipping, rng):
                           rd=(r, d))[0]
 
     assert_close(y, f(), np.float64, factor=100)
-    _check_fd([(lambda a: f(xx=a), x, dx), (lambda a: f(gg=a), g, bn.dgamma),
-               (lambda a: f(bb=a), b, bn.dbeta), (lambda a: f(zz=a), z, dz)], P, rng)
+    check_directional_derivatives([(lambda a: f(xx=a), x, dx),
+                                   (lambda a: f(gg=a), g, bn.dgamma),
+                                   (lambda a: f(bb=a), b, bn.dbeta),
+                                   (lambda a: f(zz=a), z, dz)], P, rng)
 
 
 def test_renorm_float32_gradients_match_float64(rng):

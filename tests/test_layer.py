@@ -338,14 +338,6 @@ def test_docstrings_document_conventions():
 
 # ----------------------------------------------------------------- PyTorch
 
-@pytest.fixture
-def torch1(torch):
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield torch
-    torch.set_num_threads(old)
-
-
 def _to_t(torch, a, axis):
     return torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, axis, 1)))
 

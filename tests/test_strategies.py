@@ -50,15 +50,6 @@ PLANS = [
 
 
 @pytest.fixture
-def tuning():
-    """set_tuning, with every setting restored afterwards."""
-    old = _kernels.set_tuning()
-    _kernels.set_tuning(**old)
-    yield _kernels.set_tuning
-    _kernels.set_tuning(**old)
-
-
-@pytest.fixture
 def scheduler():
     old = _kernels.scheduler()
     yield _kernels.set_scheduler
