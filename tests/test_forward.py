@@ -201,6 +201,16 @@ def test_relu_propagates_nan():
     assert np.all(np.isfinite(y[:, 1]))
 
 
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_nan_and_inf_stay_in_their_channel(dtype, rng):
+    x = rng.standard_normal((8, 4, 6, 6)).astype(np.float32).astype(dtype)
+    x[2, 1, 3, 3] = np.nan
+    x[5, 2, 0, 0] = np.inf
+    y = fastbn.batch_norm_train(x, relu=True)[0].astype(np.float32)
+    assert np.all(np.isnan(y[:, 1])) and np.all(np.isnan(y[:, 2]))
+    assert np.all(np.isfinite(y[:, [0, 3]]))
+
+
 def test_output_is_not_an_input():
     rng = np.random.default_rng(6)
     x = make_x(rng, (4, 3, 5), 1, np.float32)
