@@ -42,7 +42,7 @@ def _dtype_error(name, dt, dtype):
     _X_DTYPES (``dtype``: what it would have been cast to)."""
     cast = "" if dtype is None else f" (it is cast to {np.dtype(dtype).name})"
     note = (" (float8 and other narrow types are not supported)"
-            if dt.itemsize < 2 and dt.kind not in "biu" else "")
+            if dt.itemsize < 2 and dt.kind in "fV" else "")  # ml_dtypes' are "V"
     return TypeError(f"{name} must have dtype {_X_DTYPES}{cast}, got {dt}{note}")
 
 

@@ -78,13 +78,14 @@ class BatchNorm:
         statistics are used in both training and eval mode (as in PyTorch).
     dtype : float32 or float64, default numpy.float32
         dtype of the parameters, the running statistics and the computation;
-        float32 and float64 inputs (and residuals, dy) are cast to it, except
-        the half types: float16 and bfloat16 inputs keep their dtype (``y``
-        and the backward's ``dx`` have it) while the parameters and running
+        float32 and float64 inputs are cast to it, except the half types:
+        float16 and bfloat16 inputs keep their dtype (``y`` and the
+        backward's ``dx`` have it) while the parameters and running
         statistics stay in ``dtype`` (mixed precision, as under PyTorch's
         autocast; the kernels take them as float32 and compute in float32).
-        Inputs of any other dtype (integer, bool, complex, float8) raise
-        TypeError, as in the functions.
+        ``residual`` and ``dy`` of any of these four dtypes are cast to the
+        dtype of the computation's x.  Any other dtype (integer, bool,
+        complex, float8) raises TypeError, as in the functions.
     comm : mpi4py communicator, optional
         Synchronised batch norm: in training mode the batch statistics
         (forward) and the two per-channel gradient sums (backward) are

@@ -27,7 +27,7 @@ if np.dtype(np.longdouble).itemsize > 8:  # long double distinct from double
 if ml_dtypes is not None:
     BAD_DTYPES += [pytest.param(np.dtype(getattr(ml_dtypes, n)), id=n)
                    for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3b11fnuz",
-                             "int4")
+                             "float4_e2m1fn", "int4")
                    if hasattr(ml_dtypes, n)]
 #: what every such message lists
 ACCEPTED = "float32, float64, float16 or bfloat16"
