@@ -18,7 +18,7 @@ _F64 = np.dtype(np.float64)
 
 is_bfloat16 = _kernels.is_bfloat16
 
-#: what x may be, for the messages
+#: what x and its companion arrays (dy, residual, y) may be, for the messages
 _X_DTYPES = "float32, float64, float16 or bfloat16"
 
 
@@ -37,11 +37,23 @@ class OutDtypeError(TypeError, ValueError):
     """``out`` has the wrong dtype (both a TypeError and a ValueError)."""
 
 
+def _dtype_error(name, dt, dtype):
+    """The TypeError of an array ``name`` whose dtype ``dt`` is not one of
+    _X_DTYPES (``dtype``: what it would have been cast to)."""
+    cast = "" if dtype is None else f" (it is cast to {np.dtype(dtype).name})"
+    note = (" (float8 and other narrow types are not supported)"
+            if dt.itemsize < 2 and dt.kind in "fV" else "")  # ml_dtypes' are "V"
+    return TypeError(f"{name} must have dtype {_X_DTYPES}{cast}, got {dt}{note}")
+
+
 def as_data(x, name="x", dtype=None):
     """``x`` as a C-contiguous, aligned, native float32/float64/float16/
-    bfloat16 array (copied only when needed).  With ``dtype``, the array is
-    cast to it (from any real dtype; without, other dtypes raise
-    TypeError)."""
+    bfloat16 array (copied only when needed), cast to ``dtype`` when given.
+
+    The one rule for x and its companion arrays (dy, residual, y; the
+    layer's x): float16, float32, float64 (either byte order) and bfloat16
+    are taken; any other dtype (integer, bool, complex, float8, object,
+    strings, float128) raises TypeError naming ``name``."""
     if dtype is None and _plain(x):  # the common case, one C-level look
         return x
     if type(x) is not np.ndarray:
@@ -54,13 +66,8 @@ def as_data(x, name="x", dtype=None):
         if dt.kind == "f" and dt.itemsize in (2, 4, 8):  # float16, byte-swapped
             if not dt.isnative:
                 x = x.astype(dt.newbyteorder("="))
-        elif is_bfloat16(dt):  # ml_dtypes' (JAX's, TensorFlow's) bfloat16
-            pass
-        elif dtype is None or dt.kind not in "fiu" or (dt.kind == "f"
-                                                        and dt.itemsize < 2):
-            raise TypeError(f"{name} must have dtype {_X_DTYPES}, got {dt}"
-                            + (" (float8 and other narrow types are not supported)"
-                               if dt.itemsize < 2 and dt.kind not in "biu" else ""))
+        elif not is_bfloat16(dt):  # ml_dtypes' (JAX's, TensorFlow's) bfloat16
+            raise _dtype_error(name, dt, dtype)
     if dtype is not None and x.dtype != dtype:
         return np.require(x, dtype, ["C", "A"])
     flags = x.flags
@@ -122,7 +129,8 @@ def per_channel(v, name, C, dtype, allow_none=True):
 
 
 def like_x(v, name, x):
-    """An array of x's shape, cast to x's dtype (residual, dy, y)."""
+    """An array of x's shape, cast to x's dtype (residual, dy, y): any
+    dtype that as_data takes, else TypeError naming ``name``."""
     if _plain(v) and v.shape == x.shape and v.dtype == x.dtype:
         return v
     if type(v) is not np.ndarray and not isinstance(v, np.ndarray):

@@ -81,11 +81,14 @@ class BatchNorm:
         statistics are used in both training and eval mode (as in PyTorch).
     dtype : float32 or float64, default numpy.float32
         dtype of the parameters, the running statistics and the computation;
-        inputs of another float dtype are cast to it, except the half types:
+        float32 and float64 inputs are cast to it, except the half types:
         float16 and bfloat16 inputs keep their dtype (``y`` and the
         backward's ``dx`` have it) while the parameters and running
         statistics stay in ``dtype`` (mixed precision, as under PyTorch's
         autocast; the kernels take them as float32 and compute in float32).
+        ``residual`` and ``dy`` of any of these four dtypes are cast to the
+        dtype of the computation's x.  Any other dtype (integer, bool,
+        complex, float8) raises TypeError, as in the functions.
     comm : mpi4py communicator, optional
         Synchronised batch norm: in training mode the batch statistics
         (forward) and the two per-channel gradient sums (backward) are
@@ -350,15 +353,10 @@ class BatchNorm:
 
     # ---------------------------------------------------------------- forward
     def _check_input(self, x):
-        keep = False  # float16, bfloat16: kept (mixed precision)
-        if isinstance(x, np.ndarray):
-            dt = x.dtype
-            keep = is_half(dt)
-            if not keep and not (dt.kind == "f" and dt.itemsize >= 4):
-                raise TypeError(f"x must have dtype float32, float64, float16 or "
-                                f"bfloat16 (it is cast to the layer's dtype "
-                                f"{self.dtype}, except the half types, which are "
-                                f"kept), got {dt}")
+        # float16 and bfloat16 are kept (mixed precision); float32 and
+        # float64 are cast to the layer's dtype; fastbn._checks.as_data
+        # refuses every other dtype, as the functions do
+        keep = isinstance(x, np.ndarray) and is_half(x.dtype)
         x = as_data(x, "x", None if keep else self.dtype)
         _, C, _, _ = view(x.shape, self.axis)
         if C != self.num_features:

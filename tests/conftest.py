@@ -27,6 +27,7 @@ if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
 import fastbn  # noqa: E402
+from fastbn import _kernels  # noqa: E402
 
 if not _ALLOW_SOURCE and Path(fastbn.__file__).resolve().is_relative_to(
         SOURCE_ROOT / "fastbn"):
@@ -35,6 +36,33 @@ if not _ALLOW_SOURCE and Path(fastbn.__file__).resolve().is_relative_to(
         "tests must run against the installed package. Install it (not "
         "editable) and run pytest from a directory where the source fastbn/ "
         "is not importable, or set FASTBN_TEST_SOURCE_TREE=1.")
+
+# The markers (registered here, not in pyproject.toml, so that they also
+# hold in a copy of tests/ without the project's configuration, as the wheel
+# builds test it).  The default run (and CI) runs every test;
+# ``pytest -m "not slow"`` is the fast tier.
+MARKERS = {
+    "slow": "a test taking about a second or more (every plan, thread count "
+            "or instruction set on large arrays, MPI jobs, hypothesis, "
+            "PyTorch or tf-keras imports); deselect with -m 'not slow'",
+    "mpi": "runs mpiexec jobs (skips without mpi4py, fails then under "
+           "FASTBN_REQUIRE_MPI=1)",
+    "torch": "compares with PyTorch (skips without torch); set on every test "
+             "that takes the torch fixture",
+    "keras": "compares with tf-keras 2 (skips without tf_keras)",
+}
+
+
+def pytest_configure(config):
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "torch" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.torch)
+
 
 # Layouts: (id, shape, axis).  Covers NC, NCL, NCHW, NCDHW, NHWC (axis=-1),
 # a middle axis (axis=2 of 4-D), axis=0, 1 and 3 channels, 1-element spatial,
@@ -59,6 +87,20 @@ LAYOUTS = [
     ("axis0", (5, 3, 4), 0),
 ]
 DTYPES = [np.float32, np.float64]
+
+try:
+    import ml_dtypes
+except ImportError:  # pragma: no cover - ml_dtypes is in the test extra
+    ml_dtypes = None
+#: ml_dtypes' bfloat16 (None without ml_dtypes: its cases are skipped)
+BF16 = np.dtype(ml_dtypes.bfloat16) if ml_dtypes is not None else None
+#: float16 and bfloat16, for ``@pytest.mark.parametrize("dtype", HALVES)``
+HALVES = [pytest.param(np.dtype(np.float16), id="f16"),
+          pytest.param(BF16, id="bf16", marks=pytest.mark.skipif(
+              BF16 is None, reason="needs ml_dtypes (pip install fastbn[test])"))]
+#: every dtype fastbn computes in: one test body for all four
+ALL_DTYPES = [pytest.param(np.dtype(np.float32), id="f32"),
+              pytest.param(np.dtype(np.float64), id="f64")] + HALVES
 
 
 @pytest.fixture
@@ -91,3 +133,21 @@ def restore_threads():
     fastbn.set_num_threads(old)
     yield
     fastbn.set_num_threads(old)
+
+
+@pytest.fixture
+def torch1(torch):
+    """torch with one intra-op thread (tiny problems; the machine is shared)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield torch
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def tuning():
+    """fastbn._kernels.set_tuning, with every setting restored afterwards."""
+    old = _kernels.set_tuning()
+    _kernels.set_tuning(**old)
+    yield _kernels.set_tuning
+    _kernels.set_tuning(**old)

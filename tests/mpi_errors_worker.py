@@ -114,6 +114,8 @@ def forward_cases():
             fails=F),
         Case("out of another dtype", lambda c: train(
             c=c, out=bad_on({0}, np.empty(XL.shape, np.float32), None)), fails={0}),
+        Case("int8 residual", lambda c: train(
+            c=c, residual=bad_on(F, np.zeros(XL.shape, np.int8), None)), fails=F),
         # rank 0's local batch is empty (valid: it contributes nothing)
         Case("bad eps next to an empty rank", lambda c: train(
             bad_on({0}, X[:0], XL), c, eps=bad_on(F, -1.0, 1e-5)), fails=F),
@@ -142,6 +144,10 @@ def backward_cases():
             c, invstd=bad_on(F, None, INVSTD)), fails=F),
         Case("y of another shape", lambda c: bwd(
             c, y=bad_on({0}, np.ones((2, 2)), None)), fails={0}),
+        Case("bool dy", lambda c: bwd(
+            c, dy=bad_on({0}, DYL > 0, DYL)), fails={0}),
+        Case("complex y", lambda c: bwd(
+            c, y=bad_on(F, XL.astype(np.complex128), None)), fails=F),
         Case("read-only out", lambda c: bwd(
             c, out=_readonly(np.zeros_like(XL)) if rank in F else None), fails=F),
     ]
@@ -200,6 +206,12 @@ def layer_cases():
             bad_on({1}, XL.astype(np.complex64), XL)), fails={1}, layer=True),
         Case("residual of another shape", lambda c: layer(c)(
             XL, bad_on(F, np.ones((1, C)), np.zeros_like(XL))), fails=F, layer=True),
+        Case("int64 residual", lambda c: layer(c)(
+            XL, bad_on({0}, np.zeros(XL.shape, np.int64), np.zeros_like(XL))),
+            fails={0}, layer=True),
+        Case("backward: int16 dy", lambda c: forwarded(c).backward(
+            bad_on(F, DYL.astype(np.int16), DYL)), fails=F, setup=layer_step,
+            layer=True),
         Case("backward: dy of another shape", lambda c: forwarded(c).backward(
             bad_on({0}, np.ones((3, C)), DYL)), fails={0}, setup=layer_step,
             layer=True),

@@ -14,40 +14,10 @@ import pytest
 import fastbn
 import reference
 from conftest import LAYOUTS
-from helpers import assert_bitwise_equal, assert_close, make_params, make_x
+from helpers import (assert_bitwise_equal, assert_close, check_directional_derivatives,
+                     fd_directional, make_params, make_x)
 
 EPS = 1e-5
-
-
-# ---------------------------------------------------------------- reference
-
-def ref_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
-                 training=True):
-    """Float64 textbook backward.  Returns (dx, dgamma, dbeta, dresidual).
-
-    With g = dy * (y > 0) (or dy), xhat = (x - mean) * invstd:
-        dbeta = sum(g), dgamma = sum(g * xhat)
-        training: dx = gamma * invstd * (g - dbeta/n - xhat * dgamma/n)
-        frozen:   dx = gamma * invstd * g
-    """
-    xc, moved = reference.to_columns(x, axis)
-    g, _ = reference.to_columns(dy, axis)
-    if y is not None:
-        g = g * (reference.to_columns(y, axis)[0] > 0)
-    n, C = xc.shape
-    mean = np.asarray(mean, np.float64)
-    invstd = np.asarray(invstd, np.float64)
-    gam = np.ones(C) if gamma is None else np.asarray(gamma, np.float64)
-    xhat = (xc - mean) * invstd
-    dbeta = g.sum(axis=0)
-    dgamma = (g * xhat).sum(axis=0)
-    if training:
-        dxc = gam * invstd * (g - dbeta / n - xhat * dgamma / n)
-    else:
-        dxc = gam * invstd * g
-    ax = reference.normalize_axis(axis, np.ndim(x))
-    return (reference.from_columns(dxc, moved, ax), dgamma, dbeta,
-            reference.from_columns(g, moved, ax))
 
 
 def forward(x, gamma, beta, axis, relu, z, training, rmean, rvar):
@@ -94,8 +64,9 @@ def test_backward_matches_reference(layout, dtype, use_gamma, relu, residual,
     dx, dgamma, dbeta = res[:3]
     assert dx.shape == x.shape and dx.flags.c_contiguous
     assert dgamma.shape == dbeta.shape == (x.shape[axis],)
-    rdx, rdg, rdb, rdz = ref_backward(dy, x, mean, invstd, gamma, axis=axis,
-                                      y=y if relu else None, training=training)
+    rdx, rdg, rdb, rdz = reference.batch_norm_backward(
+        dy, x, mean, invstd, gamma, axis=axis, y=y if relu else None,
+        training=training)
     assert_close(dx, rdx, dtype, factor=10)
     assert_close(dgamma, rdg, dtype, factor=10)
     assert_close(dbeta, rdb, dtype, factor=10)
@@ -119,8 +90,8 @@ def test_backward_reference_parallel_sizes(shape, axis, training, rng,
     dx, dg, db, dz = fastbn.batch_norm_backward(dy, x, mean, invstd, gamma,
                                                 axis=axis, y=y, training=training,
                                                 residual=True)
-    rdx, rdg, rdb, rdz = ref_backward(dy, x, mean, invstd, gamma, axis=axis, y=y,
-                                      training=training)
+    rdx, rdg, rdb, rdz = reference.batch_norm_backward(
+        dy, x, mean, invstd, gamma, axis=axis, y=y, training=training)
     assert_close(dx, rdx, np.float32, factor=10)
     n = x.size // x.shape[axis]
     # sums over n float32 products, accumulated in double in fastbn
@@ -130,18 +101,6 @@ def test_backward_reference_parallel_sizes(shape, axis, training, rng,
 
 
 # ---------------------------------------------------- finite differences
-
-def _fd_directional(f, arg, v, P, h=1e-5):
-    """Central difference of L = sum(P * f(arg)) along v; halves h when a ReLU
-    kink lies in [arg - h v, arg + h v] (the sign pattern of f changes)."""
-    y0 = f(arg)
-    for _ in range(8):
-        yp, ym = f(arg + h * v), f(arg - h * v)
-        if np.array_equal(yp > 0, y0 > 0) and np.array_equal(ym > 0, y0 > 0):
-            return (np.sum(P * yp) - np.sum(P * ym)) / (2 * h)
-        h /= 4
-    raise AssertionError("could not avoid the ReLU kinks")  # pragma: no cover
-
 
 @pytest.mark.parametrize("use_gamma,relu,residual,training", OPTIONS, ids=OPT_IDS)
 def test_backward_finite_differences(layout, use_gamma, relu, residual, training,
@@ -166,13 +125,7 @@ def test_backward_finite_differences(layout, use_gamma, relu, residual, training
               (lambda a: fy(bb=a), beta, dbeta)]
     if residual:
         checks.append((lambda a: fy(zz=a), z, res[3]))
-    for f, arg, grad in checks:
-        for _ in range(2):
-            v = rng.standard_normal(arg.shape)
-            fd = _fd_directional(f, arg, v, P)
-            an = float(np.sum(grad * v))
-            scale = float(np.sqrt(np.sum(grad ** 2) * np.sum(v ** 2)))
-            assert abs(fd - an) <= 1e-6 * max(1.0, scale), (fd, an)
+    check_directional_derivatives(checks, P, rng, directions=2)
 
 
 @pytest.mark.parametrize("shape,axis", [((7, 5), 1), ((4, 3, 11), 1),
@@ -198,7 +151,7 @@ def test_backward_elementwise_finite_differences(shape, axis, relu, residual,
         for i in np.ndindex(arg.shape):
             e = np.zeros(arg.shape)
             e[i] = 1.0
-            out[i] = _fd_directional(f, arg, e, P, h=1e-6)
+            out[i] = fd_directional(f, arg, e, P, h=1e-6)
         return out
 
     np.testing.assert_allclose(
@@ -254,15 +207,6 @@ def _torch_grads(torch, x, gamma, beta, z, P, axis, relu, training, rm, rv):
 TORCH_OPTIONS = [(True, False, False, True), (False, True, True, True),
                  (True, True, True, True), (True, True, True, False),
                  (False, False, False, False)]
-
-
-@pytest.fixture
-def torch1(torch):
-    """torch with one intra-op thread (tiny problems; the machine is shared)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield torch
-    torch.set_num_threads(old)
 
 
 @pytest.mark.parametrize("use_gamma,relu,residual,training", TORCH_OPTIONS,

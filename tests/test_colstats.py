@@ -7,24 +7,12 @@ import numpy as np
 import pytest
 
 import fastbn
+import reference
 from fastbn import _kernels
 from helpers import assert_bitwise_equal
 
 SHAPES = [(1, 1), (1, 5), (7, 1), (63, 3), (100, 16), (257, 17), (300, 64),
           (5000, 3), (4097, 2), (1000, 130), (40, 1000)]
-
-
-def ref_moments(x, w=None):
-    """(count, mean, m2) per column in float64, NaN skipped."""
-    x = np.asarray(x, np.float64)
-    ok = ~np.isnan(x)
-    w = np.ones(x.shape[0]) if w is None else np.asarray(w, np.float64)
-    ww = ok * w[:, None]
-    k = ww.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(ok, x, 0.0).T @ w / k
-    d = np.where(ok, x - mean, 0.0)
-    return k, mean, (ww * d * d).sum(axis=0)
 
 
 def make(rng, shape, dtype, nan=0.0, order="C", offset=5.0):
@@ -59,7 +47,7 @@ def test_moments_match_reference(shape, order, nan, weighted, dtype, rng):
     x = make(rng, shape, dtype, nan, order)
     w = rng.uniform(0.0, 3.0, shape[0]) if weighted else None
     k, m, q = colstats(x, w)
-    rk, rm, rq = ref_moments(x, w)
+    rk, rm, rq = reference.column_moments(x, w)
     assert k.dtype == m.dtype == q.dtype == np.float64
     if weighted:
         np.testing.assert_allclose(k, rk, rtol=1e-13)
@@ -75,11 +63,11 @@ def test_moments_keep_accuracy_at_a_large_offset(rng):
     # E[x^2] - E[x]^2 would lose every digit here; two passes per block do not
     x = (1e8 + rng.standard_normal((20000, 4)))
     k, m, q = colstats(x)
-    rk, rm, rq = ref_moments(x)
+    rk, rm, rq = reference.column_moments(x)
     np.testing.assert_allclose(q / k, rq / rk, rtol=1e-9)
     x32 = (1e4 + rng.standard_normal((20000, 4))).astype(np.float32)
     _, m, q = colstats(x32)
-    _, rm, rq = ref_moments(x32)
+    _, rm, rq = reference.column_moments(x32)
     np.testing.assert_allclose(q, rq, rtol=1e-9)
 
 
@@ -168,6 +156,7 @@ def test_standardize_is_numpys_arithmetic(shape, order, dtype, rng):
     assert_bitwise_equal(standardize(x, None, None)[0], x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_standardize_in_place_large_and_threads(order, dtype, rng):
     # large enough for several threads and many items

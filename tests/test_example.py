@@ -14,6 +14,7 @@ import pytest
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "scale_before_relu.py"
 
 
+@pytest.mark.slow
 def test_scale_before_relu_quick(tmp_path):
     pytest.importorskip("sklearn")
     if not EXAMPLE.exists():

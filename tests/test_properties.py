@@ -9,6 +9,8 @@ import reference
 from helpers import assert_bitwise_equal, assert_close, make_params, make_x
 
 SETTINGS = settings(max_examples=150, deadline=None, database=None)
+# 150 examples per property: seconds in all, so outside the fast tier
+pytestmark = pytest.mark.slow
 
 
 @st.composite

@@ -10,8 +10,9 @@ import pytest
 
 import fastbn
 import reference
+from conftest import ALL_DTYPES
 from fastbn import _kernels
-from helpers import assert_bitwise_equal, assert_close, make_params, make_x
+from helpers import assert_bitwise_equal, assert_close, make_inputs, make_params, make_x
 
 AVAILABLE = _kernels.simd_available()
 
@@ -93,3 +94,44 @@ def test_each_simd_variant_large_offset_and_nan(isa, simd):
     y = fastbn.batch_norm_train(x, relu=True)[0]
     assert np.all(np.isnan(yn[:, 2]))
     assert_bitwise_equal(yn[:, [0, 1, 3]], y[:, [0, 1, 3]])
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("shape,axis", [((5, 7, 3, 9), 1), ((6, 5, 7, 19), -1),
+                                        ((64, 3, 40, 40), 1), ((2048, 24), 1),
+                                        ((3, 2, 5001), 1), ((40, 6, 7, 7), 1),
+                                        ((5, 3, 33, 31), 1), ((600, 200), 1),
+                                        ((3, 9, 31, 150), -1), ((9, 2100), 1),
+                                        ((4, 3, 5, 40), -1)], ids=str)
+def test_bitwise_identical_across_threads_and_simd_levels(shape, axis, dtype, rng,
+                                                          restore_threads):
+    """Every function, every dtype: the bits of the baseline kernels on one
+    thread, on every instruction set and 1, 2 and 4 threads."""
+    x, z, dy, g, b, m, v = make_inputs(rng, shape, axis, dtype)
+
+    def run():
+        y, mean, inv = fastbn.batch_norm_train(x, g, b, axis=axis, relu=True,
+                                               residual=z)
+        res = [y, mean, inv]
+        res += list(fastbn.batch_norm_backward(dy, x, mean, inv, g, axis=axis, y=y,
+                                               residual=True))
+        res.append(fastbn.batch_norm_infer(x, m, v, g, b, axis=axis, residual=z))
+        res += list(fastbn.batch_stats(x, axis=axis))
+        return res
+
+    old = _kernels.simd()
+    try:
+        _kernels.set_simd("baseline")
+        with fastbn.num_threads(1):
+            ref = run()
+        for isa in _kernels.simd_available():
+            _kernels.set_simd(isa)
+            for threads in (1, 2, 4):
+                with fastbn.num_threads(threads):
+                    got = run()
+                for i, (p, q) in enumerate(zip(ref, got)):
+                    assert p.dtype == q.dtype
+                    assert np.array_equal(p.view(np.uint8), q.view(np.uint8)), (
+                        isa, threads, i)
+    finally:
+        _kernels.set_simd(old)

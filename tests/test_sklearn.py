@@ -411,6 +411,7 @@ def test_all_nan_feature_as_sklearn_and_later_chunks_keep_statistics(rng):
 
 # ---- scikit-learn integration -----------------------------------------------
 
+@pytest.mark.slow
 def test_check_estimator():
     from sklearn.utils.estimator_checks import check_estimator
     with warnings.catch_warnings():

@@ -50,15 +50,6 @@ PLANS = [
 
 
 @pytest.fixture
-def tuning():
-    """set_tuning, with every setting restored afterwards."""
-    old = _kernels.set_tuning()
-    _kernels.set_tuning(**old)
-    yield _kernels.set_tuning
-    _kernels.set_tuning(**old)
-
-
-@pytest.fixture
 def scheduler():
     old = _kernels.scheduler()
     yield _kernels.set_scheduler
@@ -140,6 +131,7 @@ def _assert_same(ref, got, what):
             f"result {i} differs with {what}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,axis", CASES, ids=str)
 def test_every_plan_gives_the_same_bits(tuning, scheduler, shape, axis, dtype):

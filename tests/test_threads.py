@@ -115,6 +115,7 @@ def _all_results(x, axis, g, b, z, m, v):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [np.float32, np.float64],
                          ids=["f32", "f64"])
 @pytest.mark.parametrize("shape,axis", [b[1:] for b in BIG],

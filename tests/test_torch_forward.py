@@ -8,6 +8,7 @@ import fastbn
 from helpers import assert_close, make_params, make_x
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
 F = torch.nn.functional
 
 SHAPES = [(8, 4), (4, 6, 10), (3, 5, 6, 7), (2, 3, 3, 4, 5), (16, 1, 8, 8),
@@ -79,6 +80,7 @@ def test_channels_last_matches_torch(dtype):
                  factor=TORCH_TOL[dtype])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(32, 64, 28, 28), (2048, 128),
                                    (64, 3, 32, 32)], ids=str)
 def test_large_float32_matches_torch(shape):

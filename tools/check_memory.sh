@@ -31,7 +31,7 @@ preload="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
   "$work/asan/bin/python" -m pytest -q -x --capture=sys -p no:cacheprovider \
       test_forward.py test_backward.py test_stats.py test_threads.py test_errors.py \
       test_strategies.py test_scheduler.py test_ghost.py test_colstats.py \
-      test_half.py -k "not test_short_calls_wake_helpers_only_in_bursts" )
+      test_half.py test_simd.py -k "not test_short_calls_wake_helpers_only_in_bursts" )
 # (that test times back-to-back calls against the pool's 200 us burst window:
 # the instrumented -O1 build's calls are longer than the window, so no burst
 # is ever seen there -- it failed 5 times in 5 on main's sanitizer build; it

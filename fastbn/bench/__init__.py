@@ -12,7 +12,8 @@ The package, by file:
 - ``workloads.py``: what is measured: the kernel workloads and the shape
   sweep's arrays (ResNet-50, MobileNetV2, dense, 1-D, 5-D, 1 and 3
   channels);
-- ``inputs.py``: random inputs, the float64 reference, the comparison;
+- ``inputs.py``: random inputs, the float64 reference (fastbn._reference,
+  the test suite's oracle), the comparison;
 - ``impls.py``: fastbn, NumPy (naive and tuned), torch eager,
   torch.compile;
 - ``floor.py``: the copy on N threads and the choice of the floor;

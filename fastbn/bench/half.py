@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .. import _reference as oracle
 from .timing import Impl, Result, measure
 
 EPS = 1e-5
@@ -176,24 +177,17 @@ def _torch_impl(torch, mode, x, dy, g, b, m, v, axis, threads, tdt, name):
 
 
 def _reference(mode, x, dy, g, b, m, v, axis, y_half=None):
-    """The float64 reference of one row's output (x, dy: half arrays; the
-    backward takes fastbn's half y for its ReLU mask, and the statistics in
-    float64, as the issue's accuracy target states)."""
-    ax = tuple(i for i in range(x.ndim) if i != axis)
-    bs = tuple(x.shape[axis] if i == axis else 1 for i in range(x.ndim))
-    xd = x.astype(np.float64)
-    gd, bd = g.astype(np.float64).reshape(bs), b.astype(np.float64).reshape(bs)
+    """The float64 reference (fastbn._reference) of one row's output (x, dy:
+    half arrays; the backward takes fastbn's half y for its ReLU mask, and
+    the statistics in float64, as the issue's accuracy target states)."""
     if mode == "infer":
-        mean, inv = m.astype(np.float64), 1 / np.sqrt(v.astype(np.float64) + EPS)
-    else:
-        mean = xd.mean(axis=ax)
-        inv = 1 / np.sqrt(xd.var(axis=ax) + EPS)
-    xhat = (xd - mean.reshape(bs)) * inv.reshape(bs)
+        return oracle.batch_norm_infer(x, m, v, g, b, axis=axis, eps=EPS, relu=True)
+    y, mean, invstd = oracle.batch_norm_train(x, g, b, axis=axis, eps=EPS, relu=True)
     if mode != "backward":
-        return np.maximum(xhat * gd + bd, 0)
-    g1 = np.where(y_half.astype(np.float32) > 0, dy.astype(np.float64), 0.0)
-    return gd * inv.reshape(bs) * (g1 - g1.mean(axis=ax, keepdims=True)
-                                   - xhat * (g1 * xhat).mean(axis=ax, keepdims=True))
+        return y
+    del y
+    return oracle.batch_norm_backward(dy, x, mean, invstd, g, axis=axis,
+                                      y=y_half)[0]
 
 
 def _accurate(out, ref, dt, max_ulps) -> bool:

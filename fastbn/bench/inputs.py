@@ -1,4 +1,4 @@
-"""Inputs of a workload, the float64 NumPy reference, and the comparison.
+"""Inputs of a workload, its float64 reference, and the comparison.
 
 Every implementation is called once on these inputs and its result compared
 with the reference before it is timed.
@@ -12,6 +12,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from .. import _reference as oracle
 from .workloads import Workload
 
 EPS = 1e-5
@@ -76,52 +77,27 @@ def make_inputs(w: Workload, seed: int = 0, backward: Optional[bool] = None
 
 def ref_train(w: Workload, x, gamma, beta):
     """float64 training forward + ReLU: (y, mean, invstd)."""
-    b = bshape(w)
-    x64 = x.astype(np.float64)
-    mean = x64.mean(axis=w.reduce_axes)
-    x64 -= mean.reshape(b)
-    var = np.square(x64).mean(axis=w.reduce_axes)
-    invstd = 1.0 / np.sqrt(var + EPS)
-    x64 *= (invstd * gamma).reshape(b)
-    x64 += beta.astype(np.float64).reshape(b)
-    np.maximum(x64, 0.0, out=x64)
-    return x64, mean, invstd
+    return oracle.batch_norm_train(x, gamma, beta, axis=w.channel_axis, eps=EPS,
+                                   relu=True)
 
 
 def reference(w: Workload, inp: Inputs) -> Tuple[np.ndarray, ...]:
-    """float64 NumPy reference outputs of a workload.
+    """float64 reference outputs of a workload (fastbn._reference, the
+    oracle of the test suite too).
 
     train: (y, mean, invstd); infer: (y,); backward: (dx, dgamma, dbeta).
     """
-    b = bshape(w)
-    f64 = np.float64
     if w.mode == "train":
         if inp.train_ref is not None:
             return inp.train_ref
         return ref_train(w, inp.x, inp.gamma, inp.beta)
     if w.mode == "infer":
-        a = inp.gamma.astype(f64) / np.sqrt(inp.running_var.astype(f64) + EPS)
-        y = inp.x.astype(f64)
-        y -= inp.running_mean.astype(f64).reshape(b)
-        y *= a.reshape(b)
-        y += inp.beta.astype(f64).reshape(b)
-        return (np.maximum(y, 0.0, out=y),)
-    # backward with a fused ReLU: dy' = dy * (y > 0)
-    g = inp.dy.astype(f64)
-    g *= inp.y > 0
-    invstd = inp.invstd.astype(f64)
-    xhat = inp.x.astype(f64)
-    xhat -= inp.mean.astype(f64).reshape(b)
-    xhat *= invstd.reshape(b)
-    dbeta = g.sum(axis=w.reduce_axes)
-    dgamma = (g * xhat).sum(axis=w.reduce_axes)
-    n = w.count
-    k = inp.gamma.astype(f64) * invstd
-    xhat *= dgamma.reshape(b) / n
-    g -= dbeta.reshape(b) / n
-    g -= xhat
-    g *= k.reshape(b)
-    return g, dgamma, dbeta
+        return (oracle.batch_norm_infer(inp.x, inp.running_mean, inp.running_var,
+                                        inp.gamma, inp.beta, axis=w.channel_axis,
+                                        eps=EPS, relu=True),)
+    # backward with a fused ReLU: the mask from the forward's y
+    return oracle.batch_norm_backward(inp.dy, inp.x, inp.mean, inp.invstd,
+                                      inp.gamma, axis=w.channel_axis, y=inp.y)[:3]
 
 
 def compare(outputs: Sequence[np.ndarray], ref: Sequence[np.ndarray],

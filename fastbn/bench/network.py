@@ -14,7 +14,8 @@ The same step runs with two batch norms:
 - NumPy, written as users write it (``x.mean``, ``x.var``, whole-array
   expressions, the textbook backward).
 
-Both are checked against the float64 step (NumPy batch norm in float64),
+Both are checked against the float64 step (batch norm by fastbn's float64
+oracle, fastbn._reference),
 then timed, interleaved, with NumPy's BLAS at its default thread count:
 every batch norm follows a matmul, as in a real network.
 """
@@ -28,6 +29,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .. import _reference as oracle
 from .impls import threads_name
 from .inputs import EPS, TOLERANCE
 from .timing import Result
@@ -93,6 +95,21 @@ class NumpyBN:
         dx = gamma * invstd / n * (n * g - dbeta - xhat * dgamma)
         self.seconds += time.perf_counter() - t0
         return (dx, dgamma, dbeta, g) if residual else (dx, dgamma, dbeta)
+
+
+class ReferenceBN:
+    """The float64 oracle (fastbn._reference) as the block's batch norm:
+    the reference step."""
+
+    def forward(self, x, gamma, beta, residual=None):
+        y, mean, invstd = oracle.batch_norm_train(x, gamma, beta, axis=-1, eps=EPS,
+                                                  relu=True, residual=residual)
+        return y, (x, mean, invstd, y)
+
+    def backward(self, dy, cache, gamma, residual=False):
+        x, mean, invstd, y = cache
+        res = oracle.batch_norm_backward(dy, x, mean, invstd, gamma, axis=-1, y=y)
+        return res if residual else res[:3]
 
 
 class FastbnBN:
@@ -252,7 +269,7 @@ def run_network(fastbn, threads: int, rounds: int, *,
         progress.start("ResNet basic block %s" % (shape,))
     say = progress or (lambda s: None)
     say("float64 reference step")
-    ref = block_step(make_block(shape, np.float64), NumpyBN())
+    ref = block_step(make_block(shape, np.float64), ReferenceBN())
     p = make_block(shape, np.float32)
     variants = [("fastbn (%s)" % threads_name(t), t, FastbnBN(fastbn))
                 for t in counts] + [(NumpyBN.name, None, NumpyBN())]
