@@ -1,8 +1,9 @@
 """ReLU6 (``activation="relu6"``): ``min(max(t, 0), 6)`` fused into the
 forward's pass, and the backward's mask ``0 < y < 6``.
 
-Checked against the float64 reference (``clip(BN(x) + z, 0, 6)`` and the
-textbook backward with that mask) for float32, float64, float16 and
+Checked against the float64 reference (fastbn._reference with
+``activation="relu6"``: ``clip(BN(x) + z, 0, 6)`` and the textbook backward
+with that mask) for float32, float64, float16 and
 bfloat16, channel-first, channel-last and dense 2-D data, with and without
 a residual; the half types also bit for bit against the float32 path on the
 widened data (one rounding); bits identical for every thread count and
@@ -16,7 +17,6 @@ import fastbn
 import reference
 from fastbn import _kernels
 from helpers import assert_bitwise_equal, assert_close, make_x
-from test_backward import ref_backward
 
 try:
     import ml_dtypes
@@ -63,14 +63,19 @@ def close(actual, expected, dt):
 
 
 def ref_train(x, g, b, axis, z):
-    y, mean, invstd = reference.batch_norm_train(x, g, b, axis=axis, residual=z)
-    return np.clip(y, 0.0, 6.0), mean, invstd
+    return reference.batch_norm_train(x, g, b, axis=axis, residual=z,
+                                      activation="relu6")
+
+
+def ref_backward(dy, x, mean, invstd, g, axis, y, training=True):
+    return reference.batch_norm_backward(dy, x, mean, invstd, g, axis=axis, y=y,
+                                         training=training, activation="relu6")
 
 
 def mask6(y):
-    """The ReLU6 mask as the reference backward's ``y`` (> 0 where open)."""
+    """Where the ReLU6 mask is open (0 < y < 6)."""
     yf = np.asarray(y).astype(np.float64)
-    return ((yf > 0) & (yf < 6)).astype(np.float64)
+    return (yf > 0) & (yf < 6)
 
 
 @pytest.mark.parametrize("lid,shape,axis", LAYOUTS, ids=[s[0] for s in LAYOUTS])
@@ -98,27 +103,25 @@ def test_relu6_train_infer_backward_match_reference(lid, shape, axis, residual, 
     var = (1.0 / np.asarray(invstd, np.float64) ** 2 - 1e-5).astype(sdt)
     yi = fastbn.batch_norm_infer(x, mean, var, g, b, axis=axis, residual=z,
                                  activation="relu6")
-    ryi = np.clip(reference.batch_norm_infer(x, mean, var, g, b, axis=axis,
-                                             residual=z), 0.0, 6.0)
+    ryi = reference.batch_norm_infer(x, mean, var, g, b, axis=axis, residual=z,
+                                     activation="relu6")
     close(yi, ryi, dt)
 
     # backward: the gradient flows where 0 < y < 6
     dy = data(rng, shape, axis, dt)
     res = fastbn.batch_norm_backward(dy, x, mean, invstd, g, axis=axis, y=y,
                                      residual=residual, activation="relu6")
-    rdx, rdg, rdb, rdz = ref_backward(dy, x, mean, invstd, g, axis=axis, y=mask6(y))
+    rdx, rdg, rdb, rdz = ref_backward(dy, x, mean, invstd, g, axis, y)
     close(res[0], rdx, dt)
     close(res[1], rdg, np.float32 if is_half(dt) else dt)
     close(res[2], rdb, np.float32 if is_half(dt) else dt)
     if residual:
         # dz is dy' exactly: dy where the mask is open, +0 elsewhere
-        open_ = mask6(y) > 0
-        assert_bitwise_equal(res[3], np.where(open_, dy, np.zeros_like(dy)))
+        assert_bitwise_equal(res[3], np.where(mask6(y), dy, np.zeros_like(dy)))
     # frozen statistics
     dxf = fastbn.batch_norm_backward(dy, x, mean, invstd, g, axis=axis, y=y,
                                      training=False, activation="relu6")[0]
-    close(dxf, ref_backward(dy, x, mean, invstd, g, axis=axis, y=mask6(y),
-                            training=False)[0], dt)
+    close(dxf, ref_backward(dy, x, mean, invstd, g, axis, y, training=False)[0], dt)
 
 
 @pytest.mark.parametrize("lid,shape,axis", LAYOUTS, ids=[s[0] for s in LAYOUTS])
@@ -192,6 +195,7 @@ def _all_results(x, z, g, b, dy, axis, k=None):
 BIG = [((8, 16, 24, 24), 1), ((48, 12, 12, 20), -1), ((3000, 40), 1)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,axis", BIG, ids=["NCHW", "NHWC", "NC"])
 @pytest.mark.parametrize("dt", DTYPES)
 def test_relu6_same_bits_for_every_thread_count_and_simd_level(shape, axis, dt):
