@@ -61,6 +61,13 @@ LAYOUTS = [
 DTYPES = [np.float32, np.float64]
 
 
+def pytest_configure(config):
+    # the marker of the PyTorch tests (which skip without torch); registered
+    # here unless pyproject.toml already does
+    if not any(m.split(":")[0].strip() == "torch" for m in config.getini("markers")):
+        config.addinivalue_line("markers", "torch: tests of fastbn.torch (need PyTorch)")
+
+
 @pytest.fixture
 def rng():
     """A freshly seeded NumPy Generator (reproducible per test)."""

@@ -4,11 +4,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _sync
+from . import _ops
 from ._ops import activation_code, has_kernel
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"]
 
-_ops = torch.ops.fastbn
 
 
 class _FastBatchNorm:
@@ -44,7 +44,7 @@ class _FastBatchNorm:
                 or residual.device != input.device)):
             return self._stock_forward(input, residual, act)
         if self.training or self.running_mean is None:
-            y, mean, _, uvar = _ops.bn_train(input, self.weight, self.bias, residual,
+            y, mean, _, uvar = _ops.train(input, self.weight, self.bias, residual,
                                              self.eps, act, comm)
             if (self.training and self.track_running_stats
                     and self.running_mean is not None
@@ -53,7 +53,7 @@ class _FastBatchNorm:
                                     self.num_batches_tracked, mean, uvar,
                                     self.momentum)
             return y
-        return _ops.bn_infer(input, self.running_mean, self.running_var, self.weight,
+        return _ops.infer(input, self.running_mean, self.running_var, self.weight,
                              self.bias, residual, self.eps, act)
 
     def _stock_forward(self, input, residual, act):
