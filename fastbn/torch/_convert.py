@@ -155,6 +155,13 @@ def _trace(module):
                       f"was fused ({type(e).__name__}: {e})", stacklevel=3)
         return None
     gm = fx.GraphModule(module, graph, type(module).__name__)
+    # the original children, parameters and buffers, in their order (the
+    # GraphModule would hold only what the graph uses, under plain
+    # containers): model.layer1[0] and state_dict() stay as they were
+    for store in ("_modules", "_parameters", "_buffers"):
+        getattr(gm, store).clear()
+        getattr(gm, store).update(getattr(module, store))
+    gm._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
     gm.training = module.training
     return gm
 
