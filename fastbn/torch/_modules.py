@@ -206,3 +206,33 @@ raises on every rank instead of leaving the others waiting.  Without an
 initialised process group, with one process, and in eval mode it is
 plain batch norm.  Other devices run PyTorch's SyncBatchNorm.""",
     name="SyncBatchNorm", example_c=4, example_shape="8, 4, 5, 5")
+
+
+def _let_ddp_take_cpu_sync_batch_norm():
+    """DistributedDataParallel refuses, on the CPU, every module that is a
+    torch.nn.SyncBatchNorm ("SyncBatchNorm layers only work with GPU
+    modules"), fastbn's subclass included, which is made for the CPU.  Its
+    check (``_passing_sync_batchnorm_handle``, which only walks
+    ``module.modules()``) is wrapped so that it skips fastbn's modules and
+    still refuses PyTorch's own.  Nothing is changed if a PyTorch version
+    lacks the check."""
+    ddp = nn.parallel.DistributedDataParallel
+    check = getattr(ddp, "_passing_sync_batchnorm_handle", None)
+    if check is None or getattr(check, "_fastbn", False):
+        return
+
+    class _Others:
+        def __init__(self, module):
+            self.module = module
+
+        def modules(self):
+            return (m for m in self.module.modules() if not isinstance(m, SyncBatchNorm))
+
+    def wrapped(self, module):
+        return check(self, _Others(module))
+    wrapped._fastbn = True
+    wrapped.__doc__ = check.__doc__
+    ddp._passing_sync_batchnorm_handle = wrapped
+
+
+_let_ddp_take_cpu_sync_batch_norm()
