@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="half precision: fastbn on float16 and bfloat16 "
                             "beside its float32, and torch eager on half "
                             "tensors (bfloat16 needs ml_dtypes)")
+    parts.add_argument("--torch", action="store_true",
+                       help="only fastbn.torch (needs torch): model training "
+                            "and eval steps stock/converted, eager/compiled, "
+                            "per-operator times and the call overhead")
     p.add_argument("--quick", action="store_true",
                    help="a small subset of every part, fewer rounds, no "
                         "torch.compile (about 2 minutes)")
@@ -249,6 +253,15 @@ def main(argv=None) -> int:
         return 0
     import fastbn
 
+    if args.torch:  # its own report (fastbn.bench.torch_models)
+        from .torch_models import run as run_torch
+        text = run_torch(quick=args.quick, threads=args.threads,
+                         progress=lambda m: print(m, file=sys.stderr))
+        sys.stdout.write(text + "\n")
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(text + "\n")
+        return 0
     threads = args.threads or fastbn.get_num_threads()
     torch = None if args.no_torch else import_torch(threads)
     compile_kernels = torch is not None and not args.quick and \

@@ -329,8 +329,10 @@ def _table(header, rows):
     return "\n".join(lines)
 
 
-def run(quick=False, progress=print):
-    """The whole ``--torch`` report as Markdown text."""
+def run(quick=False, threads=None, progress=print):
+    """The whole ``--torch`` report as Markdown text (model steps at 1 and
+    ``threads`` threads, default 2; one thread and fewer, smaller models
+    with ``quick``)."""
     if torch is None:
         raise ImportError("python -m fastbn.bench --torch needs PyTorch: pip install torch")
     import fastbn.torch  # noqa: F401 (registers the operators)
@@ -353,7 +355,8 @@ def run(quick=False, progress=print):
     progress("models...")
     rows = model_times(names=("resnet18",) if quick else tuple(MODELS),
                        formats=("nchw",) if quick else ("nchw", "channels_last"),
-                       threads=(1,) if quick else (1, 2), compiled=not quick,
+                       threads=(1,) if quick else tuple(sorted({1, threads or 2})),
+                       compiled=not quick,
                        rounds=1 if quick else 3, progress=progress)
     table = []
     keys = {}

@@ -92,6 +92,14 @@ def _np(t):
     return t.numpy()
 
 
+def _from_np(a, dtype):
+    """The tensor sharing NumPy array ``a``'s memory (of torch dtype
+    ``dtype``; bfloat16 through uint16)."""
+    if dtype is torch.bfloat16:
+        return torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
 def _np_opt(t):
     return None if t is None else _np(t)
 
@@ -211,7 +219,6 @@ def _backward_impl(dy, x, mean, invstd, weight, y, training, act, want_dres, com
         dy = _relu6_fixup(act, y=y, dy=dy)
     dyv = _view(dy, last)
     yv = None if y is None else _view(y, last)
-    dres = _out_like(x) if want_dres else x.new_empty((0,))
     args = (dyv, _view(x, last), _np(mean), _np(invstd), _np_opt(weight), axis,
             yv, training, want_dres, _view(dx, last))
     if comm and training:
@@ -221,8 +228,12 @@ def _backward_impl(dy, x, mean, invstd, weight, y, training, act, want_dres, com
     else:
         res = _api._backward(*args, None)
         dgamma, dbeta = res[1], res[2]
-    if want_dres:
-        _view(dres, last)[...] = res[3]
+    if want_dres:  # the kernel's own array, no copy: x's layout and strides
+        dres = _from_np(res[3], x.dtype)
+        if last:
+            dres = dres.movedim(-1, 1)
+    else:
+        dres = x.new_empty((0,))
     return dx, torch.from_numpy(dgamma), torch.from_numpy(dbeta), dres
 
 
