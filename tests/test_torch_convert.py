@@ -165,6 +165,18 @@ def test_fusion_sites():
     fused = {n.target: (len(n.args), n.kwargs.get("activation"))
              for n in fused_calls(conv)}
     assert fused == {"bn1": (1, "relu6"), "bn2": (2, "relu")}
+    class Methods(nn.Module):  # nn.Hardtanh(0, 6) and Tensor.relu()
+        def __init__(self):
+            super().__init__()
+            self.bn1, self.bn2 = nn.BatchNorm2d(3), nn.BatchNorm2d(3)
+            self.act, self.other = nn.Hardtanh(0.0, 6.0), nn.Hardtanh(-1.0, 1.0)
+
+        def forward(self, x):
+            return self.bn2(self.act(self.bn1(x))).relu() + self.other(x)
+    conv = fbt.convert(Methods())
+    fused = {n.target: (len(n.args), n.kwargs.get("activation"))
+             for n in fused_calls(conv)}
+    assert fused == {"bn1": (1, "relu6"), "bn2": (1, "relu")}
     conv = fbt.convert(BlockAddFirst(4))
     fused = {n.target: (len(n.args), n.kwargs.get("activation"))
              for n in fused_calls(conv)}

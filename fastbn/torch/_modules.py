@@ -29,7 +29,31 @@ class _FastBatchNorm:
         return ""
 
     def forward(self, input, residual=None, *, activation=None):
-        """``act(BN(input) + residual)``; see the class docstring."""
+        """Batch normalization, plus residual and activation, in one call.
+
+        Parameters
+        ----------
+        input : torch.Tensor
+            ``(N, C, ...)`` as for PyTorch's module.
+        residual : torch.Tensor, optional
+            Added after the normalisation (before the activation); the
+            input's shape (another shape broadcasts through PyTorch's add).
+        activation : {None, "relu", "relu6"}, optional
+            This call's activation; None: the module's ``activation``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``act(BN(input) + residual)``, of the input's dtype and memory
+            format.
+
+        Raises
+        ------
+        ValueError
+            Input of the wrong dimension, a channel count other than
+            ``num_features``, a single value per channel in training, or
+            an unknown activation.
+        """
         comm = self._comm(input)
         try:
             self._check_input_dim(input)
