@@ -67,18 +67,20 @@ class _FastBatchNorm:
                 residual.shape != input.shape or residual.dtype != input.dtype
                 or residual.device != input.device)):
             return self._stock_forward(input, residual, act)
-        if self.training or self.running_mean is None:
-            y, mean, _, uvar = _ops.train(input, self.weight, self.bias, residual,
-                                             self.eps, act, comm)
-            if (self.training and self.track_running_stats
-                    and self.running_mean is not None
-                    and self.num_batches_tracked is not None):
-                _ops.update_running(self.running_mean, self.running_var,
-                                    self.num_batches_tracked, mean, uvar,
+        # the dicts where nn.Module keeps them: cheaper than attribute look-ups
+        params, bufs = self._parameters, self._buffers
+        rm = bufs["running_mean"]
+        if self.training or rm is None:
+            y, mean, _, uvar = _ops.train(input, params["weight"], params["bias"],
+                                          residual, self.eps, act, comm)
+            nbt = bufs["num_batches_tracked"]
+            if self.training and self.track_running_stats and rm is not None \
+                    and nbt is not None:
+                _ops.update_running(rm, bufs["running_var"], nbt, mean, uvar,
                                     self.momentum)
             return y
-        return _ops.infer(input, self.running_mean, self.running_var, self.weight,
-                             self.bias, residual, self.eps, act)
+        return _ops.infer(input, rm, bufs["running_var"], params["weight"],
+                          params["bias"], residual, self.eps, act)
 
     def _stock_forward(self, input, residual, act):
         """PyTorch's own kernels (other devices and dtypes, broadcast

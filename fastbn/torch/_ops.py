@@ -78,7 +78,7 @@ def activation_code(activation):
 def has_kernel(x):
     """True if fastbn's operators take ``x`` (a CPU tensor of a supported
     dtype); other tensors go to PyTorch's own batch norm."""
-    return x.device.type == "cpu" and x.dtype in _DTYPES
+    return x.is_cpu and x.dtype in _DTYPES
 
 
 # ---------------------------------------------------------------- views
@@ -252,7 +252,11 @@ def _update_impl(running_mean, running_var, num_batches_tracked, mean, uvar,
     f = 1.0 / float(nbt) if momentum is None else momentum
     for buf, new in ((running_mean, mean), (running_var, uvar)):
         b = _np(buf)
-        b[...] = b.astype(np.float64) * (1.0 - f) + _np(new).astype(np.float64) * f
+        if b.dtype.itemsize > 2:  # (1 - f) * b + f * new, in place
+            b *= 1.0 - f
+            b += f * _np(new)
+        else:  # half buffers (a module cast with .half()): through float64
+            b[...] = b.astype(np.float64) * (1.0 - f) + _np(new).astype(np.float64) * f
 
 
 def _update_fake(running_mean, running_var, num_batches_tracked, mean, uvar,
