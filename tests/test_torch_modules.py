@@ -365,7 +365,14 @@ def test_opcheck():
 def test_double_backward_raises():
     x = make_input((4, 3, 2, 2), None).requires_grad_()
     y = fbt.BatchNorm2d(3)(x)
-    (gx,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
+    with pytest.raises(NotImplementedError, match="double backward"):
+        # in eager mode already when the gradient's graph is asked for
+        (gx,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
+        gx.sum().backward()
+    # the operators' own backward raises when it is differentiated
+    xo = x.detach().requires_grad_()
+    yo = torch.ops.fastbn.bn_train(xo, None, None, None, 1e-5, 0, "")[0]
+    (gx,) = torch.autograd.grad(yo.pow(2).sum(), xo, create_graph=True)
     with pytest.raises(NotImplementedError, match="double backward"):
         gx.sum().backward()
 

@@ -71,14 +71,13 @@ class _FastBatchNorm:
         params, bufs = self._parameters, self._buffers
         rm = bufs["running_mean"]
         if self.training or rm is None:
-            y, mean, _, uvar = _ops.train(input, params["weight"], params["bias"],
-                                          residual, self.eps, act, comm)
             nbt = bufs["num_batches_tracked"]
+            running = None
             if self.training and self.track_running_stats and rm is not None \
                     and nbt is not None:
-                _ops.update_running(rm, bufs["running_var"], nbt, mean, uvar,
-                                    self.momentum)
-            return y
+                running = (rm, bufs["running_var"], nbt, self.momentum)
+            return _ops.train(input, params["weight"], params["bias"], residual,
+                              self.eps, act, comm, running)
         return _ops.infer(input, rm, bufs["running_var"], params["weight"],
                           params["bias"], residual, self.eps, act)
 

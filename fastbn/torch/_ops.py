@@ -167,22 +167,26 @@ def _relu6_fixup(act, y=None, dy=None):
 
 # ---------------------------------------------------------------- kernels
 
-def _train_impl(x, weight, bias, residual, eps, act, comm):
+def _train_np(x, weight, bias, residual, eps, act, comm):
+    """The training forward: (y, mean, invstd, var64, count), the statistics
+    as NumPy arrays (count: values per channel in the whole batch)."""
     last, axis = _layout(x)
     y = _out_like(x)
-    xv = _view(x, last)
-    yv = _view(y, last)
     z = None if residual is None else _view(residual, last)
-    g = _np_opt(weight)
-    b = _np_opt(bias)
-    # fused ReLU6: relu=act != 0 becomes activation=("relu" if act == 1 else "relu6")
-    args = (xv, g, b, axis, eps, act != 0, z, yv)
+    # fused ReLU6: `act != 0` becomes activation=(None, "relu", "relu6")[act]
+    args = (_view(x, last), _np_opt(weight), _np_opt(bias), axis, eps, act != 0, z,
+            _view(y, last))
     if comm:
         from . import _sync
         _, mean, invstd, var, count = _sync.train(comm, args)
     else:
         _, mean, invstd, var, count = _api._train(*args, None, True)
     _relu6_fixup(act, y=y)  # fused ReLU6: this line goes
+    return y, mean, invstd, var, count
+
+
+def _train_impl(x, weight, bias, residual, eps, act, comm):
+    y, mean, invstd, var, count = _train_np(x, weight, bias, residual, eps, act, comm)
     uvar = var * (count / (count - 1.0))
     return (y, torch.from_numpy(mean), torch.from_numpy(invstd),
             torch.from_numpy(uvar))
@@ -212,27 +216,36 @@ def _infer_fake(x, mean, var, weight, bias, residual, eps, act):
     return _out_like(x)
 
 
-def _backward_impl(dy, x, mean, invstd, weight, y, training, act, want_dres, comm):
+def _backward_np(dy, x, mean, invstd, weight, y, training, act, want_dres, comm):
+    """The backward with NumPy ``mean`` and ``invstd``: (dx, dgamma, dbeta,
+    dres or None), dgamma and dbeta NumPy arrays (this rank's share with
+    ``comm``)."""
     last, axis = _layout(x)
     dx = _out_like(x)
     if act == 2:  # fused ReLU6: these two lines go
         dy = _relu6_fixup(act, y=y, dy=dy)
-    dyv = _view(dy, last)
     yv = None if y is None else _view(y, last)
-    args = (dyv, _view(x, last), _np(mean), _np(invstd), _np_opt(weight), axis,
+    # fused ReLU6: the activation is passed here too (the mask 0 < y < 6)
+    args = (_view(dy, last), _view(x, last), mean, invstd, _np_opt(weight), axis,
             yv, training, want_dres, _view(dx, last))
     if comm and training:
         from . import _sync
-        res, local = _sync.backward(comm, args)
-        dgamma, dbeta = local
+        res, (dgamma, dbeta) = _sync.backward(comm, args)
     else:
         res = _api._backward(*args, None)
         dgamma, dbeta = res[1], res[2]
+    dres = None
     if want_dres:  # the kernel's own array, no copy: x's layout and strides
         dres = _from_np(res[3], x.dtype)
         if last:
             dres = dres.movedim(-1, 1)
-    else:
+    return dx, dgamma, dbeta, dres
+
+
+def _backward_impl(dy, x, mean, invstd, weight, y, training, act, want_dres, comm):
+    dx, dgamma, dbeta, dres = _backward_np(dy, x, _np(mean), _np(invstd), weight, y,
+                                           training, act, want_dres, comm)
+    if dres is None:
         dres = x.new_empty((0,))
     return dx, torch.from_numpy(dgamma), torch.from_numpy(dbeta), dres
 
@@ -245,8 +258,9 @@ def _backward_fake(dy, x, mean, invstd, weight, y, training, act, want_dres, com
             dres)
 
 
-def _update_impl(running_mean, running_var, num_batches_tracked, mean, uvar,
-                 momentum):
+def _update_np(running_mean, running_var, num_batches_tracked, mean, uvar,
+               momentum):
+    """The running-statistics update with NumPy ``mean`` and ``uvar``."""
     nbt = _np(num_batches_tracked)
     nbt += 1
     f = 1.0 / float(nbt) if momentum is None else momentum
@@ -254,9 +268,15 @@ def _update_impl(running_mean, running_var, num_batches_tracked, mean, uvar,
         b = _np(buf)
         if b.dtype.itemsize > 2:  # (1 - f) * b + f * new, in place
             b *= 1.0 - f
-            b += f * _np(new)
+            b += f * new
         else:  # half buffers (a module cast with .half()): through float64
-            b[...] = b.astype(np.float64) * (1.0 - f) + _np(new).astype(np.float64) * f
+            b[...] = b.astype(np.float64) * (1.0 - f) + new.astype(np.float64) * f
+
+
+def _update_impl(running_mean, running_var, num_batches_tracked, mean, uvar,
+                 momentum):
+    _update_np(running_mean, running_var, num_batches_tracked, _np(mean), _np(uvar),
+               momentum)
 
 
 def _update_fake(running_mean, running_var, num_batches_tracked, mean, uvar,
@@ -276,6 +296,10 @@ _ops = torch.ops.fastbn
 
 
 # --------------------------------------------------------------- autograd
+
+_NO_DOUBLE = ("fastbn: gradients of fastbn's batch norm gradients (double "
+              "backward) are not supported")
+
 
 def _train_setup(ctx, inputs, output):
     x, weight, bias, residual, eps, act, comm = inputs
@@ -302,12 +326,16 @@ def _grads(ctx, need, dy, x, weight, mean, invstd, y, training):
     if dy is None:
         return None, None, None, None
     want_dres = bool(ctx.has_res and need[3] and act)
-    # the operator (whose own backward raises) when a graph of the gradient
-    # is being recorded (create_graph=True) or compiled
-    eager = getattr(ctx, "eager", False) and not torch.is_grad_enabled()
-    backward = _backward_impl if eager else _ops.bn_backward
-    dx, dw, db, dres = backward(dy, x, mean, invstd, weight, y, training, act,
-                                want_dres, ctx.comm)
+    if getattr(ctx, "eager", False):  # NumPy statistics (the eager path)
+        if torch.is_grad_enabled():
+            raise NotImplementedError(_NO_DOUBLE)
+        dx, dw, db, dres = _backward_np(dy, x, mean, invstd, weight, y, training, act,
+                                        want_dres, ctx.comm)
+        if weight is not None:
+            dw, db = torch.from_numpy(dw), torch.from_numpy(db)
+    else:
+        dx, dw, db, dres = _ops.bn_backward(dy, x, mean, invstd, weight, y, training,
+                                            act, want_dres, ctx.comm)
     if not ctx.has_res or not need[3]:
         dres = None
     elif not act:  # no activation: the residual's gradient is dy itself
@@ -348,40 +376,69 @@ torch.library.register_autograd("fastbn::bn_infer", _infer_backward,
 
 
 # ------------------------------------------------------------- eager path
-# In eager mode the modules call the same kernels and autograd formulas
-# through a torch.autograd.Function, or directly when no gradient is
-# needed, instead of through the dispatcher: a Python kernel behind
-# Library.define + impl costs about 8 us per call more, and behind
-# register_autograd another 13 us, against fastbn's 5-10 us kernel call on
-# a small tensor.  Under torch.compile (and for anyone calling
-# torch.ops.fastbn.*) the operators above are used.
+# In eager mode the modules call the same kernels (the NumPy-level cores
+# above) through a torch.autograd.Function with one output, or directly
+# when no gradient is needed, instead of through the dispatcher: a Python
+# kernel behind Library.define + impl costs about 8 us per call more,
+# register_autograd another 13 us, and every extra output or tensor
+# conversion a microsecond, against fastbn's 5 us kernel call on a small
+# tensor.  The statistics stay NumPy arrays on the context, and the
+# running statistics are updated in the same call.  Under torch.compile
+# (and for anyone calling torch.ops.fastbn.*) the operators are used.
 
 class _TrainFn(torch.autograd.Function):
-    # forward(ctx, ...) rather than a separate setup_context: apply() then
-    # skips an inspect.signature binding that costs more than the kernel
     @staticmethod
-    def forward(ctx, x, weight, bias, residual, eps, act, comm):
-        out = _train_impl(x, weight, bias, residual, eps, act, comm)
-        _train_setup(ctx, (x, weight, bias, residual, eps, act, comm), out)
+    def forward(ctx, x, weight, bias, residual, eps, act, comm, running):
+        y, mean, invstd = _train_eager(x, weight, bias, residual, eps, act, comm,
+                                       running)
+        ctx.save_for_backward(x, weight, y if act else None)
+        ctx.stats = (mean, invstd)
+        ctx.act = act
+        ctx.comm = comm
+        ctx.has_res = residual is not None
         ctx.eager = True
-        return out
+        return y
 
     @staticmethod
-    def backward(ctx, dy, dmean, dinvstd, duvar):
-        return _train_backward(ctx, dy, dmean, dinvstd, duvar)
+    def backward(ctx, dy):
+        x, weight, y = ctx.saved_tensors
+        mean, invstd = ctx.stats
+        return _grads(ctx, ctx.needs_input_grad[:4], dy, x, weight, mean, invstd, y,
+                      True) + (None, None, None, None)
 
 
 class _InferFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, mean, var, weight, bias, residual, eps, act):
-        out = _infer_impl(x, mean, var, weight, bias, residual, eps, act)
-        _infer_setup(ctx, (x, mean, var, weight, bias, residual, eps, act), out)
+        y = _infer_impl(x, mean, var, weight, bias, residual, eps, act)
+        ctx.save_for_backward(x, weight, y if act else None)
+        # the frozen statistics as they are now (the buffers may change
+        # in place before the backward)
+        ctx.stats = (_np(mean).copy(), 1.0 / np.sqrt(_np(var).astype(np.float64) + eps))
+        ctx.act = act
+        ctx.comm = ""
+        ctx.has_res = residual is not None
         ctx.eager = True
-        return out
+        return y
 
     @staticmethod
     def backward(ctx, dy):
-        return _infer_backward(ctx, dy)
+        x, weight, y = ctx.saved_tensors
+        mean, invstd = ctx.stats
+        need = ctx.needs_input_grad
+        dx, dw, db, dres = _grads(ctx, (need[0], need[3], need[4], need[5]), dy, x,
+                                  weight, mean, invstd, y, False)
+        return dx, None, None, dw, db, dres, None, None
+
+
+def _train_eager(x, weight, bias, residual, eps, act, comm, running):
+    """(y, mean, invstd) with NumPy statistics; updates ``running`` =
+    (running_mean, running_var, num_batches_tracked, momentum) if given."""
+    y, mean, invstd, var, count = _train_np(x, weight, bias, residual, eps, act, comm)
+    if running is not None:
+        rm, rv, nbt, momentum = running
+        _update_np(rm, rv, nbt, mean, var * (count / (count - 1.0)), momentum)
+    return y, mean, invstd
 
 
 _compiling = torch.compiler.is_compiling
@@ -396,13 +453,21 @@ def _needs_grad(*tensors):
     return False
 
 
-def train(x, weight, bias, residual, eps, act, comm):
-    """``torch.ops.fastbn.bn_train``, without the dispatcher in eager mode."""
+def train(x, weight, bias, residual, eps, act, comm, running):
+    """The training forward's output; ``running`` = (running_mean,
+    running_var, num_batches_tracked, momentum) or None: the running
+    statistics to update.  torch.ops.fastbn.bn_train and update_running
+    under torch.compile, the same kernels without the dispatcher in eager
+    mode."""
     if _compiling():
-        return _ops.bn_train(x, weight, bias, residual, eps, act, comm)
+        y, mean, _, uvar = _ops.bn_train(x, weight, bias, residual, eps, act, comm)
+        if running is not None:
+            rm, rv, nbt, momentum = running
+            _ops.update_running(rm, rv, nbt, mean, uvar, momentum)
+        return y
     if _needs_grad(x, weight, bias, residual):
-        return _TrainFn.apply(x, weight, bias, residual, eps, act, comm)
-    return _train_impl(x, weight, bias, residual, eps, act, comm)
+        return _TrainFn.apply(x, weight, bias, residual, eps, act, comm, running)
+    return _train_eager(x, weight, bias, residual, eps, act, comm, running)[0]
 
 
 def infer(x, mean, var, weight, bias, residual, eps, act):
@@ -414,22 +479,8 @@ def infer(x, mean, var, weight, bias, residual, eps, act):
     return _infer_impl(x, mean, var, weight, bias, residual, eps, act)
 
 
-def update_running(running_mean, running_var, num_batches_tracked, mean, uvar,
-                   momentum):
-    """``torch.ops.fastbn.update_running``, without the dispatcher in eager
-    mode."""
-    if _compiling():
-        _ops.update_running(running_mean, running_var, num_batches_tracked, mean,
-                            uvar, momentum)
-    else:
-        _update_impl(running_mean, running_var, num_batches_tracked, mean, uvar,
-                     momentum)
-
-
 def _no_double_backward(ctx, *grads):
-    raise NotImplementedError(
-        "fastbn: gradients of fastbn's batch norm gradients (double backward) "
-        "are not supported")
+    raise NotImplementedError(_NO_DOUBLE)
 
 
 def _backward_setup(ctx, inputs, output):
