@@ -98,7 +98,7 @@ def test_forward_backward_running_stats(job):
 
 def test_error_on_one_rank_raises_everywhere(job):
     sizes, results = job
-    for name in ("channels", "dim"):
+    for name in ("channels", "dim", "residual"):
         for r, res in enumerate(results):
             kind, msg = res["errors"][name]
             if r == 1:

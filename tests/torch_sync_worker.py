@@ -69,9 +69,13 @@ def scenario_errors(rank, sizes):
     out = {}
     x = local(batch(sum(sizes), 5)[0], sizes, rank)
     for name, bad in (("channels", torch.zeros(3, C + 1, 3, 5, dtype=torch.float64)),
-                      ("dim", torch.zeros(3, dtype=torch.float64))):
+                      ("dim", torch.zeros(3, dtype=torch.float64)),
+                      ("residual", None)):
         try:
-            bn(bad if rank == 1 else x)
+            if name == "residual":  # a broadcasting residual on rank 1
+                bn(x, x[:, :, :1] if rank == 1 else x)
+            else:
+                bn(bad if rank == 1 else x)
             out[name] = None
         except Exception as e:  # recorded for the test
             out[name] = (type(e).__name__, str(e))

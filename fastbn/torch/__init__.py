@@ -28,9 +28,9 @@ except ImportError as e:
         "pip install torch (CPU build: pip install torch --index-url "
         f"https://download.pytorch.org/whl/cpu) ({e})") from e
 
-from ._ops import ACTIVATIONS  # noqa: E402 (registers torch.ops.fastbn.*)
+from . import _ops  # noqa: E402,F401 (registers torch.ops.fastbn.*)
 from ._modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, SyncBatchNorm  # noqa: E402
 from ._convert import convert, revert  # noqa: E402
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm",
-           "convert", "revert", "ACTIVATIONS"]
+           "convert", "revert"]

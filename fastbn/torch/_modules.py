@@ -1,7 +1,7 @@
 """fastbn's batch norm as drop-in subclasses of PyTorch's BatchNorm modules."""
-import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import _sync
 from . import _ops
@@ -59,13 +59,19 @@ class _FastBatchNorm:
             self._check_input_dim(input)
             act = activation_code(self.activation if activation is None
                                   else activation)
+            other = residual is not None and (
+                residual.shape != input.shape or residual.dtype != input.dtype
+                or residual.device != input.device)
+            if other and comm:  # PyTorch's add would run unsynchronised
+                raise ValueError(f"residual must have the input's shape "
+                                 f"{tuple(input.shape)} and dtype {input.dtype} "
+                                 f"in a synchronised call, got "
+                                 f"{tuple(residual.shape)} and {residual.dtype}")
         except Exception as e:
             if comm:  # the other ranks must not wait in the collective
                 _sync.report_failure(comm, e)
             raise
-        if not has_kernel(input) or (residual is not None and (
-                residual.shape != input.shape or residual.dtype != input.dtype
-                or residual.device != input.device)):
+        if other or not has_kernel(input):
             return self._stock_forward(input, residual, act)
         # the dicts where nn.Module keeps them: cheaper than attribute look-ups
         params, bufs = self._parameters, self._buffers
@@ -189,20 +195,20 @@ class SyncBatchNorm(_FastBatchNorm, nn.SyncBatchNorm):
         self._set_activation(activation)
 
     def _comm(self, input):
-        if self.training and has_kernel(input):
-            return _sync.comm_key(self.process_group)
-        return ""
+        if not self.training or not input.is_cpu:
+            return ""
+        key = _sync.comm_key(self.process_group)
+        if key and not has_kernel(input):  # never silently unsynchronised
+            e = TypeError(f"fastbn.torch.SyncBatchNorm synchronises CPU tensors of "
+                          f"float32, float64, float16 and bfloat16 (bfloat16 needs "
+                          f"ml_dtypes), got {input.dtype}")
+            _sync.report_failure(key, e)
+            raise e
+        return key
 
     def _stock_forward(self, input, residual, act):
-        if input.device.type == "cpu":  # PyTorch's SyncBatchNorm needs a GPU
-            y = F.batch_norm(
-                input, self.running_mean if not self.training or
-                self.track_running_stats else None,
-                self.running_var if not self.training or
-                self.track_running_stats else None,
-                self.weight, self.bias,
-                self.training or self.running_mean is None,
-                0.0 if self.momentum is None else self.momentum, self.eps)
+        if input.device.type == "cpu":  # PyTorch's SyncBatchNorm needs a GPU:
+            y = _BatchNorm.forward(self, input)  # its plain batch norm
             if residual is not None:
                 y = y + residual
             return F.relu(y) if act == 1 else F.relu6(y) if act == 2 else y

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .. import _api
-from .. import batch_norm_backward, batch_norm_infer
+from .. import batch_norm_infer
 
 try:  # the NumPy dtype of bfloat16 tensors' views
     from ml_dtypes import bfloat16 as _BF16
