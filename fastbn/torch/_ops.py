@@ -444,6 +444,26 @@ def _train_eager(x, weight, bias, residual, eps, act, comm, running):
 _compiling = torch.compiler.is_compiling
 
 
+def _direct_apply(fn):
+    """``fn.apply`` without torch.autograd.Function.apply's Python wrapper
+    (about 5 us per call: it unwraps functorch wrappers, which exist only
+    under functorch transforms such as vmap, where the wrapper is used)."""
+    try:
+        from torch.autograd.function import _SingleLevelFunction
+        c_apply = super(_SingleLevelFunction, fn).apply
+        active = torch._C._are_functorch_transforms_active
+    except (ImportError, AttributeError):  # another PyTorch: the public path
+        return fn.apply
+
+    def apply(*args):
+        return fn.apply(*args) if active() else c_apply(*args)
+    return apply
+
+
+_train_apply = _direct_apply(_TrainFn)
+_infer_apply = _direct_apply(_InferFn)
+
+
 def _needs_grad(*tensors):
     if not torch.is_grad_enabled():
         return False
@@ -466,7 +486,7 @@ def train(x, weight, bias, residual, eps, act, comm, running):
             _ops.update_running(rm, rv, nbt, mean, uvar, momentum)
         return y
     if _needs_grad(x, weight, bias, residual):
-        return _TrainFn.apply(x, weight, bias, residual, eps, act, comm, running)
+        return _train_apply(x, weight, bias, residual, eps, act, comm, running)
     return _train_eager(x, weight, bias, residual, eps, act, comm, running)[0]
 
 
@@ -475,7 +495,7 @@ def infer(x, mean, var, weight, bias, residual, eps, act):
     if _compiling():
         return _ops.bn_infer(x, mean, var, weight, bias, residual, eps, act)
     if _needs_grad(x, mean, var, weight, bias, residual):
-        return _InferFn.apply(x, mean, var, weight, bias, residual, eps, act)
+        return _infer_apply(x, mean, var, weight, bias, residual, eps, act)
     return _infer_impl(x, mean, var, weight, bias, residual, eps, act)
 
 
