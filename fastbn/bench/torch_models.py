@@ -14,7 +14,7 @@ import time
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet50",
            "InvertedResidual", "MobileNetV2", "mobilenet_v2", "MODELS",
-           "call_overhead", "operator_times", "model_times", "run"]
+           "call_overhead", "operator_times", "sync_cost", "model_times", "run"]
 
 try:
     import torch
@@ -258,6 +258,54 @@ def operator_times(shapes=((16, 64, 56, 56), (16, 256, 14, 14), (32, 96, 32, 32)
     return rows
 
 
+def _sync_rank(rank, world, port, shape, rounds, out):
+    """One rank of ``sync_cost`` (torch.multiprocessing.spawn target)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    import fastbn
+    import fastbn.torch as fbt
+    torch.set_num_threads(1)
+    fastbn.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=120))
+    try:
+        x = torch.randn(shape).requires_grad_()
+        dy = torch.randn(shape)
+        mods = {"local": fbt.BatchNorm2d(shape[1]), "sync": fbt.SyncBatchNorm(shape[1])}
+
+        def step(m):
+            def f():
+                y = m(x)
+                torch.autograd.grad(y, (x,), dy)
+            return f
+        best = _best({k: step(m) for k, m in mods.items()}, rounds)
+        if rank == 0:
+            torch.save(best, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def sync_cost(shape=(32, 64, 56, 56), world=2, rounds=10):
+    """Forward + backward of fastbn.torch.SyncBatchNorm against the same
+    local batch norm, per rank, in a ``world``-process gloo job on
+    127.0.0.1 (one thread each).  Returns (local ms, sync ms)."""
+    import os
+    import socket
+    import tempfile
+
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "sync.pt")
+        mp.spawn(_sync_rank, (world, port, shape, rounds, out), nprocs=world)
+        best = torch.load(out)
+    return best["local"] * 1e3, best["sync"] * 1e3
+
+
 def _variants(name, fmt, compiled):
     """name -> (model, train step, eval step) for the model ``name``."""
     import fastbn.torch as fbt
@@ -352,6 +400,14 @@ def run(quick=False, threads=None, progress=print):
               _table(["shape", "format", "pass", "torch ms", "fastbn ms", "ratio"],
                      [(s, f, p, f"{a:.3f}", f"{b:.3f}", f"{b / a:.2f}")
                       for s, f, p, a, b in op]), ""]
+    progress("SyncBatchNorm...")
+    sshape = (8, 64, 28, 28) if quick else (32, 64, 56, 56)
+    local, sync = sync_cost(sshape, 2, rounds=2 if quick else 10)
+    parts += ["### SyncBatchNorm, 2 processes (gloo), forward + backward per rank", "",
+              _table(["shape per rank", "local BN ms", "SyncBatchNorm ms",
+                      "exchange share"],
+                     [(sshape, f"{local:.2f}", f"{sync:.2f}",
+                       f"{(sync - local) / local:.1%}")]), ""]
     progress("models...")
     rows = model_times(names=("resnet18",) if quick else tuple(MODELS),
                        formats=("nchw",) if quick else ("nchw", "channels_last"),

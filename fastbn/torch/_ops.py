@@ -31,6 +31,11 @@ with no copy, and the output keeps that memory format.  Any other
 non-contiguous input is copied once.  bfloat16 tensors are viewed as
 uint16 and then as ``ml_dtypes.bfloat16`` arrays (needs ml_dtypes; without
 it the modules run PyTorch's own kernels for bfloat16).
+
+The modules call ``train`` and ``infer`` (end of this file): the
+operators under ``torch.compile``, and in eager mode the same NumPy-level
+cores through a ``torch.autograd.Function`` (or directly without
+autograd), which skips the dispatcher's per-call cost.
 """
 import numpy as np
 import torch
