@@ -391,17 +391,23 @@ torch.library.register_autograd("fastbn::bn_infer", _infer_backward,
 # running statistics are updated in the same call.  Under torch.compile
 # (and for anyone calling torch.ops.fastbn.*) the operators are used.
 
+def _eager_save(ctx, x, weight, y, act, residual, stats, comm):
+    """What the eager backward needs: x, weight, y where an activation is
+    fused (its mask), the NumPy statistics and the options."""
+    ctx.save_for_backward(x, weight, y if act else None)
+    ctx.stats = stats
+    ctx.act = act
+    ctx.comm = comm
+    ctx.has_res = residual is not None
+    ctx.eager = True
+
+
 class _TrainFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, residual, eps, act, comm, running):
         y, mean, invstd = _train_eager(x, weight, bias, residual, eps, act, comm,
                                        running)
-        ctx.save_for_backward(x, weight, y if act else None)
-        ctx.stats = (mean, invstd)
-        ctx.act = act
-        ctx.comm = comm
-        ctx.has_res = residual is not None
-        ctx.eager = True
+        _eager_save(ctx, x, weight, y, act, residual, (mean, invstd), comm)
         return y
 
     @staticmethod
@@ -416,14 +422,10 @@ class _InferFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, mean, var, weight, bias, residual, eps, act):
         y = _infer_impl(x, mean, var, weight, bias, residual, eps, act)
-        ctx.save_for_backward(x, weight, y if act else None)
         # the frozen statistics as they are now (the buffers may change
         # in place before the backward)
-        ctx.stats = (_np(mean).copy(), 1.0 / np.sqrt(_np(var).astype(np.float64) + eps))
-        ctx.act = act
-        ctx.comm = ""
-        ctx.has_res = residual is not None
-        ctx.eager = True
+        stats = (_np(mean).copy(), 1.0 / np.sqrt(_np(var).astype(np.float64) + eps))
+        _eager_save(ctx, x, weight, y, act, residual, stats, "")
         return y
 
     @staticmethod
