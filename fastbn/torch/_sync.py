@@ -11,6 +11,8 @@ same code serves MPI and torch.distributed.
 The operators cannot take a process group as an argument: they take the
 string key under which ``comm_key`` registered the group's adapter.
 """
+import time
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -18,7 +20,7 @@ import torch.distributed as dist
 from .. import _api, _mpi
 from .._checks import stat_dtype
 
-__all__ = ["GroupComm", "comm_key", "train", "backward", "report_failure"]
+__all__ = ["GroupComm", "comm_key", "comm", "train", "backward", "report_failure"]
 
 
 class _Names:
@@ -39,12 +41,15 @@ class GroupComm:
     buffer before the reduction: the backward's local per-channel sums,
     from which each rank's own weight and bias gradients come (their sum
     over the ranks is the whole batch's, as with PyTorch's SyncBatchNorm).
+    ``seconds`` adds up the time spent in the collectives (waiting for the
+    other ranks included), for the benchmark.
     """
     fastbn_mpi = _Names
 
     def __init__(self, group):
         self.group = group
         self.local = None
+        self.seconds = 0.0
 
     def Get_rank(self):
         return dist.get_rank(group=self.group)
@@ -58,12 +63,16 @@ class GroupComm:
         buf = recvbuf[0]
         if op == _Names.SUM:
             self.local = buf.copy()
+        t0 = time.perf_counter()
         dist.all_reduce(torch.from_numpy(buf), op=op, group=self.group)
+        self.seconds += time.perf_counter() - t0
 
     def Allgather(self, sendbuf, recvbuf):
         parts = recvbuf[0]
+        t0 = time.perf_counter()
         dist.all_gather([torch.from_numpy(p) for p in parts],
                         torch.from_numpy(sendbuf[0]), group=self.group)
+        self.seconds += time.perf_counter() - t0
 
     def allgather(self, obj):
         out = [None] * self.Get_size()
@@ -88,6 +97,11 @@ def comm_key(group):
     if key not in _COMMS:
         _COMMS[key] = GroupComm(group)
     return key
+
+
+def comm(key):
+    """The GroupComm registered under ``key``."""
+    return _COMMS[key]
 
 
 def train(key, args):
