@@ -291,10 +291,12 @@ def test_other_devices_use_torch():
 
 
 def test_broadcast_residual_falls_back():
+    """Residuals fastbn's kernels do not take (another shape or dtype, a
+    number) go through PyTorch's add."""
     fast, stock = pair(fbt.BatchNorm2d, 3, activation="relu")
     x = make_input((2, 3, 4, 4), None)
-    z = torch.randn(3, 1, 1)
-    close(fast(x, z), F.relu(stock(x) + z), torch.float32)
+    for z in (torch.randn(3, 1, 1), x.double(), 0.5):
+        close(fast(x, z), F.relu(stock(x) + z), torch.float32)
 
 
 def test_errors():

@@ -1,5 +1,6 @@
 """fastbn's batch norm as drop-in subclasses of PyTorch's BatchNorm modules."""
 import torch.nn.functional as F
+from torch import Tensor
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -60,13 +61,14 @@ class _FastBatchNorm:
             act = activation_code(self.activation if activation is None
                                   else activation)
             other = residual is not None and (
-                residual.shape != input.shape or residual.dtype != input.dtype
-                or residual.device != input.device)
+                not isinstance(residual, Tensor) or residual.shape != input.shape
+                or residual.dtype != input.dtype or residual.device != input.device)
             if other and comm:  # PyTorch's add would run unsynchronised
-                raise ValueError(f"residual must have the input's shape "
+                raise ValueError(f"residual must be a tensor of the input's shape "
                                  f"{tuple(input.shape)} and dtype {input.dtype} "
                                  f"in a synchronised call, got "
-                                 f"{tuple(residual.shape)} and {residual.dtype}")
+                                 f"{getattr(residual, 'shape', type(residual))} "
+                                 f"and {getattr(residual, 'dtype', '')}")
         except Exception as e:
             if comm:  # the other ranks must not wait in the collective
                 _sync.report_failure(comm, e)
