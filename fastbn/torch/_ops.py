@@ -310,7 +310,7 @@ def _train_setup(ctx, inputs, output):
     x, weight, bias, residual, eps, act, comm = inputs
     y, mean, invstd, _ = output
     # where an activation is fused the backward needs y (its mask) and x;
-    # a mask recomputed from x would let y go (the backward issue)
+    # a backward that recomputes the mask from x would let y go
     ctx.save_for_backward(x, weight, mean, invstd, y if act else None)
     ctx.act = act
     ctx.comm = comm
