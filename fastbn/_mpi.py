@@ -95,7 +95,14 @@ def _mpi_module():
 
 
 def _check_comm(comm):
-    """The mpi4py module after checking that comm looks like an intracommunicator."""
+    """The mpi4py module after checking that comm looks like an intracommunicator.
+
+    A comm that brings its own MPI-like namespace as ``comm.fastbn_mpi``
+    (IN_PLACE, INT64_T, DOUBLE, MAX, SUM: fastbn.torch's adapter of a
+    torch.distributed process group) is taken as it is, without mpi4py."""
+    own = getattr(comm, "fastbn_mpi", None)
+    if own is not None:
+        return own
     MPI = _mpi_module()
     for meth in ("Allreduce", "Allgather", "allgather", "Get_size", "Get_rank"):
         if not callable(getattr(comm, meth, None)):

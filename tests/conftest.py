@@ -103,6 +103,13 @@ ALL_DTYPES = [pytest.param(np.dtype(np.float32), id="f32"),
               pytest.param(np.dtype(np.float64), id="f64")] + HALVES
 
 
+def pytest_configure(config):
+    # the marker of the PyTorch tests (which skip without torch); registered
+    # here unless pyproject.toml already does
+    if not any(m.split(":")[0].strip() == "torch" for m in config.getini("markers")):
+        config.addinivalue_line("markers", "torch: tests of fastbn.torch (need PyTorch)")
+
+
 @pytest.fixture
 def rng():
     """A freshly seeded NumPy Generator (reproducible per test)."""

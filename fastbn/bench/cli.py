@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the full report: every part, every sweep row, full "
                         "rounds, torch.compile where installed (about 10 "
                         "minutes without PyTorch, 20 with it, on 2 cores)")
+    parts.add_argument("--torch", action="store_true",
+                       help="only fastbn.torch (needs torch; --full includes "
+                            "it where torch is installed): model training "
+                            "and eval steps stock/converted, eager/compiled, "
+                            "per-operator times and the call overhead")
     p.add_argument("--quick", action="store_true",
                    help="a small subset of every part, fewer rounds, no "
                         "torch.compile (about 2 minutes)")
@@ -274,6 +279,15 @@ def main(argv=None) -> int:
         return 0
     import fastbn
 
+    if args.torch:  # its own report (fastbn.bench.torch_models)
+        from .torch_models import run as run_torch
+        text = run_torch(quick=args.quick, threads=args.threads,
+                         progress=lambda m: print(m, file=sys.stderr))
+        sys.stdout.write(text + "\n")
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(text + "\n")
+        return 0
     threads = args.threads or fastbn.get_num_threads()
     torch = None if args.no_torch else import_torch(threads)
     compile_kernels = torch is not None and not args.quick and \
@@ -340,10 +354,17 @@ def main(argv=None) -> int:
                                  pause=args.pause, progress=progress)
         rep.other_load["half"] = load.share()
     progress.done()
-    sys.stdout.write(render(rep))
+    # the full report ends with fastbn.torch's part (--torch) where torch is
+    # installed
+    torch_text = ""
+    if args.full and torch is not None:
+        from .torch_models import run as run_torch
+        torch_text = "\n" + run_torch(
+            threads=threads, progress=lambda m: print(m, file=sys.stderr)) + "\n"
+    sys.stdout.write(render(rep) + torch_text)
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(render(rep, markdown=True))
+            f.write(render(rep, markdown=True) + torch_text)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(to_json(rep), f, indent=1)

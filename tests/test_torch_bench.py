@@ -1,0 +1,35 @@
+"""python -m fastbn.bench --torch: its pieces on tiny inputs (skipped
+without torch)."""
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("fastbn.torch")
+from fastbn.bench import cli, torch_models as tm  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+
+def test_call_overhead_rows():
+    rows = tm.call_overhead(rounds=1, inner=2)
+    assert len(rows) == 7
+    assert all(isinstance(k, str) and us > 0 for k, us in rows)
+
+
+def test_operator_times_rows():
+    rows = tm.operator_times(((2, 4, 4, 4),), rounds=1)
+    assert [(r[1], r[2]) for r in rows] == [
+        ("nchw", "forward"), ("nchw", "backward"),
+        ("channels_last", "forward"), ("channels_last", "backward")]
+    assert all(r[3] > 0 and r[4] > 0 for r in rows)
+
+
+def test_models_have_torchvision_shapes():
+    """Parameter counts of torchvision's ResNet-18/50 and MobileNetV2."""
+    count = {name: sum(p.numel() for p in make().parameters())
+             for name, (make, _, _) in tm.MODELS.items()}
+    assert count == {"resnet18": 11689512, "resnet50": 25557032,
+                     "mobilenet_v2": 3504872}
+
+
+def test_cli_flag():
+    assert cli.parse_args(["--torch", "--quick"]).torch
