@@ -221,9 +221,7 @@ class BatchNorm:
         self.momentum = momentum
         self.center = bool(center)
         self.scale = bool(scale)
-        act = _api._activation(activation, relu)
-        self.activation = _api.ACTIVATION_NAMES[act]
-        self.relu = act == 1
+        self.activation = _api.ACTIVATION_NAMES[_api._activation(activation, relu)]
         self.track_running_stats = bool(track_running_stats)
         self.dtype = dt
         self.comm = comm
@@ -262,6 +260,19 @@ class BatchNorm:
         self.virtual_batch_size = k
         self.renorm = renorm
         self.renorm_clipping = renorm_clipping
+
+    @property
+    def relu(self):
+        """True when the fused activation is ReLU (``activation == "relu"``);
+        setting it to True makes it so, to False removes a ReLU."""
+        return self.activation == "relu"
+
+    @relu.setter
+    def relu(self, value):
+        if value:
+            self.activation = "relu"
+        elif self.activation == "relu":
+            self.activation = None
 
     @property
     def renorm_clipping(self):

@@ -341,3 +341,20 @@ def test_relu6_absorb_scale_refuses():
     with pytest.raises(ValueError, match="ReLU6"):
         fastbn.absorb_scale(bn, np.ones((2, 3)))
 
+
+
+def test_layer_relu_attribute_follows_activation():
+    """``bn.relu`` reads and sets the fused activation (a layer whose relu
+    was switched on after construction fuses it)."""
+    x = np.random.default_rng(12).standard_normal((8, 3)).astype(np.float32)
+    bn = fastbn.BatchNorm(3)
+    assert not bn.relu and bn.activation is None
+    assert float(np.min(bn(x))) < 0
+    bn.relu = True
+    assert bn.activation == "relu"
+    assert float(np.min(bn(x))) == 0.0
+    bn.relu = False
+    assert bn.activation is None
+    b6 = fastbn.BatchNorm(3, activation="relu6")
+    b6.relu = False  # (it has no ReLU to remove)
+    assert b6.activation == "relu6" and not b6.relu
