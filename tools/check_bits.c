@@ -113,6 +113,7 @@ static const shape shapes[] = {
         double *rr = malloc(ng * 8), *dd = malloc(ng * 8), *bv = malloc(ng * 8); \
         double rmean[64], rsig[64];                                            \
         fbn_renorm rn;                                                         \
+        int act;                                                               \
         if (!x || !z || !dy || !y || !dx || !dz || !g || !b || !mean ||        \
             !invstd || !var || !dg || !db || !dmean || !dm2 || !rr || !dd ||   \
             !bv) {                                                             \
@@ -135,32 +136,24 @@ static const shape shapes[] = {
               "moments");                                                      \
         mix(dmean, nc * 8);                                                    \
         mix(dm2, nc * 8);                                                      \
-        check(fbn_train_forward(DT, x, 1, s->outer, s->C, s->inner, g, b, z,   \
-                                1e-5, FBN_ACT_RELU6, NULL, y, mean, invstd,    \
-                                bv, NULL, NULL, nth),                          \
-              "train_forward (relu6)");                                        \
-        mix(y, n * sizeof(T));                                                 \
-        check(fbn_backward(DT, dy, x, y, FBN_ACT_RELU6, 1, s->outer, s->C,     \
-                           s->inner, mean, invstd, g, NULL, NULL, 1, dx, dz,   \
-                           dg, db, nth),                                       \
-              "backward (relu6)");                                             \
-        mix(dx, n * sizeof(T));                                                \
-        mix(dz, n * sizeof(T));                                                \
-        check(fbn_train_forward(DT, x, 1, s->outer, s->C, s->inner, g, b, z,   \
-                                1e-5, FBN_ACT_RELU, NULL, y, mean, invstd, bv, \
-                                NULL, NULL, nth),                              \
-              "train_forward");                                                \
-        mix(y, n * sizeof(T));                                                 \
-        mix(mean, nc * sizeof(R));                                             \
-        mix(invstd, nc * sizeof(R));                                           \
-        check(fbn_backward(DT, dy, x, y, FBN_ACT_RELU, 1, s->outer, s->C,      \
-                           s->inner, mean, invstd, g, NULL, NULL, 1, dx, dz,   \
-                           dg, db, nth),                                       \
-              "backward");                                                     \
-        mix(dx, n * sizeof(T));                                                \
-        mix(dz, n * sizeof(T));                                                \
-        mix(dg, nc * sizeof(R));                                               \
-        mix(db, nc * sizeof(R));                                               \
+        for (act = FBN_ACT_RELU6; act >= FBN_ACT_RELU; act--) {                \
+            /* (ReLU last: the calls below take its outputs) */                \
+            check(fbn_train_forward(DT, x, 1, s->outer, s->C, s->inner, g, b,  \
+                                    z, 1e-5, act, NULL, y, mean, invstd, bv,   \
+                                    NULL, NULL, nth),                          \
+                  "train_forward");                                            \
+            mix(y, n * sizeof(T));                                             \
+            mix(mean, nc * sizeof(R));                                         \
+            mix(invstd, nc * sizeof(R));                                       \
+            check(fbn_backward(DT, dy, x, y, act, 1, s->outer, s->C, s->inner, \
+                               mean, invstd, g, NULL, NULL, 1, dx, dz, dg, db, \
+                               nth),                                           \
+                  "backward");                                                 \
+            mix(dx, n * sizeof(T));                                            \
+            mix(dz, n * sizeof(T));                                            \
+            mix(dg, nc * sizeof(R));                                           \
+            mix(db, nc * sizeof(R));                                           \
+        }                                                                      \
         check(fbn_backward(DT, dy, x, NULL, FBN_ACT_NONE, 1, s->outer, s->C,   \
                            s->inner, mean, invstd, NULL, NULL, NULL, 0, dx,    \
                            NULL, dg, db, nth),                                 \
