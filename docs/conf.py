@@ -40,9 +40,17 @@ nitpick_ignore = [
     ("py:class", "sklearn.preprocessing.StandardScaler"),
     ("py:obj", "sklearn.preprocessing.StandardScaler"),
 ]
+# and PyTorch's, which fastbn.torch's modules subclass
+nitpick_ignore_regex = [(r"py:(class|obj)", r"torch\..*")]
 
 autosummary_generate = True
 autodoc_default_options = {}
+# fastbn.torch's reference needs torch; without it (a docs-only
+# environment) autodoc imports it against a stand-in
+try:
+    import torch  # noqa: F401
+except ImportError:
+    autodoc_mock_imports = ["torch"]
 autodoc_typehints = "none"
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False

@@ -18,6 +18,8 @@ MODULES = {
     "fastbn.layer": None,
     "fastbn.folding": None,
     "fastbn.sklearn": "sklearn",
+    "fastbn.torch._convert": "torch",
+    "fastbn.torch._modules": "torch",
 }
 
 
@@ -34,7 +36,8 @@ def test_docstring_examples(name):
 
 
 def test_every_public_name_has_a_numpydoc_docstring_with_examples():
-    """fastbn.__all__, fastbn.sklearn and fastbn.folding: Parameters (where
+    """fastbn.__all__, fastbn.sklearn, fastbn.folding and fastbn.torch
+    (where installed): Parameters (where
     there are any), Returns (functions that return), and Examples."""
     import fastbn
     import fastbn.folding
@@ -43,6 +46,11 @@ def test_every_public_name_has_a_numpydoc_docstring_with_examples():
     try:
         import fastbn.sklearn
         names += [(fastbn.sklearn, n) for n in fastbn.sklearn.__all__]
+    except ImportError:
+        pass
+    try:
+        import fastbn.torch
+        names += [(fastbn.torch, n) for n in fastbn.torch.__all__]
     except ImportError:
         pass
     missing = []
