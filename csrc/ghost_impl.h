@@ -144,6 +144,9 @@ static int NAME(k_train_ghost)(const void *x, ptrdiff_t groups, ptrdiff_t outer,
     size_t nd, bytes;
     char *mem;
     double *tmp;
+    if (groups == 1 && rn == NULL) /* ordinary batch norm (its own checks) */
+        return NAME(k_train_forward)(x, outer, C, inner, gamma, beta, z, eps, act, y,
+                                     mean_out, invstd_out, var_out, nthreads);
     if (groups < 1 || outer < 0 || C < 0 || inner < 0 || outer % groups != 0 ||
         !(eps > 0))
         return FBN_EINVAL;
@@ -154,9 +157,6 @@ static int NAME(k_train_ghost)(const void *x, ptrdiff_t groups, ptrdiff_t outer,
         return FBN_EINVAL;
     if (C == 0)
         return FBN_OK;
-    if (groups == 1 && rn == NULL)
-        return NAME(k_train_forward)(x, outer, C, inner, gamma, beta, z, eps, act, y,
-                                     mean_out, invstd_out, var_out, nthreads);
     fbn_plan_make_g(&p, groups, og, C, inner, sizeof(T), 1, z ? 1 : 0, 1,
                     FBN_OP_STATS | FBN_OP_APPLY, nthreads);
     parts = fbn_plan_parts(&p);
@@ -348,6 +348,9 @@ static int NAME(k_backward_ghost)(const void *dy, const void *x, const void *y,
     double *tmp, *dg64, *db64;
     const R *mean = (const R *)mean_v;
     R *dgamma = (R *)dgamma_v, *dbeta = (R *)dbeta_v;
+    if (groups == 1 && r == NULL && d == NULL) /* ordinary (its own checks) */
+        return NAME(k_backward)(dy, x, y, act, outer, C, inner, mean, invstd, gamma,
+                                training, dx, dz, dgamma, dbeta, nthreads);
     if (groups < 1 || outer < 0 || C < 0 || inner < 0 || outer % groups != 0 ||
         (r == NULL) != (d == NULL))
         return FBN_EINVAL;
@@ -358,9 +361,6 @@ static int NAME(k_backward_ghost)(const void *dy, const void *x, const void *y,
             dgamma[c] = dbeta[c] = (R)0;
         return FBN_OK;
     }
-    if (groups == 1 && r == NULL)
-        return NAME(k_backward)(dy, x, y, act, outer, C, inner, mean, invstd, gamma,
-                                training, dx, dz, dgamma, dbeta, nthreads);
     og = outer / groups;
     fbn_plan_make_g(&p, groups, og, C, inner, sizeof(T), y ? 3 : 2, 0, dz ? 2 : 1,
                     FBN_OP_STATS | FBN_OP_APPLY, nthreads);

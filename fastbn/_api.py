@@ -666,27 +666,32 @@ def _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm
         no_partial_overlap(dx, "out", x, dy, yv)
     dz = np.empty(x.shape, dt) if residual else None
     training = bool(training)
+    if r is not None:
+        r = np.require(r, np.float64, ["C", "A"])
+        d = np.require(d, np.float64, ["C", "A"])
     if comm is not None and training:
         dgamma, dbeta = _mpi().backward(comm, dy, x, yv, outer, C, inner, mean,
                                         invstd, gamma, dx, dz, _nthreads(), act)
+    elif k is None:  # ordinary batch norm: one group
+        if training and outer * inner < 2:
+            raise ValueError(f"training needs at least 2 values per channel; x of "
+                             f"shape {x.shape} has {outer * inner} (axis={axis})")
+        dgamma, dbeta = _kernels.backward(dy, x, yv, act, 1, outer, C, inner, mean,
+                                          invstd, gamma, r, d, training, dx, dz,
+                                          _nthreads())
     elif G == 0:  # an empty batch in ghost batches
         if training:
             raise ValueError(f"training needs at least 2 values per channel; x of "
                              f"shape {x.shape} has none (axis={axis})")
         dgamma, dbeta = np.zeros(C, sdt), np.zeros(C, sdt)
     else:
-        if k is not None:
-            mean = _ghost.per_group(mean, "mean", G, C, sdt)
-            invstd = _ghost.per_group(invstd, "invstd", G, C, sdt)
+        mean = _ghost.per_group(mean, "mean", G, C, sdt)
+        invstd = _ghost.per_group(invstd, "invstd", G, C, sdt)
         n = (outer // G) * inner
         if training and n < 2:
-            what = (f"x of shape {x.shape} has {n} (axis={axis})" if k is None else
-                    f"each ghost batch of {k} samples (x of shape {x.shape}, "
-                    f"axis={axis}) has {n}")
-            raise ValueError(f"training needs at least 2 values per channel; {what}")
-        if r is not None:
-            r = np.require(r, np.float64, ["C", "A"])
-            d = np.require(d, np.float64, ["C", "A"])
+            raise ValueError(f"training needs at least 2 values per channel; each "
+                             f"ghost batch of {k} samples (x of shape {x.shape}, "
+                             f"axis={axis}) has {n}")
         dgamma, dbeta = _kernels.backward(dy, x, yv, act, G, outer, C, inner, mean,
                                           invstd, gamma, r, d, training, dx, dz,
                                           _nthreads())
