@@ -176,8 +176,12 @@ class BuildExt(build_ext):
 def extensions():
     return [Extension(
         "fastbn._kernels",
-        sources=["fastbn/_kernels.pyx", "csrc/fastbn.c", "csrc/pool.c",
-                 "csrc/colstats.c"],
+        # the C library split by job: status strings, OpenMP queries, the
+        # caches and tuning, plans, the instantiated kernels, their dispatch,
+        # the thread pool
+        sources=["fastbn/_kernels.pyx", "csrc/status.c", "csrc/openmp.c",
+                 "csrc/cache.c", "csrc/plan.c", "csrc/kernels.c", "csrc/dispatch.c",
+                 "csrc/pool.c"],
         include_dirs=["csrc"],
         # every header: the kernels are templates included from several
         # places, so a change to any of them must rebuild

@@ -67,14 +67,21 @@ static inline void NAME(bsum_plain)(const T *g, const T *x, ptrdiff_t n,
 }
 #endif
 
-/* dy' = dy where y > 0, else 0, for n values (a select, not a product, so
- * an infinite dy where y <= 0 gives 0, not NaN). */
-static inline void NAME(mask_grad)(const T *dy, const T *y, T *g, ptrdiff_t n)
+/* dy' = dy where y passes the mask of activation act (pass()), else 0, for
+ * n values (a select, not a product, so an infinite dy where the mask is
+ * closed gives 0, not NaN). */
+static inline void NAME(mask_grad)(const T *dy, const T *y, int act, T *g, ptrdiff_t n)
 {
     ptrdiff_t i;
+    if (act == FBN_ACT_RELU6) {
         FBN_OMP_SIMD
-    for (i = 0; i < n; i++)
-        g[i] = FBN_LD(y[i]) > (R)0 ? dy[i] : (T)0; /* (T)0: +0 in every type */
+        for (i = 0; i < n; i++)
+            g[i] = NAME(pass)(FBN_LD(y[i]), FBN_ACT_RELU6) ? dy[i] : (T)0;
+    } else {
+        FBN_OMP_SIMD
+        for (i = 0; i < n; i++) /* (T)0: +0 in every type */
+            g[i] = NAME(pass)(FBN_LD(y[i]), FBN_ACT_RELU) ? dy[i] : (T)0;
+    }
 }
 
 /* The reductions of n values with dy' = dy * (y > 0) when y is given: the
@@ -82,7 +89,7 @@ static inline void NAME(mask_grad)(const T *dy, const T *y, T *g, ptrdiff_t n)
  * itself has no branch (a branch on a random ReLU mask mispredicts half the
  * time). */
 #if !FBN_HALF /* (half_impl.h) */
-static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
+static void NAME(bsum_body)(const T *dy, const T *x, const T *y, int act, ptrdiff_t n,
                             double m, double *s0, double *s1)
 {
     T g[FBN_TILE];
@@ -93,7 +100,7 @@ static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
     }
     for (t = 0; t < n; t += FBN_TILE) {
         ptrdiff_t len = fbn_min(FBN_TILE, n - t);
-        NAME(mask_grad)(dy + t, y + t, g, len);
+        NAME(mask_grad)(dy + t, y + t, act, g, len);
         NAME(bsum_plain)(g, x + t, len, m, s0, s1);
     }
 }
@@ -102,7 +109,7 @@ static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
 /* The reductions over chunk k of channels [c0, c1) (channel-first), in
  * memory order, into the lane accumulators a0, a1 (FBN_ACC per channel);
  * as in chunk_pass, each channel's values arrive in their own order. */
-static void NAME(bchunk_pass)(const T *dy, const T *x, const T *y,
+static void NAME(bchunk_pass)(const T *dy, const T *x, const T *y, int act,
                               const fbn_plan *p, ptrdiff_t c0, ptrdiff_t c1,
                               ptrdiff_t k, const R *mean, double *a0, double *a1)
 {
@@ -114,7 +121,7 @@ static void NAME(bchunk_pass)(const T *dy, const T *x, const T *y,
         ptrdiff_t off = o * C * inner + j0;
         for (c = c0; c < c1; c++) {
             ptrdiff_t q = off + c * inner;
-            NAME(bsum_body)(dy + q, x + q, y ? y + q : NULL, len, (double)mean[c],
+            NAME(bsum_body)(dy + q, x + q, y ? y + q : NULL, act, len, (double)mean[c],
                             a0 + (c - c0) * FBN_ACC, a1 + (c - c0) * FBN_ACC);
         }
     }
@@ -122,7 +129,7 @@ static void NAME(bchunk_pass)(const T *dy, const T *x, const T *y,
 
 /* The reductions of chunks [k0, k1) of channels [c0, c1) (at most
  * FBN_TILE_C) into pd/px[c * nk + k]. */
-static void NAME(tile_sums)(const T *dy, const T *x, const T *y,
+static void NAME(tile_sums)(const T *dy, const T *x, const T *y, int act,
                             const fbn_plan *p, ptrdiff_t c0, ptrdiff_t c1,
                             ptrdiff_t k0, ptrdiff_t k1, const R *mean,
                             double *pd, double *px)
@@ -132,7 +139,7 @@ static void NAME(tile_sums)(const T *dy, const T *x, const T *y,
     for (k = k0; k < k1; k++) {
         memset(a0, 0, sizeof(double) * FBN_ACC * (size_t)w);
         memset(a1, 0, sizeof(double) * FBN_ACC * (size_t)w);
-        NAME(bchunk_pass)(dy, x, y, p, c0, c1, k, mean, a0, a1);
+        NAME(bchunk_pass)(dy, x, y, act, p, c0, c1, k, mean, a0, a1);
         for (c = 0; c < w; c++) {
             pd[(c0 + c) * p->nk + k] = fbn_lanes_total(a0 + c * FBN_ACC);
             px[(c0 + c) * p->nk + k] = fbn_lanes_total(a1 + c * FBN_ACC);
@@ -144,8 +151,9 @@ static void NAME(tile_sums)(const T *dy, const T *x, const T *y,
 /* bsum_rows for long rows: row by row, vectorised across channels (a
  * row's mask applied piece by piece into an L1 buffer).  s0, s1 start at 0. */
 FBN_NOINLINE static void NAME(bsum_long_rows)(const T *dy, const T *x, const T *y,
-                                 ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
-                                 const double *m, double *s0, double *s1)
+                                              int act, ptrdiff_t C, ptrdiff_t r0,
+                                              ptrdiff_t r1, const double *m, double *s0,
+                                              double *s1)
 {
     T g[FBN_TILE];
     ptrdiff_t r, c, c0;
@@ -155,7 +163,7 @@ FBN_NOINLINE static void NAME(bsum_long_rows)(const T *dy, const T *x, const T *
             ptrdiff_t len = fbn_min(FBN_TILE, C - c0);
             const T *gr = dy + r * C + c0;
             if (y) {
-                NAME(mask_grad)(gr, y + r * C + c0, g, len);
+                NAME(mask_grad)(gr, y + r * C + c0, act, g, len);
                 gr = g;
             }
         FBN_OMP_SIMD
@@ -168,7 +176,7 @@ FBN_NOINLINE static void NAME(bsum_long_rows)(const T *dy, const T *x, const T *
     }
 }
 
-static void FBN_GENERIC(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
+static void FBN_GENERIC(bsum_rows)(const T *dy, const T *x, const T *y, int act, ptrdiff_t C,
                             ptrdiff_t r0, ptrdiff_t r1, const double *m,
                             double *s0, double *s1)
 {
@@ -185,14 +193,14 @@ static void FBN_GENERIC(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_
     /* sizeof(R): this choice changes the bits, so the half types take the
      * float kernel's */
     if ((size_t)C * sizeof(R) > FBN_STRIP_MAX_ROW) {
-        NAME(bsum_long_rows)(dy, x, y, C, r0, r1, m, s0, s1);
+        NAME(bsum_long_rows)(dy, x, y, act, C, r0, r1, m, s0, s1);
         return;
     }
     for (rr = r0; rr < r1; rr += rt) {
         ptrdiff_t nr = fbn_min(rt, r1 - rr);
         const T *gt = dy + rr * C, *xt = x + rr * C;
         if (y) {
-            NAME(mask_grad)(gt, y + rr * C, g, nr * C);
+            NAME(mask_grad)(gt, y + rr * C, act, g, nr * C);
             gt = g;
         }
         for (c0 = 0; c0 < C; c0 += FBN_LANES) {
@@ -263,7 +271,7 @@ static void FBN_GENERIC(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_
 /* The block's rows of dy, x (and y) widened into buffers, then the float
  * kernel's bsum_rows (its tiles start at the block's first row either
  * way, so the sums are the same). */
-static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
+static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, int act, ptrdiff_t C,
                             ptrdiff_t r0, ptrdiff_t r1, const double *m,
                             double *s0, double *s1)
 {
@@ -285,12 +293,12 @@ static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
             ptrdiff_t len = fbn_min(FBN_LONG_SLICE, C - c);
             for (r = r0; r < r1; r++)
                 NAME(bsum_row_regs)(dy + r * C + c, x + r * C + c, y ? y + r * C + c : NULL,
-                                    len, m + c, s0 + c, s1 + c);
+                                    act, len, m + c, s0 + c, s1 + c);
         }
 #else
         w = (float *)malloc(sizeof(float) * 3 * FBN_LONG_SLICE);
         if (w == NULL) {
-            FBN_GENERIC(bsum_rows)(dy, x, y, C, r0, r1, m, s0, s1);
+            FBN_GENERIC(bsum_rows)(dy, x, y, act, C, r0, r1, m, s0, s1);
             return;
         }
         for (c = 0; c < C; c += FBN_LONG_SLICE) {
@@ -300,7 +308,7 @@ static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
                 NAME(widen)(x + r * C + c, w + len, len);
                 if (y)
                     NAME(widen)(y + r * C + c, w + 2 * len, len);
-                FBN_F32(bsum_long_rows)(w, w + len, y ? w + 2 * len : NULL, len, 0, 1,
+                FBN_F32(bsum_long_rows)(w, w + len, y ? w + 2 * len : NULL, act, len, 0, 1,
                                         m + c, s0 + c, s1 + c);
             }
         }
@@ -310,7 +318,7 @@ static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
     }
     w = (float *)malloc(sizeof(float) * 3 * (size_t)(n > 0 ? n : 1));
     if (w == NULL) {
-        FBN_GENERIC(bsum_rows)(dy, x, y, C, r0, r1, m, s0, s1);
+        FBN_GENERIC(bsum_rows)(dy, x, y, act, C, r0, r1, m, s0, s1);
         return;
     }
     for (t = 0; t < n; t += FBN_TILE) {
@@ -320,7 +328,7 @@ static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, ptrdiff_t C,
         if (y)
             NAME(widen)(y + o, w + 2 * n + t, len);
     }
-    FBN_F32(bsum_rows)(w, w + n, y ? w + 2 * n : NULL, C, 0, r1 - r0, m, s0, s1);
+    FBN_F32(bsum_rows)(w, w + n, y ? w + 2 * n : NULL, act, C, 0, r1 - r0, m, s0, s1);
     free(w);
 }
 #endif
@@ -337,7 +345,7 @@ static inline void NAME(bapply_body)(const T *dy, const T *x, const T *y,
         T gt = dy[i];
         R g, r;
         if (mask)
-            gt = FBN_LD(y[i]) > (R)0 ? gt : (T)0;
+            gt = NAME(pass)(FBN_LD(y[i]), mask) ? gt : (T)0;
         if (hasdz)
             dz[i] = gt;
         g = FBN_LD(gt);
@@ -365,17 +373,17 @@ static void NAME(bcoef_one)(R *k, ptrdiff_t C, ptrdiff_t c, const R *mean,
 
 /* dx (and dz) for n contiguous values with the given constants; the flags
  * become constants in each call, so each loop is simple. */
-static void NAME(bapply_any)(const T *dy, const T *x, const T *y, T *dx, T *dz,
+static void NAME(bapply_any)(const T *dy, const T *x, const T *y, int act, T *dx, T *dz,
                              ptrdiff_t n, R m, R A, R B, R D, int training)
 {
-    FBN_MASK_TRAIN_DZ(NAME(bapply_body), y != NULL, training, dz != NULL,
+    FBN_MASK_TRAIN_DZ(NAME(bapply_body), y ? act : FBN_ACT_NONE, training, dz != NULL,
                       dy, x, y, dx, dz, n, m, A, B, D);
 }
 
 /* dx (and dz) for the flat values [s0, s1) of a channel-first array; with
  * nt, through L1 tiles that end on 64-byte boundaries of dx, out with
  * non-temporal stores (as apply_span). */
-static void NAME(bapply_span)(const T *dy, const T *x, const T *y, T *dx,
+static void NAME(bapply_span)(const T *dy, const T *x, const T *y, int act, T *dx,
                               T *dz, ptrdiff_t C, ptrdiff_t inner, ptrdiff_t s0,
                               ptrdiff_t s1, const R *k, int training, int nt)
 {
@@ -386,7 +394,7 @@ static void NAME(bapply_span)(const T *dy, const T *x, const T *y, T *dx,
         ptrdiff_t q = i, r = i / inner, c = r % C, rend = (r + 1) * inner;
         while (q < end) { /* run r (channel c) ends at rend */
             ptrdiff_t len = fbn_min(rend, end) - q;
-            NAME(bapply_any)(dy + q, x + q, y ? y + q : NULL,
+            NAME(bapply_any)(dy + q, x + q, y ? y + q : NULL, act,
                              nt ? bx + (q - i) : dx + q,
                              dz ? (nt ? bz + (q - i) : dz + q) : NULL, len, k[c],
                              k[C + c], k[2 * C + c], k[3 * C + c], training);
@@ -406,10 +414,11 @@ static void NAME(bapply_span)(const T *dy, const T *x, const T *y, T *dx,
 }
 
 #if !FBN_HALF
-/* Rows [r0, r1) of dx (channel-last); the constants are per channel. */
-static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx,
-                            T *dz, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
-                            const R *k, int training)
+/* Rows [r0, r1) of dx (channel-last); the constants are per channel.
+ * act: the mask's activation, a constant in each instance (brows_any). */
+static inline void NAME(brows_body)(const T *dy, const T *x, const T *y, T *dx,
+                                    T *dz, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
+                                    const R *k, int training, int act)
 {
     const R *m = k, *A = k + C, *B = k + 2 * C, *D = k + 3 * C;
     ptrdiff_t r, c;
@@ -423,7 +432,7 @@ static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx,
             T gt = dr[c];
             R g, v;
             if (yr)
-                gt = FBN_LD(yr[c]) > (R)0 ? gt : (T)0;
+                gt = NAME(pass)(FBN_LD(yr[c]), act) ? gt : (T)0;
             if (dzr)
                 dzr[c] = gt;
             g = FBN_LD(gt);
@@ -434,6 +443,16 @@ static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx,
         }
     }
 }
+
+static void NAME(brows_any)(const T *dy, const T *x, const T *y, int act, T *dx,
+                            T *dz, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
+                            const R *k, int training)
+{
+    if (act == FBN_ACT_RELU6)
+        NAME(brows_body)(dy, x, y, dx, dz, C, r0, r1, k, training, FBN_ACT_RELU6);
+    else
+        NAME(brows_body)(dy, x, y, dx, dz, C, r0, r1, k, training, FBN_ACT_RELU);
+}
 #elif FBN_F16C == 512
 /* AVX-512: the float kernel's brows_any in registers, 16 channels at a time
  * (the last C % 16 masked), as bapply_body does a channel-first run; dx may
@@ -443,13 +462,13 @@ static inline void NAME(brows_regs)(const T *dy, const T *x, const T *y, T *dx,
                                     const R *k, int mask, int training, int hasdz)
 {
     const R *m = k, *A = k + C, *B = k + 2 * C, *D = k + 3 * C;
-    __m512 zero = _mm512_setzero_ps(), g, v;
+    __m512 g, v;
     ptrdiff_t r, c;
 #define FBN_BROW16(ld, ldc, st)                                                 \
     do {                                                                       \
         g = ld(dr + c);                                                        \
         if (mask)                                                              \
-            g = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(ld(yr + c), zero, _CMP_GT_OQ), g); \
+            g = _mm512_maskz_mov_ps(NAME(pass16)(ld(yr + c), mask), g);        \
         if (hasdz)                                                             \
             st(dzr + c, g);                                                    \
         v = _mm512_mul_ps(ldc(A + c), g);                                      \
@@ -485,7 +504,6 @@ static inline void NAME(brows_regs)(const T *dy, const T *x, const T *y, T *dx,
                                     const R *k, int mask, int training, int hasdz)
 {
     const R *m = k, *A = k + C, *B = k + 2 * C, *D = k + 3 * C;
-    __m256 zero = _mm256_setzero_ps();
     ptrdiff_t r, c;
     for (r = r0; r < r1; r++) {
         const T *dr = dy + r * C, *xr = x + r * C, *yr = mask ? y + r * C : NULL;
@@ -493,7 +511,7 @@ static inline void NAME(brows_regs)(const T *dy, const T *x, const T *y, T *dx,
         for (c = 0; c + 8 <= C; c += 8) {
             __m256 g = NAME(load8)(dr + c), v;
             if (mask)
-                g = _mm256_and_ps(_mm256_cmp_ps(NAME(load8)(yr + c), zero, _CMP_GT_OQ), g);
+                g = _mm256_and_ps(NAME(pass8)(NAME(load8)(yr + c), mask), g);
             if (hasdz)
                 NAME(store8)(dzr + c, g);
             v = _mm256_mul_ps(_mm256_loadu_ps(A + c), g);
@@ -505,7 +523,7 @@ static inline void NAME(brows_regs)(const T *dy, const T *x, const T *y, T *dx,
         }
         for (; c < C; c++) {
             float g = FBN_LD(dr[c]), v;
-            if (mask && !(FBN_LD(yr[c]) > 0.0f))
+            if (mask && !NAME(pass)(FBN_LD(yr[c]), mask))
                 g = 0.0f;
             if (hasdz)
                 dzr[c] = FBN_ST(g);
@@ -520,18 +538,18 @@ static inline void NAME(brows_regs)(const T *dy, const T *x, const T *y, T *dx,
 
 #if FBN_HALF && FBN_F16C
 /* The half kernels' rows in registers, flags made constants. */
-static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx, T *dz,
+static void NAME(brows_any)(const T *dy, const T *x, const T *y, int act, T *dx, T *dz,
                             ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1, const R *k,
                             int training)
 {
-    FBN_MASK_TRAIN_DZ(NAME(brows_regs), y != NULL, training, dz != NULL,
+    FBN_MASK_TRAIN_DZ(NAME(brows_regs), y ? act : FBN_ACT_NONE, training, dz != NULL,
                       dy, x, y, dx, dz, C, r0, r1, k);
 }
 #elif FBN_HALF
 /* Groups of rows widened into L1 tiles, the float kernel's brows_any, and
  * rounded once.  Rows longer than a tile go by slices of FBN_TILE
  * channels, each slice's constants copied out once. */
-static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx, T *dz,
+static void NAME(brows_any)(const T *dy, const T *x, const T *y, int act, T *dx, T *dz,
                             ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1, const R *k,
                             int training)
 {
@@ -550,7 +568,7 @@ static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx, T *dz,
                     NAME(widen)(x + o, wx, len);
                 if (y)
                     NAME(widen)(y + o, wy, len);
-                FBN_F32(brows_any)(wg, wx, y ? wy : NULL, wg, dz ? wz : NULL, len, 0, 1,
+                FBN_F32(brows_any)(wg, wx, y ? wy : NULL, act, wg, dz ? wz : NULL, len, 0, 1,
                                    kc, training);
                 if (dz)
                     NAME(narrow)(wz, dz + o, len);
@@ -566,7 +584,7 @@ static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx, T *dz,
             NAME(widen)(x + o, wx, len);
         if (y)
             NAME(widen)(y + o, wy, len);
-        FBN_F32(brows_any)(wg, wx, y ? wy : NULL, wg, dz ? wz : NULL, C, 0, len / C, k,
+        FBN_F32(brows_any)(wg, wx, y ? wy : NULL, act, wg, dz ? wz : NULL, C, 0, len / C, k,
                            training);
         if (dz)
             NAME(narrow)(wz, dz + o, len);
@@ -577,20 +595,20 @@ static void NAME(brows_any)(const T *dy, const T *x, const T *y, T *dx, T *dz,
 
 /* Rows [r0, r1) (channel-last); with nt, groups of rows go through L1
  * tiles and out with non-temporal stores. */
-static void NAME(bapply_rows)(const T *dy, const T *x, const T *y, T *dx,
+static void NAME(bapply_rows)(const T *dy, const T *x, const T *y, int act, T *dx,
                               T *dz, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
                               const R *k, int training, int nt)
 {
     T bx[FBN_TILE], bz[FBN_TILE];
     ptrdiff_t g = FBN_TILE / C, r;
     if (!nt || g < 1) {
-        NAME(brows_any)(dy, x, y, dx, dz, C, r0, r1, k, training);
+        NAME(brows_any)(dy, x, y, act, dx, dz, C, r0, r1, k, training);
         return;
     }
     for (r = r0; r < r1; r += g) {
         ptrdiff_t nr = fbn_min(g, r1 - r);
         size_t bytes = (size_t)(nr * C) * sizeof(T);
-        NAME(brows_any)(dy + r * C, x + r * C, y ? y + r * C : NULL, bx,
+        NAME(brows_any)(dy + r * C, x + r * C, y ? y + r * C : NULL, act, bx,
                         dz ? bz : NULL, C, 0, nr, k, training);
         NAME(stream)(dx + r * C, bx, bytes);
         if (dz)
@@ -604,6 +622,7 @@ static void NAME(bapply_rows)(const T *dy, const T *x, const T *y, T *dx,
 typedef struct {
     const fbn_plan *p;
     const T *dy, *x, *y;
+    int act;         /* the forward's activation (y's mask; y NULL: none) */
     const R *mean, *invstd, *gamma;
     T *dx, *dz;
     int training;
@@ -623,7 +642,8 @@ typedef struct {
 
 /* The arguments every backward kernel shares, into b (the rest zero). */
 static void NAME(bwd_init)(NAME(bwd) *b, const fbn_plan *p, const T *dy,
-                           const T *x, const T *y, const R *mean, const R *invstd,
+                           const T *x, const T *y, int act, const R *mean,
+                           const R *invstd,
                            const R *gamma, int training, T *dx, T *dz)
 {
     memset(b, 0, sizeof *b);
@@ -631,6 +651,7 @@ static void NAME(bwd_init)(NAME(bwd) *b, const fbn_plan *p, const T *dy,
     b->dy = dy;
     b->x = x;
     b->y = y;
+    b->act = act;
     b->mean = mean;
     b->invstd = invstd;
     b->gamma = gamma;
@@ -698,7 +719,8 @@ static void NAME(item_bsums_tile)(void *arg, ptrdiff_t t)
     NAME(bwd) *b = (NAME(bwd) *)arg;
     ptrdiff_t c0, c1, k0, k1;
     fbn_tile_range(b->p, t, &c0, &c1, &k0, &k1);
-    NAME(tile_sums)(b->dy, b->x, b->y, b->p, c0, c1, k0, k1, b->mean, b->pd, b->px);
+    NAME(tile_sums)(b->dy, b->x, b->y, b->act, b->p, c0, c1, k0, k1, b->mean, b->pd,
+                    b->px);
 }
 
 /* A fused tile: the reductions of whole channels, then dx while their
@@ -711,14 +733,15 @@ static void NAME(item_bfused_tile)(void *arg, ptrdiff_t t)
     const fbn_plan *p = b->p;
     ptrdiff_t c0, c1, k0, k1, c, o, ci = p->C * p->inner;
     fbn_tile_range(p, t, &c0, &c1, &k0, &k1);
-    NAME(tile_sums)(b->dy, b->x, b->y, p, c0, c1, 0, p->nk, b->mean, b->pd, b->px);
+    NAME(tile_sums)(b->dy, b->x, b->y, b->act, p, c0, c1, 0, p->nk, b->mean, b->pd,
+                    b->px);
     for (c = c0; c < c1; c++) {
         double sdy, sdyx;
         NAME(chunk_totals)(b, c, &sdy, &sdyx);
         NAME(bfinish_channel)(b, c, sdy, sdyx, (double)p->ntot);
     }
     for (o = 0; o < p->outer; o++)
-        NAME(bapply_span)(b->dy, b->x, b->y, b->dx, b->dz, p->C, p->inner,
+        NAME(bapply_span)(b->dy, b->x, b->y, b->act, b->dx, b->dz, p->C, p->inner,
                           o * ci + c0 * p->inner, o * ci + c1 * p->inner, b->k,
                           b->training, p->nt);
 }
@@ -731,11 +754,11 @@ static void NAME(item_bsums_rows)(void *arg, ptrdiff_t i)
     const fbn_plan *p = b->p;
     ptrdiff_t off = p->outerv * p->Cv;
     if (i < p->nb)
-        NAME(bsum_rows)(b->dy, b->x, b->y, p->Cv, i * p->rb,
+        NAME(bsum_rows)(b->dy, b->x, b->y, b->act, p->Cv, i * p->rb,
                         fbn_min(i * p->rb + p->rb, p->outerv), b->m,
                         b->pd + i * p->Cv, b->px + i * p->Cv);
     else
-        NAME(bsum_rows)(b->dy + off, b->x + off, b->y ? b->y + off : NULL, p->C, 0,
+        NAME(bsum_rows)(b->dy + off, b->x + off, b->y ? b->y + off : NULL, b->act, p->C, 0,
                         p->rem, b->m, b->pd + p->nb * p->Cv, b->px + p->nb * p->Cv);
 }
 
@@ -746,14 +769,14 @@ static void NAME(item_bapply)(void *arg, ptrdiff_t i)
     const fbn_plan *p = b->p;
     ptrdiff_t i0 = i * p->ab, off = p->outerv * p->Cv;
     if (p->cl && i < p->nab)
-        NAME(bapply_rows)(b->dy, b->x, b->y, b->dx, b->dz, p->Cv, i0,
+        NAME(bapply_rows)(b->dy, b->x, b->y, b->act, b->dx, b->dz, p->Cv, i0,
                           fbn_min(i0 + p->ab, p->outerv), b->kv, b->training, p->nt);
     else if (p->cl) /* the rows left over from folding */
-        NAME(bapply_rows)(b->dy + off, b->x + off, b->y ? b->y + off : NULL,
+        NAME(bapply_rows)(b->dy + off, b->x + off, b->y ? b->y + off : NULL, b->act,
                           b->dx + off, b->dz ? b->dz + off : NULL, p->C, 0, p->rem,
                           b->k, b->training, p->nt);
     else
-        NAME(bapply_span)(b->dy, b->x, b->y, b->dx, b->dz, p->C, p->inner, i0,
+        NAME(bapply_span)(b->dy, b->x, b->y, b->act, b->dx, b->dz, p->C, p->inner, i0,
                           fbn_min(i0 + p->ab, p->ntot * p->C), b->k, b->training,
                           p->nt);
 }
@@ -823,10 +846,10 @@ static int NAME(bwd_scratch)(NAME(bwd) *b, double **tmp, void **mem, double *sta
     return FBN_OK;
 }
 
-static int NAME(k_backward_reduce)(const T *dy, const T *x, const T *y,
-                                   ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
-                                   const R *mean, double *sum_dy, double *sum_dyxmu,
-                                   int nthreads)
+static int NAME(k_backward_reduce)(const void *dy, const void *x, const void *y,
+                                   int act, ptrdiff_t outer, ptrdiff_t C,
+                                   ptrdiff_t inner, const void *mean, double *sum_dy,
+                                   double *sum_dyxmu, int nthreads)
 {
     fbn_plan p;
     NAME(bwd) b;
@@ -844,7 +867,7 @@ static int NAME(k_backward_reduce)(const T *dy, const T *x, const T *y,
         return FBN_OK;
     fbn_plan_make(&p, outer, C, inner, sizeof(T), y ? 3 : 2, 0, 0, FBN_OP_STATS,
                   nthreads);
-    NAME(bwd_init)(&b, &p, dy, x, y, mean, NULL, NULL, 0, NULL, NULL);
+    NAME(bwd_init)(&b, &p, dy, x, y, act, mean, NULL, NULL, 0, NULL, NULL);
     if (NAME(bwd_scratch)(&b, &tmp, &mem, stack) != FBN_OK)
         return FBN_ENOMEM;
     NAME(bsums_phase)(&b, sum_dy, sum_dyxmu, tmp + 2 * C);
@@ -852,12 +875,12 @@ static int NAME(k_backward_reduce)(const T *dy, const T *x, const T *y,
     return FBN_OK;
 }
 
-static int NAME(k_backward_apply)(const T *dy, const T *x, const T *y,
-                                  ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
-                                  const R *mean, const R *invstd, const R *gamma,
-                                  const double *sum_dy, const double *sum_dyxmu,
-                                  double count, int training, T *dx, T *dz,
-                                  int nthreads)
+static int NAME(k_backward_apply)(const void *dy, const void *x, const void *y,
+                                  int act, ptrdiff_t outer, ptrdiff_t C,
+                                  ptrdiff_t inner, const void *mean, const void *invstd,
+                                  const void *gamma, const double *sum_dy,
+                                  const double *sum_dyxmu, double count, int training,
+                                  void *dx, void *dz, int nthreads)
 {
     fbn_plan p;
     NAME(bwd) b;
@@ -868,7 +891,7 @@ static int NAME(k_backward_apply)(const T *dy, const T *x, const T *y,
         return FBN_OK;
     fbn_plan_make(&p, outer, C, inner, sizeof(T), y ? 3 : 2, 0, dz ? 2 : 1,
                   FBN_OP_APPLY, nthreads);
-    NAME(bwd_init)(&b, &p, dy, x, y, mean, invstd, gamma, training, dx, dz);
+    NAME(bwd_init)(&b, &p, dy, x, y, act, mean, invstd, gamma, training, dx, dz);
     b.k = (R *)malloc(sizeof(R) * 4 * ((size_t)C + (p.cl && p.fold > 1 ? (size_t)p.Cv : 0)));
     if (b.k == NULL)
         return FBN_ENOMEM;
@@ -886,7 +909,7 @@ static int NAME(k_backward_apply)(const T *dy, const T *x, const T *y,
     return FBN_OK;
 }
 
-static int NAME(k_backward)(const T *dy, const T *x, const T *y, ptrdiff_t outer,
+static int NAME(k_backward)(const T *dy, const T *x, const T *y, int act, ptrdiff_t outer,
                             ptrdiff_t C, ptrdiff_t inner, const R *mean,
                             const R *invstd, const R *gamma, int training, T *dx,
                             T *dz, R *dgamma, R *dbeta, int nthreads)
@@ -907,7 +930,7 @@ static int NAME(k_backward)(const T *dy, const T *x, const T *y, ptrdiff_t outer
     }
     fbn_plan_make(&p, outer, C, inner, sizeof(T), y ? 3 : 2, 0, dz ? 2 : 1,
                   FBN_OP_STATS | FBN_OP_APPLY, nthreads);
-    NAME(bwd_init)(&b, &p, dy, x, y, mean, invstd, gamma, training, dx, dz);
+    NAME(bwd_init)(&b, &p, dy, x, y, act, mean, invstd, gamma, training, dx, dz);
     b.dgamma = dgamma;
     b.dbeta = dbeta;
     if (NAME(bwd_scratch)(&b, &tmp, &mem, stack) != FBN_OK)

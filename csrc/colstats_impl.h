@@ -3,9 +3,10 @@
  * weighted) and the per-column standardisation of a 2-D matrix, written
  * once for an element type.
  *
- * Included by colstats.c with T (float or double), SFX (f32 or f64) and
- * CS_ISA (base, avx2, avx512) defined; CS(f) names f_SFX_ISA.  Everything
- * is static; CS(ops) at the end is what colstats.c dispatches to.
+ * Included at the end of kernels_impl.h for float and double (T, SFX,
+ * FBN_ISA and NAME defined there; colstats.h holds what the instances
+ * share); CS(f) names cs_f_SFX_ISA.  Everything is static; the kernels go
+ * into the element type's ops table (kernels_impl.h).
  *
  * A matrix has n rows (samples) and p columns (features); element (r, c)
  * is at x[r*p + c] (row-major, C order) or x[c*n + r] (column-major,
@@ -25,9 +26,7 @@
  * tree (cs_merge_parts), so the mean's rounding grows with the log of the
  * number of blocks, not with their number.
  */
-#define CS_CAT_(a, b, c) a##_##b##_##c
-#define CS_CAT(a, b, c) CS_CAT_(a, b, c)
-#define CS(f) CS_CAT(f, SFX, CS_ISA)
+#define CS(f) NAME(cs_##f)
 
 /* ---- statistics ------------------------------------------------------ */
 
@@ -313,21 +312,21 @@ static void CS(item_stats)(void *arg, ptrdiff_t b)
     const T *x = (const T *)jb->x;
     if (jb->colmajor) {
         ptrdiff_t c = b / jb->nparts, k = b % jb->nparts;
-        ptrdiff_t r0 = k * CS_CHUNK, r1 = cs_min(r0 + CS_CHUNK, jb->n);
+        ptrdiff_t r0 = k * CS_CHUNK, r1 = fbn_min(r0 + CS_CHUNK, jb->n);
         double *o = jb->part + 3 * b;
         CS(run_moments)(x + c * jb->n + r0, r1 - r0, jb->w ? jb->w + r0 : NULL, o,
                         o + 1, o + 2);
     } else {
-        ptrdiff_t r0 = b * jb->rows, r1 = cs_min(r0 + jb->rows, jb->n), c0;
+        ptrdiff_t r0 = b * jb->rows, r1 = fbn_min(r0 + jb->rows, jb->n), c0;
         double *k = jb->part + 3 * jb->p * b, *s = k + jb->p, *q = s + jb->p;
         for (c0 = 0; c0 < jb->p; c0 += CS_LANES) {
-            int w = (int)cs_min(CS_LANES, jb->p - c0);
+            int w = (int)fbn_min(CS_LANES, jb->p - c0);
             CS(strip_moments)(x, jb->p, r0, r1, c0, w, jb->w, k + c0, s + c0, q + c0);
         }
     }
 }
 
-static int CS(k_colstats)(const T *x, ptrdiff_t n, ptrdiff_t p, int colmajor,
+static int CS(k_colstats)(const void *x, ptrdiff_t n, ptrdiff_t p, int colmajor,
                           const double *w, double *count, double *mean,
                           double *m2, int nthreads)
 {
@@ -351,18 +350,18 @@ static int CS(k_colstats)(const T *x, ptrdiff_t n, ptrdiff_t p, int colmajor,
     jb.colmajor = colmajor;
     jb.w = w;
     if (colmajor) {
-        jb.nparts = cs_cdiv(n, CS_CHUNK);
+        jb.nparts = fbn_cdiv(n, CS_CHUNK);
         items = p * jb.nparts;
     } else {
         jb.rows = cs_block_rows(p);
-        jb.nparts = cs_cdiv(n, jb.rows);
+        jb.nparts = fbn_cdiv(n, jb.rows);
         items = jb.nparts;
     }
     /* the parts, then room for one column's parts to merge */
     jb.part = (double *)malloc(sizeof(double) * 3 * ((size_t)p + 1) * (size_t)jb.nparts);
     if (jb.part == NULL)
         return FBN_ENOMEM;
-    fbn_parallel_for(items, CS(item_stats), &jb, cs_threads(nthreads, n * p, items),
+    fbn_parallel_for(items, CS(item_stats), &jb, fbn_threads(nthreads, n * p, items),
                      FBN_FORWARD | cs_light(n * p));
     cs_merge_parts(&jb, jb.part + 3 * (size_t)p * (size_t)jb.nparts, count, mean, m2);
     free(jb.part);
@@ -450,28 +449,28 @@ static void CS(item_std)(void *arg, ptrdiff_t b)
     T mx = (T)0, t;
     if (y == NULL) {
         ptrdiff_t i0 = jb->colmajor ? b * CS_APPLY_VALUES : b * jb->rows * jb->p;
-        ptrdiff_t i1 = jb->colmajor ? cs_min(i0 + CS_APPLY_VALUES, jb->n * jb->p)
-                                    : cs_min(b * jb->rows + jb->rows, jb->n) * jb->p;
+        ptrdiff_t i1 = jb->colmajor ? fbn_min(i0 + CS_APPLY_VALUES, jb->n * jb->p)
+                                    : fbn_min(b * jb->rows + jb->rows, jb->n) * jb->p;
         mx = CS(scan)(x + i0, i1 - i0);
     } else if (jb->colmajor) {
         ptrdiff_t total = jb->n * jb->p;
-        ptrdiff_t i = b * CS_APPLY_VALUES, end = cs_min(i + CS_APPLY_VALUES, total);
+        ptrdiff_t i = b * CS_APPLY_VALUES, end = fbn_min(i + CS_APPLY_VALUES, total);
         while (i < end) {
-            ptrdiff_t c = i / jb->n, stop = cs_min(end, (c + 1) * jb->n);
+            ptrdiff_t c = i / jb->n, stop = fbn_min(end, (c + 1) * jb->n);
             t = CS(run_std)(x + i, y + i, stop - i, m[c], s[c], jb->inverse);
             mx = t > mx ? t : mx;
             i = stop;
         }
     } else {
-        ptrdiff_t r = b * jb->rows, r1 = cs_min(r + jb->rows, jb->n);
+        ptrdiff_t r = b * jb->rows, r1 = fbn_min(r + jb->rows, jb->n);
         mx = CS(rows_std)(x, y + r * jb->p, jb->p, r, r1, m, s, jb->inverse);
     }
     jb->flags[b] = mx == (T)INFINITY;
 }
 
-static int CS(k_standardize)(const T *x, ptrdiff_t n, ptrdiff_t p, int colmajor,
+static int CS(k_standardize)(const void *x, ptrdiff_t n, ptrdiff_t p, int colmajor,
                              const double *mean, const double *scale, int inverse,
-                             T *y, int *has_inf, int nthreads)
+                             void *y, int *has_inf, int nthreads)
 {
     cs_job jb;
     T stack[2 * CS_STACK_C], *mt;
@@ -501,12 +500,12 @@ static int CS(k_standardize)(const T *x, ptrdiff_t n, ptrdiff_t p, int colmajor,
     jb.mt = mt;
     jb.inverse = inverse;
     if (colmajor) {
-        items = cs_cdiv(n * p, CS_APPLY_VALUES);
+        items = fbn_cdiv(n * p, CS_APPLY_VALUES);
     } else {
-        jb.rows = cs_max(1, CS_APPLY_VALUES / p);
-        items = cs_cdiv(n, jb.rows);
+        jb.rows = fbn_max(1, CS_APPLY_VALUES / p);
+        items = fbn_cdiv(n, jb.rows);
     }
-    nth = cs_threads(nthreads, n * p, items);
+    nth = fbn_threads(nthreads, n * p, items);
     jb.flags = (unsigned char *)malloc((size_t)items);
     if (jb.flags == NULL) {
         if (mt != stack)
@@ -525,8 +524,4 @@ static int CS(k_standardize)(const T *x, ptrdiff_t n, ptrdiff_t p, int colmajor,
     return FBN_OK;
 }
 
-static const CS_OPS_TYPE(SFX) CS(ops) = {CS(k_colstats), CS(k_standardize)};
-
 #undef CS
-#undef CS_CAT
-#undef CS_CAT_

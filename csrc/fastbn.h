@@ -19,10 +19,10 @@
  * whose partial results are combined in order.  Functions are re-entrant
  * and may be called from several threads at once on different outputs.
  *
- * Each function exists for float (suffix _f32) and double (_f64), generated
- * from one template (kernels_impl.h), and for the half types float16 (_f16)
- * and bfloat16 (_bf16) with float per-channel arrays (T is the element
- * type, R the per-channel type).  Statistics are accumulated in double.
+ * Each kernel is written once (a template over the element type) and
+ * compiled for every element type and instruction set; the element type
+ * is the `dtype` argument (see "the kernels" below).  Statistics are
+ * accumulated in double.
  */
 #ifndef FASTBN_H
 #define FASTBN_H
@@ -110,122 +110,46 @@ const char *fbn_scheduler(void);
 long fbn_set_spin_us(long us);
 int fbn_pool_threads(void);
 
-/* The plan a kernel makes for a call (for tests and the benchmark report):
- * nstat = arrays its reductions read, nextra = arrays only its elementwise
- * pass reads, nout = arrays it writes, ops = 1 (reductions) | 2
- * (elementwise pass); outer*inner >= 1, C >= 1.  fields[0..10] receive:
+/* The plan a kernel makes for a call (for tests and the benchmark report)
+ * over `groups` ghost batches of (outer, C, inner) each (1: an ordinary
+ * call): nstat = arrays its reductions read, nextra = arrays only its
+ * elementwise pass reads, nout = arrays it writes, ops = 1 (reductions) |
+ * 2 (elementwise pass); outer*inner >= 1, C >= 1.  fields[0..10] receive:
  * channel-last, threads, non-temporal stores, fused, channels per tile,
  * chunks per tile, tiles, chunks per channel, row blocks, elementwise
  * blocks, rows folded into one (channel-last rows of few channels). */
-void fbn_describe_plan(ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner, int elsize,
-                       int nstat, int nextra, int nout, int ops, int nthreads,
-                       long long *fields);
+void fbn_describe_plan(ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C,
+                       ptrdiff_t inner, int elsize, int nstat, int nextra, int nout,
+                       int ops, int nthreads, long long *fields);
 
-#define FBN_DECLARE(T, R, SFX)                                                  \
-  /* Per-channel mean and M2 (sum of squared deviations) in double; the      \
-   * count is outer*inner.  mean, m2: C doubles each (written).              \
-   * outer*inner may be 0 (mean = 0, m2 = 0). */                             \
-  int fbn_moments_##SFX(const T *x, ptrdiff_t outer, ptrdiff_t C,            \
-                        ptrdiff_t inner, double *mean, double *m2,           \
-                        int nthreads);                                       \
-                                                                             \
-  /* Training forward: batch statistics then                                 \
-   *   y = act((x - mean) * invstd * gamma + beta + z)                       \
-   * fused per channel while the channel's values are in cache.              \
-   * gamma, beta, z: may be NULL (1, 0, no residual); z has x's shape.       \
-   * relu: 0 or 1.  y may equal x (in place); z may equal y only if it       \
-   * equals x too.  mean_out, invstd_out: C values of R (written).           \
-   * var_out: C doubles, the biased batch variance (written; may be NULL).   \
-   * Needs outer*inner >= 1 (FBN_EINVAL otherwise). */                       \
-  int fbn_train_forward_##SFX(                                               \
-      const T *x, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,             \
-      const R *gamma, const R *beta, const T *z, double eps, int relu,       \
-      T *y, R *mean_out, R *invstd_out, double *var_out, int nthreads);      \
-                                                                             \
-  /* Inference forward with given statistics, one pass:                      \
-   *   y = act((x - mean) / sqrt(var + eps) * gamma + beta + z).             \
-   * mean, var: C values of R.  Other arguments as for the training          \
-   * forward. */                                                             \
-  int fbn_infer_forward_##SFX(                                               \
-      const T *x, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,             \
-      const R *mean, const R *var, const R *gamma, const R *beta,            \
-      const T *z, double eps, int relu, T *y, int nthreads);                 \
-                                                                             \
-  /* The normalisation alone, with double statistics (used after statistics  \
-   * were combined across processes):                                        \
-   *   y = act((x - mean) * invstd * gamma + beta + z).                      \
-   * mean, invstd: C doubles. */                                             \
-  int fbn_apply_##SFX(const T *x, ptrdiff_t outer, ptrdiff_t C,              \
-                      ptrdiff_t inner, const double *mean,                   \
-                      const double *invstd, const R *gamma, const R *beta,   \
-                      const T *z, int relu, T *y, int nthreads);             \
-                                                                             \
-  /* Backward reductions, one pass over dy and x:                            \
-   *   sum_dy[c]   = sum(dy')          sum_dyxmu[c] = sum(dy' * (x - mean))  \
-   * with dy' = dy * (y > 0) when y is not NULL (the forward fused a ReLU),  \
-   * else dy.  mean: C values of R.  sum_dy, sum_dyxmu: C doubles. */        \
-  int fbn_backward_reduce_##SFX(                                             \
-      const T *dy, const T *x, const T *y, ptrdiff_t outer, ptrdiff_t C,     \
-      ptrdiff_t inner, const R *mean, double *sum_dy, double *sum_dyxmu,     \
-      int nthreads);                                                         \
-                                                                             \
-  /* Backward elementwise pass given the reductions (sums over `count`       \
-   * values per channel, possibly across processes).  training = 1:          \
-   *   dx = g*invstd * (dy' - sum_dy/count                                   \
-   *                    - (x - mean) * invstd^2 * sum_dyxmu/count)           \
-   * training = 0 (frozen statistics): dx = dy' * g * invstd.                \
-   * g = gamma or 1 (gamma may be NULL).  dz (may be NULL) receives dy',     \
-   * the gradient of a residual added before the ReLU.  dx may equal dy. */  \
-  int fbn_backward_apply_##SFX(                                              \
-      const T *dy, const T *x, const T *y, ptrdiff_t outer, ptrdiff_t C,     \
-      ptrdiff_t inner, const R *mean, const R *invstd, const R *gamma,       \
-      const double *sum_dy, const double *sum_dyxmu, double count,           \
-      int training, T *dx, T *dz, int nthreads);                             \
-                                                                             \
-  /* Whole backward: reductions and dx fused per channel while the channel's \
-   * values are in cache.  dgamma[c] = sum_dyxmu[c]*invstd[c],               \
-   * dbeta[c] = sum_dy[c] (C values of R, written).  Arguments as above;     \
-   * count is outer*inner. */                                                \
-  int fbn_backward_##SFX(                                                    \
-      const T *dy, const T *x, const T *y, ptrdiff_t outer, ptrdiff_t C,     \
-      ptrdiff_t inner, const R *mean, const R *invstd, const R *gamma,       \
-      int training, T *dx, T *dz, R *dgamma, R *dbeta, int nthreads);
-
-FBN_DECLARE(float, float, f32)
-FBN_DECLARE(double, double, f64)
-/* Half precision: x, dy, y, z, dx, dz as 16-bit patterns (fbn_half) of
- * IEEE binary16 (_f16) or bfloat16 (_bf16); per-channel arrays are float.
- * Loads convert exactly to float, every computation is the float kernel's
- * (same operations in the same order, so the per-channel results are
- * bitwise those of the _f32 kernel on the converted values) and each
- * output value is rounded once to the half type (to nearest, ties to even;
- * NaN stays a quiet NaN with the sign and top payload bits). */
+/* ---- the kernels --------------------------------------------------------
+ *
+ * Element types.  Every kernel takes its element type as its first
+ * argument, `dtype`, and its arrays as untyped pointers:
+ *   FBN_FLOAT32, FBN_FLOAT64: data (x, y, z, dy, dx, dz) and per-channel
+ *     arrays (gamma, beta, mean, invstd, var, dgamma, dbeta) of that type;
+ *   FBN_FLOAT16, FBN_BFLOAT16: data as 16-bit patterns (fbn_half) of IEEE
+ *     binary16 or bfloat16, per-channel arrays float.  Loads convert exactly
+ *     to float, every computation is the float kernel's (same operations in
+ *     the same order, so the per-channel results are bitwise those of the
+ *     float32 kernel on the converted values) and each output value is
+ *     rounded once to the half type (to nearest, ties to even; NaN stays a
+ *     quiet NaN with the sign and top payload bits).
+ * Arrays documented as double are double for every dtype.  Statistics are
+ * accumulated in double.  An unknown dtype gives FBN_EINVAL.
+ *
+ * Activations (`act`), applied after the residual add in the same pass:
+ *   FBN_ACT_NONE, FBN_ACT_RELU (max(t, 0)), FBN_ACT_RELU6 (min(max(t, 0),
+ *   6)); NaN stays NaN.  The backward's dy' is dy where the forward's
+ *   output y passes the activation's mask (relu: y > 0; relu6:
+ *   0 < y < 6), else 0; it needs y for any act but FBN_ACT_NONE (y is
+ *   ignored for FBN_ACT_NONE). */
 typedef uint16_t fbn_half;
-FBN_DECLARE(fbn_half, float, f16)
-FBN_DECLARE(fbn_half, float, bf16)
+enum { FBN_FLOAT32 = 0, FBN_FLOAT64 = 1, FBN_FLOAT16 = 2, FBN_BFLOAT16 = 3 };
+#define FBN_NDTYPES 4
+enum { FBN_ACT_NONE = 0, FBN_ACT_RELU = 1, FBN_ACT_RELU6 = 2 };
 
-#undef FBN_DECLARE
-
-/* ---- ghost (virtual) batches and batch renormalization ------------------
- *
- * Ghost batches: the (outer, C, inner) block is `groups` blocks of
- * (outer/groups, C, inner) one after the other (the batch axis split into
- * groups of consecutive samples), each normalised with its own statistics
- * exactly as an ordinary call on that block would (bit for bit); the
- * items of all groups run in one parallel job.  outer % groups must be 0
- * (FBN_EINVAL otherwise).  Per-group results are (groups, C) arrays,
- * group-major.
- *
- * Batch renormalization (Ioffe 2017): with the batch statistics mu_B,
- * sigma_B = sqrt(var_B + eps) of a group and the running ones mu,
- * sigma = sqrt(running_var + eps):
- *   r = clip(sigma_B / sigma, 1/rmax, rmax),
- *   d = clip((mu_B - mu) / sigma, -dmax, dmax),
- *   y = act(gamma * ((x - mu_B) / sigma_B * r + d) + beta + z),
- * computed as the ordinary pass with per-channel constants
- * a = gamma*r/sigma_B, b = beta + gamma*d (no extra pass).  The backward
- * holds r and d constant: dx is the ordinary backward with gamma*r as the
- * scale, dgamma = sum(dy' * (r*xhat + d)), dbeta = sum(dy'). */
+/* Batch renormalization's running statistics (see fbn_train_forward). */
 typedef struct {
     const double *mean;  /* C running means */
     const double *sigma; /* C values sqrt(running_var + eps) */
@@ -233,49 +157,104 @@ typedef struct {
     double dmax;         /* >= 0; INFINITY: d not clipped */
 } fbn_renorm;
 
-#define FBN_DECLARE_GHOST(T, R, SFX)                                           \
-  /* Training forward over `groups` ghost batches, optionally renormalised   \
-   * (rn not NULL).  Arguments as fbn_train_forward; mean_out, invstd_out:   \
-   * groups*C values of R; var_out (may be NULL): groups*C doubles;          \
-   * r_out, d_out: groups*C doubles, r and d (needed when rn is given, else  \
-   * may be NULL).  Needs outer/groups*inner >= 1.  groups == 1 without rn   \
-   * is fbn_train_forward itself. */                                         \
-  int fbn_train_forward_ghost_##SFX(                                         \
-      const T *x, ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C,            \
-      ptrdiff_t inner, const R *gamma, const R *beta, const T *z,            \
-      double eps, int relu, const fbn_renorm *rn, T *y, R *mean_out,         \
-      R *invstd_out, double *var_out, double *r_out, double *d_out,          \
-      int nthreads);                                                         \
-                                                                             \
-  /* Whole backward over `groups` ghost batches: mean, invstd: groups*C      \
-   * values of R (what the forward returned); gamma: C values (may be NULL); \
-   * r, d: groups*C doubles from a renormalised forward (both NULL           \
-   * otherwise).  dgamma, dbeta: C values of R, the sums over the groups     \
-   * (in double, in group order).  Other arguments as fbn_backward;          \
-   * groups == 1 without r and d is fbn_backward itself. */                  \
-  int fbn_backward_ghost_##SFX(                                              \
-      const T *dy, const T *x, const T *y, ptrdiff_t groups,                 \
-      ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner, const R *mean,          \
-      const R *invstd, const R *gamma, const double *r, const double *d,     \
-      int training, T *dx, T *dz, R *dgamma, R *dbeta, int nthreads);
+/* Per-channel mean and M2 (sum of squared deviations) in double; the
+ * count is outer*inner.  mean, m2: C doubles each (written).  outer*inner
+ * may be 0 (mean = 0, m2 = 0). */
+int fbn_moments(int dtype, const void *x, ptrdiff_t outer, ptrdiff_t C,
+                ptrdiff_t inner, double *mean, double *m2, int nthreads);
 
-FBN_DECLARE_GHOST(float, float, f32)
-FBN_DECLARE_GHOST(double, double, f64)
-/* the half types: float per-channel arrays, as their ordinary kernels */
-FBN_DECLARE_GHOST(fbn_half, float, f16)
-FBN_DECLARE_GHOST(fbn_half, float, bf16)
+/* Training forward: batch statistics then
+ *   y = act((x - mean) * invstd * gamma + beta + z)
+ * fused per channel while the channel's values are in cache.
+ * gamma, beta, z: may be NULL (1, 0, no residual); z has x's shape.  y may
+ * equal x (in place); z may equal y only if it equals x too.
+ *
+ * Ghost batches: the (outer, C, inner) block is `groups` blocks of
+ * (outer/groups, C, inner) one after the other (the batch axis split into
+ * groups of consecutive samples), each normalised with its own statistics
+ * exactly as a call on that block alone would (bit for bit); the items of
+ * all groups run in one parallel job.  groups = 1 is ordinary batch norm.
+ * outer % groups must be 0 and outer/groups*inner >= 1 (FBN_EINVAL
+ * otherwise).  mean_out, invstd_out: groups*C values (written, group-major);
+ * var_out: groups*C doubles, the biased batch variance (written; may be
+ * NULL).
+ *
+ * Batch renormalization (Ioffe 2017), when rn is not NULL: with the batch
+ * statistics mu_B, sigma_B = sqrt(var_B + eps) of a group and the running
+ * ones mu, sigma = sqrt(running_var + eps):
+ *   r = clip(sigma_B / sigma, 1/rmax, rmax),
+ *   d = clip((mu_B - mu) / sigma, -dmax, dmax),
+ *   y = act(gamma * ((x - mu_B) / sigma_B * r + d) + beta + z),
+ * computed as the ordinary pass with per-channel constants
+ * a = gamma*r/sigma_B, b = beta + gamma*d (no extra pass).  r_out, d_out:
+ * groups*C doubles (needed with rn, else may be NULL). */
+int fbn_train_forward(int dtype, const void *x, ptrdiff_t groups, ptrdiff_t outer,
+                      ptrdiff_t C, ptrdiff_t inner, const void *gamma,
+                      const void *beta, const void *z, double eps, int act,
+                      const fbn_renorm *rn, void *y, void *mean_out,
+                      void *invstd_out, double *var_out, double *r_out,
+                      double *d_out, int nthreads);
 
-#undef FBN_DECLARE_GHOST
+/* Inference forward with given statistics, one pass:
+ *   y = act((x - mean) / sqrt(var + eps) * gamma + beta + z).
+ * mean, var: C per-channel values.  Other arguments as for the training
+ * forward. */
+int fbn_infer_forward(int dtype, const void *x, ptrdiff_t outer, ptrdiff_t C,
+                      ptrdiff_t inner, const void *mean, const void *var,
+                      const void *gamma, const void *beta, const void *z,
+                      double eps, int act, void *y, int nthreads);
 
-/* The plan of a ghost call (fbn_describe_plan's fields) over `groups`
- * blocks of (outer, C, inner) each. */
-void fbn_describe_plan_groups(ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C,
-                              ptrdiff_t inner, int elsize, int nstat, int nextra,
-                              int nout, int ops, int nthreads, long long *fields);
+/* The normalisation alone, with double statistics (used after statistics
+ * were combined across processes):
+ *   y = act((x - mean) * invstd * gamma + beta + z).
+ * mean, invstd: C doubles. */
+int fbn_apply(int dtype, const void *x, ptrdiff_t outer, ptrdiff_t C,
+              ptrdiff_t inner, const double *mean, const double *invstd,
+              const void *gamma, const void *beta, const void *z, int act,
+              void *y, int nthreads);
+
+/* Backward reductions, one pass over dy and x:
+ *   sum_dy[c] = sum(dy')          sum_dyxmu[c] = sum(dy' * (x - mean))
+ * with dy' as the activation act of the forward (output y) gives it.
+ * mean: C per-channel values.  sum_dy, sum_dyxmu: C doubles. */
+int fbn_backward_reduce(int dtype, const void *dy, const void *x, const void *y,
+                        int act, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
+                        const void *mean, double *sum_dy, double *sum_dyxmu,
+                        int nthreads);
+
+/* Backward elementwise pass given the reductions (sums over `count`
+ * values per channel, possibly across processes).  training = 1:
+ *   dx = g*invstd * (dy' - sum_dy/count
+ *                    - (x - mean) * invstd^2 * sum_dyxmu/count)
+ * training = 0 (frozen statistics): dx = dy' * g * invstd.
+ * g = gamma or 1 (gamma may be NULL).  dz (may be NULL) receives dy', the
+ * gradient of a residual added before the activation.  dx may equal dy. */
+int fbn_backward_apply(int dtype, const void *dy, const void *x, const void *y,
+                       int act, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
+                       const void *mean, const void *invstd, const void *gamma,
+                       const double *sum_dy, const double *sum_dyxmu, double count,
+                       int training, void *dx, void *dz, int nthreads);
+
+/* Whole backward: reductions and dx fused per channel while the channel's
+ * values are in cache, over `groups` ghost batches as the training forward
+ * made them (groups = 1: ordinary batch norm).  mean, invstd: groups*C
+ * values (what the forward returned); gamma: C values (may be NULL); r, d:
+ * groups*C doubles from a renormalised forward (both NULL otherwise; the
+ * backward holds them constant: dx is the ordinary backward with gamma*r
+ * as the scale).  dgamma = sum(dy' * (r*xhat + d)), dbeta = sum(dy'): C
+ * values (written), summed over the groups in double, in group order.
+ * Other arguments as above; count is outer/groups*inner. */
+int fbn_backward(int dtype, const void *dy, const void *x, const void *y, int act,
+                 ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
+                 const void *mean, const void *invstd, const void *gamma,
+                 const double *r, const double *d, int training, void *dx,
+                 void *dz, void *dgamma, void *dbeta, int nthreads);
+
 /* Per-column statistics of a 2-D matrix and its standardisation
- * (colstats.c; fastbn.sklearn.StandardScaler's dense paths).  The matrix
- * has n rows and p columns; element (r, c) is at x[r*p + c] when colmajor
- * is 0 (C order), at x[c*n + r] when it is 1 (Fortran order).
+ * (fastbn.sklearn.StandardScaler's dense paths; dtype FBN_FLOAT32 or
+ * FBN_FLOAT64, FBN_EINVAL for the half types).  The matrix has n rows and
+ * p columns; element (r, c) is at x[r*p + c] when colmajor is 0 (C order),
+ * at x[c*n + r] when it is 1 (Fortran order).
  *
  * fbn_colstats: per column, the values that are not NaN, weighted by
  * w[r] (n doubles; NULL: weight 1), give
@@ -287,25 +266,19 @@ void fbn_describe_plan_groups(ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C,
  * for every thread count and instruction set.  n may be 0.
  *
  * fbn_standardize: y = (x - mean) / scale per column (inverse = 1:
- * y = x * scale + mean), computed in T with mean and scale first rounded
- * to T (the arithmetic of NumPy's `x -= mean.astype(T); x /= scale...`).
- * mean NULL: no centring; scale NULL: no scaling.  NaN stays NaN.  y has
- * x's layout and may equal x (in place), nothing else may overlap; y
- * NULL: nothing is written, x is only searched for infinities.
- * *has_inf (may be NULL) receives 1 if x holds +-inf, else 0. */
-#define FBN_DECLARE_COLSTATS(T, SFX)                                          \
-  int fbn_colstats_##SFX(const T *x, ptrdiff_t n, ptrdiff_t p, int colmajor,  \
-                         const double *w, double *count, double *mean,        \
-                         double *m2, int nthreads);                           \
-  int fbn_standardize_##SFX(const T *x, ptrdiff_t n, ptrdiff_t p,             \
-                            int colmajor, const double *mean,                 \
-                            const double *scale, int inverse, T *y,           \
-                            int *has_inf, int nthreads);
-
-FBN_DECLARE_COLSTATS(float, f32)
-FBN_DECLARE_COLSTATS(double, f64)
-
-#undef FBN_DECLARE_COLSTATS
+ * y = x * scale + mean), computed in the element type with mean and scale
+ * first rounded to it (the arithmetic of NumPy's
+ * `x -= mean.astype(T); x /= scale...`).  mean NULL: no centring; scale
+ * NULL: no scaling.  NaN stays NaN.  y has x's layout and may equal x (in
+ * place), nothing else may overlap; y NULL: nothing is written, x is only
+ * searched for infinities.  *has_inf (may be NULL) receives 1 if x holds
+ * +-inf, else 0. */
+int fbn_colstats(int dtype, const void *x, ptrdiff_t n, ptrdiff_t p, int colmajor,
+                 const double *w, double *count, double *mean, double *m2,
+                 int nthreads);
+int fbn_standardize(int dtype, const void *x, ptrdiff_t n, ptrdiff_t p,
+                    int colmajor, const double *mean, const double *scale,
+                    int inverse, void *y, int *has_inf, int nthreads);
 
 #ifdef __cplusplus
 }

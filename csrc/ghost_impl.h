@@ -129,11 +129,11 @@ static int NAME(whole_groups)(const fbn_plan *p, ptrdiff_t groups, ptrdiff_t gby
     return (long long)gbytes * arrays <= fuse;
 }
 
-static int NAME(k_train_ghost)(const T *x, ptrdiff_t groups, ptrdiff_t outer,
-                               ptrdiff_t C, ptrdiff_t inner, const R *gamma,
-                               const R *beta, const T *z, double eps, int relu,
-                               const fbn_renorm *rn, T *y, R *mean_out,
-                               R *invstd_out, double *var_out, double *r_out,
+static int NAME(k_train_ghost)(const void *x, ptrdiff_t groups, ptrdiff_t outer,
+                               ptrdiff_t C, ptrdiff_t inner, const void *gamma,
+                               const void *beta, const void *z, double eps, int act,
+                               const fbn_renorm *rn, void *y, void *mean_out,
+                               void *invstd_out, double *var_out, double *r_out,
                                double *d_out, int nthreads)
 {
     fbn_plan p;
@@ -144,6 +144,9 @@ static int NAME(k_train_ghost)(const T *x, ptrdiff_t groups, ptrdiff_t outer,
     size_t nd, bytes;
     char *mem;
     double *tmp;
+    if (groups == 1 && rn == NULL) /* ordinary batch norm (its own checks) */
+        return NAME(k_train_forward)(x, outer, C, inner, gamma, beta, z, eps, act, y,
+                                     mean_out, invstd_out, var_out, nthreads);
     if (groups < 1 || outer < 0 || C < 0 || inner < 0 || outer % groups != 0 ||
         !(eps > 0))
         return FBN_EINVAL;
@@ -154,9 +157,6 @@ static int NAME(k_train_ghost)(const T *x, ptrdiff_t groups, ptrdiff_t outer,
         return FBN_EINVAL;
     if (C == 0)
         return FBN_OK;
-    if (groups == 1 && rn == NULL)
-        return NAME(k_train_forward)(x, outer, C, inner, gamma, beta, z, eps, relu, y,
-                                     mean_out, invstd_out, var_out, nthreads);
     fbn_plan_make_g(&p, groups, og, C, inner, sizeof(T), 1, z ? 1 : 0, 1,
                     FBN_OP_STATS | FBN_OP_APPLY, nthreads);
     parts = fbn_plan_parts(&p);
@@ -179,7 +179,7 @@ static int NAME(k_train_ghost)(const T *x, ptrdiff_t groups, ptrdiff_t outer,
     gf.f.gamma = gamma;
     gf.f.beta = beta;
     gf.f.y = y;
-    gf.f.relu = relu;
+    gf.f.act = act;
     gf.f.eps = eps;
     gf.f.mean_out = mean_out;
     gf.f.invstd_out = invstd_out;
@@ -330,11 +330,12 @@ static void NAME(item_group_bwd)(void *arg, ptrdiff_t g)
         NAME(item_bapply)(&b, i);
 }
 
-static int NAME(k_backward_ghost)(const T *dy, const T *x, const T *y,
-                                  ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C,
-                                  ptrdiff_t inner, const R *mean, const R *invstd,
-                                  const R *gamma, const double *r, const double *d,
-                                  int training, T *dx, T *dz, R *dgamma, R *dbeta,
+static int NAME(k_backward_ghost)(const void *dy, const void *x, const void *y,
+                                  int act, ptrdiff_t groups, ptrdiff_t outer,
+                                  ptrdiff_t C, ptrdiff_t inner, const void *mean_v,
+                                  const void *invstd, const void *gamma,
+                                  const double *r, const double *d, int training,
+                                  void *dx, void *dz, void *dgamma_v, void *dbeta_v,
                                   int nthreads)
 {
     fbn_plan p;
@@ -345,6 +346,11 @@ static int NAME(k_backward_ghost)(const T *dy, const T *x, const T *y,
     size_t nd, bytes;
     char *mem;
     double *tmp, *dg64, *db64;
+    const R *mean = (const R *)mean_v;
+    R *dgamma = (R *)dgamma_v, *dbeta = (R *)dbeta_v;
+    if (groups == 1 && r == NULL && d == NULL) /* ordinary (its own checks) */
+        return NAME(k_backward)(dy, x, y, act, outer, C, inner, mean, invstd, gamma,
+                                training, dx, dz, dgamma, dbeta, nthreads);
     if (groups < 1 || outer < 0 || C < 0 || inner < 0 || outer % groups != 0 ||
         (r == NULL) != (d == NULL))
         return FBN_EINVAL;
@@ -355,9 +361,6 @@ static int NAME(k_backward_ghost)(const T *dy, const T *x, const T *y,
             dgamma[c] = dbeta[c] = (R)0;
         return FBN_OK;
     }
-    if (groups == 1 && r == NULL)
-        return NAME(k_backward)(dy, x, y, outer, C, inner, mean, invstd, gamma,
-                                training, dx, dz, dgamma, dbeta, nthreads);
     og = outer / groups;
     fbn_plan_make_g(&p, groups, og, C, inner, sizeof(T), y ? 3 : 2, 0, dz ? 2 : 1,
                     FBN_OP_STATS | FBN_OP_APPLY, nthreads);
@@ -376,7 +379,7 @@ static int NAME(k_backward_ghost)(const T *dy, const T *x, const T *y,
     if (mem == NULL)
         return FBN_ENOMEM;
     memset(&gb, 0, sizeof gb);
-    NAME(bwd_init)(&gb.b, &p, dy, x, y, mean, invstd, gamma, training, dx, dz);
+    NAME(bwd_init)(&gb.b, &p, dy, x, y, act, mean, invstd, gamma, training, dx, dz);
     gb.b.rr = r;
     gb.b.rd = d;
     gb.b.pd = (double *)mem;
@@ -434,7 +437,4 @@ static int NAME(k_backward_ghost)(const T *dy, const T *x, const T *y,
     return FBN_OK;
 }
 
-static const FBN_GOPS_TYPE(SFX) NAME(gops) = {
-    NAME(k_train_ghost),
-    NAME(k_backward_ghost),
-};
+

@@ -1,6 +1,6 @@
 /*
  * half_convert.h -- conversions between float and the 16-bit types float16
- * (IEEE binary16) and bfloat16, as bit patterns (included by fastbn.c).
+ * (IEEE binary16) and bfloat16, as bit patterns (included by kernels.c).
  *
  * Widening is exact.  Narrowing rounds once, to nearest with ties to even,
  * denormal results included (no flush to zero); a NaN becomes a quiet NaN

@@ -1,6 +1,9 @@
 /*
  * half_impl.h -- the hot loops of the half types (float16, bfloat16),
- * included by kernels_impl.h when FBN_HALF is set (T = fbn_half, R = float).
+ * included by type_instance.h when FBN_HALF is set (T = fbn_half, R =
+ * float), after elem_impl.h (the lanes it loads and stores through) and
+ * before the templates (kernels_impl.h), which call these loops where
+ * the float types have their own.
  *
  * The batch statistics are summed in float, not in double as the float
  * kernels sum them (see "statistics" below): about half the work, and
@@ -24,189 +27,6 @@
  * and instruction set.  (Conversions inside the float loops kept GCC from
  * vectorising them; the separate conversion loops vectorise.)
  */
-#undef FBN_F32
-#ifdef FBN_F32_ISA /* (an instance of the bfloat16 kernels alone) */
-#define FBN_F32(f) FBN_CAT(f, f32, FBN_F32_ISA)
-#else
-#define FBN_F32(f) FBN_CAT(f, f32, FBN_ISA)
-#endif
-
-#if FBN_F16C == 512
-/* 16 values widened to float, exactly (float16: VCVTPH2PS; bfloat16: the
- * top 16 bits of the float). */
-static inline __m512 NAME(widen16)(__m256i h)
-{
-#if FBN_HALF == 1
-    return _mm512_cvtph_ps(h);
-#else
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-#endif
-}
-
-static inline __m512 NAME(load16)(const T *x)
-{
-    return NAME(widen16)(_mm256_loadu_si256((const __m256i *)x));
-}
-
-/* The first n < 16 values (the others read as 0, never touched). */
-static inline __m512 NAME(loadn)(const T *x, ptrdiff_t n)
-{
-    return NAME(widen16)(_mm256_maskz_loadu_epi16((__mmask16)((1u << n) - 1u), x));
-}
-
-/* 16 floats rounded once to the half type. */
-static inline __m256i NAME(narrow16)(__m512 t)
-{
-#if FBN_HALF == 1
-    return _mm512_cvtps_ph(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-#else
-    __m512i u = _mm512_castps_si512(t);
-#if defined(FBN_BF16_NARROW) && FBN_BF16_NARROW
-    /* AVX-512_BF16: VCVTNEPS2BF16 rounds to nearest even as fbn_f32_to_bf16
-     * does, NaN alike, but reads denormal inputs as zero
-     * (tools/check_half_convert.c): a vector holding one takes the integer
-     * rule below. */
-    if (!_mm512_fpclass_ps_mask(t, 0x20)) /* (class 0x20: denormal) */
-        return (__m256i)_mm512_cvtneps_pbh(t);
-#endif
-    /* fbn_f32_to_bf16, lane by lane */
-    __m512i hi = _mm512_srli_epi32(u, 16);
-    __m512i r = _mm512_srli_epi32(
-        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
-                         _mm512_and_si512(hi, _mm512_set1_epi32(1))), 16);
-    __mmask16 nan = _mm512_cmpgt_epu32_mask(
-        _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
-    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
-    return _mm512_cvtepi32_epi16(r);
-#endif
-}
-
-/* 32 floats (t: the first 16, u: the next) rounded once to the half type:
- * a whole 64-byte line, for one non-temporal store (two 32-byte stores to
- * a line cost the streamed transform 10-25 %). */
-static inline __m512i NAME(narrow32)(__m512 t, __m512 u)
-{
-#if FBN_HALF == 2 && defined(FBN_BF16_NARROW) && FBN_BF16_NARROW
-    /* bfloat16: one VCVTNE2PS2BF16 for both, as narrow16 when neither
-     * holds a denormal */
-    if (_kortestz_mask16_u8(_mm512_fpclass_ps_mask(t, 0x20), _mm512_fpclass_ps_mask(u, 0x20)))
-        return (__m512i)_mm512_cvtne2ps_pbh(u, t);
-#endif
-    return _mm512_inserti64x4(_mm512_castsi256_si512(NAME(narrow16)(t)), NAME(narrow16)(u), 1);
-}
-
-static inline void NAME(store16)(T *y, __m512 t)
-{
-    _mm256_storeu_si256((__m256i *)y, NAME(narrow16)(t));
-}
-
-/* The first n < 16 of them (nothing else written). */
-static inline void NAME(storen)(T *y, __m512 t, ptrdiff_t n)
-{
-    _mm256_mask_storeu_epi16(y, (__mmask16)((1u << n) - 1u), NAME(narrow16)(t));
-}
-#elif FBN_F16C == 256
-/* AVX2 with F16C: 8 values widened to float, exactly (float16: VCVTPH2PS;
- * bfloat16: the top 16 bits of the float). */
-static inline __m256 NAME(load8)(const T *x)
-{
-    __m128i h = _mm_loadu_si128((const __m128i *)x);
-#if FBN_HALF == 1
-    return _mm256_cvtph_ps(h);
-#else
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-#endif
-}
-
-#if FBN_HALF == 2
-/* bfloat16: 8 floats rounded once (fbn_f32_to_bf16 lane by lane), each to
- * the low 16 bits of its 32-bit lane. */
-static inline __m256i NAME(round8)(__m256 t)
-{
-    __m256i u = _mm256_castps_si256(t), hi = _mm256_srli_epi32(u, 16);
-    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)),
-                                                   _mm256_and_si256(hi, _mm256_set1_epi32(1))), 16);
-    __m256 nan = _mm256_cmp_ps(t, t, _CMP_UNORD_Q);
-    return _mm256_blendv_epi8(r, _mm256_or_si256(hi, _mm256_set1_epi32(0x40)),
-                              _mm256_castps_si256(nan));
-}
-
-/* 16 values as two vectors of 8 floats in the order of the 16-bit unpacks
- * within 128-bit lanes (a: values 0-3 and 8-11, b: 4-7 and 12-15): one
- * unpack per 8 to widen, one pack per 16 to narrow, for elementwise loops
- * with one set of constants. */
-static inline void NAME(load16u)(const T *x, __m256 *a, __m256 *b)
-{
-    __m256i h = _mm256_loadu_si256((const __m256i *)x), zero = _mm256_setzero_si256();
-    *a = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, h));
-    *b = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, h));
-}
-
-static inline void NAME(store16u)(T *y, __m256 a, __m256 b)
-{
-    _mm256_storeu_si256((__m256i *)y, _mm256_packus_epi32(NAME(round8)(a), NAME(round8)(b)));
-}
-#endif
-
-/* 8 floats rounded once to the half type (float16: VCVTPS2PH, bitwise
- * fbn_f32_to_f16; bfloat16: round8). */
-static inline void NAME(store8)(T *y, __m256 t)
-{
-#if FBN_HALF == 1
-    __m128i h = _mm256_cvtps_ph(t, _MM_FROUND_TO_NEAREST_INT);
-#else
-    /* 8 values < 2^16: packed to 16 bits within each 128-bit half, the
-     * halves' low quadwords then brought together */
-    __m256i r = NAME(round8)(t);
-    __m128i h = _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08));
-#endif
-    _mm_storeu_si128((__m128i *)y, h);
-}
-#endif
-
-/* n elements widened to float: at AVX-512 16 at a time (load16), at AVX2 8
- * at a time (load8; VCVTPH2PS is exact like fbn_f16_to_f32, NaN quieted
- * alike); the rest one by one. */
-static inline void NAME(widen)(const T *x, float *w, ptrdiff_t n)
-{
-    ptrdiff_t i = 0;
-#if FBN_F16C == 512
-    for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(w + i, NAME(load16)(x + i));
-#elif FBN_F16C == 256
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(w + i, NAME(load8)(x + i));
-#endif
-    {
-        ptrdiff_t j;
-        FBN_OMP_SIMD
-        for (j = i; j < n; j++)
-            w[j] = FBN_LD(x[j]);
-    }
-}
-
-/* n floats rounded once to the half type: at AVX-512 16 at a time
- * (store16), at AVX2 8 at a time (store8; VCVTPS2PH rounds to nearest even,
- * bitwise fbn_f32_to_f16 for every float, denormals produced whatever
- * MXCSR's flush modes); the rest one by one. */
-static inline void NAME(narrow)(const float *w, T *y, ptrdiff_t n)
-{
-    ptrdiff_t i = 0;
-#if FBN_F16C == 512
-    for (; i + 16 <= n; i += 16)
-        NAME(store16)(y + i, _mm512_loadu_ps(w + i));
-#elif FBN_F16C == 256
-    for (; i + 8 <= n; i += 8)
-        NAME(store8)(y + i, _mm256_loadu_ps(w + i));
-#endif
-    {
-        ptrdiff_t j;
-        FBN_OMP_SIMD
-        for (j = i; j < n; j++)
-            y[j] = FBN_ST(w[j]);
-    }
-}
-
 /* ---- statistics ----------------------------------------------------------
  * Channel-first (tile_moments), a chunk's two passes add in float:
  *   pass 1: in each run (piece of a run at the chunk's ends) of a channel,
@@ -707,12 +527,14 @@ static inline void NAME(dsum_acc)(const T *x, ptrdiff_t n, const double *m, doub
         t = _mm512_add_ps(_mm512_mul_ps(t, va), vb);                           \
         if (hasz)                                                              \
             t = _mm512_add_ps(t, (zv));                                        \
-        if (relu)                                                              \
+        if (act)                                                               \
             t = _mm512_max_ps(zero, t);                                        \
+        if ((act) == FBN_ACT_RELU6)                                            \
+            t = _mm512_min_ps(_mm512_set1_ps(6.0f), t);                        \
     } while (0)
 
 static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
-                                    R mh, R ml, R a, R b, int relu, int hasz)
+                                    R mh, R ml, R a, R b, int act, int hasz)
 {
     __m512 vmh = _mm512_set1_ps(mh), vml = _mm512_set1_ps(ml), t;
     __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), zero = _mm512_setzero_ps();
@@ -741,7 +563,7 @@ static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
  * (apply_span's whole lines); pf != 0: line by line, the line of x pf
  * values further on prefetched. */
 static inline void NAME(apply_nt_body)(const T *x, const T *z, T *y, ptrdiff_t n,
-                                       R mh, R ml, R a, R b, ptrdiff_t pf, int relu,
+                                       R mh, R ml, R a, R b, ptrdiff_t pf, int act,
                                        int hasz)
 {
     __m512 vmh = _mm512_set1_ps(mh), vml = _mm512_set1_ps(ml), t, u;
@@ -767,7 +589,7 @@ static inline void NAME(apply_nt_body)(const T *x, const T *z, T *y, ptrdiff_t n
  * (max(0, t) as at AVX-512), the last n % 8 one by one in the float
  * kernel's own expression; x, z and y may be the same array. */
 static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
-                                    R mh, R ml, R a, R b, int relu, int hasz)
+                                    R mh, R ml, R a, R b, int act, int hasz)
 {
     __m256 vmh = _mm256_set1_ps(mh), vml = _mm256_set1_ps(ml), t;
     __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b), zero = _mm256_setzero_ps();
@@ -778,8 +600,10 @@ static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
         t = _mm256_add_ps(_mm256_mul_ps(t, va), vb);                           \
         if (hasz)                                                              \
             t = _mm256_add_ps(t, (zv));                                        \
-        if (relu)                                                              \
+        if (act)                                                               \
             t = _mm256_max_ps(zero, t);                                        \
+        if ((act) == FBN_ACT_RELU6)                                            \
+            t = _mm256_min_ps(_mm256_set1_ps(6.0f), t);                        \
     } while (0)
 #if FBN_HALF == 2
     for (; i + 16 <= n; i += 16) { /* (in the unpacks' order: one set of constants) */
@@ -801,15 +625,14 @@ static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
         R u = ((FBN_LD(x[i]) - mh) - ml) * a + b;
         if (hasz)
             u += FBN_LD(z[i]);
-        if (relu)
-            u = u < (R)0 ? (R)0 : u;
+        FBN_ACTIVATE(u, act);
         y[i] = FBN_ST(u);
     }
 }
 #else
 /* x, z and y may be the same array (a tile is read before it is written). */
 static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
-                                    R mh, R ml, R a, R b, int relu, int hasz)
+                                    R mh, R ml, R a, R b, int act, int hasz)
 {
     float w[FBN_TILE], wz[FBN_TILE];
     ptrdiff_t t;
@@ -818,7 +641,7 @@ static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
         NAME(widen)(x + t, w, len);
         if (hasz)
             NAME(widen)(z + t, wz, len);
-        FBN_F32(apply_body)(w, wz, w, len, mh, ml, a, b, relu, hasz);
+        FBN_F32(apply_body)(w, wz, w, len, mh, ml, a, b, act, hasz);
         NAME(narrow)(w, y + t, len);
     }
 }
@@ -827,13 +650,14 @@ static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
 #if FBN_F16C
 /* The backward's reductions, values [i, n) in the scalar lane (t0, t1),
  * as bsum_plain adds its last n % 16 values. */
-static inline void NAME(bsum_tail)(const T *dy, const T *x, const T *y, ptrdiff_t i,
-                                   ptrdiff_t n, double m, double *t0, double *t1)
+static inline void NAME(bsum_tail)(const T *dy, const T *x, const T *y, int act,
+                                   ptrdiff_t i, ptrdiff_t n, double m, double *t0,
+                                   double *t1)
 {
     for (; i < n; i++) {
         float gf = FBN_LD(dy[i]);
         double gk;
-        if (y && !(FBN_LD(y[i]) > 0.0f))
+        if (y && !NAME(pass)(FBN_LD(y[i]), act))
             gf = 0.0f;
         gk = (double)gf;
         *t0 += gk;
@@ -849,20 +673,19 @@ static inline void NAME(bsum_tail)(const T *dy, const T *x, const T *y, ptrdiff_
  * the float kernel's order (bsum_plain: lanes 0-7 and 8-15, the last
  * n % 16 values in the scalar lane), so the bits are the float kernel's on
  * the widened data. */
-static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
+static void NAME(bsum_body)(const T *dy, const T *x, const T *y, int act, ptrdiff_t n,
                             double m, double *s0, double *s1)
 {
     __m512d a0 = _mm512_loadu_pd(s0), b0 = _mm512_loadu_pd(s0 + 8);
     __m512d a1 = _mm512_loadu_pd(s1), b1 = _mm512_loadu_pd(s1 + 8);
     __m512d mv = _mm512_set1_pd(m);
-    __m512 zero = _mm512_setzero_ps();
     double t0 = s0[FBN_LANES], t1 = s1[FBN_LANES];
     ptrdiff_t i = 0;
     for (; i + 16 <= n; i += 16) {
         __m512 g = NAME(load16)(dy + i), v = NAME(load16)(x + i);
         __m512d ga, gb;
         if (y)
-            g = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(NAME(load16)(y + i), zero, _CMP_GT_OQ), g);
+            g = _mm512_maskz_mov_ps(NAME(pass16)(NAME(load16)(y + i), act), g);
         ga = _mm512_cvtps_pd(_mm512_castps512_ps256(g));
         gb = _mm512_cvtps_pd(_mm512_extractf32x8_ps(g, 1));
         a0 = _mm512_add_pd(a0, ga);
@@ -872,7 +695,7 @@ static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
         b1 = _mm512_add_pd(b1, _mm512_mul_pd(gb, _mm512_sub_pd(
                  _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)), mv)));
     }
-    NAME(bsum_tail)(dy, x, y, i, n, m, &t0, &t1);
+    NAME(bsum_tail)(dy, x, y, act, i, n, m, &t0, &t1);
     _mm512_storeu_pd(s0, a0);
     _mm512_storeu_pd(s0 + 8, b0);
     _mm512_storeu_pd(s1, a1);
@@ -889,14 +712,14 @@ static inline void NAME(bapply_body)(const T *dy, const T *x, const T *y,
                                      R D, int mask, int training, int hasdz)
 {
     __m512 vm = _mm512_set1_ps(m), va = _mm512_set1_ps(A), vb = _mm512_set1_ps(B);
-    __m512 vd = _mm512_set1_ps(D), zero = _mm512_setzero_ps();
+    __m512 vd = _mm512_set1_ps(D);
     ptrdiff_t i;
     for (i = 0; i < n; i += 16) {
         ptrdiff_t q = n - i; /* < 16: the tail, masked */
         __m512 g = q >= 16 ? NAME(load16)(dy + i) : NAME(loadn)(dy + i, q), r;
         if (mask)
-            g = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(
-                    q >= 16 ? NAME(load16)(y + i) : NAME(loadn)(y + i, q), zero, _CMP_GT_OQ), g);
+            g = _mm512_maskz_mov_ps(NAME(pass16)(
+                    q >= 16 ? NAME(load16)(y + i) : NAME(loadn)(y + i, q), mask), g);
         if (hasdz) {
             if (q >= 16)
                 NAME(store16)(dz + i, g);
@@ -918,11 +741,10 @@ static inline void NAME(bapply_body)(const T *dy, const T *x, const T *y,
  * widened at once into two double vectors of 4 lanes, the lanes in the
  * float kernel's order (bsum_plain: 16 lanes, the last n % 16 values in
  * the scalar lane). */
-static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
+static void NAME(bsum_body)(const T *dy, const T *x, const T *y, int act, ptrdiff_t n,
                             double m, double *s0, double *s1)
 {
     __m256d a[4], b[4], mv = _mm256_set1_pd(m);
-    __m256 zero = _mm256_setzero_ps();
     double t0 = s0[FBN_LANES], t1 = s1[FBN_LANES];
     ptrdiff_t i = 0;
     int k;
@@ -935,7 +757,7 @@ static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
             __m256 g = NAME(load8)(dy + i + 8 * k), v = NAME(load8)(x + i + 8 * k);
             __m256d glo, ghi;
             if (y)
-                g = _mm256_and_ps(_mm256_cmp_ps(NAME(load8)(y + i + 8 * k), zero, _CMP_GT_OQ), g);
+                g = _mm256_and_ps(NAME(pass8)(NAME(load8)(y + i + 8 * k), act), g);
             glo = _mm256_cvtps_pd(_mm256_castps256_ps128(g));
             ghi = _mm256_cvtps_pd(_mm256_extractf128_ps(g, 1));
             a[2 * k] = _mm256_add_pd(a[2 * k], glo);
@@ -945,7 +767,7 @@ static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
             b[2 * k + 1] = _mm256_add_pd(b[2 * k + 1], _mm256_mul_pd(ghi, _mm256_sub_pd(
                                _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), mv)));
         }
-    NAME(bsum_tail)(dy, x, y, i, n, m, &t0, &t1);
+    NAME(bsum_tail)(dy, x, y, act, i, n, m, &t0, &t1);
     for (k = 0; k < 4; k++) {
         _mm256_storeu_pd(s0 + 4 * k, a[k]);
         _mm256_storeu_pd(s1 + 4 * k, b[k]);
@@ -962,12 +784,12 @@ static inline void NAME(bapply_body)(const T *dy, const T *x, const T *y,
                                      R D, int mask, int training, int hasdz)
 {
     __m256 vm = _mm256_set1_ps(m), va = _mm256_set1_ps(A), vb = _mm256_set1_ps(B);
-    __m256 vd = _mm256_set1_ps(D), zero = _mm256_setzero_ps();
+    __m256 vd = _mm256_set1_ps(D);
     ptrdiff_t i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 g = NAME(load8)(dy + i), r;
         if (mask)
-            g = _mm256_and_ps(_mm256_cmp_ps(NAME(load8)(y + i), zero, _CMP_GT_OQ), g);
+            g = _mm256_and_ps(NAME(pass8)(NAME(load8)(y + i), mask), g);
         if (hasdz)
             NAME(store8)(dz + i, g);
         r = _mm256_mul_ps(va, g);
@@ -978,7 +800,7 @@ static inline void NAME(bapply_body)(const T *dy, const T *x, const T *y,
     }
     for (; i < n; i++) {
         float g = FBN_LD(dy[i]), r;
-        if (mask && !(FBN_LD(y[i]) > 0.0f))
+        if (mask && !NAME(pass)(FBN_LD(y[i]), mask))
             g = 0.0f;
         if (hasdz)
             dz[i] = FBN_ST(g);
@@ -991,7 +813,7 @@ static inline void NAME(bapply_body)(const T *dy, const T *x, const T *y,
 #else
 /* The backward's reductions of n values (dy' = dy where y > 0 when y is
  * given): the float kernel's bsum_body, tile by tile. */
-static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
+static void NAME(bsum_body)(const T *dy, const T *x, const T *y, int act, ptrdiff_t n,
                             double m, double *s0, double *s1)
 {
     float wg[FBN_TILE], wx[FBN_TILE], wy[FBN_TILE];
@@ -1002,7 +824,7 @@ static void NAME(bsum_body)(const T *dy, const T *x, const T *y, ptrdiff_t n,
         NAME(widen)(x + t, wx, len);
         if (y) {
             NAME(widen)(y + t, wy, len);
-            FBN_F32(mask_grad)(wg, wy, wg, len);
+            FBN_F32(mask_grad)(wg, wy, act, wg, len);
         }
         FBN_F32(bsum_plain)(wg, wx, len, m, s0, s1);
     }
@@ -1036,12 +858,11 @@ static inline void NAME(bapply_body)(const T *dy, const T *x, const T *y,
  * reductions): the float kernel's bsum_long_rows on the widened values,
  * channel by channel (s0[c] += g, s1[c] += g * (x - m[c]) in double, g
  * = +0 where y <= 0 or NaN when y is given), in registers. */
-static void NAME(bsum_row_regs)(const T *dy, const T *x, const T *y, ptrdiff_t n,
+static void NAME(bsum_row_regs)(const T *dy, const T *x, const T *y, int act, ptrdiff_t n,
                                 const double *m, double *s0, double *s1)
 {
     ptrdiff_t c = 0;
 #if FBN_F16C == 512
-    __m512 zero = _mm512_setzero_ps();
 #define FBN_BROW(gd, xd, o)                                                    \
     do {                                                                       \
         __m512d gk = (gd);                                                     \
@@ -1052,14 +873,13 @@ static void NAME(bsum_row_regs)(const T *dy, const T *x, const T *y, ptrdiff_t n
     for (; c + 16 <= n; c += 16) {
         __m512 g = NAME(load16)(dy + c), v = NAME(load16)(x + c);
         if (y)
-            g = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(NAME(load16)(y + c), zero, _CMP_GT_OQ), g);
+            g = _mm512_maskz_mov_ps(NAME(pass16)(NAME(load16)(y + c), act), g);
         FBN_BROW(_mm512_cvtps_pd(_mm512_castps512_ps256(g)),
                  _mm512_cvtps_pd(_mm512_castps512_ps256(v)), c);
         FBN_BROW(_mm512_cvtps_pd(_mm512_extractf32x8_ps(g, 1)),
                  _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)), c + 8);
     }
 #else
-    __m256 zero = _mm256_setzero_ps();
 #define FBN_BROW(gd, xd, o)                                                    \
     do {                                                                       \
         __m256d gk = (gd);                                                     \
@@ -1070,7 +890,7 @@ static void NAME(bsum_row_regs)(const T *dy, const T *x, const T *y, ptrdiff_t n
     for (; c + 8 <= n; c += 8) {
         __m256 g = NAME(load8)(dy + c), v = NAME(load8)(x + c);
         if (y)
-            g = _mm256_and_ps(_mm256_cmp_ps(NAME(load8)(y + c), zero, _CMP_GT_OQ), g);
+            g = _mm256_and_ps(NAME(pass8)(NAME(load8)(y + c), act), g);
         FBN_BROW(_mm256_cvtps_pd(_mm256_castps256_ps128(g)),
                  _mm256_cvtps_pd(_mm256_castps256_ps128(v)), c);
         FBN_BROW(_mm256_cvtps_pd(_mm256_extractf128_ps(g, 1)),
@@ -1081,7 +901,7 @@ static void NAME(bsum_row_regs)(const T *dy, const T *x, const T *y, ptrdiff_t n
     for (; c < n; c++) {
         float gf = FBN_LD(dy[c]);
         double gk;
-        if (y && !(FBN_LD(y[c]) > 0.0f))
+        if (y && !NAME(pass)(FBN_LD(y[c]), act))
             gf = 0.0f;
         gk = (double)gf;
         s0[c] += gk;

@@ -1,14 +1,18 @@
 /*
  * kernels_impl.h -- the forward kernels, written once for an element type.
  *
- * Included by fastbn.c with T (float or double, or fbn_half), R (the
- * per-channel and computing type: T, or float for the half types),
+ * Included by type_instance.h with T (float or double, or fbn_half), R
+ * (the per-channel and computing type: T, or float for the half types),
  * FBN_HALF (0, or 1 for float16, 2 for bfloat16), SFX (f32, f64, f16, bf16)
  * and FBN_ISA (base, avx2, avx512: the instruction set the compiler may use)
- * defined.  NAME(f) gives the specific name f_SFX_ISA.  Everything is
- * static; the table NAME(ops) at the end is what fastbn.c dispatches to.
+ * defined, after the element interface (elem_impl.h: NAME(f) gives the
+ * specific name f_SFX_ISA, FBN_LD/FBN_ST an element's value) and, for the
+ * half types, their hot loops (half_impl.h), which stand in for the bodies
+ * this file compiles only for float and double (#if !FBN_HALF).
+ * Everything is static; the table NAME(ops) at the end is what dispatch.c
+ * dispatches to.
  *
- * Every kernel follows a plan (fbn_plan, fastbn.c) made from the geometry
+ * Every kernel follows a plan (fbn_plan, plan.h) made from the geometry
  * of its (outer, C, inner) view and the caches, and runs the plan's items
  * through fbn_parallel_for (pool.h):
  *   channel-first (inner > 1; C == 1 is one run of outer*inner values):
@@ -27,81 +31,12 @@
  * count or the instruction set.
  *
  * The normalisation of a value is
- *   t = ((x - mh) - ml) * a + b   [+ z]   [max(t, 0)]
+ *   t = ((x - mh) - ml) * a + b   [+ z]   [max(t, 0)   [min(t, 6)]]
  * with per-channel constants mh + ml = mean (ml carries the part of a double
  * mean that float cannot hold, so large offsets cancel exactly),
- * a = gamma * invstd and b = beta.
+ * a = gamma * invstd and b = beta, and the activation act (FBN_ACT_*: none,
+ * ReLU, ReLU6) a constant in each instance of a loop.
  */
-#ifndef FBN_RELU_Z
-/* f(args..., relu, hasz) with the two flags made constants, so that each
- * instance of an inline body is a simple loop */
-#define FBN_RELU_Z(f, relu, hasz, ...)                                          \
-    do {                                                                       \
-        if (relu) {                                                            \
-            if (hasz)                                                          \
-                f(__VA_ARGS__, 1, 1);                                          \
-            else                                                               \
-                f(__VA_ARGS__, 1, 0);                                          \
-        } else if (hasz)                                                       \
-            f(__VA_ARGS__, 0, 1);                                              \
-        else                                                                   \
-            f(__VA_ARGS__, 0, 0);                                              \
-    } while (0)
-/* f(args..., mask, training, hasdz) with the three flags made constants
- * (the backward's bodies) */
-#define FBN_MASK_TRAIN_DZ(f, mask, training, hasdz, ...)                         \
-    do {                                                                       \
-        if (training)                                                          \
-            FBN_MASK_DZ(f, mask, hasdz, 1, __VA_ARGS__);                       \
-        else                                                                   \
-            FBN_MASK_DZ(f, mask, hasdz, 0, __VA_ARGS__);                       \
-    } while (0)
-#define FBN_MASK_DZ(f, mask, hasdz, tr, ...)                                    \
-    do {                                                                       \
-        if (mask) {                                                            \
-            if (hasdz)                                                         \
-                f(__VA_ARGS__, 1, tr, 1);                                      \
-            else                                                               \
-                f(__VA_ARGS__, 1, tr, 0);                                      \
-        } else if (hasdz)                                                      \
-            f(__VA_ARGS__, 0, tr, 1);                                          \
-        else                                                                   \
-            f(__VA_ARGS__, 0, tr, 0);                                          \
-    } while (0)
-#endif
-#define FBN_CAT_(a, b, c) a##_##b##_##c
-#define FBN_CAT(a, b, c) FBN_CAT_(a, b, c)
-#define NAME(f) FBN_CAT(f, SFX, FBN_ISA)
-
-/* An element as R (FBN_LD: exact) and an R value stored as an element
- * (FBN_ST: rounded once).  The half types compute exactly what the float
- * kernels compute on the widened values (half_convert.h). */
-#if FBN_HALF == 1 && FBN_F16C
-/* one value through F16C (the scalar tails of the runs: 7x7 planes have
- * one in every 49 values), bitwise the portable conversions */
-#define FBN_LD(v) _cvtsh_ss(v)
-#define FBN_ST(v) ((fbn_half)_cvtss_sh((v), _MM_FROUND_TO_NEAREST_INT))
-#elif FBN_HALF == 1
-#define FBN_LD(v) fbn_f16_to_f32(v)
-#define FBN_ST(v) fbn_f32_to_f16(v)
-#elif FBN_HALF == 2
-#define FBN_LD(v) fbn_bf16_to_f32(v)
-#define FBN_ST(v) fbn_f32_to_bf16(v)
-#else
-#define FBN_LD(v) (v)
-#define FBN_ST(v) (v)
-#endif
-
-#if FBN_VEC
-/* 32-byte vectors of T (GCC/clang vector extensions) for the few loops the
- * auto-vectoriser handles badly; FBN_NV of them make the FBN_LANES lanes.
- * The arithmetic is lane by lane, as in the scalar fallback, so every
- * instruction set (and the fallback) gives the same bits. */
-typedef R NAME(vec) __attribute__((vector_size(32)));
-#define FBN_VN ((int)(32 / sizeof(R)))
-#define FBN_NV (FBN_LANES / FBN_VN)
-#endif
-
 /* Non-temporal copy of n bytes to dst: fbn_stream's 16-byte stores, or in
  * the AVX2 and AVX-512 kernels FBN_WIDE_NT-byte stores (32 or 64: a whole
  * line per store) where dst is so aligned (apply_span's tiles end on
@@ -134,30 +69,6 @@ static inline void NAME(stream)(void *dst, const void *src, size_t n)
 
 /* ---- reductions -------------------------------------------------------- */
 
-#if FBN_VEC
-/* The 16 double lanes as two vectors of 8, and 8 values of T, for the
- * backward's reductions: GCC turned their plain lane loops into scalar code
- * where they are inlined.  Element-wise IEEE arithmetic, so the bits are
- * those of the scalar loops. */
-typedef double NAME(d8) __attribute__((vector_size(64)));
-typedef R NAME(t8) __attribute__((vector_size(8 * sizeof(R))));
-#if FBN_HALF
-/* n elements at p, widened, into the vector v (of n values of R) */
-#define FBN_LOADN(v, p, n)                                                     \
-    do {                                                                       \
-        R w_[n];                                                               \
-        int j_;                                                                \
-        for (j_ = 0; j_ < (n); j_++)                                           \
-            w_[j_] = FBN_LD((p)[j_]);                                          \
-        memcpy(&(v), w_, sizeof(v));                                           \
-    } while (0)
-#define FBN_LOAD8(v, p) FBN_LOADN(v, p, 8)
-#else
-#define FBN_LOAD8(v, p) memcpy(&(v), (p), sizeof(v))
-#endif
-#define FBN_TO_D8(v) __builtin_convertvector((v), NAME(d8))
-#endif
-
 /* The generic form of a function that half_impl.h wraps (the half types
  * run the float kernel's on widened rows; this one when a buffer cannot be
  * had). */
@@ -167,10 +78,8 @@ typedef R NAME(t8) __attribute__((vector_size(8 * sizeof(R))));
 #define FBN_GENERIC(f) NAME(f)
 #endif
 
-#if FBN_HALF
-#include "half_impl.h" /* (with FBN_SACC and FBN_QACC: accumulators per
-                          channel in the statistics' passes) */
-#else
+#if !FBN_HALF /* (the half types': half_impl.h, with FBN_SACC and FBN_QACC,
+                 their accumulators per channel in the statistics' passes) */
 #define FBN_SACC FBN_ACC
 #define FBN_QACC FBN_ACC
 /* Adds n values to the lane accumulators acc[0..FBN_LANES] (the last one
@@ -401,7 +310,7 @@ static void NAME(block_moments)(const T *x, ptrdiff_t C, ptrdiff_t r0,
  * `omp simd` states that there is no dependence between iterations. */
 #if !FBN_HALF /* (half_impl.h) */
 static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
-                                    R mh, R ml, R a, R b, int relu, int hasz)
+                                    R mh, R ml, R a, R b, int act, int hasz)
 {
     ptrdiff_t i;
         FBN_OMP_SIMD
@@ -409,17 +318,16 @@ static inline void NAME(apply_body)(const T *x, const T *z, T *y, ptrdiff_t n,
         R t = ((FBN_LD(x[i]) - mh) - ml) * a + b;
         if (hasz)
             t += FBN_LD(z[i]);
-        if (relu)
-            t = t < (R)0 ? (R)0 : t; /* NaN stays NaN */
+        FBN_ACTIVATE(t, act);
         y[i] = FBN_ST(t);
     }
 }
 #endif
 
 static void NAME(apply_any)(const T *x, const T *z, T *y, ptrdiff_t n, R mh,
-                            R ml, R a, R b, int relu)
+                            R ml, R a, R b, int act)
 {
-    FBN_RELU_Z(NAME(apply_body), relu, z != NULL, x, z, y, n, mh, ml, a, b);
+    FBN_ACT_Z(NAME(apply_body), act, z != NULL, x, z, y, n, mh, ml, a, b);
 }
 
 #if FBN_HALF && FBN_F16C == 512
@@ -429,9 +337,9 @@ static void NAME(apply_any)(const T *x, const T *z, T *y, ptrdiff_t n, R mh,
 #define FBN_NT_LINES 1
 #define FBN_LINE_VALUES ((ptrdiff_t)(64 / sizeof(T)))
 static void NAME(apply_any_nt)(const T *x, const T *z, T *y, ptrdiff_t n, R mh,
-                               R ml, R a, R b, int relu, ptrdiff_t pf)
+                               R ml, R a, R b, int act, ptrdiff_t pf)
 {
-    FBN_RELU_Z(NAME(apply_nt_body), relu, z != NULL, x, z, y, n, mh, ml, a, b, pf);
+    FBN_ACT_Z(NAME(apply_nt_body), act, z != NULL, x, z, y, n, mh, ml, a, b, pf);
 }
 #else
 #undef FBN_NT_LINES
@@ -481,11 +389,11 @@ static inline int NAME(nt_lines)(const T *y, ptrdiff_t q, ptrdiff_t e, ptrdiff_t
 static FBN_NOINLINE void NAME(apply_piece_nt)(const T *x, const T *z, T *y, T *buf,
                                               ptrdiff_t i, ptrdiff_t from, ptrdiff_t q,
                                               ptrdiff_t l0, ptrdiff_t l1, R mh, R ml, R a,
-                                              R b, int relu, ptrdiff_t pf)
+                                              R b, int act, ptrdiff_t pf)
 {
-    NAME(apply_any)(x + q, z ? z + q : NULL, buf + (q - i), l0 - q, mh, ml, a, b, relu);
+    NAME(apply_any)(x + q, z ? z + q : NULL, buf + (q - i), l0 - q, mh, ml, a, b, act);
     NAME(stream)(y + from, buf + (from - i), (size_t)(l0 - from) * sizeof(T));
-    NAME(apply_any_nt)(x + l0, z ? z + l0 : NULL, y + l0, l1 - l0, mh, ml, a, b, relu, pf);
+    NAME(apply_any_nt)(x + l0, z ? z + l0 : NULL, y + l0, l1 - l0, mh, ml, a, b, act, pf);
 }
 #endif
 
@@ -500,7 +408,7 @@ static FBN_NOINLINE void NAME(apply_piece_nt)(const T *x, const T *z, T *y, T *b
  * lines line by line), the values pf elements further on are prefetched. */
 static void NAME(apply_span)(const T *x, const T *z, T *y, ptrdiff_t C,
                              ptrdiff_t inner, ptrdiff_t s0, ptrdiff_t s1,
-                             const R *coef, int relu, int nt, ptrdiff_t pf)
+                             const R *coef, int act, int nt, ptrdiff_t pf)
 {
     T buf[FBN_TILE];
     ptrdiff_t i = s0;
@@ -521,12 +429,12 @@ static void NAME(apply_span)(const T *x, const T *z, T *y, ptrdiff_t C,
                 NAME(nt_lines)(y, q, e, &l0, &l1)) {
                 /* through the run's last whole line; the next tile starts
                  * there */
-                NAME(apply_piece_nt)(x, z, y, buf, i, from, q, l0, l1, mh, ml, a, b, relu, pf);
+                NAME(apply_piece_nt)(x, z, y, buf, i, from, q, l0, l1, mh, ml, a, b, act, pf);
                 end = from = l1;
                 len = l1 - q;
             } else
 #endif
-            NAME(apply_any)(x + q, zq, nt ? buf + (q - i) : y + q, len, mh, ml, a, b, relu);
+            NAME(apply_any)(x + q, zq, nt ? buf + (q - i) : y + q, len, mh, ml, a, b, act);
             q += len;
             if (q == rend) {
                 rend += inner;
@@ -542,7 +450,7 @@ static void NAME(apply_span)(const T *x, const T *z, T *y, ptrdiff_t C,
 #if !FBN_HALF
 static inline void NAME(rows_body)(const T *x, const T *z, T *y, ptrdiff_t C,
                                    ptrdiff_t r0, ptrdiff_t r1, const R *coef,
-                                   int relu, int hasz)
+                                   int act, int hasz)
 {
     const R *mh = coef, *ml = coef + C, *a = coef + 2 * C, *b = coef + 3 * C;
     ptrdiff_t r, c;
@@ -555,24 +463,23 @@ static inline void NAME(rows_body)(const T *x, const T *z, T *y, ptrdiff_t C,
             R t = ((FBN_LD(xr[c]) - mh[c]) - ml[c]) * a[c] + b[c];
             if (hasz)
                 t += FBN_LD(zr[c]);
-            if (relu)
-                t = t < (R)0 ? (R)0 : t;
+            FBN_ACTIVATE(t, act);
             yr[c] = FBN_ST(t);
         }
     }
 }
 
 static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
-                           ptrdiff_t r0, ptrdiff_t r1, const R *coef, int relu)
+                           ptrdiff_t r0, ptrdiff_t r1, const R *coef, int act)
 {
-    FBN_RELU_Z(NAME(rows_body), relu, z != NULL, x, z, y, C, r0, r1, coef);
+    FBN_ACT_Z(NAME(rows_body), act, z != NULL, x, z, y, C, r0, r1, coef);
 }
 #elif FBN_F16C == 512
 /* AVX-512: the float kernel's rows_body in registers, 16 channels at a
  * time (the last C % 16 masked), each value rounded once (store16). */
 static inline void NAME(rows_regs)(const T *x, const T *z, T *y, ptrdiff_t C,
                                    ptrdiff_t r0, ptrdiff_t r1, const R *coef,
-                                   int relu, int hasz)
+                                   int act, int hasz)
 {
     const R *mh = coef, *ml = coef + C, *a = coef + 2 * C, *b = coef + 3 * C;
     __m512 zero = _mm512_setzero_ps(), t;
@@ -583,8 +490,10 @@ static inline void NAME(rows_regs)(const T *x, const T *z, T *y, ptrdiff_t C,
         t = _mm512_add_ps(_mm512_mul_ps(t, ldc(a + c)), ldc(b + c));           \
         if (hasz)                                                              \
             t = _mm512_add_ps(t, ld(zr + c));                                  \
-        if (relu)                                                              \
+        if (act)                                                               \
             t = _mm512_max_ps(zero, t);                                        \
+        if ((act) == FBN_ACT_RELU6)                                            \
+            t = _mm512_min_ps(_mm512_set1_ps(6.0f), t);                        \
     } while (0)
 #define FBN_LDX(p) NAME(loadn)((p), C - c)
 #define FBN_LDC(p) _mm512_maskz_loadu_ps(m, (p))
@@ -611,7 +520,7 @@ static inline void NAME(rows_regs)(const T *x, const T *z, T *y, ptrdiff_t C,
  * the last C % 8 one by one in its own expression. */
 static inline void NAME(rows_regs)(const T *x, const T *z, T *y, ptrdiff_t C,
                                    ptrdiff_t r0, ptrdiff_t r1, const R *coef,
-                                   int relu, int hasz)
+                                   int act, int hasz)
 {
     const R *mh = coef, *ml = coef + C, *a = coef + 2 * C, *b = coef + 3 * C;
     __m256 zero = _mm256_setzero_ps(), t;
@@ -625,16 +534,17 @@ static inline void NAME(rows_regs)(const T *x, const T *z, T *y, ptrdiff_t C,
             t = _mm256_add_ps(_mm256_mul_ps(t, _mm256_loadu_ps(a + c)), _mm256_loadu_ps(b + c));
             if (hasz)
                 t = _mm256_add_ps(t, NAME(load8)(zr + c));
-            if (relu)
+            if (act)
                 t = _mm256_max_ps(zero, t);
+            if (act == FBN_ACT_RELU6)
+                t = _mm256_min_ps(_mm256_set1_ps(6.0f), t);
             NAME(store8)(yr + c, t);
         }
         for (; c < C; c++) {
             R u = ((FBN_LD(xr[c]) - mh[c]) - ml[c]) * a[c] + b[c];
             if (hasz)
                 u += FBN_LD(zr[c]);
-            if (relu)
-                u = u < (R)0 ? (R)0 : u;
+            FBN_ACTIVATE(u, act);
             yr[c] = FBN_ST(u);
         }
     }
@@ -644,16 +554,16 @@ static inline void NAME(rows_regs)(const T *x, const T *z, T *y, ptrdiff_t C,
 #if FBN_HALF && FBN_F16C
 /* The half kernels' rows in registers, flags made constants. */
 static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
-                           ptrdiff_t r0, ptrdiff_t r1, const R *coef, int relu)
+                           ptrdiff_t r0, ptrdiff_t r1, const R *coef, int act)
 {
-    FBN_RELU_Z(NAME(rows_regs), relu, z != NULL, x, z, y, C, r0, r1, coef);
+    FBN_ACT_Z(NAME(rows_regs), act, z != NULL, x, z, y, C, r0, r1, coef);
 }
 #elif FBN_HALF
 /* Groups of rows widened into L1 tiles, the float kernel's rows_any, and
  * rounded once.  Rows longer than a tile go by slices of FBN_TILE
  * channels, each slice's constants copied out once. */
 static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
-                           ptrdiff_t r0, ptrdiff_t r1, const R *coef, int relu)
+                           ptrdiff_t r0, ptrdiff_t r1, const R *coef, int act)
 {
     float w[FBN_TILE], wz[FBN_TILE];
     ptrdiff_t k = FBN_TILE / C, r;
@@ -667,7 +577,7 @@ static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
                 NAME(widen)(x + r * C + c0, w, len);
                 if (z)
                     NAME(widen)(z + r * C + c0, wz, len);
-                FBN_F32(rows_any)(w, z ? wz : NULL, w, len, 0, 1, kc, relu);
+                FBN_F32(rows_any)(w, z ? wz : NULL, w, len, 0, 1, kc, act);
                 NAME(narrow)(w, y + r * C + c0, len);
             }
         }
@@ -678,7 +588,7 @@ static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
         NAME(widen)(x + r * C, w, nr * C);
         if (z)
             NAME(widen)(z + r * C, wz, nr * C);
-        FBN_F32(rows_any)(w, z ? wz : NULL, w, C, 0, nr, coef, relu);
+        FBN_F32(rows_any)(w, z ? wz : NULL, w, C, 0, nr, coef, act);
         NAME(narrow)(w, y + r * C, nr * C);
     }
 }
@@ -687,19 +597,19 @@ static void NAME(rows_any)(const T *x, const T *z, T *y, ptrdiff_t C,
 /* Rows [r0, r1), channel-last; with nt, groups of rows go through a tile
  * in L1 and out with non-temporal stores. */
 static void NAME(apply_rows)(const T *x, const T *z, T *y, ptrdiff_t C,
-                             ptrdiff_t r0, ptrdiff_t r1, const R *coef, int relu,
+                             ptrdiff_t r0, ptrdiff_t r1, const R *coef, int act,
                              int nt)
 {
     T buf[FBN_TILE];
     ptrdiff_t k = FBN_TILE / C, r;
     if (!nt || k < 1) {
-        NAME(rows_any)(x, z, y, C, r0, r1, coef, relu);
+        NAME(rows_any)(x, z, y, C, r0, r1, coef, act);
         return;
     }
     for (r = r0; r < r1; r += k) {
         ptrdiff_t nr = fbn_min(k, r1 - r);
         fbn_prefetch(x + r * C, FBN_APF * sizeof(T), (size_t)(nr * C) * sizeof(T));
-        NAME(rows_any)(x + r * C, z ? z + r * C : NULL, buf, C, 0, nr, coef, relu);
+        NAME(rows_any)(x + r * C, z ? z + r * C : NULL, buf, C, 0, nr, coef, act);
         NAME(stream)(y + r * C, buf, (size_t)(nr * C) * sizeof(T));
     }
 }
@@ -712,7 +622,7 @@ typedef struct {
     const T *x, *z;
     const R *gamma, *beta;
     T *y;
-    int relu;
+    int act;
     double eps;
     double *pm, *pq;    /* per-chunk or per-block moments */
     R *coef;            /* 4*C constants (see coef_one) */
@@ -791,7 +701,7 @@ static void NAME(item_fused_tile)(void *arg, ptrdiff_t t)
     }
     for (o = 0; o < p->outer; o++)
         NAME(apply_span)(f->x, f->z, f->y, p->C, p->inner, o * ci + c0 * p->inner,
-                         o * ci + c1 * p->inner, f->coef, f->relu, p->nt,
+                         o * ci + c1 * p->inner, f->coef, f->act, p->nt,
                          (p->pf && c1 < p->C) ? (c1 - c0) * p->inner : 0);
 }
 
@@ -819,13 +729,13 @@ static void NAME(item_apply)(void *arg, ptrdiff_t b)
     ptrdiff_t i0 = b * p->ab, off = p->outerv * p->Cv;
     if (p->cl && b < p->nab)
         NAME(apply_rows)(f->x, f->z, f->y, p->Cv, i0, fbn_min(i0 + p->ab, p->outerv),
-                         f->coefv, f->relu, p->nt);
+                         f->coefv, f->act, p->nt);
     else if (p->cl) /* the rows left over from folding */
         NAME(apply_rows)(f->x + off, f->z ? f->z + off : NULL, f->y + off, p->C, 0,
-                         p->rem, f->coef, f->relu, p->nt);
+                         p->rem, f->coef, f->act, p->nt);
     else
         NAME(apply_span)(f->x, f->z, f->y, p->C, p->inner, i0,
-                         fbn_min(i0 + p->ab, p->ntot * p->C), f->coef, f->relu,
+                         fbn_min(i0 + p->ab, p->ntot * p->C), f->coef, f->act,
                          p->nt, p->nt ? FBN_APF : 0);
 }
 
@@ -876,7 +786,7 @@ static int NAME(fwd_scratch)(NAME(fwd) *f, double **tmp, void **mem, double *sta
 
 /* ---- public kernels ---------------------------------------------------- */
 
-static int NAME(k_moments)(const T *x, ptrdiff_t outer, ptrdiff_t C,
+static int NAME(k_moments)(const void *x, ptrdiff_t outer, ptrdiff_t C,
                            ptrdiff_t inner, double *mean, double *m2, int nthreads)
 {
     fbn_plan p;
@@ -906,7 +816,7 @@ static int NAME(k_moments)(const T *x, ptrdiff_t outer, ptrdiff_t C,
 
 static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
                                  ptrdiff_t inner, const R *gamma, const R *beta,
-                                 const T *z, double eps, int relu, T *y, R *mean_out,
+                                 const T *z, double eps, int act, T *y, R *mean_out,
                                  R *invstd_out, double *var_out, int nthreads)
 {
     fbn_plan p;
@@ -927,7 +837,7 @@ static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
     f.gamma = gamma;
     f.beta = beta;
     f.y = y;
-    f.relu = relu;
+    f.act = act;
     f.eps = eps;
     f.mean_out = mean_out;
     f.invstd_out = invstd_out;
@@ -958,7 +868,7 @@ static int NAME(transform)(const T *x, ptrdiff_t outer, ptrdiff_t C,
                            ptrdiff_t inner, const R *mean_t, const R *var_t,
                            double eps, const double *mean_d,
                            const double *invstd_d, const R *gamma,
-                           const R *beta, const T *z, int relu, T *y,
+                           const R *beta, const T *z, int act, T *y,
                            int nthreads)
 {
     fbn_plan p;
@@ -975,7 +885,7 @@ static int NAME(transform)(const T *x, ptrdiff_t outer, ptrdiff_t C,
     f.x = x;
     f.z = z;
     f.y = y;
-    f.relu = relu;
+    f.act = act;
     /* the constants, and those of folded channel-last rows */
     nc = 4 * (size_t)C + (p.cl && p.fold > 1 ? 4 * (size_t)p.Cv : 0);
     f.coef = nc <= 8 * FBN_STACK_C ? stack_coef : (R *)malloc(sizeof(R) * nc);
@@ -1001,57 +911,47 @@ static int NAME(transform)(const T *x, ptrdiff_t outer, ptrdiff_t C,
     return FBN_OK;
 }
 
-static int NAME(k_infer_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
-                                 ptrdiff_t inner, const R *mean, const R *var,
-                                 const R *gamma, const R *beta, const T *z,
-                                 double eps, int relu, T *y, int nthreads)
+static int NAME(k_infer_forward)(const void *x, ptrdiff_t outer, ptrdiff_t C,
+                                 ptrdiff_t inner, const void *mean, const void *var,
+                                 const void *gamma, const void *beta, const void *z,
+                                 double eps, int act, void *y, int nthreads)
 {
     if (outer < 0 || C < 0 || inner < 0 || !(eps > 0))
         return FBN_EINVAL;
     return NAME(transform)(x, outer, C, inner, mean, var, eps, NULL, NULL, gamma,
-                           beta, z, relu, y, nthreads);
+                           beta, z, act, y, nthreads);
 }
 
-static int NAME(k_apply)(const T *x, ptrdiff_t outer, ptrdiff_t C,
+static int NAME(k_apply)(const void *x, ptrdiff_t outer, ptrdiff_t C,
                          ptrdiff_t inner, const double *mean,
-                         const double *invstd, const R *gamma, const R *beta,
-                         const T *z, int relu, T *y, int nthreads)
+                         const double *invstd, const void *gamma, const void *beta,
+                         const void *z, int act, void *y, int nthreads)
 {
     if (outer < 0 || C < 0 || inner < 0)
         return FBN_EINVAL;
     return NAME(transform)(x, outer, C, inner, NULL, NULL, 0.0, mean, invstd,
-                           gamma, beta, z, relu, y, nthreads);
+                           gamma, beta, z, act, y, nthreads);
 }
 
 #include "backward_impl.h"
 #include "ghost_impl.h"
+#if !FBN_HALF
+#include "colstats_impl.h"
+#endif
 
-#if FBN_VEC
-#undef FBN_VN
-#undef FBN_NV
-#undef FBN_LOAD8
-#undef FBN_TO_D8
-#if FBN_HALF
-#undef FBN_LOADN
-#endif
-#endif
-#undef FBN_LD
-#undef FBN_ST
 #undef FBN_GENERIC
 #undef FBN_LINE_VALUES
 #undef FBN_SACC
 #undef FBN_HROWS
 #undef FBN_QACC
-#if FBN_HALF
-#undef FBN_F32
-#endif
 
-static const FBN_OPS_TYPE(SFX) NAME(ops) = {
-    NAME(k_moments),         NAME(k_train_forward), NAME(k_infer_forward),
+static const fbn_ops NAME(ops) = {
+    NAME(k_moments),         NAME(k_train_ghost),    NAME(k_infer_forward),
     NAME(k_apply),           NAME(k_backward_reduce), NAME(k_backward_apply),
-    NAME(k_backward),
+    NAME(k_backward_ghost),
+#if FBN_HALF
+    NULL, NULL, /* (no per-column kernels) */
+#else
+    NAME(cs_k_colstats),     NAME(cs_k_standardize),
+#endif
 };
-
-#undef NAME
-#undef FBN_CAT
-#undef FBN_CAT_

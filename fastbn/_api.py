@@ -7,7 +7,7 @@ docs/contract.md, "Conventions everywhere".
 """
 import numpy as np
 
-from . import _kernels
+from . import _ghost, _kernels
 from ._checks import (_plain, as_data, eps_value, like_x, no_partial_overlap, output,
                       per_channel, stat_dtype, view)
 from ._threads import _nthreads
@@ -217,14 +217,56 @@ def merge_moments(parts):
     return mean, m2 / n
 
 
+# the activations' codes in the kernels (fastbn.h's FBN_ACT_*)
+_ACTIVATIONS = {"relu": 1, "relu6": 2}
+ACTIVATION_NAMES = (None, "relu", "relu6")
+
+
+def _activation(activation, relu):
+    """The kernels' code of the activation given by ``activation`` (None,
+    "relu" or "relu6") and the older ``relu`` flag (True: "relu")."""
+    if activation is None:
+        return 1 if relu else 0
+    code = _ACTIVATIONS.get(activation) if isinstance(activation, str) else None
+    if code is None:
+        raise ValueError(f"activation must be None, 'relu' or 'relu6', got "
+                         f"{activation!r}")
+    if relu and code != 1:
+        raise ValueError(f"relu=True and activation={activation!r} ask for two "
+                         f"different activations; pass only activation="
+                         f"{activation!r}")
+    return code
+
+
+def _mask(activation, y):
+    """The backward's activation code: ``activation``'s, which needs the
+    forward's output ``y``; without one, ReLU when ``y`` is given."""
+    if activation is None:
+        return 0 if y is None else 1
+    code = _activation(activation, False)
+    if y is None:
+        raise ValueError(f"activation={activation!r} needs the forward's output y= "
+                         f"(the gradient flows where y passes the activation)")
+    return code
+
+
+def _run(op, body, comm, *args):
+    """``body(*args)``; with ``comm``, through fastbn._mpi.run, so that an
+    error on any rank raises on every rank (``op``: "FORWARD" or
+    "BACKWARD")."""
+    if comm is None:
+        return body(*args)
+    return _mpi().run(getattr(_mpi(), op), comm, body, *args)
+
+
 def _forward_args(x, gamma, beta, axis, eps, residual, out):
-    """The checked arguments of a forward call: (x, outer, C, inner, gamma,
-    beta, eps, z, y).  The common case (plain arrays, no gamma/beta, a float
-    eps) takes the inline tests; anything else goes through
-    fastbn._checks, whose errors name the argument."""
+    """The checked arguments of a forward call: (x, outer, C, inner, axis,
+    gamma, beta, eps, z, y), axis normalised.  The common case (plain
+    arrays, no gamma/beta, a float eps) takes the inline tests; anything
+    else goes through fastbn._checks, whose errors name the argument."""
     if not _plain(x):
         x = as_data(x)
-    outer, C, inner, _ = view(x.shape, axis)
+    outer, C, inner, a = view(x.shape, axis)
     dt = x.dtype
     sdt = stat_dtype(dt)  # per-channel arrays: float32 for half x
     if gamma is not None:
@@ -240,32 +282,56 @@ def _forward_args(x, gamma, beta, axis, eps, residual, out):
         y = output(out, x)
         if y is not x or z is not None:
             no_partial_overlap(y, "out", x, z)
-    return x, outer, C, inner, gamma, beta, eps, z, y
+    return x, outer, C, inner, a, gamma, beta, eps, z, y
 
 
-def _train(x, gamma, beta, axis, eps, relu, residual, out, comm, want_var):
-    """Shared body of batch_norm_train and the layer.  Returns
-    (y, mean, invstd, var64 or None, count).  With comm, call it through
-    fastbn._mpi.run (an error on any rank then raises on every rank)."""
-    x, outer, C, inner, gamma, beta, eps, z, y = _forward_args(
+def _train(x, gamma, beta, axis, eps, relu, residual, out, comm, want_var, k=None,
+           rn=None, activation=None):
+    """The training forward of batch_norm_train and the layer, over ghost
+    batches of ``k`` samples (None: one group, ordinary batch norm),
+    renormalised with ``rn = (running_mean64, sigma64, rmax, dmax)`` when
+    given.  Returns ``(y, mean, invstd, var64 or None, count)`` (statistics
+    of shape ``(G, C)`` with ``k``, else ``(C,)``; ``count`` the values per
+    channel of a group, of the global batch with ``comm``), followed by
+    ``r`` and ``d`` with ``rn``.  With comm, call it through ``_run`` (an
+    error on any rank then raises on every rank)."""
+    act = (1 if relu else 0) if activation is None else _activation(activation, relu)
+    x, outer, C, inner, a, gamma, beta, eps, z, y = _forward_args(
         x, gamma, beta, axis, eps, residual, out)
     if comm is not None:
         mean, invstd, var, count = _mpi().train_forward(
-            comm, x, outer, C, inner, gamma, beta, z, eps, bool(relu), y, _nthreads())
+            comm, x, outer, C, inner, gamma, beta, z, eps, act, y, _nthreads())
         return y, mean, invstd, var, count
-    n = outer * inner
+    G = 1 if k is None else _ghost.groups(x.shape, a, k)
+    n = (outer // G) * inner if G else 0
     if n < 2:
-        raise ValueError(f"training needs at least 2 values per channel; x of shape "
-                         f"{x.shape} has {n} (axis={axis})")
-    res = _kernels.train_forward(x, outer, C, inner, gamma, beta, z, eps,
-                                 bool(relu), y, _nthreads(), want_var)
-    if want_var:
-        return y, res[0], res[1], res[2], n
-    return y, res[0], res[1], None, n
+        what = (f"x of shape {x.shape} has {n} (axis={axis})" if k is None else
+                f"each ghost batch of {k} samples (x of shape {x.shape}, "
+                f"axis={axis}) has {n}")
+        raise ValueError(f"training needs at least 2 values per channel; {what}")
+    if rn is None:
+        mean, invstd, var, r, d = _kernels.train_forward(
+            x, G, outer, C, inner, gamma, beta, z, eps, act, y, _nthreads(), want_var,
+            k is not None)
+        return y, mean, invstd, var, n
+    mean, invstd, var, r, d = _kernels.train_forward(
+        x, G, outer, C, inner, gamma, beta, z, eps, act, y, _nthreads(), want_var,
+        k is not None, rn)
+    return y, mean, invstd, var, n, r, d
+
+
+def _ghost_k(virtual_batch_size, comm, backward):
+    """``virtual_batch_size`` checked; with ``comm`` the ValueError of
+    combining them, told to every rank."""
+    k = _ghost.check_virtual_batch_size(virtual_batch_size)
+    if comm is not None:
+        _ghost.comm_error(backward, comm)
+    return k
 
 
 def batch_norm_train(x, gamma=None, beta=None, *, axis=1, eps=1e-5, relu=False,
-                     residual=None, out=None, comm=None, virtual_batch_size=None):
+                     residual=None, out=None, comm=None, virtual_batch_size=None,
+                     activation=None):
     """Training-mode batch normalization: batch statistics, then normalise.
 
     ``y = relu((x - mean) / sqrt(var + eps) * gamma + beta + residual)`` per
@@ -290,6 +356,9 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis=1, eps=1e-5, relu=False,
         Added to the variance before the square root; must be > 0.
     relu : bool, default False
         Fuse ``max(0, .)`` into the same pass.
+    activation : {None, "relu", "relu6"}, optional
+        The activation fused into the same pass (``"relu6"``:
+        ``min(max(0, .), 6)``); ``relu=True`` is ``activation="relu"``.
     residual : ndarray, optional
         An array of ``x``'s shape added after the affine and before the ReLU
         (a ResNet block's ``relu(BN(x) + z)``); float16, float32, float64 or
@@ -376,19 +445,20 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis=1, eps=1e-5, relu=False,
     [[ 2.5  4.5]
      [10.5 12.5]]
     """
-    if virtual_batch_size is not None:
-        return _ghost_train(x, gamma, beta, axis, eps, relu, residual, out, comm,
-                            virtual_batch_size)
-    args = (x, gamma, beta, axis, eps, relu, residual, out, comm, False)
-    if comm is not None:  # an error on any rank raises on every rank
-        y, mean, invstd, _, _ = _mpi().run(_mpi().FORWARD, comm, _train, *args)
+    k = None if virtual_batch_size is None else _ghost_k(virtual_batch_size, comm,
+                                                          False)
+    if comm is None:
+        y, mean, invstd, _, _ = _train(x, gamma, beta, axis, eps, relu, residual, out,
+                                       None, False, k, None, activation)
     else:
-        y, mean, invstd, _, _ = _train(*args)
+        y, mean, invstd, _, _ = _run("FORWARD", _train, comm, x, gamma, beta, axis, eps,
+                                     relu, residual, out, comm, False, k, None,
+                                     activation)
     return y, mean, invstd
 
 
 def batch_norm_infer(x, mean, var, gamma=None, beta=None, *, axis=1, eps=1e-5,
-                     relu=False, residual=None, out=None):
+                     relu=False, residual=None, out=None, activation=None):
     """Inference-mode batch normalization with given statistics.
 
     ``y = relu((x - mean) / sqrt(var + eps) * gamma + beta + residual)`` in
@@ -409,6 +479,10 @@ def batch_norm_infer(x, mean, var, gamma=None, beta=None, *, axis=1, eps=1e-5,
         Added to ``var`` before the square root; must be > 0.
     relu : bool, default False
         Fuse ``max(0, .)`` into the same pass.
+    activation : {None, "relu", "relu6"}, optional
+        As in :func:`batch_norm_train`: the activation fused into the same
+        pass (``"relu6"``: ``min(max(0, .), 6)``); ``relu=True`` is
+        ``activation="relu"``.
     residual : ndarray, optional
         An array of ``x``'s shape added before the ReLU.
     out : ndarray, optional
@@ -451,19 +525,20 @@ def batch_norm_infer(x, mean, var, gamma=None, beta=None, *, axis=1, eps=1e-5,
     [[0. 0.]
      [1. 4.]]
     """
-    x, outer, C, inner, gamma, beta, eps, z, y = _forward_args(
+    act = (1 if relu else 0) if activation is None else _activation(activation, relu)
+    x, outer, C, inner, _, gamma, beta, eps, z, y = _forward_args(
         x, gamma, beta, axis, eps, residual, out)
     sdt = stat_dtype(x.dtype)
     mean = per_channel(mean, "mean", C, sdt, allow_none=False)
     var = per_channel(var, "var", C, sdt, allow_none=False)
-    _kernels.infer_forward(x, outer, C, inner, mean, var, gamma, beta, z, eps,
-                           bool(relu), y, _nthreads())
+    _kernels.infer_forward(x, outer, C, inner, mean, var, gamma, beta, z, eps, act, y,
+                           _nthreads())
     return y
 
 
 def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
                         training=True, residual=False, out=None, comm=None,
-                        virtual_batch_size=None):
+                        virtual_batch_size=None, activation=None):
     """Gradients of batch normalization.
 
     Parameters
@@ -498,6 +573,10 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
     virtual_batch_size : int, optional
         As given to :func:`batch_norm_train`: the gradient of each ghost
         batch through its own statistics.
+    activation : {None, "relu", "relu6"}, optional
+        The forward's activation, with its output ``y``: the gradient flows
+        where ``y > 0`` (``"relu"``) or ``0 < y < 6`` (``"relu6"``).  None
+        with ``y`` given means ``"relu"``.
 
     Returns
     -------
@@ -555,63 +634,67 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
     >>> print(np.abs(dx).max() < 1e-6)
     True
     """
-    if virtual_batch_size is not None:
-        return _ghost_backward(dy, x, mean, invstd, gamma, axis, y, training,
-                               residual, out, comm, virtual_batch_size)
-    args = (dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm)
-    if comm is not None and training:  # an error on any rank raises on every rank
-        return _mpi().run(_mpi().BACKWARD, comm, _backward, *args)
-    return _backward(*args)
+    k = None if virtual_batch_size is None else _ghost_k(virtual_batch_size, comm,
+                                                          True)
+    if comm is not None and training:
+        return _run("BACKWARD", _backward, comm, dy, x, mean, invstd, gamma, axis, y,
+                    training, residual, out, comm, k, None, None, activation)
+    return _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm,
+                     k, None, None, activation)
 
 
-def _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm):
-    """Body of batch_norm_backward (with comm and training, through
-    fastbn._mpi.run)."""
+def _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm,
+              k=None, r=None, d=None, activation=None):
+    """Body of batch_norm_backward and the layer's backward: over ghost
+    batches of ``k`` samples (None: one group), with a renormalised
+    forward's ``r`` and ``d`` (float64, ``(G, C)``) held constant when
+    given.  With comm and training, call it through ``_run``."""
     x = as_data(x)
-    outer, C, inner, _ = view(x.shape, axis)
+    outer, C, inner, a = view(x.shape, axis)
     dt = x.dtype
+    sdt = stat_dtype(dt)  # per-channel arrays: float32 for half x
+    G = 1 if k is None else _ghost.groups(x.shape, a, k)
     dy = like_x(dy, "dy", x)
     yv = None if y is None else like_x(y, "y", x)
-    sdt = stat_dtype(dt)  # per-channel arrays: float32 for half x
-    mean = per_channel(mean, "mean", C, sdt, allow_none=False)
-    invstd = per_channel(invstd, "invstd", C, sdt, allow_none=False)
+    act = (0 if yv is None else 1) if activation is None else _mask(activation, yv)
+    if k is None:
+        mean = per_channel(mean, "mean", C, sdt, allow_none=False)
+        invstd = per_channel(invstd, "invstd", C, sdt, allow_none=False)
     gamma = per_channel(gamma, "gamma", C, sdt)
     dx = output(out, x)
     if out is not None:
         no_partial_overlap(dx, "out", x, dy, yv)
     dz = np.empty(x.shape, dt) if residual else None
     training = bool(training)
+    if r is not None:
+        r = np.require(r, np.float64, ["C", "A"])
+        d = np.require(d, np.float64, ["C", "A"])
     if comm is not None and training:
         dgamma, dbeta = _mpi().backward(comm, dy, x, yv, outer, C, inner, mean,
-                                        invstd, gamma, dx, dz, _nthreads())
-    else:
+                                        invstd, gamma, dx, dz, _nthreads(), act)
+    elif k is None:  # ordinary batch norm: one group
         if training and outer * inner < 2:
             raise ValueError(f"training needs at least 2 values per channel; x of "
                              f"shape {x.shape} has {outer * inner} (axis={axis})")
-        dgamma, dbeta = _kernels.backward(dy, x, yv, outer, C, inner, mean, invstd,
-                                          gamma, training, dx, dz, _nthreads())
+        dgamma, dbeta = _kernels.backward(dy, x, yv, act, 1, outer, C, inner, mean,
+                                          invstd, gamma, r, d, training, dx, dz,
+                                          _nthreads())
+    elif G == 0:  # an empty batch in ghost batches
+        if training:
+            raise ValueError(f"training needs at least 2 values per channel; x of "
+                             f"shape {x.shape} has none (axis={axis})")
+        dgamma, dbeta = np.zeros(C, sdt), np.zeros(C, sdt)
+    else:
+        mean = _ghost.per_group(mean, "mean", G, C, sdt)
+        invstd = _ghost.per_group(invstd, "invstd", G, C, sdt)
+        n = (outer // G) * inner
+        if training and n < 2:
+            raise ValueError(f"training needs at least 2 values per channel; each "
+                             f"ghost batch of {k} samples (x of shape {x.shape}, "
+                             f"axis={axis}) has {n}")
+        dgamma, dbeta = _kernels.backward(dy, x, yv, act, G, outer, C, inner, mean,
+                                          invstd, gamma, r, d, training, dx, dz,
+                                          _nthreads())
     if residual:
         return dx, dgamma, dbeta, dz
     return dx, dgamma, dbeta
-
-
-def _ghost_train(x, gamma, beta, axis, eps, relu, residual, out, comm, k):
-    """batch_norm_train with virtual_batch_size (fastbn._ghost)."""
-    from . import _ghost
-    k = _ghost.check_virtual_batch_size(k)
-    if comm is not None:
-        _ghost.comm_error(False, comm)
-    y, mean, invstd, _, _, _, _ = _ghost.train(x, gamma, beta, axis, eps, relu,
-                                               residual, out, k)
-    return y, mean, invstd
-
-
-def _ghost_backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out,
-                    comm, k):
-    """batch_norm_backward with virtual_batch_size (fastbn._ghost)."""
-    from . import _ghost
-    k = _ghost.check_virtual_batch_size(k)
-    if comm is not None:
-        _ghost.comm_error(True, comm)
-    return _ghost.backward(dy, x, mean, invstd, gamma, axis, y, training, residual,
-                           out, k)

@@ -1,5 +1,5 @@
-"""Ghost (virtual) batches and batch renormalization: argument checks and
-the calls of their kernels (csrc/ghost_impl.h).
+"""Ghost (virtual) batches and batch renormalization: their argument checks
+(the calls are fastbn._api's, where a ghost batch is a group count).
 
 Ghost batch normalization (Hoffer et al. 2017, TabNet): with
 ``virtual_batch_size=k`` the batch axis (axis 0) is split into ``G = N // k``
@@ -20,10 +20,6 @@ import operator
 
 import numpy as np
 
-from . import _kernels
-from ._checks import (as_data, like_x, no_partial_overlap, output, per_channel,
-                      stat_dtype, view)
-from ._threads import _nthreads
 
 _RENORM_KEYS = ("rmax", "dmax")
 
@@ -93,35 +89,6 @@ def check_renorm_clipping(clipping):
     return vals[0], vals[1]
 
 
-def train(x, gamma, beta, axis, eps, relu, residual, out, k, rn=None,
-          want_var=False):
-    """Training forward over ghost batches of ``k`` samples (``k`` None: one
-    group), renormalised with ``rn = (running_mean64, sigma64, rmax, dmax)``
-    when given.  Returns ``(y, mean, invstd, var64, r, d, n)``: statistics of
-    shape ``(G, C)`` (var64 None unless ``want_var``; r, d None without
-    ``rn``), ``n`` the values per channel of a group."""
-    from ._api import _forward_args
-    x, outer, C, inner, gamma, beta, eps, z, y = _forward_args(
-        x, gamma, beta, axis, eps, residual, out)
-    a = view(x.shape, axis)[3]
-    G = 1 if k is None else groups(x.shape, a, k)
-    n = (outer // G) * inner if G else 0
-    if n < 2:
-        what = f"each ghost batch of {k} samples" if k is not None else "x"
-        raise ValueError(f"training needs at least 2 values per channel; {what} "
-                         f"(x of shape {x.shape}, axis={axis}) has {n}")
-    if rn is None:
-        mean, invstd, var, r, d = _kernels.train_forward_ghost(
-            x, G, outer, C, inner, gamma, beta, z, eps, bool(relu), y, _nthreads(),
-            want_var)
-    else:
-        rm, sigma, rmax, dmax = rn
-        mean, invstd, var, r, d = _kernels.train_forward_ghost(
-            x, G, outer, C, inner, gamma, beta, z, eps, bool(relu), y, _nthreads(),
-            want_var, rm, sigma, rmax, dmax)
-    return y, mean, invstd, var, r, d, n
-
-
 def per_group(v, name, G, C, dtype):
     """A ``(G, C)`` statistic (``(C,)`` also accepted when ``G == 1``) as a
     C-contiguous array of ``dtype``."""
@@ -135,48 +102,6 @@ def per_group(v, name, G, C, dtype):
         raise ValueError(f"{name} must have shape ({G}, {C}): one row per ghost batch "
                          f"(G = {G}) and one column per channel, got shape {a.shape}")
     return np.require(a, dtype, ["C", "A"])
-
-
-def backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, k,
-             r=None, d=None):
-    """Gradients over ghost batches of ``k`` samples (``k`` None: one group),
-    with a renormalised forward's ``r`` and ``d`` (float64, ``(G, C)``) held
-    constant when given.  Returns what batch_norm_backward returns."""
-    x = as_data(x)
-    outer, C, inner, a = view(x.shape, axis)
-    dt = x.dtype
-    sdt = stat_dtype(dt)  # per-channel arrays: float32 for half x
-    G = 1 if k is None else groups(x.shape, a, k)
-    dy = like_x(dy, "dy", x)
-    yv = None if y is None else like_x(y, "y", x)
-    gamma = per_channel(gamma, "gamma", C, sdt)
-    dx = output(out, x)
-    if out is not None:
-        no_partial_overlap(dx, "out", x, dy, yv)
-    dz = np.empty(x.shape, dt) if residual else None
-    training = bool(training)
-    n = (outer // G) * inner if G else 0
-    if G == 0:  # an empty batch
-        if training:
-            raise ValueError(f"training needs at least 2 values per channel; x of "
-                             f"shape {x.shape} has none (axis={axis})")
-        dgamma, dbeta = np.zeros(C, sdt), np.zeros(C, sdt)
-    else:
-        mean = per_group(mean, "mean", G, C, sdt)
-        invstd = per_group(invstd, "invstd", G, C, sdt)
-        if training and n < 2:
-            raise ValueError(f"training needs at least 2 values per channel; each "
-                             f"ghost batch of {k} samples (x of shape {x.shape}, "
-                             f"axis={axis}) has {n}")
-        if r is not None:
-            r = np.require(r, np.float64, ["C", "A"])
-            d = np.require(d, np.float64, ["C", "A"])
-        dgamma, dbeta = _kernels.backward_ghost(dy, x, yv, G, outer, C, inner, mean,
-                                                invstd, gamma, r, d, training, dx, dz,
-                                                _nthreads())
-    if residual:
-        return dx, dgamma, dbeta, dz
-    return dx, dgamma, dbeta
 
 
 def comm_error(backward, comm):

@@ -3,13 +3,12 @@
 """The boundary between NumPy and the C kernels (csrc/fastbn.h).
 
 Every function here takes arrays that the Python layer has already checked:
-C-contiguous, of one dtype (float32 or float64, or the half types float16
-and bfloat16 with float32 per-channel arrays), of the sizes given by the
-(outer, C, inner) view.  This module picks the dtype's kernel, releases the
-GIL, calls C and raises on a status code.  Optional arrays are None.
+C-contiguous, of the sizes given by the (outer, C, inner) view, per-channel
+arrays of x's dtype (float32 for the half types), optional ones None.  It
+passes the element type to C as data (a dtype code), releases the GIL,
+calls the kernel and raises on a status code.
 """
 cimport numpy as cnp
-from libc.stdint cimport uint16_t
 import numpy as np
 
 cnp.import_array()
@@ -19,8 +18,8 @@ cdef extern from "numpy/ndarraytypes.h":
     int NPY_HALF      # float16
     int NPY_USERDEF   # first type number of a dtype registered at run time
 
+# (array arguments are declared void *: fastbn.h gives their C types)
 cdef extern from "fastbn.h" nogil:
-    ctypedef uint16_t fbn_half
     int FBN_OK
     int FBN_ENOMEM
     const char *fbn_strerror(int status)
@@ -39,145 +38,57 @@ cdef extern from "fastbn.h" nogil:
     const char *fbn_scheduler()
     long fbn_set_spin_us(long us)
     int fbn_pool_threads()
-    void fbn_describe_plan(Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, int elsize,
-                           int nstat, int nextra, int nout, int ops, int nthreads,
-                           long long *fields)
+    void fbn_describe_plan(Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
+                           Py_ssize_t inner, int elsize, int nstat, int nextra,
+                           int nout, int ops, int nthreads, long long *fields)
     const char *fbn_simd()
     const char *fbn_simd_available()
 
-    int fbn_moments_f32(const float *x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                        double *mean, double *m2, int nthreads)
-    int fbn_moments_f64(const double *x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                        double *mean, double *m2, int nthreads)
-    int fbn_train_forward_f32(const float *x, Py_ssize_t outer, Py_ssize_t C,
-                              Py_ssize_t inner, const float *gamma, const float *beta,
-                              const float *z, double eps, int relu, float *y,
-                              float *mean_out, float *invstd_out, double *var_out,
-                              int nthreads)
-    int fbn_train_forward_f64(const double *x, Py_ssize_t outer, Py_ssize_t C,
-                              Py_ssize_t inner, const double *gamma, const double *beta,
-                              const double *z, double eps, int relu, double *y,
-                              double *mean_out, double *invstd_out, double *var_out,
-                              int nthreads)
-    int fbn_infer_forward_f32(const float *x, Py_ssize_t outer, Py_ssize_t C,
-                              Py_ssize_t inner, const float *mean, const float *var,
-                              const float *gamma, const float *beta, const float *z,
-                              double eps, int relu, float *y, int nthreads)
-    int fbn_infer_forward_f64(const double *x, Py_ssize_t outer, Py_ssize_t C,
-                              Py_ssize_t inner, const double *mean, const double *var,
-                              const double *gamma, const double *beta, const double *z,
-                              double eps, int relu, double *y, int nthreads)
-    int fbn_apply_f32(const float *x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                      const double *mean, const double *invstd, const float *gamma,
-                      const float *beta, const float *z, int relu, float *y,
-                      int nthreads)
-    int fbn_apply_f64(const double *x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                      const double *mean, const double *invstd, const double *gamma,
-                      const double *beta, const double *z, int relu, double *y,
-                      int nthreads)
-    int fbn_backward_reduce_f32(const float *dy, const float *x, const float *y,
-                                Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                                const float *mean, double *sum_dy, double *sum_dyxmu,
-                                int nthreads)
-    int fbn_backward_reduce_f64(const double *dy, const double *x, const double *y,
-                                Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                                const double *mean, double *sum_dy, double *sum_dyxmu,
-                                int nthreads)
-    int fbn_backward_apply_f32(const float *dy, const float *x, const float *y,
-                               Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                               const float *mean, const float *invstd, const float *gamma,
-                               const double *sum_dy, const double *sum_dyxmu,
-                               double count, int training, float *dx, float *dz,
-                               int nthreads)
-    int fbn_backward_apply_f64(const double *dy, const double *x, const double *y,
-                               Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                               const double *mean, const double *invstd,
-                               const double *gamma, const double *sum_dy,
-                               const double *sum_dyxmu, double count, int training,
-                               double *dx, double *dz, int nthreads)
-    int fbn_backward_f32(const float *dy, const float *x, const float *y,
-                         Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                         const float *mean, const float *invstd, const float *gamma,
-                         int training, float *dx, float *dz, float *dgamma,
-                         float *dbeta, int nthreads)
-    int fbn_backward_f64(const double *dy, const double *x, const double *y,
-                         Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                         const double *mean, const double *invstd, const double *gamma,
-                         int training, double *dx, double *dz, double *dgamma,
-                         double *dbeta, int nthreads)
-    int fbn_colstats_f32(const float *x, Py_ssize_t n, Py_ssize_t p, int colmajor,
-                         const double *w, double *count, double *mean, double *m2,
-                         int nthreads)
-    int fbn_colstats_f64(const double *x, Py_ssize_t n, Py_ssize_t p, int colmajor,
-                         const double *w, double *count, double *mean, double *m2,
-                         int nthreads)
-    int fbn_standardize_f32(const float *x, Py_ssize_t n, Py_ssize_t p, int colmajor,
-                            const double *mean, const double *scale, int inverse,
-                            float *y, int *has_inf, int nthreads)
-    int fbn_standardize_f64(const double *x, Py_ssize_t n, Py_ssize_t p, int colmajor,
-                            const double *mean, const double *scale, int inverse,
-                            double *y, int *has_inf, int nthreads)
-
-    int fbn_moments_f16(const fbn_half *x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                        double *mean, double *m2, int nthreads)
-    int fbn_train_forward_f16(const fbn_half *x, Py_ssize_t outer, Py_ssize_t C,
-                              Py_ssize_t inner, const float *gamma, const float *beta,
-                              const fbn_half *z, double eps, int relu, fbn_half *y,
-                              float *mean_out, float *invstd_out, double *var_out,
-                              int nthreads)
-    int fbn_infer_forward_f16(const fbn_half *x, Py_ssize_t outer, Py_ssize_t C,
-                              Py_ssize_t inner, const float *mean, const float *var,
-                              const float *gamma, const float *beta, const fbn_half *z,
-                              double eps, int relu, fbn_half *y, int nthreads)
-    int fbn_apply_f16(const fbn_half *x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                      const double *mean, const double *invstd, const float *gamma,
-                      const float *beta, const fbn_half *z, int relu, fbn_half *y,
-                      int nthreads)
-    int fbn_backward_reduce_f16(const fbn_half *dy, const fbn_half *x, const fbn_half *y,
-                                Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                                const float *mean, double *sum_dy, double *sum_dyxmu,
-                                int nthreads)
-    int fbn_backward_apply_f16(const fbn_half *dy, const fbn_half *x, const fbn_half *y,
-                               Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                               const float *mean, const float *invstd, const float *gamma,
-                               const double *sum_dy, const double *sum_dyxmu,
-                               double count, int training, fbn_half *dx, fbn_half *dz,
-                               int nthreads)
-    int fbn_backward_f16(const fbn_half *dy, const fbn_half *x, const fbn_half *y,
-                         Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                         const float *mean, const float *invstd, const float *gamma,
-                         int training, fbn_half *dx, fbn_half *dz, float *dgamma,
-                         float *dbeta, int nthreads)
-    int fbn_moments_bf16(const fbn_half *x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                        double *mean, double *m2, int nthreads)
-    int fbn_train_forward_bf16(const fbn_half *x, Py_ssize_t outer, Py_ssize_t C,
-                              Py_ssize_t inner, const float *gamma, const float *beta,
-                              const fbn_half *z, double eps, int relu, fbn_half *y,
-                              float *mean_out, float *invstd_out, double *var_out,
-                              int nthreads)
-    int fbn_infer_forward_bf16(const fbn_half *x, Py_ssize_t outer, Py_ssize_t C,
-                              Py_ssize_t inner, const float *mean, const float *var,
-                              const float *gamma, const float *beta, const fbn_half *z,
-                              double eps, int relu, fbn_half *y, int nthreads)
-    int fbn_apply_bf16(const fbn_half *x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                      const double *mean, const double *invstd, const float *gamma,
-                      const float *beta, const fbn_half *z, int relu, fbn_half *y,
-                      int nthreads)
-    int fbn_backward_reduce_bf16(const fbn_half *dy, const fbn_half *x, const fbn_half *y,
-                                Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                                const float *mean, double *sum_dy, double *sum_dyxmu,
-                                int nthreads)
-    int fbn_backward_apply_bf16(const fbn_half *dy, const fbn_half *x, const fbn_half *y,
-                               Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                               const float *mean, const float *invstd, const float *gamma,
-                               const double *sum_dy, const double *sum_dyxmu,
-                               double count, int training, fbn_half *dx, fbn_half *dz,
-                               int nthreads)
-    int fbn_backward_bf16(const fbn_half *dy, const fbn_half *x, const fbn_half *y,
-                         Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                         const float *mean, const float *invstd, const float *gamma,
-                         int training, fbn_half *dx, fbn_half *dz, float *dgamma,
-                         float *dbeta, int nthreads)
+    enum:
+        FBN_FLOAT32
+        FBN_FLOAT64
+        FBN_FLOAT16
+        FBN_BFLOAT16
+    ctypedef struct fbn_renorm:
+        const double *mean
+        const double *sigma
+        double rmax
+        double dmax
+    int fbn_moments(int dtype, const void *x, Py_ssize_t outer, Py_ssize_t C,
+                    Py_ssize_t inner, void *mean, void *m2, int nthreads)
+    int fbn_train_forward(int dtype, const void *x, Py_ssize_t groups, Py_ssize_t outer,
+                          Py_ssize_t C, Py_ssize_t inner, const void *gamma,
+                          const void *beta, const void *z, double eps, int act,
+                          const fbn_renorm *rn, void *y, void *mean_out,
+                          void *invstd_out, void *var_out, void *r_out, void *d_out,
+                          int nthreads)
+    int fbn_infer_forward(int dtype, const void *x, Py_ssize_t outer, Py_ssize_t C,
+                          Py_ssize_t inner, const void *mean, const void *var,
+                          const void *gamma, const void *beta, const void *z,
+                          double eps, int act, void *y, int nthreads)
+    int fbn_apply(int dtype, const void *x, Py_ssize_t outer, Py_ssize_t C,
+                  Py_ssize_t inner, const void *mean, const void *invstd,
+                  const void *gamma, const void *beta, const void *z, int act, void *y,
+                  int nthreads)
+    int fbn_backward_reduce(int dtype, const void *dy, const void *x, const void *y,
+                            int act, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                            const void *mean, void *sum_dy, void *sum_dyxmu,
+                            int nthreads)
+    int fbn_backward_apply(int dtype, const void *dy, const void *x, const void *y,
+                           int act, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
+                           const void *mean, const void *invstd, const void *gamma,
+                           const void *sum_dy, const void *sum_dyxmu, double count,
+                           int training, void *dx, void *dz, int nthreads)
+    int fbn_backward(int dtype, const void *dy, const void *x, const void *y, int act,
+                     Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
+                     Py_ssize_t inner, const void *mean, const void *invstd,
+                     const void *gamma, const void *r, const void *d, int training,
+                     void *dx, void *dz, void *dgamma, void *dbeta, int nthreads)
+    int fbn_colstats(int dtype, const void *x, Py_ssize_t n, Py_ssize_t p, int colmajor,
+                     const void *w, void *count, void *mean, void *m2, int nthreads)
+    int fbn_standardize(int dtype, const void *x, Py_ssize_t n, Py_ssize_t p,
+                        int colmajor, const void *mean, const void *scale, int inverse,
+                        void *y, int *has_inf, int nthreads)
 
 cdef inline void *_ptr(object a):
     """Data pointer of a checked array, NULL for None."""
@@ -186,30 +97,22 @@ cdef inline void *_ptr(object a):
     return cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
-cdef inline object _empty(Py_ssize_t n, int typenum):
-    """A new 1-D array of n elements."""
-    cdef cnp.npy_intp dims[1]
-    dims[0] = n
-    return cnp.PyArray_EMPTY(1, dims, typenum, 0)
+cdef inline object _empty(Py_ssize_t n, int typenum, Py_ssize_t g=-1):
+    """A new array of n elements, or of shape (g, n) for g >= 0."""
+    cdef cnp.npy_intp dims[2]
+    dims[0] = g
+    dims[1] = n
+    return cnp.PyArray_EMPTY(1 + (g >= 0), &dims[g < 0], typenum, 0)
 
 
 # NumPy's type number of bfloat16 (ml_dtypes registers it at run time), -1
-# until the first bfloat16 array is seen.  Found by the dtype's name and
-# size, so that fastbn never imports ml_dtypes.
+# until the first bfloat16 array is seen.
 cdef int _bf16_num = -1
-
-# kinds of element type: which kernel a dtype takes
-cdef enum:
-    K_F32 = 0
-    K_F64 = 1
-    K_F16 = 2
-    K_BF16 = 3
-
+cdef int F64 = cnp.NPY_FLOAT64  # (a short name: the statistics' type)
 
 def is_bfloat16(dt):
-    """True if the NumPy dtype ``dt`` is bfloat16 (ml_dtypes.bfloat16, also
-    JAX's and TensorFlow's), told by its name and size without importing
-    ml_dtypes."""
+    """True if the NumPy dtype ``dt`` is bfloat16 (ml_dtypes', JAX's, ...),
+    told by its name and size without importing ml_dtypes."""
     global _bf16_num
     if dt.num == _bf16_num and _bf16_num >= 0:
         return True
@@ -220,21 +123,23 @@ def is_bfloat16(dt):
 
 
 cdef inline int _typenum_kind(int t, object dt) except -2:
-    """The kernel kind of type number t (dtype dt), -1 for another type."""
+    """The kernels' dtype code (FBN_FLOAT32 ...) of type number t (dtype dt;
+    None: bfloat16 only once seen), -1 for another type."""
     if t == cnp.NPY_FLOAT32:
-        return K_F32
+        return FBN_FLOAT32
     if t == cnp.NPY_FLOAT64:
-        return K_F64
+        return FBN_FLOAT64
     if t == NPY_HALF:
-        return K_F16
+        return FBN_FLOAT16
     if t == _bf16_num and t >= 0:
-        return K_BF16
-    if t >= NPY_USERDEF and is_bfloat16(dt):
-        return K_BF16
+        return FBN_BFLOAT16
+    if t >= NPY_USERDEF and dt is not None and is_bfloat16(dt):
+        return FBN_BFLOAT16
     return -1
 
 
 cdef inline int _kind(object x) except -1:
+    """The kernels' dtype code of the array x."""
     cdef cnp.ndarray a = <cnp.ndarray>x
     cdef int k = _typenum_kind(cnp.PyArray_TYPE(a), a.dtype)
     if k < 0:
@@ -243,17 +148,22 @@ cdef inline int _kind(object x) except -1:
     return k
 
 
-cdef inline bint _is_f32(object x) except -1:
-    return _kind(x) == K_F32
+cdef inline int _stat_typenum(int k, object x):
+    """Type number of the per-channel arrays: x's, float32 for half x."""
+    return cnp.NPY_FLOAT32 if k >= FBN_FLOAT16 else cnp.PyArray_TYPE(<cnp.ndarray>x)
 
 
-cdef int _check(int status) except -1:
-    if status == FBN_OK:
-        return 0
-    msg = fbn_strerror(status).decode()
-    if status == FBN_ENOMEM:
-        raise MemoryError(f"fastbn: {msg}")
-    raise ValueError(f"fastbn: {msg}")
+cdef int _raise(int status) except -1:
+    err = MemoryError if status == FBN_ENOMEM else ValueError
+    raise err(f"fastbn: {fbn_strerror(status).decode()}")
+
+
+cdef inline int _check(int status) except -1 nogil:
+    """Raises (taking the GIL) on a kernel's error status."""
+    if status != FBN_OK:
+        with gil:
+            _raise(status)
+    return 0
 
 
 def have_openmp():
@@ -287,11 +197,10 @@ def set_simd(str name):
 
 
 def plain(a, bint writeable=False):
-    """True if `a` is exactly a numpy.ndarray of native float32 or float64
-    (or float16, or bfloat16 once one has been seen),
-    C-contiguous and aligned (and writeable if asked): the form the kernels
-    take as it is.  One C-level look at the array for the common case; the
-    checks in fastbn._checks handle every other case and its messages."""
+    """True if `a` is exactly a numpy.ndarray of a kernel dtype (bfloat16
+    once one has been seen), native, C-contiguous and aligned (and writeable
+    if asked): the form the kernels take as it is (one C-level look; the
+    checks in fastbn._checks handle every other case and its messages)."""
     if type(a) is not cnp.ndarray:
         return False
     cdef cnp.ndarray arr = <cnp.ndarray>a
@@ -299,9 +208,7 @@ def plain(a, bint writeable=False):
     cdef int need = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
     if writeable:
         need |= cnp.NPY_ARRAY_WRITEABLE
-    return ((t == cnp.NPY_FLOAT32 or t == cnp.NPY_FLOAT64 or t == NPY_HALF
-             or (t == _bf16_num and t >= 0))
-            and cnp.PyArray_ISNOTSWAPPED(arr)
+    return (_typenum_kind(t, None) >= 0 and cnp.PyArray_ISNOTSWAPPED(arr)
             and (cnp.PyArray_FLAGS(arr) & need) == need)
 
 
@@ -324,9 +231,10 @@ def set_tuning(nt=None, fuse=None, tile=None, serial=None, wake=None):
     channel-first tiles (`fuse`), the bytes of a statistics tile (`tile`);
     the number of values below which a call runs on its caller alone
     (`serial`), and the bytes a call moves (every array read or written,
-    once) below which it does not wake sleeping helpers (`wake`).  None (or < 0) means the default.  No setting changes a
-    result's bits.  Returns the previous settings as a dict (None where
-    default), so that ``set_tuning(**old)`` restores them."""
+    once) below which it does not wake sleeping helpers (`wake`).  None (or
+    < 0) means the default.  No setting changes a result's bits.  Returns
+    the previous settings as a dict (None where default), so that
+    ``set_tuning(**old)`` restores them."""
     global _tuning
     old = dict(_tuning)
     new = {"nt": nt, "fuse": fuse, "tile": tile, "serial": serial, "wake": wake}
@@ -391,15 +299,22 @@ _PLAN_FIELDS = ("channel_last", "threads", "nontemporal", "fused", "tile_channel
 def plan(str op, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, int itemsize,
          int nthreads):
     """The work plan the kernel of `op` makes for the (outer, C, inner) view
-    (see fbn_describe_plan): a dict with "strategy" ("channel-last",
-    "fused tiles" or "two-phase tiles") and the plan's fields."""
+    (see fbn_describe_plan): a dict with "strategy" and the plan's fields."""
+    return plan_groups(op, 1, outer, C, inner, itemsize, nthreads)
+
+
+def plan_groups(str op, Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
+                Py_ssize_t inner, int itemsize, int nthreads):
+    """The plan of a ghost call of `op` over `groups` blocks of (outer, C,
+    inner) each (see plan())."""
     cdef long long f[11]
     if op not in _PLAN_OPS:
         raise ValueError(f"op must be one of {sorted(_PLAN_OPS)}, got {op!r}")
-    if outer * inner < 1 or C < 1:
-        raise ValueError("plan needs outer*inner >= 1 and C >= 1")
+    if outer * inner < 1 or C < 1 or groups < 1:
+        raise ValueError("plan needs outer*inner >= 1, C >= 1 and groups >= 1")
     nstat, nextra, nout, ops = _PLAN_OPS[op]
-    fbn_describe_plan(outer, C, inner, itemsize, nstat, nextra, nout, ops, nthreads, f)
+    fbn_describe_plan(groups, outer, C, inner, itemsize, nstat, nextra, nout, ops,
+                      nthreads, f)
     d = {k: int(f[i]) for i, k in enumerate(_PLAN_FIELDS)}
     d["strategy"] = ("channel-last" if d["channel_last"] else
                      "fused tiles" if d["fused"] else
@@ -425,524 +340,133 @@ def simd_available():
 
 def moments(x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, int nthreads):
     """Per-channel (mean, m2) of x in float64."""
-    mean = _empty(C, cnp.NPY_FLOAT64)
-    m2 = _empty(C, cnp.NPY_FLOAT64)
-    cdef void *px = _ptr(x)
-    cdef double *pm = <double *>_ptr(mean)
-    cdef double *pq = <double *>_ptr(m2)
-    cdef int st
+    mean, m2 = _empty(C, F64), _empty(C, F64)
     cdef int k = _kind(x)
-    if k == K_F16:
-        with nogil:
-            st = fbn_moments_f16(<fbn_half *>px, outer, C, inner, pm, pq, nthreads)
-    elif k == K_BF16:
-        with nogil:
-            st = fbn_moments_bf16(<fbn_half *>px, outer, C, inner, pm, pq, nthreads)
-    elif k == K_F32:
-        with nogil:
-            st = fbn_moments_f32(<float *>px, outer, C, inner, pm, pq, nthreads)
-    else:
-        with nogil:
-            st = fbn_moments_f64(<double *>px, outer, C, inner, pm, pq, nthreads)
-    _check(st)
+    cdef void *px = _ptr(x), *pm = _ptr(mean), *pq = _ptr(m2)
+    with nogil:
+        _check(fbn_moments(k, px, outer, C, inner, pm, pq, nthreads))
     return mean, m2
 
 
-def train_forward(x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, gamma, beta,
-                  z, double eps, bint relu, y, int nthreads, bint want_var=False):
-    """Training forward into y; returns (mean, invstd[, var64]) (float32 for
-    the half types)."""
-    cdef int k = _kind(x)
-    cdef int typenum = cnp.NPY_FLOAT32 if k >= K_F16 else cnp.PyArray_TYPE(<cnp.ndarray>x)
-    mean = _empty(C, typenum)
-    invstd = _empty(C, typenum)
-    var = _empty(C, cnp.NPY_FLOAT64) if want_var else None
-    cdef void *px = _ptr(x)
-    cdef void *pg = _ptr(gamma)
-    cdef void *pb = _ptr(beta)
-    cdef void *pz = _ptr(z)
-    cdef void *py = _ptr(y)
-    cdef void *pm = _ptr(mean)
-    cdef void *pi = _ptr(invstd)
-    cdef double *pv = <double *>_ptr(var)
-    cdef int st
-    if k == K_F16:
-        with nogil:
-            st = fbn_train_forward_f16(<fbn_half *>px, outer, C, inner, <float *>pg,
-                                       <float *>pb, <fbn_half *>pz, eps, relu,
-                                       <fbn_half *>py, <float *>pm, <float *>pi, pv,
-                                       nthreads)
-    elif k == K_BF16:
-        with nogil:
-            st = fbn_train_forward_bf16(<fbn_half *>px, outer, C, inner, <float *>pg,
-                                        <float *>pb, <fbn_half *>pz, eps, relu,
-                                        <fbn_half *>py, <float *>pm, <float *>pi, pv,
-                                        nthreads)
-    elif k == K_F32:
-        with nogil:
-            st = fbn_train_forward_f32(<float *>px, outer, C, inner, <float *>pg,
-                                       <float *>pb, <float *>pz, eps, relu, <float *>py,
-                                       <float *>pm, <float *>pi, pv, nthreads)
-    else:
-        with nogil:
-            st = fbn_train_forward_f64(<double *>px, outer, C, inner, <double *>pg,
-                                       <double *>pb, <double *>pz, eps, relu,
-                                       <double *>py, <double *>pm, <double *>pi, pv,
-                                       nthreads)
-    _check(st)
-    if want_var:
-        return mean, invstd, var
-    return mean, invstd
+def train_forward(x, Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
+                  Py_ssize_t inner, gamma, beta, z, double eps, int act, y,
+                  int nthreads, bint want_var=False, bint grouped=False, rn=None):
+    """Training forward over `groups` ghost batches (1: ordinary batch norm)
+    into y with activation code act, renormalised when rn = (running mean,
+    sqrt(running_var + eps), rmax, dmax) is given (float64 arrays and
+    floats).  Returns (mean, invstd, var64 or None, r or None, d or None),
+    each of shape (groups, C) when `grouped`, else (C,) (mean and invstd
+    float32 for the half types)."""
+    cdef int k = _kind(x), typenum = _stat_typenum(k, x)
+    cdef Py_ssize_t g = groups if grouped else -1
+    mean = _empty(C, typenum, g)
+    invstd = _empty(C, typenum, g)
+    var = _empty(C, F64, g) if want_var else None
+    r, d = (_empty(C, F64, g), _empty(C, F64, g)) if rn is not None else (None, None)
+    cdef fbn_renorm crn, *prn = NULL
+    if rn is not None:
+        crn = fbn_renorm(<double *>_ptr(rn[0]), <double *>_ptr(rn[1]), rn[2], rn[3])
+        prn = &crn
+    cdef void *px = _ptr(x), *pg = _ptr(gamma), *pb = _ptr(beta), *pz = _ptr(z)
+    cdef void *py = _ptr(y), *pm = _ptr(mean), *pi = _ptr(invstd), *pv = _ptr(var)
+    cdef void *pr = _ptr(r), *pd = _ptr(d)
+    with nogil:
+        _check(fbn_train_forward(k, px, groups, outer, C, inner, pg, pb, pz, eps, act,
+                                 prn, py, pm, pi, pv, pr, pd, nthreads))
+    return mean, invstd, var, r, d
 
 
 def infer_forward(x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, mean, var,
-                  gamma, beta, z, double eps, bint relu, y, int nthreads):
+                  gamma, beta, z, double eps, int act, y, int nthreads):
     """Inference forward into y with the given statistics (x's dtype, or
-    float32 for the half types)."""
-    cdef void *px = _ptr(x)
-    cdef void *pm = _ptr(mean)
-    cdef void *pv = _ptr(var)
-    cdef void *pg = _ptr(gamma)
-    cdef void *pb = _ptr(beta)
-    cdef void *pz = _ptr(z)
-    cdef void *py = _ptr(y)
-    cdef int st
+    float32 for the half types) and activation code act."""
     cdef int k = _kind(x)
-    if k == K_F16:
-        with nogil:
-            st = fbn_infer_forward_f16(<fbn_half *>px, outer, C, inner, <float *>pm,
-                                       <float *>pv, <float *>pg, <float *>pb,
-                                       <fbn_half *>pz, eps, relu, <fbn_half *>py,
-                                       nthreads)
-    elif k == K_BF16:
-        with nogil:
-            st = fbn_infer_forward_bf16(<fbn_half *>px, outer, C, inner, <float *>pm,
-                                        <float *>pv, <float *>pg, <float *>pb,
-                                        <fbn_half *>pz, eps, relu, <fbn_half *>py,
-                                        nthreads)
-    elif k == K_F32:
-        with nogil:
-            st = fbn_infer_forward_f32(<float *>px, outer, C, inner, <float *>pm,
-                                       <float *>pv, <float *>pg, <float *>pb,
-                                       <float *>pz, eps, relu, <float *>py, nthreads)
-    else:
-        with nogil:
-            st = fbn_infer_forward_f64(<double *>px, outer, C, inner, <double *>pm,
-                                       <double *>pv, <double *>pg, <double *>pb,
-                                       <double *>pz, eps, relu, <double *>py, nthreads)
-    _check(st)
+    cdef void *px = _ptr(x), *pm = _ptr(mean), *pv = _ptr(var), *pg = _ptr(gamma)
+    cdef void *pb = _ptr(beta), *pz = _ptr(z), *py = _ptr(y)
+    with nogil:
+        _check(fbn_infer_forward(k, px, outer, C, inner, pm, pv, pg, pb, pz, eps, act,
+                                 py, nthreads))
 
 
 def apply(x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, mean, invstd,
-          gamma, beta, z, bint relu, y, int nthreads):
-    """The normalisation into y with float64 mean and invstd."""
-    cdef void *px = _ptr(x)
-    cdef double *pm = <double *>_ptr(mean)
-    cdef double *pi = <double *>_ptr(invstd)
-    cdef void *pg = _ptr(gamma)
-    cdef void *pb = _ptr(beta)
-    cdef void *pz = _ptr(z)
-    cdef void *py = _ptr(y)
-    cdef int st
+          gamma, beta, z, int act, y, int nthreads):
+    """The normalisation into y with float64 mean and invstd and activation
+    code act (True: ReLU)."""
     cdef int k = _kind(x)
-    if k == K_F16:
-        with nogil:
-            st = fbn_apply_f16(<fbn_half *>px, outer, C, inner, pm, pi, <float *>pg,
-                               <float *>pb, <fbn_half *>pz, relu, <fbn_half *>py,
-                               nthreads)
-    elif k == K_BF16:
-        with nogil:
-            st = fbn_apply_bf16(<fbn_half *>px, outer, C, inner, pm, pi, <float *>pg,
-                                <float *>pb, <fbn_half *>pz, relu, <fbn_half *>py,
-                                nthreads)
-    elif k == K_F32:
-        with nogil:
-            st = fbn_apply_f32(<float *>px, outer, C, inner, pm, pi, <float *>pg,
-                               <float *>pb, <float *>pz, relu, <float *>py, nthreads)
-    else:
-        with nogil:
-            st = fbn_apply_f64(<double *>px, outer, C, inner, pm, pi, <double *>pg,
-                               <double *>pb, <double *>pz, relu, <double *>py, nthreads)
-    _check(st)
+    cdef void *px = _ptr(x), *pm = _ptr(mean), *pi = _ptr(invstd), *pg = _ptr(gamma)
+    cdef void *pb = _ptr(beta), *pz = _ptr(z), *py = _ptr(y)
+    with nogil:
+        _check(fbn_apply(k, px, outer, C, inner, pm, pi, pg, pb, pz, act, py, nthreads))
 
 
 def backward_reduce(dy, x, y, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                    mean, int nthreads):
-    """Per-channel (sum dy', sum dy'*(x-mean)) in float64."""
-    sdy = _empty(C, cnp.NPY_FLOAT64)
-    sdyx = _empty(C, cnp.NPY_FLOAT64)
-    cdef void *pd = _ptr(dy)
-    cdef void *px = _ptr(x)
-    cdef void *py = _ptr(y)
-    cdef void *pm = _ptr(mean)
-    cdef double *ps = <double *>_ptr(sdy)
-    cdef double *pq = <double *>_ptr(sdyx)
-    cdef int st
-    cdef int k = _kind(x)
-    if k == K_F16:
-        with nogil:
-            st = fbn_backward_reduce_f16(<fbn_half *>pd, <fbn_half *>px,
-                                         <fbn_half *>py, outer, C, inner,
-                                         <float *>pm, ps, pq, nthreads)
-    elif k == K_BF16:
-        with nogil:
-            st = fbn_backward_reduce_bf16(<fbn_half *>pd, <fbn_half *>px,
-                                          <fbn_half *>py, outer, C, inner,
-                                          <float *>pm, ps, pq, nthreads)
-    elif k == K_F32:
-        with nogil:
-            st = fbn_backward_reduce_f32(<float *>pd, <float *>px, <float *>py, outer,
-                                         C, inner, <float *>pm, ps, pq, nthreads)
-    else:
-        with nogil:
-            st = fbn_backward_reduce_f64(<double *>pd, <double *>px, <double *>py,
-                                         outer, C, inner, <double *>pm, ps, pq,
-                                         nthreads)
-    _check(st)
+                    mean, int nthreads, act=None):
+    """Per-channel (sum dy', sum dy'*(x-mean)) in float64; dy' masked by the
+    forward's output y for activation code act (None: ReLU when y is
+    given)."""
+    sdy, sdyx = _empty(C, F64), _empty(C, F64)
+    cdef int k = _kind(x), a = (y is not None) if act is None else act
+    cdef void *pd = _ptr(dy), *px = _ptr(x), *py = _ptr(y), *pm = _ptr(mean)
+    cdef void *ps = _ptr(sdy), *pq = _ptr(sdyx)
+    with nogil:
+        _check(fbn_backward_reduce(k, pd, px, py, a, outer, C, inner, pm, ps, pq,
+                                   nthreads))
     return sdy, sdyx
 
 
 def backward_apply(dy, x, y, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
                    mean, invstd, gamma, sum_dy, sum_dyxmu, double count,
-                   bint training, dx, dz, int nthreads):
-    """dx (and dz) from the reductions (float64 sums over count values)."""
-    cdef void *pd = _ptr(dy)
-    cdef void *px = _ptr(x)
-    cdef void *py = _ptr(y)
-    cdef void *pm = _ptr(mean)
-    cdef void *pi = _ptr(invstd)
-    cdef void *pg = _ptr(gamma)
-    cdef double *ps = <double *>_ptr(sum_dy)
-    cdef double *pq = <double *>_ptr(sum_dyxmu)
-    cdef void *pdx = _ptr(dx)
-    cdef void *pdz = _ptr(dz)
-    cdef int st
-    cdef int k = _kind(x)
-    if k == K_F16:
-        with nogil:
-            st = fbn_backward_apply_f16(<fbn_half *>pd, <fbn_half *>px, <fbn_half *>py,
-                                        outer, C, inner, <float *>pm, <float *>pi,
-                                        <float *>pg, ps, pq, count, training,
-                                        <fbn_half *>pdx, <fbn_half *>pdz, nthreads)
-    elif k == K_BF16:
-        with nogil:
-            st = fbn_backward_apply_bf16(<fbn_half *>pd, <fbn_half *>px,
-                                         <fbn_half *>py, outer, C, inner,
-                                         <float *>pm, <float *>pi, <float *>pg, ps,
-                                         pq, count, training, <fbn_half *>pdx,
-                                         <fbn_half *>pdz, nthreads)
-    elif k == K_F32:
-        with nogil:
-            st = fbn_backward_apply_f32(<float *>pd, <float *>px, <float *>py, outer,
-                                        C, inner, <float *>pm, <float *>pi,
-                                        <float *>pg, ps, pq, count, training,
-                                        <float *>pdx, <float *>pdz, nthreads)
-    else:
-        with nogil:
-            st = fbn_backward_apply_f64(<double *>pd, <double *>px, <double *>py,
-                                        outer, C, inner, <double *>pm, <double *>pi,
-                                        <double *>pg, ps, pq, count, training,
-                                        <double *>pdx, <double *>pdz, nthreads)
-    _check(st)
+                   bint training, dx, dz, int nthreads, act=None):
+    """dx (and dz) from the reductions (float64 sums over count values); act
+    as for backward_reduce."""
+    cdef int k = _kind(x), a = (y is not None) if act is None else act
+    cdef void *pd = _ptr(dy), *px = _ptr(x), *py = _ptr(y), *pm = _ptr(mean)
+    cdef void *pi = _ptr(invstd), *pg = _ptr(gamma), *ps = _ptr(sum_dy)
+    cdef void *pq = _ptr(sum_dyxmu), *pdx = _ptr(dx), *pdz = _ptr(dz)
+    with nogil:
+        _check(fbn_backward_apply(k, pd, px, py, a, outer, C, inner, pm, pi, pg, ps, pq,
+                                  count, training, pdx, pdz, nthreads))
 
 
-def backward(dy, x, y, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, mean,
-             invstd, gamma, bint training, dx, dz, int nthreads):
-    """Fused backward into dx (and dz); returns (dgamma, dbeta) (float32 for
-    the half types)."""
-    cdef int k = _kind(x)
-    cdef int typenum = cnp.NPY_FLOAT32 if k >= K_F16 else cnp.PyArray_TYPE(<cnp.ndarray>x)
-    dgamma = _empty(C, typenum)
-    dbeta = _empty(C, typenum)
-    cdef void *pd = _ptr(dy)
-    cdef void *px = _ptr(x)
-    cdef void *py = _ptr(y)
-    cdef void *pm = _ptr(mean)
-    cdef void *pi = _ptr(invstd)
-    cdef void *pg = _ptr(gamma)
-    cdef void *pdx = _ptr(dx)
-    cdef void *pdz = _ptr(dz)
-    cdef void *pdg = _ptr(dgamma)
-    cdef void *pdb = _ptr(dbeta)
-    cdef int st
-    if k == K_F16:
-        with nogil:
-            st = fbn_backward_f16(<fbn_half *>pd, <fbn_half *>px, <fbn_half *>py, outer,
-                                  C, inner, <float *>pm, <float *>pi, <float *>pg,
-                                  training, <fbn_half *>pdx, <fbn_half *>pdz,
-                                  <float *>pdg, <float *>pdb, nthreads)
-    elif k == K_BF16:
-        with nogil:
-            st = fbn_backward_bf16(<fbn_half *>pd, <fbn_half *>px, <fbn_half *>py,
-                                   outer, C, inner, <float *>pm, <float *>pi,
-                                   <float *>pg, training, <fbn_half *>pdx,
-                                   <fbn_half *>pdz, <float *>pdg, <float *>pdb,
-                                   nthreads)
-    elif k == K_F32:
-        with nogil:
-            st = fbn_backward_f32(<float *>pd, <float *>px, <float *>py, outer, C,
-                                  inner, <float *>pm, <float *>pi, <float *>pg,
-                                  training, <float *>pdx, <float *>pdz, <float *>pdg,
-                                  <float *>pdb, nthreads)
-    else:
-        with nogil:
-            st = fbn_backward_f64(<double *>pd, <double *>px, <double *>py, outer, C,
-                                  inner, <double *>pm, <double *>pi, <double *>pg,
-                                  training, <double *>pdx, <double *>pdz,
-                                  <double *>pdg, <double *>pdb, nthreads)
-    _check(st)
-    return dgamma, dbeta
-
-
-# ---- ghost (virtual) batches and batch renormalization (csrc/ghost_impl.h)
-
-cdef extern from "fastbn.h" nogil:
-    ctypedef struct fbn_renorm:
-        const double *mean
-        const double *sigma
-        double rmax
-        double dmax
-    void fbn_describe_plan_groups(Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
-                                  Py_ssize_t inner, int elsize, int nstat, int nextra,
-                                  int nout, int ops, int nthreads, long long *fields)
-    int fbn_train_forward_ghost_f32(const float *x, Py_ssize_t groups, Py_ssize_t outer,
-                                    Py_ssize_t C, Py_ssize_t inner, const float *gamma,
-                                    const float *beta, const float *z, double eps,
-                                    int relu, const fbn_renorm *rn, float *y,
-                                    float *mean_out, float *invstd_out,
-                                    double *var_out, double *r_out, double *d_out,
-                                    int nthreads)
-    int fbn_train_forward_ghost_f64(const double *x, Py_ssize_t groups, Py_ssize_t outer,
-                                    Py_ssize_t C, Py_ssize_t inner, const double *gamma,
-                                    const double *beta, const double *z, double eps,
-                                    int relu, const fbn_renorm *rn, double *y,
-                                    double *mean_out, double *invstd_out,
-                                    double *var_out, double *r_out, double *d_out,
-                                    int nthreads)
-    int fbn_train_forward_ghost_f16(const fbn_half *x, Py_ssize_t groups,
-                                    Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                                    const float *gamma, const float *beta,
-                                    const fbn_half *z, double eps, int relu,
-                                    const fbn_renorm *rn, fbn_half *y,
-                                    float *mean_out, float *invstd_out,
-                                    double *var_out, double *r_out, double *d_out,
-                                    int nthreads)
-    int fbn_train_forward_ghost_bf16(const fbn_half *x, Py_ssize_t groups,
-                                     Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                                     const float *gamma, const float *beta,
-                                     const fbn_half *z, double eps, int relu,
-                                     const fbn_renorm *rn, fbn_half *y,
-                                     float *mean_out, float *invstd_out,
-                                     double *var_out, double *r_out, double *d_out,
-                                     int nthreads)
-    int fbn_backward_ghost_f16(const fbn_half *dy, const fbn_half *x,
-                               const fbn_half *y, Py_ssize_t groups, Py_ssize_t outer,
-                               Py_ssize_t C, Py_ssize_t inner, const float *mean,
-                               const float *invstd, const float *gamma,
-                               const double *r, const double *d, int training,
-                               fbn_half *dx, fbn_half *dz, float *dgamma,
-                               float *dbeta, int nthreads)
-    int fbn_backward_ghost_bf16(const fbn_half *dy, const fbn_half *x,
-                                const fbn_half *y, Py_ssize_t groups, Py_ssize_t outer,
-                                Py_ssize_t C, Py_ssize_t inner, const float *mean,
-                                const float *invstd, const float *gamma,
-                                const double *r, const double *d, int training,
-                                fbn_half *dx, fbn_half *dz, float *dgamma,
-                                float *dbeta, int nthreads)
-    int fbn_backward_ghost_f32(const float *dy, const float *x, const float *y,
-                               Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
-                               Py_ssize_t inner, const float *mean, const float *invstd,
-                               const float *gamma, const double *r, const double *d,
-                               int training, float *dx, float *dz, float *dgamma,
-                               float *dbeta, int nthreads)
-    int fbn_backward_ghost_f64(const double *dy, const double *x, const double *y,
-                               Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
-                               Py_ssize_t inner, const double *mean,
-                               const double *invstd, const double *gamma,
-                               const double *r, const double *d, int training,
-                               double *dx, double *dz, double *dgamma, double *dbeta,
-                               int nthreads)
-
-
-cdef inline object _empty2(Py_ssize_t g, Py_ssize_t n, int typenum):
-    """A new (g, n) array."""
-    cdef cnp.npy_intp dims[2]
-    dims[0] = g
-    dims[1] = n
-    return cnp.PyArray_EMPTY(2, dims, typenum, 0)
-
-
-def plan_groups(str op, Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
-                Py_ssize_t inner, int itemsize, int nthreads):
-    """The plan of a ghost call of `op` over `groups` blocks of (outer, C,
-    inner) each (see plan())."""
-    cdef long long f[11]
-    if op not in _PLAN_OPS:
-        raise ValueError(f"op must be one of {sorted(_PLAN_OPS)}, got {op!r}")
-    if outer * inner < 1 or C < 1 or groups < 1:
-        raise ValueError("plan_groups needs outer*inner >= 1, C >= 1, groups >= 1")
-    nstat, nextra, nout, ops = _PLAN_OPS[op]
-    fbn_describe_plan_groups(groups, outer, C, inner, itemsize, nstat, nextra, nout,
-                             ops, nthreads, f)
-    d = {k: int(f[i]) for i, k in enumerate(_PLAN_FIELDS)}
-    d["strategy"] = ("channel-last" if d["channel_last"] else
-                     "fused tiles" if d["fused"] else
-                     "elementwise blocks" if ops == 2 else
-                     "statistics tiles" if ops == 1 else "two-phase tiles")
-    return d
-
-
-def train_forward_ghost(x, Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
-                        Py_ssize_t inner, gamma, beta, z, double eps, bint relu, y,
-                        int nthreads, bint want_var=False, rn_mean=None,
-                        rn_sigma=None, double rmax=np.inf, double dmax=np.inf):
-    """Training forward over `groups` ghost batches into y, renormalised when
-    rn_mean and rn_sigma (float64 running mean and sqrt(running_var + eps))
-    are given.  Returns (mean, invstd, var64 or None, r or None, d or None),
-    each of shape (groups, C) (mean and invstd float32 for the half types)."""
-    cdef int k = _kind(x)
-    cdef int typenum = cnp.NPY_FLOAT32 if k >= K_F16 else cnp.PyArray_TYPE(<cnp.ndarray>x)
-    cdef bint renorm = rn_mean is not None
-    mean = _empty2(groups, C, typenum)
-    invstd = _empty2(groups, C, typenum)
-    var = _empty2(groups, C, cnp.NPY_FLOAT64) if want_var else None
-    r = _empty2(groups, C, cnp.NPY_FLOAT64) if renorm else None
-    d = _empty2(groups, C, cnp.NPY_FLOAT64) if renorm else None
-    cdef fbn_renorm rn
-    cdef fbn_renorm *prn = NULL
-    if renorm:
-        rn.mean = <double *>_ptr(rn_mean)
-        rn.sigma = <double *>_ptr(rn_sigma)
-        rn.rmax = rmax
-        rn.dmax = dmax
-        prn = &rn
-    cdef void *px = _ptr(x)
-    cdef void *pg = _ptr(gamma)
-    cdef void *pb = _ptr(beta)
-    cdef void *pz = _ptr(z)
-    cdef void *py = _ptr(y)
-    cdef void *pm = _ptr(mean)
-    cdef void *pi = _ptr(invstd)
-    cdef double *pv = <double *>_ptr(var)
-    cdef double *pr = <double *>_ptr(r)
-    cdef double *pd = <double *>_ptr(d)
-    cdef int st
-    if k == K_F16:
-        with nogil:
-            st = fbn_train_forward_ghost_f16(<fbn_half *>px, groups, outer, C, inner,
-                                             <float *>pg, <float *>pb, <fbn_half *>pz,
-                                             eps, relu, prn, <fbn_half *>py,
-                                             <float *>pm, <float *>pi, pv, pr, pd,
-                                             nthreads)
-    elif k == K_BF16:
-        with nogil:
-            st = fbn_train_forward_ghost_bf16(<fbn_half *>px, groups, outer, C, inner,
-                                              <float *>pg, <float *>pb, <fbn_half *>pz,
-                                              eps, relu, prn, <fbn_half *>py,
-                                              <float *>pm, <float *>pi, pv, pr, pd,
-                                              nthreads)
-    elif k == K_F32:
-        with nogil:
-            st = fbn_train_forward_ghost_f32(<float *>px, groups, outer, C, inner,
-                                             <float *>pg, <float *>pb, <float *>pz,
-                                             eps, relu, prn, <float *>py, <float *>pm,
-                                             <float *>pi, pv, pr, pd, nthreads)
-    else:
-        with nogil:
-            st = fbn_train_forward_ghost_f64(<double *>px, groups, outer, C, inner,
-                                             <double *>pg, <double *>pb, <double *>pz,
-                                             eps, relu, prn, <double *>py,
-                                             <double *>pm, <double *>pi, pv, pr, pd,
-                                             nthreads)
-    _check(st)
-    return mean, invstd, var, r, d
-
-
-def backward_ghost(dy, x, y, Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
-                   Py_ssize_t inner, mean, invstd, gamma, r, d, bint training, dx, dz,
-                   int nthreads):
-    """Backward over `groups` ghost batches into dx (and dz); mean, invstd
-    (x's dtype) and r, d (float64, a renormalised forward's, or None) hold
-    groups*C values (float32 for the half types).  Returns (dgamma, dbeta),
+def backward(dy, x, y, int act, Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
+             Py_ssize_t inner, mean, invstd, gamma, r, d, bint training, dx, dz,
+             int nthreads):
+    """Fused backward over `groups` ghost batches (1: ordinary batch norm)
+    into dx (and dz), dy' masked by y for activation code act; mean, invstd
+    hold groups*C values (x's dtype, float32 for the half types), r, d
+    (float64) a renormalised forward's or None.  Returns (dgamma, dbeta),
     summed over the groups (float32 for the half types)."""
-    cdef int k = _kind(x)
-    cdef int typenum = cnp.NPY_FLOAT32 if k >= K_F16 else cnp.PyArray_TYPE(<cnp.ndarray>x)
+    cdef int k = _kind(x), typenum = _stat_typenum(k, x)
     dgamma = _empty(C, typenum)
     dbeta = _empty(C, typenum)
-    cdef void *pdy = _ptr(dy)
-    cdef void *px = _ptr(x)
-    cdef void *py = _ptr(y)
-    cdef void *pm = _ptr(mean)
-    cdef void *pi = _ptr(invstd)
-    cdef void *pg = _ptr(gamma)
-    cdef double *pr = <double *>_ptr(r)
-    cdef double *pd = <double *>_ptr(d)
-    cdef void *pdx = _ptr(dx)
-    cdef void *pdz = _ptr(dz)
-    cdef void *pdg = _ptr(dgamma)
-    cdef void *pdb = _ptr(dbeta)
-    cdef int st
-    if k == K_F16:
-        with nogil:
-            st = fbn_backward_ghost_f16(<fbn_half *>pdy, <fbn_half *>px, <fbn_half *>py,
-                                        groups, outer, C, inner, <float *>pm,
-                                        <float *>pi, <float *>pg, pr, pd, training,
-                                        <fbn_half *>pdx, <fbn_half *>pdz, <float *>pdg,
-                                        <float *>pdb, nthreads)
-    elif k == K_BF16:
-        with nogil:
-            st = fbn_backward_ghost_bf16(<fbn_half *>pdy, <fbn_half *>px, <fbn_half *>py,
-                                         groups, outer, C, inner, <float *>pm,
-                                         <float *>pi, <float *>pg, pr, pd, training,
-                                         <fbn_half *>pdx, <fbn_half *>pdz, <float *>pdg,
-                                         <float *>pdb, nthreads)
-    elif k == K_F32:
-        with nogil:
-            st = fbn_backward_ghost_f32(<float *>pdy, <float *>px, <float *>py, groups,
-                                        outer, C, inner, <float *>pm, <float *>pi,
-                                        <float *>pg, pr, pd, training, <float *>pdx,
-                                        <float *>pdz, <float *>pdg, <float *>pdb,
-                                        nthreads)
-    else:
-        with nogil:
-            st = fbn_backward_ghost_f64(<double *>pdy, <double *>px, <double *>py,
-                                        groups, outer, C, inner, <double *>pm,
-                                        <double *>pi, <double *>pg, pr, pd, training,
-                                        <double *>pdx, <double *>pdz, <double *>pdg,
-                                        <double *>pdb, nthreads)
-    _check(st)
+    cdef void *pdy = _ptr(dy), *px = _ptr(x), *py = _ptr(y), *pm = _ptr(mean)
+    cdef void *pi = _ptr(invstd), *pg = _ptr(gamma), *pr = _ptr(r), *pd = _ptr(d)
+    cdef void *pdx = _ptr(dx), *pdz = _ptr(dz), *pdg = _ptr(dgamma), *pdb = _ptr(dbeta)
+    with nogil:
+        _check(fbn_backward(k, pdy, px, py, act, groups, outer, C, inner, pm, pi, pg,
+                            pr, pd, training, pdx, pdz, pdg, pdb, nthreads))
     return dgamma, dbeta
-cdef inline bint _cols_f32(object x) except -1:
-    """True for float32, False for float64 (the per-column kernels have no
-    half instantiation)."""
+
+
+cdef inline int _cols_kind(object x) except -1:
+    """The dtype code of x for the per-column kernels (no half types)."""
     cdef int k = _kind(x)
-    if k >= K_F16:
+    if k >= FBN_FLOAT16:
         raise TypeError(f"fastbn per-column kernels take float32 or float64, got "
                         f"{x.dtype}")
-    return k == K_F32
+    return k
 
 
 def colstats(x, Py_ssize_t n, Py_ssize_t p, bint colmajor, w, int nthreads):
     """Per-column (count, mean, m2) in float64 of the (n, p) matrix x (its
     data read in C order, or Fortran order with colmajor), NaN skipped,
     weighted by the float64 array w (n values) or not (None)."""
-    count = _empty(p, cnp.NPY_FLOAT64)
-    mean = _empty(p, cnp.NPY_FLOAT64)
-    m2 = _empty(p, cnp.NPY_FLOAT64)
-    cdef void *px = _ptr(x)
-    cdef double *pw = <double *>_ptr(w)
-    cdef double *pk = <double *>_ptr(count)
-    cdef double *pm = <double *>_ptr(mean)
-    cdef double *pq = <double *>_ptr(m2)
-    cdef int st
-    if _cols_f32(x):
-        with nogil:
-            st = fbn_colstats_f32(<float *>px, n, p, colmajor, pw, pk, pm, pq, nthreads)
-    else:
-        with nogil:
-            st = fbn_colstats_f64(<double *>px, n, p, colmajor, pw, pk, pm, pq,
-                                  nthreads)
-    _check(st)
+    count, mean, m2 = _empty(p, F64), _empty(p, F64), _empty(p, F64)
+    cdef int k = _cols_kind(x)
+    cdef void *px = _ptr(x), *pw = _ptr(w), *pk = _ptr(count), *pm = _ptr(mean)
+    cdef void *pq = _ptr(m2)
+    with nogil:
+        _check(fbn_colstats(k, px, n, p, colmajor, pw, pk, pm, pq, nthreads))
     return count, mean, m2
 
 
@@ -952,18 +476,9 @@ def standardize(x, Py_ssize_t n, Py_ssize_t p, bint colmajor, mean, scale,
     x's dtype, mean and scale float64 arrays of p values or None; y has x's
     layout and dtype (it may be x; None: x is only searched for
     infinities).  Returns True if x holds an infinity."""
-    cdef void *px = _ptr(x)
-    cdef double *pm = <double *>_ptr(mean)
-    cdef double *ps = <double *>_ptr(scale)
-    cdef void *py = _ptr(y)
-    cdef int st, bad = 0
-    if _cols_f32(x):
-        with nogil:
-            st = fbn_standardize_f32(<float *>px, n, p, colmajor, pm, ps, inverse,
-                                     <float *>py, &bad, nthreads)
-    else:
-        with nogil:
-            st = fbn_standardize_f64(<double *>px, n, p, colmajor, pm, ps, inverse,
-                                     <double *>py, &bad, nthreads)
-    _check(st)
+    cdef int k = _cols_kind(x), bad = 0
+    cdef void *px = _ptr(x), *pm = _ptr(mean), *ps = _ptr(scale), *py = _ptr(y)
+    with nogil:
+        _check(fbn_standardize(k, px, n, p, colmajor, pm, ps, inverse, py, &bad,
+                               nthreads))
     return bool(bad)

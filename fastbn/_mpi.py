@@ -309,7 +309,7 @@ def _global_moments(comm, x, outer, C, inner, nthreads):
     return int(total), gmean, gm2
 
 
-def train_forward(comm, x, outer, C, inner, gamma, beta, z, eps, relu, y, nthreads):
+def train_forward(comm, x, outer, C, inner, gamma, beta, z, eps, act, y, nthreads):
     """Synchronised training forward into y.
 
     Returns ``(mean, invstd, var, count)``: mean and invstd of the global
@@ -324,19 +324,22 @@ def train_forward(comm, x, outer, C, inner, gamma, beta, z, eps, relu, y, nthrea
                          f"{count} together")
     var = m2 / count
     invstd64 = 1.0 / np.sqrt(var + eps)
-    _kernels.apply(x, outer, C, inner, mean64, invstd64, gamma, beta, z, relu, y,
+    _kernels.apply(x, outer, C, inner, mean64, invstd64, gamma, beta, z, act, y,
                    nthreads)
     sdt = stat_dtype(x.dtype)  # float32 for half x
     return mean64.astype(sdt), invstd64.astype(sdt), var, count
 
 
-def backward(comm, dy, x, yv, outer, C, inner, mean, invstd, gamma, dx, dz, nthreads):
-    """Synchronised training backward into dx (and dz).
+def backward(comm, dy, x, yv, outer, C, inner, mean, invstd, gamma, dx, dz, nthreads,
+             act=None):
+    """Synchronised training backward into dx (and dz), dy masked by yv for
+    the activation code act (None: ReLU when yv is given).
 
     Returns ``(dgamma, dbeta)`` of the global batch, x.dtype, shape (C,).
     """
     MPI = _check_comm(comm)
-    sdy, sdyx = _kernels.backward_reduce(dy, x, yv, outer, C, inner, mean, nthreads)
+    sdy, sdyx = _kernels.backward_reduce(dy, x, yv, outer, C, inner, mean, nthreads,
+                                         act)
     _exchange(comm, MPI, BACKWARD, C, x.dtype)
     buf = np.empty(2 * C + 1, np.float64)
     buf[:C] = sdy
@@ -351,7 +354,7 @@ def backward(comm, dy, x, yv, outer, C, inner, mean, invstd, gamma, dx, dz, nthr
     sdy = buf[:C].copy()
     sdyx = buf[C:2 * C].copy()
     _kernels.backward_apply(dy, x, yv, outer, C, inner, mean, invstd, gamma, sdy,
-                            sdyx, float(count), True, dx, dz, nthreads)
+                            sdyx, float(count), True, dx, dz, nthreads, act)
     sdt = stat_dtype(x.dtype)  # float32 for half x
     dgamma = (sdyx * invstd.astype(np.float64)).astype(sdt)
     return dgamma, sdy.astype(sdt)

@@ -117,14 +117,18 @@ def _group_stats(g, xg):
     return mean, d.sum(axis=g.reduce) / g.n
 
 
-def _finish(g, yg, gamma, beta, relu, residual):
-    """affine, residual and ReLU applied in place to the normalised data."""
+def _finish(g, yg, gamma, beta, relu, residual, activation=None):
+    """affine, residual and the activation (``relu=True``: ReLU;
+    ``activation``: None, "relu" or "relu6") applied in place to the
+    normalised data."""
     yg *= g.stat(_per_channel(gamma, g.C, 1.0))
     yg += g.stat(_per_channel(beta, g.C, 0.0))
     if residual is not None:
         yg += g.data(residual)
-    if relu:
+    if relu or activation in ("relu", "relu6"):
         np.maximum(yg, 0.0, out=yg)  # NaN-propagating
+    if activation == "relu6":
+        np.minimum(yg, 6.0, out=yg)
     return yg.reshape(g.shape)
 
 
@@ -160,7 +164,7 @@ def merge_moments(parts):
 
 
 def batch_norm_train(x, gamma=None, beta=None, *, axis=1, eps=1e-5, relu=False,
-                     residual=None, virtual_batch_size=None):
+                     residual=None, virtual_batch_size=None, activation=None):
     """Training forward: ``(y, mean, invstd)`` with the batch statistics
     (``(C,)``, or ``(G, C)`` with ``virtual_batch_size``)."""
     k = virtual_batch_size
@@ -170,12 +174,12 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis=1, eps=1e-5, relu=False,
     invstd = 1.0 / np.sqrt(var + eps)
     xg -= g.stat(mean)
     xg *= g.stat(invstd)
-    y = _finish(g, xg, gamma, beta, relu, residual)
+    y = _finish(g, xg, gamma, beta, relu, residual, activation)
     return y, g.out(mean, k), g.out(invstd, k)
 
 
 def batch_norm_infer(x, mean, var, gamma=None, beta=None, *, axis=1, eps=1e-5,
-                     relu=False, residual=None):
+                     relu=False, residual=None, activation=None):
     """Inference forward with given (running) statistics of shape ``(C,)``."""
     g = _Groups(np.shape(x), axis)
     mean = _per_channel(mean, g.C, 0.0)
@@ -183,21 +187,23 @@ def batch_norm_infer(x, mean, var, gamma=None, beta=None, *, axis=1, eps=1e-5,
     xg = g.data(x)
     xg -= g.stat(mean)
     xg *= g.stat(1.0 / np.sqrt(var + eps))
-    return _finish(g, xg, gamma, beta, relu, residual)
+    return _finish(g, xg, gamma, beta, relu, residual, activation)
 
 
 def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
-                        training=True, virtual_batch_size=None):
+                        training=True, virtual_batch_size=None, activation=None):
     """Gradients ``(dx, dgamma, dbeta, dresidual)`` given the forward's
     ``mean`` and ``invstd`` (``(G, C)`` with ``virtual_batch_size``; ``(C,)``
     is taken for one group), ``y`` the output of a forward with a fused ReLU
-    (the mask ``y > 0``) and ``training=False`` for frozen statistics.
+    (the mask ``y > 0``; ``0 < y < 6`` with ``activation="relu6"``) and
+    ``training=False`` for frozen statistics.
     ``dgamma`` and ``dbeta`` are summed over the groups; ``dresidual`` is
     ``g = dy * (y > 0)`` (or ``dy``)."""
     g = _Groups(np.shape(x), axis, virtual_batch_size)
     grad = g.data(dy)
     if y is not None:
-        grad *= g.data(y) > 0
+        yd = g.data(y)
+        grad *= (yd > 0) & (yd < 6) if activation == "relu6" else yd > 0
     xhat = g.data(x)
     xhat -= g.stat(mean)
     xhat *= g.stat(invstd)

@@ -159,7 +159,7 @@ def absorb_scale(bn, next_weight):
     ------
     ValueError
         If a channel has ``gamma <= 0`` or NaN (the message names the
-        channels), or the shapes do not match.
+        channels), the shapes do not match, or ``bn`` fuses a ReLU6.
     TypeError
         If ``bn`` is not a :class:`BatchNorm` or the weight is not real.
 
@@ -218,6 +218,10 @@ def absorb_scale(bn, next_weight):
         if bn.beta is not None:
             bn2.beta[...] = bn.beta
         return bn2, w.astype(dt, copy=True)
+    if bn.activation == "relu6":
+        raise ValueError("absorb_scale cannot move the scale past a fused ReLU6: "
+                         "min(g*t, 6) = g*min(t, 6) holds for g = 1 only (the "
+                         "clamp at 6 would move to 6*g); keep the scale in bn")
     g = bn.gamma.astype(np.float64)
     bad = np.flatnonzero(~(g > 0))
     if bad.size:

@@ -72,6 +72,9 @@ class BatchNorm:
         the next layer can absorb the scale (see ``fastbn.absorb_scale``).
     relu : bool, default False
         Fuse ``max(0, .)`` into the same pass (forward and backward).
+    activation : None, "relu" or "relu6", default None
+        The activation fused into the same pass (``"relu6"``:
+        ``min(max(0, .), 6)``); ``relu=True`` is ``activation="relu"``.
     track_running_stats : bool, default True
         Keep running statistics.  When False, ``running_mean``,
         ``running_var`` and ``num_batches_tracked`` are ``None`` and batch
@@ -182,7 +185,7 @@ class BatchNorm:
     def __init__(self, num_features, *, axis=1, eps=1e-5, momentum=0.1,
                  center=True, scale=True, relu=False, track_running_stats=True,
                  dtype=np.float32, comm=None, virtual_batch_size=None, renorm=False,
-                 renorm_clipping=None):
+                 renorm_clipping=None, activation=None):
         try:
             C = operator.index(num_features)
         except TypeError:
@@ -218,7 +221,7 @@ class BatchNorm:
         self.momentum = momentum
         self.center = bool(center)
         self.scale = bool(scale)
-        self.relu = bool(relu)
+        self.activation = _api.ACTIVATION_NAMES[_api._activation(activation, relu)]
         self.track_running_stats = bool(track_running_stats)
         self.dtype = dt
         self.comm = comm
@@ -257,7 +260,19 @@ class BatchNorm:
         self.virtual_batch_size = k
         self.renorm = renorm
         self.renorm_clipping = renorm_clipping
-        self._ghost_cache = None
+
+    @property
+    def relu(self):
+        """True when the fused activation is ReLU (``activation == "relu"``);
+        setting it to True makes it so, to False removes a ReLU."""
+        return self.activation == "relu"
+
+    @relu.setter
+    def relu(self, value):
+        if value:
+            self.activation = "relu"
+        elif self.activation == "relu":
+            self.activation = None
 
     @property
     def renorm_clipping(self):
@@ -416,59 +431,49 @@ class BatchNorm:
         """Body of ``__call__`` (with comm in training mode, through
         fastbn._mpi.run)."""
         x = self._check_input(x)
-        if (self.training or not self.track_running_stats) and (
-                self.virtual_batch_size is not None or self.renorm and self.training):
-            return self._forward_ghost(x, residual)
+        r = d = None
         # statistics are synchronised over comm in training mode only, as in
         # PyTorch's SyncBatchNorm: evaluation never runs a collective
         comm = self.comm if self.training else None
         if self.training or not self.track_running_stats:
-            y, mean, invstd, var, count = _api._train(
-                x, self.gamma, self.beta, self.axis, self.eps, self.relu, residual,
-                None, comm, True)
+            rn = None
+            if self.renorm and self.training:
+                sigma = np.sqrt(self.running_var.astype(np.float64) + self.eps)
+                rn = (self.running_mean.astype(np.float64), sigma) + self._rclip
+            res = _api._train(x, self.gamma, self.beta, self.axis, self.eps, False,
+                              residual, None, comm, True, self.virtual_batch_size, rn,
+                              self.activation)
+            y, mean, invstd, var, count = res[:5]
+            if rn is not None:
+                r, d = res[5:]
             if self.training and self.track_running_stats:
-                self._update_running(mean, var, count)
+                if mean.ndim == 1:
+                    self._update_running(mean, var, count)
+                elif mean.shape[0] == 1:
+                    self._update_running(mean[0], var[0], count)
+                else:
+                    # ghost batches: the average over the groups of the group
+                    # means and of the group unbiased variances (every group
+                    # has `count` values per channel)
+                    G = mean.shape[0]
+                    self._update_running(np.add.reduce(mean, 0, np.float64) / G,
+                                         np.add.reduce(var, 0) / G, count)
             frozen = False
         else:
             y = _api.batch_norm_infer(x, self.running_mean, self.running_var,
                                       self.gamma, self.beta, axis=self.axis,
-                                      eps=self.eps, relu=self.relu,
+                                      eps=self.eps, activation=self.activation,
                                       residual=residual)
             mean = self.running_mean.copy()
             invstd = (1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
                       ).astype(self.dtype)
             frozen = True
-        self._cache = (x, y if self.relu else None, mean, invstd, frozen,
-                       residual is not None, comm)
-        self._ghost_cache = None
+        k = None if frozen else self.virtual_batch_size
+        self._cache = (x, y if self.activation else None, mean, invstd, frozen,
+                       residual is not None, comm, k, r, d)
         return y
 
     forward = __call__
-
-    def _forward_ghost(self, x, residual):
-        """The forward with batch statistics over ghost batches and/or with
-        renormalization (fastbn._ghost)."""
-        rn = None
-        renorm = self.renorm and self.training
-        if renorm:
-            sigma = np.sqrt(self.running_var.astype(np.float64) + self.eps)
-            rn = (self.running_mean.astype(np.float64), sigma) + self._rclip
-        y, mean, invstd, var, r, d, n = _ghost.train(
-            x, self.gamma, self.beta, self.axis, self.eps, self.relu, residual, None,
-            self.virtual_batch_size, rn, True)
-        if self.training and self.track_running_stats:
-            # the average over the groups of the group means and of the
-            # group unbiased variances (every group has n values per channel)
-            G = mean.shape[0]
-            if G == 1:
-                self._update_running(mean[0], var[0], n)
-            else:
-                self._update_running(np.add.reduce(mean, 0, np.float64) / G,
-                                     np.add.reduce(var, 0) / G, n)
-        self._cache = (x, y if self.relu else None, mean, invstd, False,
-                       residual is not None, None)
-        self._ghost_cache = (self.virtual_batch_size, r, d)
-        return y
 
     def _update_running(self, mean, var, count):
         self.num_batches_tracked += 1
@@ -535,15 +540,13 @@ class BatchNorm:
                 # the other ranks may be in the backward's collective: tell them
                 _api._mpi().report_failure(_api._mpi().BACKWARD, self.comm, err)
             raise err
-        x, y, mean, invstd, frozen, has_res, comm = self._cache
-        if self._ghost_cache is not None:
-            k, r, d = self._ghost_cache
-            res = _ghost.backward(dy, x, mean, invstd, self.gamma, self.axis, y,
-                                  True, has_res, None, k, r, d)
+        x, y, mean, invstd, frozen, has_res, comm, k, r, d = self._cache
+        args = (dy, x, mean, invstd, self.gamma, self.axis, y, not frozen, has_res,
+                None, comm, k, r, d, self.activation)
+        if comm is None or frozen:
+            res = _api._backward(*args)
         else:
-            res = _api.batch_norm_backward(
-                dy, x, mean, invstd, self.gamma, axis=self.axis, y=y,
-                training=not frozen, residual=has_res, comm=comm)
+            res = _api._run("BACKWARD", _api._backward, comm, *args)
         # float32 from half x: the gradients take the parameters' dtype
         self.dgamma = (res[1].astype(self.dtype, copy=False)
                        if self.gamma is not None else None)
@@ -784,6 +787,7 @@ class BatchNorm:
     def _copy_config(self, **changes):
         kw = dict(axis=self.axis, eps=self.eps, momentum=self.momentum,
                   center=self.center, scale=self.scale, relu=self.relu,
+                  activation=self.activation,
                   track_running_stats=self.track_running_stats, dtype=self.dtype,
                   comm=self.comm, virtual_batch_size=self.virtual_batch_size,
                   renorm=self.renorm, renorm_clipping=self.renorm_clipping)
@@ -795,6 +799,8 @@ class BatchNorm:
         parts = [f"{self.num_features}", f"axis={self.axis}", f"eps={self.eps:g}",
                  f"momentum={self.momentum!r}", f"center={self.center}",
                  f"scale={self.scale}", f"relu={self.relu}",
+                 *([f"activation={self.activation!r}"] if self.activation == "relu6"
+                   else []),
                  f"track_running_stats={self.track_running_stats}",
                  f"dtype={self.dtype.name}"]
         if self.comm is not None:

@@ -1,4 +1,4 @@
-"""The per-column kernels behind fastbn.sklearn (csrc/colstats.c), against
+"""The per-column kernels behind fastbn.sklearn (csrc/colstats_impl.h), against
 a float64 NumPy reference: moments that skip NaN, with and without row
 weights, and the standardisation y = (x - mean) / scale (and its inverse)
 in the data's dtype; C and Fortran order, every instruction set, bitwise

@@ -1,7 +1,7 @@
 """Every work plan the kernels can choose gives the same bits.
 
 A kernel chooses its plan from the geometry of the call and the caches
-(csrc/fastbn.c, fbn_plan_make): fused channel-first tiles, two-phase
+(csrc/plan.c, fbn_plan_make_g): fused channel-first tiles, two-phase
 tiles (statistics tiles, then elementwise blocks), channel-last row blocks,
 non-temporal stores, and the threads that run the items (the caller-runs
 pool or an OpenMP loop).  On the small arrays of a test suite most of these

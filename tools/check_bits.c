@@ -7,7 +7,8 @@
  * Deterministic inputs (an integer hash, no libm, no rand()) for every
  * element type, for channel-first and channel-last blocks, small (serial)
  * and large (threaded, fused and two-phase plans), go through the training
- * forward (with affine, residual and ReLU), inference, the fused backward,
+ * forward (with affine, residual, ReLU and ReLU6), inference, the fused
+ * backward (both masks),
  * ghost batches with renormalization, the moments and the column
  * statistics.  Each call's outputs are hashed (FNV-1a over their bytes).
  * For each instruction set the build has and thread counts 1 and 2, it
@@ -96,7 +97,7 @@ static const shape shapes[] = {
     {16, 8, 3136, 2}, /* 56x56 planes, larger than the serial threshold */
 };
 
-#define RUN_TYPE(T, R, SFX, CONV)                                              \
+#define RUN_TYPE(T, R, SFX, DT, CONV)                                          \
     static void run_##SFX(const shape *s, int nth)                             \
     {                                                                          \
         size_t n = (size_t)(s->outer * s->C * s->inner), i;                    \
@@ -112,6 +113,7 @@ static const shape shapes[] = {
         double *rr = malloc(ng * 8), *dd = malloc(ng * 8), *bv = malloc(ng * 8); \
         double rmean[64], rsig[64];                                            \
         fbn_renorm rn;                                                         \
+        int act;                                                               \
         if (!x || !z || !dy || !y || !dx || !dz || !g || !b || !mean ||        \
             !invstd || !var || !dg || !db || !dmean || !dm2 || !rr || !dd ||   \
             !bv) {                                                             \
@@ -130,29 +132,35 @@ static const shape shapes[] = {
             rmean[i % 64] = val(i, 7) / 16;                                    \
             rsig[i % 64] = val(i, 8) / 16 + 1.5;                               \
         }                                                                      \
-        check(fbn_moments_##SFX(x, s->outer, s->C, s->inner, dmean, dm2, nth), \
+        check(fbn_moments(DT, x, s->outer, s->C, s->inner, dmean, dm2, nth),   \
               "moments");                                                      \
         mix(dmean, nc * 8);                                                    \
         mix(dm2, nc * 8);                                                      \
-        check(fbn_train_forward_##SFX(x, s->outer, s->C, s->inner, g, b, z,   \
-                                      1e-5, 1, y, mean, invstd, bv, nth),      \
-              "train_forward");                                                \
-        mix(y, n * sizeof(T));                                                 \
-        mix(mean, nc * sizeof(R));                                             \
-        mix(invstd, nc * sizeof(R));                                           \
-        check(fbn_backward_##SFX(dy, x, y, s->outer, s->C, s->inner, mean,     \
-                                 invstd, g, 1, dx, dz, dg, db, nth),           \
-              "backward");                                                     \
-        mix(dx, n * sizeof(T));                                                \
-        mix(dz, n * sizeof(T));                                                \
-        mix(dg, nc * sizeof(R));                                               \
-        mix(db, nc * sizeof(R));                                               \
-        check(fbn_backward_##SFX(dy, x, NULL, s->outer, s->C, s->inner, mean,  \
-                                 invstd, NULL, 0, dx, NULL, dg, db, nth),      \
+        for (act = FBN_ACT_RELU6; act >= FBN_ACT_RELU; act--) {                \
+            /* (ReLU last: the calls below take its outputs) */                \
+            check(fbn_train_forward(DT, x, 1, s->outer, s->C, s->inner, g, b,  \
+                                    z, 1e-5, act, NULL, y, mean, invstd, bv,   \
+                                    NULL, NULL, nth),                          \
+                  "train_forward");                                            \
+            mix(y, n * sizeof(T));                                             \
+            mix(mean, nc * sizeof(R));                                         \
+            mix(invstd, nc * sizeof(R));                                       \
+            check(fbn_backward(DT, dy, x, y, act, 1, s->outer, s->C, s->inner, \
+                               mean, invstd, g, NULL, NULL, 1, dx, dz, dg, db, \
+                               nth),                                           \
+                  "backward");                                                 \
+            mix(dx, n * sizeof(T));                                            \
+            mix(dz, n * sizeof(T));                                            \
+            mix(dg, nc * sizeof(R));                                           \
+            mix(db, nc * sizeof(R));                                           \
+        }                                                                      \
+        check(fbn_backward(DT, dy, x, NULL, FBN_ACT_NONE, 1, s->outer, s->C,   \
+                           s->inner, mean, invstd, NULL, NULL, NULL, 0, dx,    \
+                           NULL, dg, db, nth),                                 \
               "backward (frozen)");                                            \
         mix(dx, n * sizeof(T));                                                \
-        check(fbn_infer_forward_##SFX(x, s->outer, s->C, s->inner, mean, var,  \
-                                      g, NULL, NULL, 1e-3, 0, y, nth),         \
+        check(fbn_infer_forward(DT, x, s->outer, s->C, s->inner, mean, var, g, \
+                                NULL, NULL, 1e-3, FBN_ACT_NONE, y, nth),       \
               "infer_forward");                                                \
         mix(y, n * sizeof(T));                                                 \
         if (nc <= 64) {                                                        \
@@ -160,18 +168,18 @@ static const shape shapes[] = {
             rn.sigma = rsig;                                                   \
             rn.rmax = 1.5;                                                     \
             rn.dmax = 0.5;                                                     \
-            check(fbn_train_forward_ghost_##SFX(                               \
-                      x, s->groups, s->outer, s->C, s->inner, g, b, NULL,      \
-                      1e-5, 1, &rn, y, mean, invstd, bv, rr, dd, nth),         \
+            check(fbn_train_forward(DT, x, s->groups, s->outer, s->C,          \
+                                    s->inner, g, b, NULL, 1e-5, FBN_ACT_RELU,  \
+                                    &rn, y, mean, invstd, bv, rr, dd, nth),    \
                   "train_forward_ghost");                                      \
             mix(y, n * sizeof(T));                                             \
             mix(mean, ng * sizeof(R));                                         \
             mix(invstd, ng * sizeof(R));                                       \
             mix(rr, ng * 8);                                                   \
             mix(dd, ng * 8);                                                   \
-            check(fbn_backward_ghost_##SFX(dy, x, y, s->groups, s->outer,      \
-                                           s->C, s->inner, mean, invstd, g,    \
-                                           rr, dd, 1, dx, NULL, dg, db, nth),  \
+            check(fbn_backward(DT, dy, x, y, FBN_ACT_RELU, s->groups,          \
+                               s->outer, s->C, s->inner, mean, invstd, g, rr,  \
+                               dd, 1, dx, NULL, dg, db, nth),                  \
                   "backward_ghost");                                           \
             mix(dx, n * sizeof(T));                                            \
             mix(dg, nc * sizeof(R));                                           \
@@ -183,12 +191,12 @@ static const shape shapes[] = {
     }
 
 #define ID(v) (v)
-RUN_TYPE(float, float, f32, (float)ID)
-RUN_TYPE(double, double, f64, ID)
-RUN_TYPE(fbn_half, float, f16, to_f16)
-RUN_TYPE(fbn_half, float, bf16, to_bf16)
+RUN_TYPE(float, float, f32, FBN_FLOAT32, (float)ID)
+RUN_TYPE(double, double, f64, FBN_FLOAT64, ID)
+RUN_TYPE(fbn_half, float, f16, FBN_FLOAT16, to_f16)
+RUN_TYPE(fbn_half, float, bf16, FBN_BFLOAT16, to_bf16)
 
-#define RUN_COLS(T, SFX)                                                       \
+#define RUN_COLS(T, SFX, DT)                                                   \
     static void cols_##SFX(ptrdiff_t rows, ptrdiff_t p, int colmajor, int nth) \
     {                                                                          \
         size_t n = (size_t)(rows * p), i;                                      \
@@ -204,22 +212,22 @@ RUN_TYPE(fbn_half, float, bf16, to_bf16)
             x[i] = (T)(val(i, 9) * 100 + 1e3);                                 \
         for (i = 0; i < (size_t)rows; i++)                                     \
             w[i] = val(i, 10) / 8 + 1;                                         \
-        check(fbn_colstats_##SFX(x, rows, p, colmajor, w, cnt, mean, m2, nth), \
+        check(fbn_colstats(DT, x, rows, p, colmajor, w, cnt, mean, m2, nth),   \
               "colstats");                                                     \
         mix(cnt, (size_t)p * 8);                                               \
         mix(mean, (size_t)p * 8);                                              \
         mix(m2, (size_t)p * 8);                                                \
         for (i = 0; i < (size_t)p; i++)                                        \
             m2[i] = m2[i] / cnt[i] + 1;                                        \
-        check(fbn_standardize_##SFX(x, rows, p, colmajor, mean, m2, 0, y,      \
-                                    &inf, nth),                                \
+        check(fbn_standardize(DT, x, rows, p, colmajor, mean, m2, 0, y, &inf,  \
+                              nth),                                            \
               "standardize");                                                  \
         mix(y, n * sizeof(T));                                                 \
         mix(&inf, sizeof inf);                                                 \
         free(x); free(y); free(w); free(cnt); free(mean); free(m2);            \
     }
-RUN_COLS(float, f32)
-RUN_COLS(double, f64)
+RUN_COLS(float, f32, FBN_FLOAT32)
+RUN_COLS(double, f64, FBN_FLOAT64)
 
 static uint64_t run_all(int nth)
 {

@@ -19,7 +19,7 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-src=("$top/csrc/fastbn.c" "$top/csrc/pool.c" "$top/csrc/colstats.c")
+src=("$top"/csrc/*.c)
 flags=(-O3 -ffp-contract=off -fno-math-errno -pthread -I"$top/csrc")
 warn=(-Wall -Wextra -Werror)
 msvc_like=(-DFBN_NO_DISPATCH -DFBN_NO_VEC -DFBN_NO_OMP_SIMD)

@@ -73,7 +73,7 @@ for nthreads, tuning in [(n, t) for n in (1, 2) for t in PLANS]:
                                           renorm_clipping={"rmax": 2, "dmax": 1})
                     bn(x, residual=z)
                     bn.backward(dy)
-# the per-column kernels of fastbn.sklearn (csrc/colstats.c): C and Fortran
+# the per-column kernels of fastbn.sklearn (csrc/colstats_impl.h): C and Fortran
 # order, NaN, weights, in place, the search for infinities, every plan
 for tuning in [dict(), dict(serial=0, wake=0, nt=0)]:
     _kernels.set_tuning(**tuning)

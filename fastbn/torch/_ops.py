@@ -151,23 +151,8 @@ def _layout(x):
 
 # ------------------------------------------------------------ activations
 
-def _relu6_fixup(act, y=None, dy=None):
-    """The one place where ReLU6 is not fused yet (fastbn's kernels fuse
-    ReLU only, today).
-
-    Forward (``y`` given): the kernel ran with ``relu=True``; clamp ``y``
-    in place at 6.  Backward (``dy`` given): return ``dy * (y < 6)``, the
-    upper half of ReLU6's mask, before the kernel's ReLU backward applies
-    ``y > 0``.  Exact, not fused.  Once the kernels take
-    ``activation="relu6"`` the callers pass ``activation=`` instead of
-    ``relu=`` and this function goes (see the notes at its two call sites).
-    """
-    if act != 2:
-        return dy
-    if dy is None:
-        y.clamp_(max=6)
-        return None
-    return dy.masked_fill(y >= 6, 0)
+#: the activation of each ``act`` code, as fastbn's functions name it
+_NAMES = {code: name for name, code in ACTIVATIONS.items()}
 
 
 # ---------------------------------------------------------------- kernels
@@ -178,15 +163,14 @@ def _train_np(x, weight, bias, residual, eps, act, comm):
     last, axis = _layout(x)
     y = _out_like(x)
     z = None if residual is None else _view(residual, last)
-    # fused ReLU6: `act != 0` becomes activation=(None, "relu", "relu6")[act]
-    args = (_view(x, last), _np_opt(weight), _np_opt(bias), axis, eps, act != 0, z,
+    args = (_view(x, last), _np_opt(weight), _np_opt(bias), axis, eps, False, z,
             _view(y, last))
     if comm:
         from . import _sync
-        _, mean, invstd, var, count = _sync.train(comm, args)
+        _, mean, invstd, var, count = _sync.train(comm, args, _NAMES[act])
     else:
-        _, mean, invstd, var, count = _api._train(*args, None, True)
-    _relu6_fixup(act, y=y)  # fused ReLU6: this line goes
+        _, mean, invstd, var, count = _api._train(*args, None, True, None, None,
+                                                  _NAMES[act])
     return y, mean, invstd, var, count
 
 
@@ -209,11 +193,9 @@ def _infer_impl(x, mean, var, weight, bias, residual, eps, act):
     y = _out_like(x)
     yv = _view(y, last)
     z = None if residual is None else _view(residual, last)
-    # fused ReLU6: relu=act != 0 becomes activation=("relu" if act == 1 else "relu6")
     batch_norm_infer(_view(x, last), _np(mean), _np(var), _np_opt(weight),
-                     _np_opt(bias), axis=axis, eps=eps, relu=act != 0,
+                     _np_opt(bias), axis=axis, eps=eps, activation=_NAMES[act],
                      residual=z, out=yv)
-    _relu6_fixup(act, y=y)  # fused ReLU6: this line goes
     return y
 
 
@@ -227,17 +209,16 @@ def _backward_np(dy, x, mean, invstd, weight, y, training, act, want_dres, comm)
     ``comm``)."""
     last, axis = _layout(x)
     dx = _out_like(x)
-    if act == 2:  # fused ReLU6: these two lines go
-        dy = _relu6_fixup(act, y=y, dy=dy)
     yv = None if y is None else _view(y, last)
-    # fused ReLU6: the activation is passed here too (the mask 0 < y < 6)
+    # the mask of the forward's activation: y > 0 (relu), 0 < y < 6 (relu6)
+    activation = _NAMES[act] if yv is not None else None
     args = (_view(dy, last), _view(x, last), mean, invstd, _np_opt(weight), axis,
             yv, training, want_dres, _view(dx, last))
     if comm and training:
         from . import _sync
-        res, (dgamma, dbeta) = _sync.backward(comm, args)
+        res, (dgamma, dbeta) = _sync.backward(comm, args, activation)
     else:
-        res = _api._backward(*args, None)
+        res = _api._backward(*args, None, None, None, None, activation)
         dgamma, dbeta = res[1], res[2]
     dres = None
     if want_dres:  # the kernel's own array, no copy: x's layout and strides

@@ -104,19 +104,22 @@ def comm(key):
     return _COMMS[key]
 
 
-def train(key, args):
-    """fastbn._api._train(*args) with statistics over the group ``key``:
-    (y, mean, invstd, var64, global count); an error on any rank raises on
-    every rank."""
+def train(key, args, activation=None):
+    """fastbn._api._train(*args) with statistics over the group ``key`` and
+    the given activation: (y, mean, invstd, var64, global count); an error
+    on any rank raises on every rank."""
     comm = _COMMS[key]
-    return _mpi.run(_mpi.FORWARD, comm, _api._train, *args, comm, True)
+    return _mpi.run(_mpi.FORWARD, comm, _api._train, *args, comm, True, None, None,
+                    activation)
 
 
-def backward(key, args):
+def backward(key, args, activation=None):
     """fastbn._api._backward(*args) with the two sums over the group
-    ``key``.  Returns (its result, (local dgamma, local dbeta))."""
+    ``key``, dy masked by the forward's ``activation``.  Returns (its
+    result, (local dgamma, local dbeta))."""
     comm = _COMMS[key]
-    res = _mpi.run(_mpi.BACKWARD, comm, _api._backward, *args, comm)
+    res = _mpi.run(_mpi.BACKWARD, comm, _api._backward, *args, comm, None, None, None,
+                   activation)
     invstd = args[3]
     C = invstd.shape[0]
     sdt = stat_dtype(args[1].dtype)
