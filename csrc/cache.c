@@ -148,20 +148,6 @@ void fbn_budgets(int nth, long long *nt, long long *fuse, long long *tile)
     *tile = fbn_tune_tile >= 0 ? fbn_tune_tile : l2 / 4;
 }
 
-/* The bytes a fused tile may hold when its second pass reads them back from
- * L3 (its channels' arrays do not fit the fuse budget in L2): the thread's
- * share of a quarter of L3 (the rest is other cores', other data's, and
- * the margin of an inclusive or non-inclusive L3 alike), so that each
- * input is read once from memory.  0 (no such tiles) with an unknown L3,
- * or when the fuse budget is tuned: then that budget alone decides. */
-long long fbn_budget_l3(int nth)
-{
-    long long l3 = fbn_cache_size(2);
-    if (fbn_tune_fuse >= 0 || l3 <= 0)
-        return 0;
-    return l3 / 4 / (nth > 1 ? nth : 1);
-}
-
 void fbn_set_tuning(long long nt_bytes, long long fuse_bytes, long long tile_bytes,
                     long long serial_values, long long wake_bytes)
 {

@@ -72,7 +72,7 @@ const char *fbn_simd_available(void);
  * how to split their work (fused tiles, statistics tiles, non-temporal
  * stores), and the best instruction set the CPU supports.  Call once
  * before the first kernel, not concurrently with
- * kernels; without it the kernels assume L2 = 1 MB and no L3.
+ * kernels; without it the kernels assume L2 = 1 MB.
  * fbn_cache_sizes() gives the L1d, L2 and L3 sizes in effect (0: unknown).
  * fbn_set_cache_sizes() forces them (each < 0: the detected size), for
  * tests and measurements of the plans other CPUs make (not thread-safe;
@@ -87,10 +87,7 @@ void fbn_set_cache_sizes(long long l1, long long l2, long long l3);
  *               non-temporal stores (default 3/4 of L3; 0: always);
  *   fuse_bytes: channel-first statistics and the elementwise pass are
  *               fused per tile when a channel's arrays fit in this many
- *               bytes (default 3/4 of L2, or, for larger channels, the
- *               thread's share of a quarter of L3, the second pass then
- *               reading from L3; a value given here is the only budget:
- *               0 means never fused);
+ *               bytes (default 3/4 of L2; 0: never fused);
  *   tile_bytes: bytes read by one statistics tile (default 1/4 of L2);
  *   serial_values: calls on fewer values run on the caller alone
  *               (default 32768);

@@ -112,8 +112,6 @@ extern long long fbn_wake_min;
 /* The budgets in bytes for a call on nth threads (cache.c): non-temporal
  * output stores, fused tiles, statistics tiles. */
 void fbn_budgets(int nth, long long *nt, long long *fuse, long long *tile);
-/* The bytes of a fused tile whose second pass reads from L3 (cache.c). */
-long long fbn_budget_l3(int nth);
 
 /* Reads the best instruction set the CPU supports (dispatch.c; called by
  * fbn_init). */

@@ -74,20 +74,13 @@ void fbn_plan_make_g(fbn_plan *p, ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C
          * streamed past the caches do not count */
         foot = chan * (nstat + nextra + (nt_big && run >= FBN_NT_RUN_BYTES(sz) ? 0 : nout));
         /* fused when a channel's arrays fit in the budget and there are
-         * channels enough for every thread: in L2 (FBN_FUSED_L2), or, when
-         * they do not fit there, in the thread's share of L3
-         * (FBN_FUSED_L3): the second pass then reads from L3, not from
-         * memory (each input read once from memory either way) */
-        if (ops == (FBN_OP_STATS | FBN_OP_APPLY) &&
-            (nth == 1 || groups * C >= 2 * (ptrdiff_t)nth)) {
-            long long deep = fbn_budget_l3(nth);
-            if (foot <= fuse)
-                p->fused = FBN_FUSED_L2;
-            else if (foot <= deep) {
-                p->fused = FBN_FUSED_L3;
-                fuse = deep;
-            }
-        }
+         * channels enough for every thread.  (Tiles of channels that fit
+         * only the thread's share of L3, their second pass reading from L3,
+         * were measured on the 2 MB-L2 Xeon with L2 forced to 1 MB: forward
+         * 1.10-1.16x and backward 0.95-1.11x the time of two-phase tiles,
+         * so they are not made.) */
+        p->fused = ops == (FBN_OP_STATS | FBN_OP_APPLY) && foot <= fuse &&
+                   (nth == 1 || groups * C >= 2 * (ptrdiff_t)nth);
         if (p->fused) {
             ptrdiff_t g_fit = fbn_max(1, (ptrdiff_t)(fuse / foot));
             p->g = fbn_min(g_fit, g_run);

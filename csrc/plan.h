@@ -11,19 +11,13 @@
 #define FBN_OP_STATS 1 /* the call computes per-channel reductions */
 #define FBN_OP_APPLY 2 /* the call writes an elementwise result */
 
-/* fbn_plan.fused: where a fused tile's channels stay for its second pass */
-#define FBN_FUSED_L2 1
-#define FBN_FUSED_L3 2
-
 typedef struct {
     ptrdiff_t outer, C, inner, ntot; /* the view; C == 1 is (1, 1, ntot) */
     int cl;                          /* channel-last (inner == 1, C > 1) */
     int nth;                         /* threads */
     int light;                       /* FBN_LIGHT (pool.h) for short calls */
     int nt;                          /* non-temporal output stores */
-    int fused;                       /* channel-first tiles hold whole
-                                        channels: 0 no, FBN_FUSED_L2 in L2,
-                                        FBN_FUSED_L3 in L3 */
+    int fused;                       /* channel-first tiles hold whole channels */
     int pf;                          /* fused forward tiles prefetch the next */
     ptrdiff_t nk;                    /* chunks per channel (channel-first) */
     ptrdiff_t g, kt, ncg, nkg, ntiles; /* tile: channels, chunks; groups of

@@ -340,8 +340,7 @@ def plan_groups(str op, Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
                       nthreads, f)
     d = {k: int(f[i]) for i, k in enumerate(_PLAN_FIELDS)}
     d["strategy"] = ("channel-last" if d["channel_last"] else
-                     "fused tiles" if d["fused"] == 1 else
-                     "fused tiles, second pass from L3" if d["fused"] == 2 else
+                     "fused tiles" if d["fused"] else
                      "elementwise blocks" if ops == 2 else
                      "statistics tiles" if ops == 1 else "two-phase tiles")
     return d

@@ -421,11 +421,13 @@ def test_rows_record_the_kernels_plan():
     assert all(r[col] in set(PLAN_NAMES.values()) | {
         "/".join((a, b)) for a in PLAN_NAMES.values()
         for b in PLAN_NAMES.values()} for r in rows)
-    old = _kernels.set_cache_sizes(l2=1 << 20, l3=64 << 20)
-    try:  # a (32,64,56,56) backward on a 1 MB L2: second pass from L3
-        w = [x for x in sweep_workloads() if x.mode == "backward"
-             and x.shape == (32, 64, 56, 56) and x.dtype == "float32"][0]
-        assert w.plan(2) == "fused-L3"
+    w = [x for x in sweep_workloads() if x.mode == "backward"
+         and x.shape == (32, 64, 56, 56) and x.dtype == "float32"][0]
+    old = _kernels.set_cache_sizes(l2=1 << 20)
+    try:  # a (32,64,56,56) backward: fused on a 2 MB L2, two-phase on 1 MB
+        assert w.plan(2) == "two-phase"
+        _kernels.set_cache_sizes(l2=2 << 20)
+        assert w.plan(2) == "fused"
     finally:
         _kernels.set_cache_sizes(**old)
     assert "fastbn's plan: 1 thread" in report.kernel_floor_line(

@@ -48,9 +48,8 @@ def fmt_bytes(n: float) -> str:
 
 
 #: Short names of the kernels' strategies (fastbn._kernels.plan).
-PLAN_NAMES = {"fused tiles": "fused-L2",
-              "fused tiles, second pass from L3": "fused-L3",
-              "two-phase tiles": "two-phase", "channel-last": "channel-last",
+PLAN_NAMES = {"fused tiles": "fused", "two-phase tiles": "two-phase",
+              "channel-last": "channel-last",
               "elementwise blocks": "blocks", "statistics tiles": "stats"}
 
 
@@ -120,7 +119,7 @@ class Workload:
     def plan(self, threads: int) -> str:
         """The plan fastbn's kernel makes for this workload on `threads`
         threads with this machine's caches (the kernels' own description,
-        shortened: fused-L2, fused-L3, two-phase, channel-last, blocks)."""
+        shortened: fused, two-phase, channel-last, blocks)."""
         from .. import _kernels
         op = {"train": "train", "infer": "infer",
               "backward": "backward_relu"}[self.mode]
