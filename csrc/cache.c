@@ -8,8 +8,10 @@
 
 #include "internal.h"
 
-/* Detected sizes in bytes (0: unknown; fbn_init fills them). */
+/* Detected sizes in bytes (0: unknown; fbn_init fills them), and sizes
+ * forced for tests and measurements (-1: the detected one). */
 static long long fbn_cache[3];
+static long long fbn_cache_forced[3] = {-1, -1, -1};
 /* Tuning: -1 means "from the caches" (see fbn_budget). */
 static long long fbn_tune_nt = -1, fbn_tune_fuse = -1, fbn_tune_tile = -1;
 /* Problems with fewer values run on the caller alone; calls that move
@@ -107,14 +109,28 @@ void fbn_init(void)
     fbn_isa_init();
 }
 
-void fbn_cache_sizes(long long *l1, long long *l2, long long *l3)
+/* The size of cache level i+1 in effect: forced, else detected. */
+static long long fbn_cache_size(int i)
 {
-    *l1 = fbn_cache[0];
-    *l2 = fbn_cache[1];
-    *l3 = fbn_cache[2];
+    return fbn_cache_forced[i] >= 0 ? fbn_cache_forced[i] : fbn_cache[i];
 }
 
-/* The budgets in bytes, for a call on nth threads:
+void fbn_cache_sizes(long long *l1, long long *l2, long long *l3)
+{
+    *l1 = fbn_cache_size(0);
+    *l2 = fbn_cache_size(1);
+    *l3 = fbn_cache_size(2);
+}
+
+void fbn_set_cache_sizes(long long l1, long long l2, long long l3)
+{
+    fbn_cache_forced[0] = l1 < 0 ? -1 : l1;
+    fbn_cache_forced[1] = l2 < 0 ? -1 : l2;
+    fbn_cache_forced[2] = l3 < 0 ? -1 : l3;
+}
+
+/* The budgets in bytes, for a call on nth threads, from the cache sizes in
+ * effect (fbn_set_cache_sizes forces them for tests):
  *   nt:   outputs at least this large are written with non-temporal stores:
  *         the L2 caches of the nth threads (a larger output leaves them
  *         anyway, and a streamed line is not read before it is written;
@@ -126,7 +142,7 @@ void fbn_cache_sizes(long long *l1, long long *l2, long long *l3)
  * An unknown L2 counts as 1 MB. */
 void fbn_budgets(int nth, long long *nt, long long *fuse, long long *tile)
 {
-    long long l2 = fbn_cache[1] > 0 ? fbn_cache[1] : (1LL << 20);
+    long long l2 = fbn_cache_size(1) > 0 ? fbn_cache_size(1) : (1LL << 20);
     *nt = fbn_tune_nt >= 0 ? fbn_tune_nt : l2 * (nth > 1 ? nth : 1);
     *fuse = fbn_tune_fuse >= 0 ? fbn_tune_fuse : l2 / 4 * 3;
     *tile = fbn_tune_tile >= 0 ? fbn_tune_tile : l2 / 4;

@@ -72,10 +72,14 @@ const char *fbn_simd_available(void);
  * how to split their work (fused tiles, statistics tiles, non-temporal
  * stores), and the best instruction set the CPU supports.  Call once
  * before the first kernel, not concurrently with
- * kernels; without it the kernels assume L2 = 1 MB, L3 = 32 MB.
- * fbn_cache_sizes() gives the L1d, L2 and L3 sizes found (0: unknown). */
+ * kernels; without it the kernels assume L2 = 1 MB.
+ * fbn_cache_sizes() gives the L1d, L2 and L3 sizes in effect (0: unknown).
+ * fbn_set_cache_sizes() forces them (each < 0: the detected size), for
+ * tests and measurements of the plans other CPUs make (not thread-safe;
+ * set while no kernel runs); no size changes a result's bits. */
 void fbn_init(void);
 void fbn_cache_sizes(long long *l1, long long *l2, long long *l3);
+void fbn_set_cache_sizes(long long l1, long long l2, long long l3);
 
 /* Strategy tuning, for measurements and tests (not thread-safe; set while
  * no kernel runs).  Each value < 0 means "from the caches" (the default):

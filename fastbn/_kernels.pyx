@@ -30,6 +30,7 @@ cdef extern from "fastbn.h" nogil:
     int fbn_set_simd(const char *name)
     void fbn_init()
     void fbn_cache_sizes(long long *l1, long long *l2, long long *l3)
+    void fbn_set_cache_sizes(long long l1, long long l2, long long l3)
     void fbn_set_tuning(long long nt_bytes, long long fuse_bytes, long long tile_bytes,
                         long long serial_values, long long wake_bytes)
     void fbn_get_tuning(long long *nt_bytes, long long *fuse_bytes, long long *tile_bytes,
@@ -261,6 +262,28 @@ def cache_sizes():
     cdef long long a, b, c
     fbn_cache_sizes(&a, &b, &c)
     return a, b, c
+
+
+_forced_caches = (None, None, None)
+
+
+def set_cache_sizes(l1=None, l2=None, l3=None):
+    """Make the kernels plan as on a CPU with these cache sizes in bytes
+    (per core for L1d and L2; L3 as the core sees it); None: the detected
+    size.  For tests and measurements: no size changes a result's bits, only
+    the plan (see plan()).  Not thread-safe: set while no kernel runs.
+    Returns the previous forced sizes as a dict, so that
+    ``set_cache_sizes(**old)`` restores them."""
+    global _forced_caches
+    sizes = (l1, l2, l3)
+    for name, v in zip(("l1", "l2", "l3"), sizes):
+        if v is not None and (not isinstance(v, int) or v < 0):
+            raise ValueError(f"{name} must be None or a size in bytes >= 0, got {v!r}")
+    old = dict(zip(("l1", "l2", "l3"), _forced_caches))
+    fbn_set_cache_sizes(-1 if l1 is None else l1, -1 if l2 is None else l2,
+                        -1 if l3 is None else l3)
+    _forced_caches = sizes
+    return old
 
 
 def set_scheduler(str name):

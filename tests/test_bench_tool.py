@@ -20,6 +20,7 @@ from fastbn.bench.results import WorkloadResult
 from fastbn.bench.scenarios import ScenarioResult, ScenarioRow
 from fastbn.bench.timing import Result, percentile
 from fastbn.bench.workloads import (COMPILE_SUBSET, MAX_ARRAY_BYTES, MODES,
+                                    PLAN_NAMES,
                                     QUICK_SWEEP, WORKLOADS, Workload,
                                     filter_sweep, select_workloads,
                                     split_terms, sweep_workloads)
@@ -398,6 +399,39 @@ def test_json_holds_every_part():
     assert len(data["sweep"]["loss_counts"]) == 4  # 2 modes x 2 threads
     assert data["scenarios"]["rows"][0]["results"][0]["samples_s"]
     assert data["network"]["targets"][0]["met"] is False
+
+
+def test_rows_record_the_kernels_plan():
+    """Every sweep and kernel row names the plan fastbn's kernel made for it
+    (with this machine's caches), in the JSON and the tables."""
+    from fastbn import _kernels
+    data = json.loads(json.dumps(report.to_json(_fake_report())))
+    for row in data["sweep"]["rows"] + data["kernels"]:
+        w = Workload(row["key"], row["mode"], tuple(row["shape"]),
+                     row["axis"], row["dtype"])
+        for t, name in row["plans"].items():
+            outer, c, inner = w.view
+            op = {"train": "train", "infer": "infer",
+                  "backward": "backward_relu"}[w.mode]
+            want = _kernels.plan(op, outer, c, inner,
+                                 np.dtype(w.dtype).itemsize, int(t))["strategy"]
+            assert PLAN_NAMES[want] == name
+    head, rows = report.sweep_rows(_fake_sweep(), "train")
+    col = [i for i, h in enumerate(head) if h.startswith("plan")][0]
+    assert all(r[col] in set(PLAN_NAMES.values()) | {
+        "/".join((a, b)) for a in PLAN_NAMES.values()
+        for b in PLAN_NAMES.values()} for r in rows)
+    w = [x for x in sweep_workloads() if x.mode == "backward"
+         and x.shape == (32, 64, 56, 56) and x.dtype == "float32"][0]
+    old = _kernels.set_cache_sizes(l2=1 << 20)
+    try:  # a (32,64,56,56) backward: fused on a 2 MB L2, two-phase on 1 MB
+        assert w.plan(2) == "two-phase"
+        _kernels.set_cache_sizes(l2=2 << 20)
+        assert w.plan(2) == "fused"
+    finally:
+        _kernels.set_cache_sizes(**old)
+    assert "fastbn's plan: 1 thread" in report.kernel_floor_line(
+        _fake_report().kernels[0])
 
 
 def test_plot_writes_a_png(tmp_path):

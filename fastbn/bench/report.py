@@ -134,7 +134,9 @@ def kernel_floor_line(wr: WorkloadResult) -> str:
             parts.append("%s: %s (%s)" % (threads_name(t), fmt_time(v),
                                           "np.copyto on " + src if src ==
                                           "1 thread" else "N-thread copy"))
-    return "floor " + ", ".join(parts)
+    plans = ", ".join("%s %s" % (threads_name(t), wr.workload.plan(t))
+                      for t in sorted({1, wr.threads}))
+    return "floor " + ", ".join(parts) + "; fastbn's plan: " + plans
 
 
 def kernel_summary_rows(wrs: Sequence[WorkloadResult]) -> Table:
@@ -210,7 +212,7 @@ def sweep_rows(sweep: SweepResult, mode: str) -> Table:
                  "fb/floor %dt" % t]
     if compiled:
         head += ["fb/compile %dt" % t for t in ts]
-    head += ["target", "flags"]
+    head += ["plan " + "/".join("%dt" % t for t in ts), "target", "flags"]
     rows = []
     for wr in sweep.rows:
         w = wr.workload
@@ -238,7 +240,9 @@ def sweep_rows(sweep: SweepResult, mode: str) -> Table:
                 row.append(("skipped" if c is not None and not c.samples
                             else "-") if v is None else "%.2fx%s" % (
                     v, " LOSS" if v > 1.0 else ""))
-        row += ["<= %gx" % target if target else "-",
+        plans = [w.plan(t) for t in ts]
+        row += ["/".join(plans) if len(set(plans)) > 1 else plans[0],
+                "<= %gx" % target if target else "-",
                 " ".join(row_flags(wr, ts)) or "ok"]
         rows.append(row)
     return head, rows
@@ -671,6 +675,7 @@ def _workload_json(wr: WorkloadResult, thread_counts: Sequence[int]) -> dict:
             "min_bytes_moved": w.min_bytes, "target_ratio": w.target_ratio,
             "target_us": w.target_us, "sweep_target": w.sweep_target,
             "note": wr.note, "per_threads": floors,
+            "plans": {str(t): w.plan(t) for t in thread_counts},
             "results": [_result_json(r, wr) for r in wr.results]}
 
 

@@ -47,6 +47,12 @@ def fmt_bytes(n: float) -> str:
     return "%.3g GB" % n
 
 
+#: Short names of the kernels' strategies (fastbn._kernels.plan).
+PLAN_NAMES = {"fused tiles": "fused", "two-phase tiles": "two-phase",
+              "channel-last": "channel-last",
+              "elementwise blocks": "blocks", "statistics tiles": "stats"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Workload:
     """One benchmark case: a mode, a shape, a channel axis and a dtype.
@@ -109,6 +115,18 @@ class Workload:
         if spatial is not None and self.channel_axis == self.ndim - 1:
             return "N" + spatial + "C"
         return "%dD axis=%d" % (self.ndim, self.axis)
+
+    def plan(self, threads: int) -> str:
+        """The plan fastbn's kernel makes for this workload on `threads`
+        threads with this machine's caches (the kernels' own description,
+        shortened: fused, two-phase, channel-last, blocks)."""
+        from .. import _kernels
+        op = {"train": "train", "infer": "infer",
+              "backward": "backward_relu"}[self.mode]
+        outer, c, inner = self.view
+        p = _kernels.plan(op, outer, c, inner, np.dtype(self.dtype).itemsize,
+                          threads)
+        return PLAN_NAMES.get(p["strategy"], p["strategy"])
 
     @property
     def count(self) -> int:
