@@ -12,7 +12,8 @@ import pytest
 
 import fastbn
 from fastbn import _kernels
-from helpers import make_x
+from conftest import ALL_DTYPES
+from helpers import make_inputs
 
 KB, MB = 1 << 10, 1 << 20
 L2S = [512 * KB, 1 * MB, 2 * MB]
@@ -45,16 +46,12 @@ def _outputs(x, z, dy, g, b, axis):
     return [y, mean, invstd, y2, dx, dg, db, dz, dx2, dg2, db2, dx3, yi]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("shape,axis", SHAPES, ids=str)
 def test_every_cache_size_gives_the_same_bits(shape, axis, dtype, caches):
     rng = np.random.default_rng(7)
-    x = make_x(rng, shape, axis, dtype)
-    z = make_x(rng, shape, axis, dtype)
-    dy = make_x(rng, shape, axis, dtype)
-    c = shape[axis]
-    pdt = np.float64 if dtype == np.float64 else np.float32
-    g = (rng.uniform(0.5, 1.5, c)).astype(pdt)
-    b = (rng.uniform(-0.5, 0.5, c)).astype(pdt)
+    x, z, dy, g, b, _, _ = make_inputs(rng, shape, axis, dtype)
     with fastbn.num_threads(1):
         want = _outputs(x, z, dy, g, b, axis)
     for l2 in L2S:
