@@ -56,7 +56,10 @@ def job(request, tmp_path_factory):
             p.kill()
         pytest.fail(f"the {world}-process job did not finish in time (a hang)")
     for r, p in enumerate(procs):
-        assert p.returncode == 0, f"rank {r} failed:\n{logs[r]}"
+        assert p.returncode == 0, (
+            f"rank {r} failed (exit status {p.returncode}; results file "
+            f"{'written' if (tmp / f'r{r}.pt').exists() else 'missing'}):\n"
+            + "\n".join(f"--- rank {q}:\n{log}" for q, log in enumerate(logs)))
     results = [torch.load(tmp / f"r{r}.pt", weights_only=False) for r in range(world)]
     for r, res in enumerate(results):
         assert "crash" not in res, f"rank {r}:\n{res['crash']}"
