@@ -245,8 +245,8 @@ class StandardScaler(_SkStandardScaler):
         >>> s = StandardScaler()
         >>> for chunk in np.array_split(X, 3):
         ...     s = s.partial_fit(chunk)
-        >>> print(s.mean_, s.n_samples_seen_)
-        [5. 6.] 6.0
+        >>> print(s.mean_, int(s.n_samples_seen_))  # (a float or an int, as scikit-learn's)
+        [5. 6.] 6
         """
         if (sparse.issparse(X) or _array_api_on()
                 or not (self.with_mean or self.with_std)):
