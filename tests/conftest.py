@@ -47,8 +47,8 @@ MARKERS = {
             "PyTorch or tf-keras imports); deselect with -m 'not slow'",
     "mpi": "runs mpiexec jobs (skips without mpi4py, fails then under "
            "FASTBN_REQUIRE_MPI=1)",
-    "torch": "compares with PyTorch (skips without torch); set on every test "
-             "that takes the torch fixture",
+    "torch": "fastbn.torch, or a comparison with PyTorch (skips without "
+             "torch); set on every test that takes the torch fixture",
     "keras": "compares with tf-keras 2 (skips without tf_keras)",
 }
 
@@ -101,13 +101,6 @@ HALVES = [pytest.param(np.dtype(np.float16), id="f16"),
 #: every dtype fastbn computes in: one test body for all four
 ALL_DTYPES = [pytest.param(np.dtype(np.float32), id="f32"),
               pytest.param(np.dtype(np.float64), id="f64")] + HALVES
-
-
-def pytest_configure(config):
-    # the marker of the PyTorch tests (which skip without torch); registered
-    # here unless pyproject.toml already does
-    if not any(m.split(":")[0].strip() == "torch" for m in config.getini("markers")):
-        config.addinivalue_line("markers", "torch: tests of fastbn.torch (need PyTorch)")
 
 
 @pytest.fixture

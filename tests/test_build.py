@@ -196,3 +196,12 @@ def test_large_call_runs_on_more_than_one_os_thread(nthreads):
         assert used == (nthreads or 1)
         assert after == before, (
             f"the serial build started threads ({before} -> {after})")
+
+
+def test_markers_are_registered(pytestconfig):
+    """The suite's markers (tests/conftest.py) are registered, so that
+    ``-m "not slow"`` selects what it says and no run warns of an unknown
+    mark (a second pytest_configure in conftest.py once replaced the
+    first)."""
+    names = {m.split(":")[0].strip() for m in pytestconfig.getini("markers")}
+    assert {"slow", "mpi", "torch", "keras"} <= names
