@@ -20,8 +20,8 @@ cdef extern from "numpy/ndarraytypes.h":
 
 # (array arguments are declared void *: fastbn.h gives their C types)
 cdef extern from "fastbn.h" nogil:
-    int FBN_OK
-    int FBN_ENOMEM
+    int FBN_OK, FBN_ENOMEM  # (status codes)
+    int FBN_FLOAT32, FBN_FLOAT64, FBN_FLOAT16, FBN_BFLOAT16  # (dtype codes)
     const char *fbn_strerror(int status)
     int fbn_have_openmp()
     int fbn_omp_max_threads()
@@ -45,11 +45,6 @@ cdef extern from "fastbn.h" nogil:
     const char *fbn_simd()
     const char *fbn_simd_available()
 
-    enum:
-        FBN_FLOAT32
-        FBN_FLOAT64
-        FBN_FLOAT16
-        FBN_BFLOAT16
     ctypedef struct fbn_renorm:
         const double *mean
         const double *sigma
@@ -115,9 +110,8 @@ def is_bfloat16(dt):
     """True if the NumPy dtype ``dt`` is bfloat16 (ml_dtypes', JAX's, ...),
     told by its name and size without importing ml_dtypes."""
     global _bf16_num
-    if dt.num == _bf16_num and _bf16_num >= 0:
-        return True
-    if dt.itemsize == 2 and dt.name == "bfloat16" and dt.num >= NPY_USERDEF:
+    if dt.num == _bf16_num or (dt.itemsize == 2 and dt.name == "bfloat16"
+                               and dt.num >= NPY_USERDEF):
         _bf16_num = dt.num
         return True
     return False
@@ -132,9 +126,7 @@ cdef inline int _typenum_kind(int t, object dt) except -2:
         return FBN_FLOAT64
     if t == NPY_HALF:
         return FBN_FLOAT16
-    if t == _bf16_num and t >= 0:
-        return FBN_BFLOAT16
-    if t >= NPY_USERDEF and dt is not None and is_bfloat16(dt):
+    if t == _bf16_num or (t >= NPY_USERDEF and dt is not None and is_bfloat16(dt)):
         return FBN_BFLOAT16
     return -1
 
@@ -191,8 +183,7 @@ def set_simd(str name):
     """Choose the kernels' instruction set: 'auto', 'baseline', 'avx2',
     'avx512' or 'avx512bf16' (AVX-512 whose bfloat16 kernels narrow with
     VCVTNEPS2BF16).  Raises ValueError if it is not available on this CPU/build."""
-    cdef bytes b = name.encode()
-    if fbn_set_simd(b) != FBN_OK:
+    if fbn_set_simd(name.encode()) != FBN_OK:
         raise ValueError(f"FASTBN_SIMD={name!r} is not available here; choose one of "
                          f"'auto', {', '.join(repr(s) for s in simd_available())}")
 
@@ -217,37 +208,38 @@ def partial_overlap(a, b):
     """True if the C-contiguous arrays a and b share memory without being the
     same block (same start and size): in place is fine, a shifted overlap
     is not."""
-    cdef char *pa = <char *>cnp.PyArray_DATA(<cnp.ndarray>a)
-    cdef char *pb = <char *>cnp.PyArray_DATA(<cnp.ndarray>b)
-    cdef Py_ssize_t na = cnp.PyArray_NBYTES(<cnp.ndarray>a)
-    cdef Py_ssize_t nb = cnp.PyArray_NBYTES(<cnp.ndarray>b)
+    cdef char *pa = <char *>_ptr(a), *pb = <char *>_ptr(b)
+    cdef Py_ssize_t na = cnp.PyArray_NBYTES(a), nb = cnp.PyArray_NBYTES(b)
     if na == 0 or nb == 0 or (pa == pb and na == nb):
         return False
     return pa < pb + nb and pb < pa + na
 
 
+# The settings forced by set_tuning and set_cache_sizes (None: the default).
+_forced = dict.fromkeys(("nt", "fuse", "tile", "serial", "wake", "l1", "l2", "l3"))
+
+
+cdef tuple _force(tuple names, tuple values):
+    """Records the forced settings (None: default); returns the previous
+    ones as a dict and the new values for C (-1: default)."""
+    old = {k: _forced[k] for k in names}
+    _forced.update(zip(names, values))
+    return old, [-1 if v is None else v for v in values]
+
+
 def set_tuning(nt=None, fuse=None, tile=None, serial=None, wake=None):
-    """Strategy tuning for measurements and tests (see fbn_set_tuning in
-    csrc/fastbn.h): byte thresholds for non-temporal stores (`nt`), fused
-    channel-first tiles (`fuse`), the bytes of a statistics tile (`tile`);
-    the number of values below which a call runs on its caller alone
-    (`serial`), and the bytes a call moves (every array read or written,
-    once) below which it does not wake sleeping helpers (`wake`).  None (or
-    < 0) means the default.  No setting changes a result's bits.  Returns
-    the previous settings as a dict (None where default), so that
-    ``set_tuning(**old)`` restores them."""
-    global _tuning
-    old = dict(_tuning)
-    new = {"nt": nt, "fuse": fuse, "tile": tile, "serial": serial, "wake": wake}
-    for k, v in new.items():
-        new[k] = None if v is None or v < 0 else int(v)
-    v = [-1 if v is None else v for v in new.values()]
+    """Force the strategies' thresholds, for measurements and tests (as
+    fbn_set_tuning in csrc/fastbn.h): bytes for non-temporal stores (`nt`),
+    fused channel-first tiles (`fuse`), a statistics tile (`tile`); values
+    below which a call runs on its caller alone (`serial`); bytes moved
+    below which it wakes no sleeping helper (`wake`).  None (or < 0): the
+    default.  No setting changes a result's bits.  Returns the previous
+    settings (None: default), so that ``set_tuning(**old)`` restores them."""
+    old, v = _force(("nt", "fuse", "tile", "serial", "wake"),
+                    tuple(None if v is None or v < 0 else int(v)
+                          for v in (nt, fuse, tile, serial, wake)))
     fbn_set_tuning(v[0], v[1], v[2], v[3], v[4])
-    _tuning = new
     return old
-
-
-_tuning = {"nt": None, "fuse": None, "tile": None, "serial": None, "wake": None}
 
 
 def tuning():
@@ -264,9 +256,6 @@ def cache_sizes():
     return a, b, c
 
 
-_forced_caches = (None, None, None)
-
-
 def set_cache_sizes(l1=None, l2=None, l3=None):
     """Make the kernels plan as on a CPU with these cache sizes in bytes
     (per core for L1d and L2; L3 as the core sees it); None: the detected
@@ -274,15 +263,11 @@ def set_cache_sizes(l1=None, l2=None, l3=None):
     the plan (see plan()).  Not thread-safe: set while no kernel runs.
     Returns the previous forced sizes as a dict, so that
     ``set_cache_sizes(**old)`` restores them."""
-    global _forced_caches
-    sizes = (l1, l2, l3)
-    for name, v in zip(("l1", "l2", "l3"), sizes):
+    for name, v in zip(("l1", "l2", "l3"), (l1, l2, l3)):
         if v is not None and (not isinstance(v, int) or v < 0):
             raise ValueError(f"{name} must be None or a size in bytes >= 0, got {v!r}")
-    old = dict(zip(("l1", "l2", "l3"), _forced_caches))
-    fbn_set_cache_sizes(-1 if l1 is None else l1, -1 if l2 is None else l2,
-                        -1 if l3 is None else l3)
-    _forced_caches = sizes
+    old, v = _force(("l1", "l2", "l3"), (l1, l2, l3))
+    fbn_set_cache_sizes(v[0], v[1], v[2])
     return old
 
 
@@ -307,9 +292,8 @@ def set_spin_us(long us):
     return fbn_set_spin_us(us)
 
 
-_PLAN_OPS = {  # (arrays read by the reductions, arrays read only by the
-               # elementwise pass, arrays written, 1 = reductions | 2 =
-               # elementwise pass)
+_PLAN_OPS = {  # op: (arrays the reductions read, arrays only the elementwise
+               # pass reads, arrays written, 1 = reductions | 2 = elementwise)
     "moments": (1, 0, 0, 1), "train": (1, 0, 1, 3), "train_residual": (1, 1, 1, 3),
     "infer": (1, 0, 1, 2), "backward": (2, 0, 1, 3), "backward_relu": (3, 0, 1, 3),
     "backward_residual": (3, 0, 2, 3), "backward_reduce": (2, 0, 0, 1),
@@ -320,16 +304,10 @@ _PLAN_FIELDS = ("channel_last", "threads", "nontemporal", "fused", "tile_channel
 
 
 def plan(str op, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, int itemsize,
-         int nthreads):
-    """The work plan the kernel of `op` makes for the (outer, C, inner) view
-    (see fbn_describe_plan): a dict with "strategy" and the plan's fields."""
-    return plan_groups(op, 1, outer, C, inner, itemsize, nthreads)
-
-
-def plan_groups(str op, Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
-                Py_ssize_t inner, int itemsize, int nthreads):
-    """The plan of a ghost call of `op` over `groups` blocks of (outer, C,
-    inner) each (see plan())."""
+         int nthreads, Py_ssize_t groups=1):
+    """The work plan the kernel of `op` makes for `groups` ghost batches of
+    the (outer, C, inner) view each (see fbn_describe_plan): a dict with
+    "strategy" and the plan's fields."""
     cdef long long f[11]
     if op not in _PLAN_OPS:
         raise ValueError(f"op must be one of {sorted(_PLAN_OPS)}, got {op!r}")
@@ -471,21 +449,13 @@ def backward(dy, x, y, int act, Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t 
     return dgamma, dbeta
 
 
-cdef inline int _cols_kind(object x) except -1:
-    """The dtype code of x for the per-column kernels (no half types)."""
-    cdef int k = _kind(x)
-    if k >= FBN_FLOAT16:
-        raise TypeError(f"fastbn per-column kernels take float32 or float64, got "
-                        f"{x.dtype}")
-    return k
-
-
 def colstats(x, Py_ssize_t n, Py_ssize_t p, bint colmajor, w, int nthreads):
     """Per-column (count, mean, m2) in float64 of the (n, p) matrix x (its
     data read in C order, or Fortran order with colmajor), NaN skipped,
-    weighted by the float64 array w (n values) or not (None)."""
+    weighted by the float64 array w (n values) or not (None); x float32 or
+    float64 (the half types have no per-column kernels: ValueError)."""
     count, mean, m2 = _empty(p, F64), _empty(p, F64), _empty(p, F64)
-    cdef int k = _cols_kind(x)
+    cdef int k = _kind(x)
     cdef void *px = _ptr(x), *pw = _ptr(w), *pk = _ptr(count), *pm = _ptr(mean)
     cdef void *pq = _ptr(m2)
     with nogil:
@@ -499,7 +469,7 @@ def standardize(x, Py_ssize_t n, Py_ssize_t p, bint colmajor, mean, scale,
     x's dtype, mean and scale float64 arrays of p values or None; y has x's
     layout and dtype (it may be x; None: x is only searched for
     infinities).  Returns True if x holds an infinity."""
-    cdef int k = _cols_kind(x), bad = 0
+    cdef int k = _kind(x), bad = 0
     cdef void *px = _ptr(x), *pm = _ptr(mean), *ps = _ptr(scale), *py = _ptr(y)
     with nogil:
         _check(fbn_standardize(k, px, n, p, colmajor, pm, ps, inverse, py, &bad,

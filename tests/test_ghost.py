@@ -287,9 +287,9 @@ def test_many_small_groups_share_one_parallel_job():
     if _kernels.scheduler() == "serial":
         pytest.skip("a build without OpenMP has one thread")
     alone = _kernels.plan("train", 128, 64, 1, 4, 2)
-    ghost = _kernels.plan_groups("train", 128, 128, 64, 1, 4, 2)
+    ghost = _kernels.plan("train", 128, 64, 1, 4, 2, groups=128)
     assert alone["threads"] == 1 and ghost["threads"] == 2
-    ghost = _kernels.plan_groups("backward_relu", 8, 32, 64, 784, 4, 2)
+    ghost = _kernels.plan("backward_relu", 32, 64, 784, 4, 2, groups=8)
     assert ghost["threads"] == 2 and ghost["strategy"] == "fused tiles"
 
 
