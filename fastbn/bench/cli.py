@@ -24,7 +24,25 @@ from .workloads import (WORKLOADS, check_sweep_terms, family_counts,
                         filter_sweep, fmt_bytes, select_workloads,
                         split_terms, sweep_workloads)
 
-PARTS = ("kernels", "sweep", "scenarios", "network", "ghost", "sklearn", "half")
+#: The report's parts, in its order, and their options' help.
+PART_HELP = {
+    "kernels": "the kernel workloads (standard shapes, every implementation, "
+               "issue-9 targets)",
+    "sweep": "the shape sweep: real networks' shapes, fastbn against torch eager "
+             "and the floor at 1 and N threads, every loss shown",
+    "scenarios": "between calls: back-to-back, after a NumPy matmul, after 2 ms "
+                 "idle; 1 thread vs default",
+    "network": "a ResNet basic block step in NumPy with fastbn and with NumPy "
+               "batch norm",
+    "ghost": "ghost batches (virtual_batch_size) and batch renormalization "
+             "against ordinary batch norm",
+    "sklearn": "fastbn.sklearn.StandardScaler against scikit-learn's: fit, "
+               "transform, fit_transform, partial_fit in 10 chunks (needs "
+               "scikit-learn)",
+    "half": "half precision: fastbn on float16 and bfloat16 beside its float32, "
+            "and torch eager on half tensors (bfloat16 needs ml_dtypes)",
+}
+PARTS = tuple(PART_HELP)
 #: The parts of the default (headline) report; ``--full`` runs all PARTS.
 #: The headline runs every kernel workload (HEADLINE_KERNEL_ROUNDS rounds),
 #: the sweep and the scenarios at their --quick sizes and rounds.
@@ -53,30 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "and half precision too), the whole sweep, full rounds.")
     parts = p.add_argument_group(
         "parts (default: the headline: kernels, a sweep slice, scenarios)")
-    parts.add_argument("--kernels", action="store_true",
-                       help="the kernel workloads (standard shapes, every "
-                            "implementation, issue-9 targets)")
-    parts.add_argument("--sweep", action="store_true",
-                       help="the shape sweep: real networks' shapes, fastbn "
-                            "against torch eager and the floor at 1 and N "
-                            "threads, every loss shown")
-    parts.add_argument("--scenarios", action="store_true",
-                       help="between calls: back-to-back, after a NumPy "
-                            "matmul, after 2 ms idle; 1 thread vs default")
-    parts.add_argument("--network", action="store_true",
-                       help="a ResNet basic block step in NumPy with fastbn "
-                            "and with NumPy batch norm")
-    parts.add_argument("--ghost", action="store_true",
-                       help="ghost batches (virtual_batch_size) and batch "
-                            "renormalization against ordinary batch norm")
-    parts.add_argument("--sklearn", action="store_true",
-                       help="fastbn.sklearn.StandardScaler against "
-                            "scikit-learn's: fit, transform, fit_transform, "
-                            "partial_fit in 10 chunks (needs scikit-learn)")
-    parts.add_argument("--half", action="store_true",
-                       help="half precision: fastbn on float16 and bfloat16 "
-                            "beside its float32, and torch eager on half "
-                            "tensors (bfloat16 needs ml_dtypes)")
+    for part, text in PART_HELP.items():
+        parts.add_argument("--" + part, action="store_true", help=text)
     p.add_argument("--full", action="store_true",
                    help="the full report: every part, every sweep row, full "
                         "rounds, torch.compile where installed (about 10 "

@@ -28,7 +28,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from .. import _reference as oracle
-from .timing import Impl, Result, measure
+from .timing import Impl, Result, fmt_time, measure
 
 #: (label, shape, axis, k, mode, target): ghost rows (k = N/8 for the
 #: standard shape), mode "train" or "backward"
@@ -211,14 +211,6 @@ def run_ghost(fastbn, threads: int, rounds: int, *, quick: bool = False,
     return GhostResult(threads, rows, time.perf_counter() - t0)
 
 
-def _t(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 1e-3:
-        return "%.1f us" % (seconds * 1e6)
-    return "%.3f ms" % (seconds * 1e3)
-
-
 def ghost_rows(res: GhostResult):
     """(head, rows) of the report's table."""
     head = ["row", "x", "variant median", "ordinary median", "variant/ordinary",
@@ -227,7 +219,7 @@ def ghost_rows(res: GhostResult):
     for r in res.rows:
         ratio = r.ratio
         rows.append([r.label, "(%s)" % ",".join(map(str, r.shape)),
-                     _t(r.variant.median), _t(r.base.median),
+                     fmt_time(r.variant.median), fmt_time(r.base.median),
                      "-" if ratio is None else "%.3fx" % ratio,
                      "-" if r.target is None else "<= %.2fx" % r.target,
                      "-" if r.met is None else ("yes" if r.met else "NO"),

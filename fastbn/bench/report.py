@@ -24,6 +24,7 @@ from .scenarios import (IDLE_SECONDS, MATMUL_SIZE, WARM_CALLS, ScenarioResult,
                         target_text)
 from .sweep import (SweepResult, loss_counts, row_flags, worst_floor_rows,
                     worst_rows)
+from .timing import fmt_time
 from .workloads import (MODE_TITLES, MODES, SWEEP_TARGETS, TARGET_MIN_BYTES,
                         fmt_bytes)
 
@@ -79,15 +80,6 @@ class Report:
 
 def _f(v: Optional[float], fmt: str) -> str:
     return "-" if v is None else fmt % v
-
-
-def fmt_time(seconds: Optional[float]) -> str:
-    """'12.3 us' below a millisecond, '1.234 ms' above."""
-    if seconds is None:
-        return "-"
-    if seconds < 1e-3:
-        return "%.1f us" % (seconds * 1e6)
-    return "%.3f ms" % (seconds * 1e3)
 
 
 def _ms(seconds: Optional[float]) -> str:

@@ -145,3 +145,12 @@ class Result:
     @property
     def p90(self) -> Optional[float]:
         return percentile(self.samples, 90)
+
+
+def fmt_time(seconds: Optional[float]) -> str:
+    """'12.3 us' below a millisecond, '1.234 ms' above."""
+    if seconds is None:
+        return "-"
+    if seconds < 1e-3:
+        return "%.1f us" % (seconds * 1e6)
+    return "%.3f ms" % (seconds * 1e3)
