@@ -343,6 +343,27 @@ class StandardScaler(_SkStandardScaler):
                  if self.with_std and self.scale_ is not None else None)
         return mean, scale
 
+    def _transform(self, X, copy, inverse):
+        """transform (inverse_transform with `inverse`): the kernel pass on
+        dense float32/float64 input; scikit-learn's code for sparse input,
+        the array API, float16, a strided view to change in place, nothing
+        to do, and (inverse) a wrong width, where its errors are raised."""
+        sk_method = _SK_INVERSE if inverse else _SK_TRANSFORM
+        check_is_fitted(self)
+        copy = copy if copy is not None else self.copy
+        if sparse.issparse(X) or _array_api_on():
+            return sk_method(self, X, copy=copy)
+        X_in = X
+        checks = dict(accept_sparse="csr", copy=False, dtype=_FLOAT_DTYPES,
+                      force_writeable=not copy, ensure_all_finite=False)
+        X = (check_array(X, **checks) if inverse else
+             validate_data(self, X, reset=False, **checks))
+        if (sparse.issparse(X) or X.dtype not in _KERNEL_DTYPES
+                or not (_kernel_ok(X) or copy) or not (self.with_mean or self.with_std)
+                or (inverse and X.shape[1] != np.shape(self.mean_)[0])):
+            return sk_method(self, X, copy=copy)
+        return self._apply(X, X_in, copy, inverse)
+
     def _apply(self, X, X_in, copy, inverse):
         """The kernel pass of transform/inverse_transform on the validated
         dense X (X_in: what the caller passed).  An infinity in X raises
@@ -404,20 +425,7 @@ class StandardScaler(_SkStandardScaler):
         >>> print(Z.ravel(), Z.dtype)
         [-1.  1.] float32
         """
-        check_is_fitted(self)
-        copy = copy if copy is not None else self.copy
-        if sparse.issparse(X) or _array_api_on():
-            return _SK_TRANSFORM(self, X, copy=copy)
-        X_in = X
-        X = validate_data(self, X, reset=False, accept_sparse="csr", copy=False,
-                          dtype=_FLOAT_DTYPES, force_writeable=not copy,
-                          ensure_all_finite=False)
-        if (sparse.issparse(X) or X.dtype not in _KERNEL_DTYPES
-                or not (_kernel_ok(X) or copy) or not (self.with_mean or self.with_std)):
-            # float16, a strided view to change in place, nothing to do:
-            # scikit-learn's code
-            return _SK_TRANSFORM(self, X, copy=copy)
-        return self._apply(X, X_in, copy, inverse=False)
+        return self._transform(X, copy, inverse=False)
 
     def inverse_transform(self, X, copy=None):
         """Scale back the data to the original representation.
@@ -448,16 +456,4 @@ class StandardScaler(_SkStandardScaler):
         >>> print(s.inverse_transform(s.transform(X)).ravel())
         [1. 3.]
         """
-        check_is_fitted(self)
-        copy = copy if copy is not None else self.copy
-        if sparse.issparse(X) or _array_api_on():
-            return _SK_INVERSE(self, X, copy=copy)
-        X_in = X
-        X = check_array(X, accept_sparse="csr", copy=False, dtype=_FLOAT_DTYPES,
-                        force_writeable=not copy, ensure_all_finite=False)
-        if (sparse.issparse(X) or X.dtype not in _KERNEL_DTYPES
-                or not (_kernel_ok(X) or copy) or not (self.with_mean or self.with_std)
-                or X.shape[1] != np.shape(self.mean_)[0]):
-            # scikit-learn's code, and its errors for a wrong width
-            return _SK_INVERSE(self, X, copy=copy)
-        return self._apply(X, X_in, copy, inverse=True)
+        return self._transform(X, copy, inverse=True)
