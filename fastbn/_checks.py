@@ -183,3 +183,22 @@ def no_partial_overlap(out, name, *arrays):
     for a in arrays:
         if a is not None and a is not out and _kernels.partial_overlap(out, a):
             raise ValueError(f"{name} overlaps an input without being the same array")
+
+
+def count(v, name, or_none=False, unit=""):
+    """``v`` as an int >= 1 (a count: num_features, virtual_batch_size,
+    threads), None kept when ``or_none``: TypeError naming ``name`` for
+    anything that is not an integer (a bool included), ValueError below 1
+    (``unit`` says what is counted)."""
+    if v is None and or_none:
+        return None
+    what = "a positive integer" + (" or None" if or_none else "")
+    if isinstance(v, bool):
+        raise TypeError(f"{name} must be {what}, got bool")
+    try:
+        n = operator.index(v)
+    except TypeError:
+        raise TypeError(f"{name} must be {what}, got {type(v).__name__}") from None
+    if n < 1:
+        raise ValueError(f"{name} must be >= 1{unit}, got {n}")
+    return n

@@ -16,9 +16,10 @@ kernels fold ``r`` and ``d`` into each channel's scale and shift.
 """
 import math
 import numbers
-import operator
 
 import numpy as np
+
+from ._checks import count
 
 
 _RENORM_KEYS = ("rmax", "dmax")
@@ -26,20 +27,8 @@ _RENORM_KEYS = ("rmax", "dmax")
 
 def check_virtual_batch_size(k):
     """``virtual_batch_size`` as an int >= 1, or None."""
-    if k is None:
-        return None
-    if isinstance(k, bool):
-        raise TypeError("virtual_batch_size must be a positive integer or None, "
-                        "got bool")
-    try:
-        k = operator.index(k)
-    except TypeError:
-        raise TypeError(f"virtual_batch_size must be a positive integer or None, "
-                        f"got {type(k).__name__}") from None
-    if k < 1:
-        raise ValueError(f"virtual_batch_size must be >= 1 (samples per ghost "
-                         f"batch), got {k}")
-    return k
+    return count(k, "virtual_batch_size", or_none=True,
+                 unit=" (samples per ghost batch)")
 
 
 def groups(shape, axis, k):

@@ -13,9 +13,9 @@ after one, so then use the "spawn" or "forkserver" start method, or
 ``OMP_NUM_THREADS=1`` in forked children.
 """
 import contextlib
-import operator
 
 from . import _kernels
+from ._checks import count
 from ._version import __version__
 
 _setting = None  # None: follow OpenMP
@@ -98,15 +98,7 @@ def set_num_threads(n):
     2
     """
     global _setting
-    if n is not None:
-        try:
-            n = operator.index(n)
-        except TypeError:
-            raise TypeError(
-                f"n must be a positive integer or None, got {type(n).__name__}"
-            ) from None
-        if n < 1:
-            raise ValueError(f"n must be a positive integer or None, got {n}")
+    n = count(n, "n", or_none=True)
     old, _setting = _setting, n
     return old
 

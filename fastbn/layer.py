@@ -22,7 +22,7 @@ import operator
 import numpy as np
 
 from . import _api, _ghost
-from ._checks import as_data, eps_value, is_half, view
+from ._checks import as_data, count, eps_value, is_half, view
 
 __all__ = ["BatchNorm"]
 
@@ -186,13 +186,7 @@ class BatchNorm:
                  center=True, scale=True, relu=False, track_running_stats=True,
                  dtype=np.float32, comm=None, virtual_batch_size=None, renorm=False,
                  renorm_clipping=None, activation=None):
-        try:
-            C = operator.index(num_features)
-        except TypeError:
-            raise TypeError(f"num_features must be a positive integer, got "
-                            f"{type(num_features).__name__}") from None
-        if C < 1:
-            raise ValueError(f"num_features must be a positive integer, got {C}")
+        C = count(num_features, "num_features")
         try:
             axis = operator.index(axis)
         except TypeError:
