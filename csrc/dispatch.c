@@ -8,33 +8,50 @@
 #include "internal.h"
 #include "ops.h"
 
-enum { FBN_ISA_BASE = 0, FBN_ISA_AVX2 = 1, FBN_ISA_AVX512 = 2, FBN_ISA_AVX512BF16 = 3 };
-#define FBN_ISA_NAME(isa, name) name,
-#define FBN_ISA_TABLE(isa, name) fbn_isa_ops_##isa,
+/* The rows of FBN_ISA_LIST (ops.h), indexed in its order: names, the CPU
+ * features each needs, and fbn_table[isa][dtype], the kernels of every
+ * element type per set. */
+#define FBN_ISA_NAME(isa, name, cpu, bits, target, bf16, others) name,
+#define FBN_ISA_CPU(isa, name, cpu, bits, target, bf16, others) (cpu),
+#define FBN_ISA_TABLE(isa, name, cpu, bits, target, bf16, others) fbn_isa_ops_##isa,
+#define FBN_ISA_SPACED(isa, name, cpu, bits, target, bf16, others) name " "
 static const char *const fbn_isa_names[] = {FBN_ISA_LIST(FBN_ISA_NAME)};
-/* fbn_table[isa][dtype]: the kernels of every element type per set */
+static const int fbn_isa_cpu[] = {FBN_ISA_LIST(FBN_ISA_CPU)};
 static const fbn_ops *const *const fbn_table[] = {FBN_ISA_LIST(FBN_ISA_TABLE)};
 #define FBN_NISA ((int)(sizeof fbn_isa_names / sizeof fbn_isa_names[0]))
 
-/* The best instruction set (FBN_ISA_*; -1: not read yet; fbn_init reads it). */
+/* The best instruction set (a row; -1: not read yet; fbn_init reads it), and
+ * the names of those up to it, space-separated (fbn_simd_available). */
 static int fbn_best = -1;
+static char fbn_avail[sizeof(FBN_ISA_LIST(FBN_ISA_SPACED))];
 
-/* Best instruction set this CPU (and OS) supports among those built, read
- * once (CPUID is slow, and traps to the hypervisor in a VM): by fbn_init,
- * which the library's users call before any kernel. */
+/* Best instruction set this CPU (and OS) supports among those built: the
+ * last row whose features it has (each row needs those of the rows before
+ * it).  Read once (CPUID is slow, and traps to the hypervisor in a VM): by
+ * fbn_init, which the library's users call before any kernel. */
 static int fbn_detect_isa(void)
 {
-#if FBN_HAVE_DISPATCH
-    int f = fbn_cpu_features();
-    if (f & FBN_CPU_AVX512)
-        return (f & FBN_CPU_AVX512BF16) ? FBN_ISA_AVX512BF16 : FBN_ISA_AVX512;
-    if (f & FBN_CPU_AVX2)
-        return FBN_ISA_AVX2;
-#endif
-    return FBN_ISA_BASE;
+    int f = FBN_NISA > 1 ? fbn_cpu_features() : 0, best = 0, i;
+    for (i = 1; i < FBN_NISA; i++)
+        if ((f & fbn_isa_cpu[i]) == fbn_isa_cpu[i])
+            best = i;
+    return best;
 }
 
-void fbn_isa_init(void) { fbn_best = fbn_detect_isa(); }
+void fbn_isa_init(void)
+{
+    size_t n = 0, len;
+    int i;
+    fbn_best = fbn_detect_isa();
+    for (i = 0; i <= fbn_best; i++) {
+        len = strlen(fbn_isa_names[i]);
+        if (i > 0)
+            fbn_avail[n++] = ' ';
+        memcpy(fbn_avail + n, fbn_isa_names[i], len);
+        n += len;
+    }
+    fbn_avail[n] = '\0';
+}
 
 static int fbn_best_isa(void)
 {
@@ -70,10 +87,9 @@ const char *fbn_simd(void) { return fbn_isa_names[fbn_active_isa()]; }
 
 const char *fbn_simd_available(void)
 {
-    static const char *const avail[] = {"baseline", "baseline avx2",
-                                        "baseline avx2 avx512",
-                                        "baseline avx2 avx512 avx512bf16"};
-    return avail[fbn_best_isa()];
+    if (fbn_best < 0) /* (before fbn_init: not thread-safe, as fbn_init) */
+        fbn_isa_init();
+    return fbn_avail;
 }
 
 /* ---- the public kernels: the table of the dtype, then its kernel -------- */

@@ -134,11 +134,9 @@ typedef R NAME(t8) __attribute__((vector_size(8 * sizeof(R))));
 
 #if FBN_HALF
 #undef FBN_F32
-#ifdef FBN_F32_ISA /* (an instance of the bfloat16 kernels alone) */
+/* (FBN_F32_ISA: FBN_ISA, or the set whose float kernels an instance of the
+ * bfloat16 kernels alone uses; isa_instances.h) */
 #define FBN_F32(f) FBN_CAT(f, f32, FBN_F32_ISA)
-#else
-#define FBN_F32(f) FBN_CAT(f, f32, FBN_ISA)
-#endif
 
 #if FBN_F16C == 512
 /* 16 values widened to float, exactly (float16: VCVTPH2PS; bfloat16: the
@@ -170,7 +168,7 @@ static inline __m256i NAME(narrow16)(__m512 t)
     return _mm512_cvtps_ph(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 #else
     __m512i u = _mm512_castps_si512(t);
-#if defined(FBN_BF16_NARROW) && FBN_BF16_NARROW
+#if FBN_BF16_NARROW
     /* AVX-512_BF16: VCVTNEPS2BF16 rounds to nearest even as fbn_f32_to_bf16
      * does, NaN alike, but reads denormal inputs as zero
      * (tools/check_half_convert.c): a vector holding one takes the integer
@@ -195,7 +193,7 @@ static inline __m256i NAME(narrow16)(__m512 t)
  * a line cost the streamed transform 10-25 %). */
 static inline __m512i NAME(narrow32)(__m512 t, __m512 u)
 {
-#if FBN_HALF == 2 && defined(FBN_BF16_NARROW) && FBN_BF16_NARROW
+#if FBN_HALF == 2 && FBN_BF16_NARROW
     /* bfloat16: one VCVTNE2PS2BF16 for both, as narrow16 when neither
      * holds a denormal */
     if (_kortestz_mask16_u8(_mm512_fpclass_ps_mask(t, 0x20), _mm512_fpclass_ps_mask(u, 0x20)))

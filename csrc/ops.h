@@ -53,23 +53,50 @@ typedef struct {
                        void *y, int *has_inf, int nthreads);
 } fbn_ops;
 
-/* The instruction sets built (kernels.c instantiates the kernels for
- * each), in order of preference: X(isa, name).  x86-64 with GCC or clang:
- * the portable baseline, AVX2, AVX-512, and AVX-512 with BF16 conversions;
- * elsewhere the baseline alone. */
+/* ---- the instruction sets: the one list ---------------------------------
+ * One row per instruction set, FBN_ISA_ROW_<isa>(X) = X(isa, name, cpu,
+ * bits, target, bf16, others):
+ *   isa     the suffix of its kernels' names (f_<type>_<isa>);
+ *   name    its name for fbn_set_simd and fbn_simd;
+ *   cpu     the FBN_CPU_* features (portable.h) it needs;
+ *   bits    its vector width: 0 for the portable baseline (compiled with the
+ *           build's flags, no target), else 256 (AVX2) or 512 (AVX-512);
+ *   target  the target features its kernels are compiled for;
+ *   bf16    1 if only its bfloat16 kernels are its own (they narrow with
+ *           VCVTNEPS2BF16), the other types' being those of `others`;
+ *   others  the set whose float32/float64/float16 kernels it uses (itself
+ *           but for a bf16 row).
+ * FBN_ISA_LIST(X) gives the rows built, in order of preference: x86-64
+ * with GCC or clang, the baseline, AVX2 (with F16C), AVX-512 and AVX-512
+ * with BF16 conversions; elsewhere (and with FBN_NO_DISPATCH, the build
+ * MSVC makes) the baseline alone.  kernels.c instantiates each row once
+ * (isa_instances.h), dispatch.c picks one at run time.  The same source is
+ * compiled for every row: the reductions use a fixed number of explicit
+ * lanes and the build forbids FMA contraction, so every row computes
+ * bitwise the same results; it is only faster. */
+#define FBN_ISA_ROW_base(X) X(base, "baseline", 0, 0, "", 0, base)
+#define FBN_ISA_ROW_avx2(X) X(avx2, "avx2", FBN_CPU_AVX2, 256, "avx2,f16c", 0, avx2)
+#define FBN_ISA_ROW_avx512(X)                                                  \
+    X(avx512, "avx512", FBN_CPU_AVX2 | FBN_CPU_AVX512, 512,                    \
+      "avx512f,avx512vl,avx512bw,avx512dq,f16c", 0, avx512)
+#define FBN_ISA_ROW_avx512bf16(X)                                              \
+    X(avx512bf16, "avx512bf16", FBN_CPU_AVX2 | FBN_CPU_AVX512 | FBN_CPU_AVX512BF16, \
+      512, "avx512f,avx512vl,avx512bw,avx512dq,f16c,avx512bf16", 1, avx512)
+
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) \
     && !defined(FBN_NO_DISPATCH)
 #define FBN_HAVE_DISPATCH 1
-#define FBN_ISA_LIST(X) X(base, "baseline") X(avx2, "avx2") X(avx512, "avx512") \
-    X(avx512bf16, "avx512bf16")
+#define FBN_ISA_LIST(X)                                                        \
+    FBN_ISA_ROW_base(X) FBN_ISA_ROW_avx2(X) FBN_ISA_ROW_avx512(X) FBN_ISA_ROW_avx512bf16(X)
 #else
 #define FBN_HAVE_DISPATCH 0
-#define FBN_ISA_LIST(X) X(base, "baseline")
+#define FBN_ISA_LIST(X) FBN_ISA_ROW_base(X)
 #endif
 
 /* fbn_isa_ops_<isa>[dtype]: the tables of one instruction set
  * (isa_instances.h). */
-#define FBN_ISA_DECLARE(isa, name) extern const fbn_ops *const fbn_isa_ops_##isa[FBN_NDTYPES];
+#define FBN_ISA_DECLARE(isa, name, cpu, bits, target, bf16, others)            \
+    extern const fbn_ops *const fbn_isa_ops_##isa[FBN_NDTYPES];
 FBN_ISA_LIST(FBN_ISA_DECLARE)
 #undef FBN_ISA_DECLARE
 
