@@ -43,8 +43,9 @@ if not _ALLOW_SOURCE and Path(fastbn.__file__).resolve().is_relative_to(
 # ``pytest -m "not slow"`` is the fast tier.
 MARKERS = {
     "slow": "a test taking about a second or more (every plan, thread count "
-            "or instruction set on large arrays, MPI jobs, hypothesis, "
-            "PyTorch or tf-keras imports); deselect with -m 'not slow'",
+            "or instruction set on large arrays, MPI and torch.distributed "
+            "jobs, hypothesis, torch.compile and opcheck, tf-keras imports); "
+            "deselect with -m 'not slow'",
     "mpi": "runs mpiexec jobs (skips without mpi4py, fails then under "
            "FASTBN_REQUIRE_MPI=1)",
     "torch": "fastbn.torch, or a comparison with PyTorch (skips without "

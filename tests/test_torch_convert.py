@@ -255,6 +255,7 @@ def test_revert_module_activation():
     assert back[0][0].weight is bn.weight
 
 
+@pytest.mark.slow
 def test_compile_converted_resnet_block():
     """A converted (fused) model under torch.compile(fullgraph=True)."""
     torch.manual_seed(0)

@@ -332,6 +332,7 @@ def test_channels_last_is_not_copied(monkeypatch):
     assert y.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.slow
 def test_opcheck():
     """torch.library.opcheck: schema, fake kernels, autograd registration
     and AOT dispatch of every operator."""
@@ -379,6 +380,7 @@ def test_double_backward_raises():
         gx.sum().backward()
 
 
+@pytest.mark.slow
 def test_compile_fullgraph():
     """A small conv + BN + ReLU + residual model under
     torch.compile(fullgraph=True): the same output, gradients and running

@@ -70,6 +70,7 @@ def split(t, sizes):
     return list(torch.split(t, sizes))
 
 
+@pytest.mark.slow
 def test_forward_backward_running_stats(job):
     """Output, input and residual gradients, running statistics: those of
     one process on the whole batch; weight/bias gradients summed over the
@@ -103,6 +104,7 @@ def test_forward_backward_running_stats(job):
         ref.weight.grad = ref.bias.grad = None
 
 
+@pytest.mark.slow
 def test_error_on_one_rank_raises_everywhere(job):
     sizes, results = job
     for name in ("channels", "dim", "residual"):
@@ -118,6 +120,7 @@ def test_error_on_one_rank_raises_everywhere(job):
         torch.testing.assert_close(res["errors"]["after"], part, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_ddp_step(job):
     """One SGD step in DistributedDataParallel equals one process's step on
     the whole batch (DDP averages the ranks' gradients)."""
