@@ -301,54 +301,36 @@ def main(argv=None) -> int:
     rep = Report(machine_info(fastbn, torch, threads),
                  settings_text(args, rounds, compile_kernels, sweep_compile),
                  threads, gil)
-    if "kernels" in args.parts:
-        load = OtherLoad()
-        rep.kernels = kernels.run_kernels(
-            select_workloads(args.quick and not args.headline, args.only),
-            fastbn, threads,
-            rounds["kernels"], torch=torch, compile_torch=compile_kernels,
-            pause=args.pause, progress=progress)
-        rep.other_load["kernels"] = load.share()
-    if "sweep" in args.parts:
-        load = OtherLoad()
-        rep.sweep = sweep.run_sweep(
-            chosen_sweep(args), fastbn, sorted({1, threads}),
-            rounds["sweep"], torch=torch, compile_mode=sweep_compile,
-            pause=args.pause, progress=progress)
-        rep.other_load["sweep"] = load.share()
-    if "scenarios" in args.parts:
-        load = OtherLoad()
-        calls = SCENARIO_CALLS[1] if args.quick else SCENARIO_CALLS[0]
-        rep.scenarios = scenarios.run_scenarios(
-            fastbn, threads, rounds["scenarios"], calls, torch=torch,
-            shapes=scenarios.QUICK_SHAPES if args.quick else
-            scenarios.SHAPES, blas=blas_info(), progress=progress)
-        rep.other_load["scenarios"] = load.share()
-    if "network" in args.parts:
-        load = OtherLoad()
-        rep.network = network.run_network(
+    quick = args.quick
+    run = {  # each part's run; its result is the report's attribute of its name
+        "kernels": lambda: kernels.run_kernels(
+            select_workloads(quick and not args.headline, args.only), fastbn,
+            threads, rounds["kernels"], torch=torch, compile_torch=compile_kernels,
+            pause=args.pause, progress=progress),
+        "sweep": lambda: sweep.run_sweep(
+            chosen_sweep(args), fastbn, sorted({1, threads}), rounds["sweep"],
+            torch=torch, compile_mode=sweep_compile, pause=args.pause,
+            progress=progress),
+        "scenarios": lambda: scenarios.run_scenarios(
+            fastbn, threads, rounds["scenarios"], SCENARIO_CALLS[1 if quick else 0],
+            torch=torch, shapes=scenarios.QUICK_SHAPES if quick else scenarios.SHAPES,
+            blas=blas_info(), progress=progress),
+        "network": lambda: network.run_network(
             fastbn, threads, rounds["network"],
-            shape=network.QUICK_SHAPE if args.quick else network.SHAPE,
-            pause=args.pause, progress=progress)
-        rep.other_load["network"] = load.share()
-    if "ghost" in args.parts:
+            shape=network.QUICK_SHAPE if quick else network.SHAPE, pause=args.pause,
+            progress=progress),
+        "ghost": lambda: ghost.run_ghost(fastbn, threads, rounds["ghost"], quick=quick,
+                                         pause=args.pause, progress=progress),
+        "sklearn": lambda: scaler.run_scaler(fastbn, threads, rounds["sklearn"],
+                                             quick=quick, pause=args.pause,
+                                             progress=progress),
+        "half": lambda: half.run_half(fastbn, threads, rounds["half"], quick=quick,
+                                      torch=torch, pause=args.pause, progress=progress),
+    }
+    for part in args.parts:
         load = OtherLoad()
-        rep.ghost = ghost.run_ghost(fastbn, threads, rounds["ghost"],
-                                    quick=args.quick, pause=args.pause,
-                                    progress=progress)
-        rep.other_load["ghost"] = load.share()
-    if "sklearn" in args.parts:
-        load = OtherLoad()
-        rep.sklearn = scaler.run_scaler(fastbn, threads, rounds["sklearn"],
-                                        quick=args.quick, pause=args.pause,
-                                        progress=progress)
-        rep.other_load["sklearn"] = load.share()
-    if "half" in args.parts:
-        load = OtherLoad()
-        rep.half = half.run_half(fastbn, threads, rounds["half"],
-                                 quick=args.quick, torch=torch,
-                                 pause=args.pause, progress=progress)
-        rep.other_load["half"] = load.share()
+        setattr(rep, part, run[part]())
+        rep.other_load[part] = load.share()
     progress.done()
     # the full report ends with fastbn.torch's part (--torch) where torch is
     # installed
