@@ -238,15 +238,25 @@ def _activation(activation, relu):
     return code
 
 
-def _mask(activation, y):
-    """The backward's activation code: ``activation``'s, which needs the
-    forward's output ``y``; without one, ReLU when ``y`` is given."""
+def _mask(activation, y, beta, residual, comm):
+    """The backward's activation code: ``activation``'s; without one, ReLU
+    when ``y`` is given.  The mask comes from ``y``, or without it from
+    ``x`` and the forward's ``beta``, which must then be given (a residual
+    or ``comm`` needs ``y``)."""
     if activation is None:
         return 0 if y is None else 1
     code = _activation(activation, False)
     if y is None:
-        raise ValueError(f"activation={activation!r} needs the forward's output y= "
-                         f"(the gradient flows where y passes the activation)")
+        if residual or comm is not None:
+            what = "residual=True" if residual else "comm="
+            raise ValueError(f"activation={activation!r} with {what} needs the "
+                             f"forward's output y= (the gradient flows where y "
+                             f"passes the activation)")
+        if beta is None:
+            raise TypeError(f"activation={activation!r} needs the forward's output y= "
+                            f"or its beta=: without y the mask is recomputed from x "
+                            f"and beta (pass the forward's beta, or zeros if it had "
+                            f"none)")
     return code
 
 
@@ -538,7 +548,7 @@ def batch_norm_infer(x, mean, var, gamma=None, beta=None, *, axis=1, eps=1e-5,
 
 def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
                         training=True, residual=False, out=None, comm=None,
-                        virtual_batch_size=None, activation=None):
+                        virtual_batch_size=None, activation=None, beta=None):
     """Gradients of batch normalization.
 
     Parameters
@@ -638,17 +648,19 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
                                                           True)
     if comm is not None and training:
         return _run("BACKWARD", _backward, comm, dy, x, mean, invstd, gamma, axis, y,
-                    training, residual, out, comm, k, None, None, activation)
+                    training, residual, out, comm, k, None, None, activation, beta)
     return _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm,
-                     k, None, None, activation)
+                     k, None, None, activation, beta)
 
 
 def _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm,
-              k=None, r=None, d=None, activation=None):
+              k=None, r=None, d=None, activation=None, beta=None):
     """Body of batch_norm_backward and the layer's backward: over ghost
     batches of ``k`` samples (None: one group), with a renormalised
     forward's ``r`` and ``d`` (float64, ``(G, C)``) held constant when
-    given.  With comm and training, call it through ``_run``."""
+    given; with an activation and no ``y``, the mask from ``x`` and the
+    forward's ``beta`` (required then: zeros for a forward without one).
+    With comm and training, call it through ``_run``."""
     x = as_data(x)
     outer, C, inner, a = view(x.shape, axis)
     dt = x.dtype
@@ -656,11 +668,15 @@ def _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm
     G = 1 if k is None else _ghost.groups(x.shape, a, k)
     dy = like_x(dy, "dy", x)
     yv = None if y is None else like_x(y, "y", x)
-    act = (0 if yv is None else 1) if activation is None else _mask(activation, yv)
+    act = ((0 if yv is None else 1) if activation is None else
+           _mask(activation, yv, beta, residual, comm if training else None))
     if k is None:
         mean = per_channel(mean, "mean", C, sdt, allow_none=False)
         invstd = per_channel(invstd, "invstd", C, sdt, allow_none=False)
     gamma = per_channel(gamma, "gamma", C, sdt)
+    beta = per_channel(beta, "beta", C, sdt)
+    if yv is not None or act == 0:
+        beta = None  # (the mask comes from y, or there is none)
     dx = output(out, x)
     if out is not None:
         no_partial_overlap(dx, "out", x, dy, yv)
@@ -677,7 +693,7 @@ def _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm
             raise ValueError(f"training needs at least 2 values per channel; x of "
                              f"shape {x.shape} has {outer * inner} (axis={axis})")
         dgamma, dbeta = _kernels.backward(dy, x, yv, act, 1, outer, C, inner, mean,
-                                          invstd, gamma, r, d, training, dx, dz,
+                                          invstd, gamma, beta, r, d, training, dx, dz,
                                           _nthreads())
     elif G == 0:  # an empty batch in ghost batches
         if training:
@@ -693,7 +709,7 @@ def _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm
                              f"ghost batch of {k} samples (x of shape {x.shape}, "
                              f"axis={axis}) has {n}")
         dgamma, dbeta = _kernels.backward(dy, x, yv, act, G, outer, C, inner, mean,
-                                          invstd, gamma, r, d, training, dx, dz,
+                                          invstd, gamma, beta, r, d, training, dx, dz,
                                           _nthreads())
     if residual:
         return dx, dgamma, dbeta, dz
