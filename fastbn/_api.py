@@ -567,8 +567,9 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
     axis : int, default 1
         The channel axis.
     y : ndarray, optional
-        The forward output.  Required when the forward fused a ReLU: the
-        gradient flows where ``y > 0``.
+        The forward output, when the forward fused an activation: the
+        gradient flows where ``y > 0``.  Without it (and without a
+        residual) the mask is recomputed from ``x`` and ``beta``.
     training : bool, default True
         True: the gradient through the batch statistics.  False: through
         frozen statistics, ``dx = dy' * gamma * invstd``.
@@ -584,9 +585,17 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
         As given to :func:`batch_norm_train`: the gradient of each ghost
         batch through its own statistics.
     activation : {None, "relu", "relu6"}, optional
-        The forward's activation, with its output ``y``: the gradient flows
-        where ``y > 0`` (``"relu"``) or ``0 < y < 6`` (``"relu6"``).  None
-        with ``y`` given means ``"relu"``.
+        The forward's activation: the gradient flows where ``y > 0``
+        (``"relu"``) or ``0 < y < 6`` (``"relu6"``), ``y`` the forward's
+        output, given or recomputed from ``x``.  None with ``y`` given
+        means ``"relu"``.
+    beta : array_like of shape (C,), optional
+        The forward's shift, for an activation without ``y``: the mask is
+        then recomputed from ``x``, the statistics, ``gamma`` and ``beta``
+        in the forward's own arithmetic, bit for bit the mask of its ``y``
+        (so the forward's output need not be kept).  Pass zeros when the
+        forward had no ``beta``.  Cast to ``x.dtype`` (float32 for half
+        ``x``); ignored when ``y`` is given.
 
     Returns
     -------
@@ -603,10 +612,13 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
     Raises
     ------
     TypeError
-        If an array has an unsupported dtype or an argument the wrong type.
+        If an array has an unsupported dtype or an argument the wrong type,
+        or ``activation`` is given with neither ``y`` nor ``beta``.
     ValueError
         If a shape does not match ``x``, ``axis`` is out of range, a channel
-        has fewer than 2 values in training, or ``out`` does not match.
+        has fewer than 2 values in training, ``out`` does not match, or
+        ``activation`` is given without ``y`` together with
+        ``residual=True`` or (training) ``comm``, whose masks need ``y``.
     RuntimeError
         With ``comm``: on the ranks whose arguments were valid, when another
         rank's were not.
@@ -620,6 +632,16 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
     The backward reads ``dy``, ``x`` (and ``y``) once for the two sums and
     once more for ``dx`` when a channel does not fit in cache.  Results are
     bitwise identical for every thread count.
+
+    The mask from ``x`` (an activation, ``beta`` and no ``y``) gives
+    bitwise the gradients of the call with ``y`` when ``mean``, ``invstd``,
+    ``gamma`` and ``beta`` are those of the forward: for
+    ``training=True`` what :func:`batch_norm_train` returned (for float32
+    and the half types the batch mean is taken again from ``x`` with the
+    forward's own arithmetic, since the returned mean is rounded); for
+    ``training=False`` the statistics :func:`batch_norm_infer` used, with
+    ``invstd = 1 / sqrt(var + eps)`` computed in float64 and cast to the
+    per-channel dtype.  A residual or ``comm`` needs ``y``.
 
     Examples
     --------
@@ -635,6 +657,14 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
     [3.556 3.556]
     >>> dx.shape, dx.dtype
     ((4, 2, 2), dtype('float32'))
+
+    The same gradients without keeping ``y``: the mask is recomputed from
+    ``x`` and the forward's ``beta`` (zeros: the forward had none):
+
+    >>> dx2, _, _ = fastbn.batch_norm_backward(dy, x, mean, invstd, activation="relu",
+    ...                                         beta=np.zeros(2, np.float32))
+    >>> print(np.array_equal(dx, dx2))
+    True
 
     Without a ReLU a constant ``dy`` has no effect on ``x`` through the
     normalisation:
