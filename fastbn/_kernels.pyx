@@ -313,6 +313,7 @@ _PLAN_OPS = {  # (arrays read by the reductions, arrays read only by the
                # elementwise pass)
     "moments": (1, 0, 0, 1), "train": (1, 0, 1, 3), "train_residual": (1, 1, 1, 3),
     "infer": (1, 0, 1, 2), "backward": (2, 0, 1, 3), "backward_relu": (3, 0, 1, 3),
+    "backward_relu_x": (2, 0, 1, 3),  # (the mask from x: dy and x, no y)
     "backward_residual": (3, 0, 2, 3), "backward_reduce": (2, 0, 0, 1),
     "backward_apply": (2, 0, 1, 2),
 }
