@@ -903,31 +903,101 @@ static void NAME(fwd_coef)(NAME(bwd) *b, ptrdiff_t c, double mean)
     }
 }
 
-/* The forward's constants of every channel (the mask from x), from the
- * statistics of x taken again with the forward's own code when b->again
- * (tmp: 2*C + 2*Cv doubles; the per-part sums pd, px are scratch here);
- * parallel: as a parallel job, else on the calling thread (a whole group
- * in one item).  Fused tiles take theirs in item_bfused_tile. */
+/* The forward's means of chunks [k0, k1) of channels [c0, c1) (the mask
+ * from x) into pm[c * nk + k] (pq: their M2, or 0 where only the mean is
+ * taken): for float the first pass of tile_moments alone (the merged mean
+ * does not depend on M2), for the half types tile_moments (their chunk
+ * means come from both passes). */
+static void NAME(tile_means)(const T *x, const fbn_plan *p, ptrdiff_t c0, ptrdiff_t c1,
+                             ptrdiff_t k0, ptrdiff_t k1, double *pm, double *pq)
+{
+#if FBN_HALF
+    NAME(tile_moments)(x, p, c0, c1, k0, k1, pm, pq);
+#else
+    double acc[FBN_TILE_C * FBN_ACC];
+    ptrdiff_t w = c1 - c0, k, c;
+    for (k = k0; k < k1; k++) {
+        double cnt = (double)(fbn_min(k * FBN_CHUNK + FBN_CHUNK, p->ntot) - k * FBN_CHUNK);
+        memset(acc, 0, sizeof(double) * FBN_ACC * (size_t)w);
+        NAME(chunk_pass)(x, p, c0, c1, k, NULL, acc, 0);
+        for (c = 0; c < w; c++) {
+            pm[(c0 + c) * p->nk + k] = fbn_lanes_total(acc + c * FBN_ACC) / cnt;
+            pq[(c0 + c) * p->nk + k] = 0.0;
+        }
+    }
+#endif
+}
+
+/* The forward's means of rows [r0, r1) (channel-last) into mean[C] (m2:
+ * 0, or their M2 for the half types): block_moments' sums, each channel
+ * over the rows in order. */
+static void NAME(block_means)(const T *x, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
+                              double *mean, double *m2)
+{
+#if FBN_HALF
+    NAME(block_moments)(x, C, r0, r1, mean, m2);
+#else
+    double inv = 1.0 / (double)(r1 - r0);
+    ptrdiff_t r, c;
+    for (c = 0; c < C; c++)
+        mean[c] = m2[c] = 0.0;
+    for (r = r0; r < r1; r++) {
+        const T *xr = x + r * C;
+        FBN_OMP_SIMD
+        for (c = 0; c < C; c++)
+            mean[c] += (double)xr[c];
+    }
+    for (c = 0; c < C; c++)
+        mean[c] *= inv;
+#endif
+}
+
+static void NAME(item_fmeans_tile)(void *arg, ptrdiff_t t)
+{
+    NAME(bwd) *b = (NAME(bwd) *)arg;
+    ptrdiff_t c0, c1, k0, k1;
+    fbn_tile_range(b->p, t, &c0, &c1, &k0, &k1);
+    NAME(tile_means)(b->x, b->p, c0, c1, k0, k1, b->pd, b->px);
+}
+
+static void NAME(item_fmeans_rows)(void *arg, ptrdiff_t i)
+{
+    NAME(bwd) *b = (NAME(bwd) *)arg;
+    const fbn_plan *p = b->p;
+    if (i < p->nb)
+        NAME(block_means)(b->x, p->Cv, i * p->rb, fbn_min(i * p->rb + p->rb, p->outerv),
+                          b->pd + i * p->Cv, b->px + i * p->Cv);
+    else
+        NAME(block_means)(b->x + p->outerv * p->Cv, p->C, 0, p->rem,
+                          b->pd + p->nb * p->Cv, b->px + p->nb * p->Cv);
+}
+
+/* The forward's constants of every channel (the mask from x), from its
+ * means of x taken again (as its statistics phase takes them) when
+ * b->again (tmp: 2*C + 2*Cv doubles; the per-part sums pd, px are scratch
+ * here); parallel: as a parallel job, else on the calling thread (a whole
+ * group in one item).  Fused tiles take theirs in item_bfused_tile. */
 static void NAME(fwd_means)(NAME(bwd) *b, double *tmp, int parallel)
 {
     const fbn_plan *p = b->p;
     ptrdiff_t c, i, C = p->C;
     if (b->again) {
-        NAME(fwd) f;
-        memset(&f, 0, sizeof f);
-        f.p = p;
-        f.x = b->x;
-        f.pm = b->pd;
-        f.pq = b->px;
-        if (parallel || !p->cl) {
-            NAME(stats_phase)(&f, tmp, tmp + C, tmp + 2 * C, tmp + 2 * C + p->Cv);
-        } else {
-            for (i = 0; i < fbn_stat_items(p); i++)
-                NAME(item_stats_rows)(&f, i);
-            fbn_merge_blocks(f.pm, f.pq, p->Cv, p->rb, p->nb, p->outerv, tmp + 2 * C,
+        ptrdiff_t n = p->cl ? fbn_stat_items(p) : p->ntiles;
+        fbn_item_fn item = p->cl ? NAME(item_fmeans_rows) : NAME(item_fmeans_tile);
+        if (parallel)
+            fbn_parallel_for(n, item, b, p->nth, FBN_FORWARD | p->light);
+        else
+            for (i = 0; i < n; i++)
+                item(b, i);
+        if (p->cl) {
+            fbn_merge_blocks(b->pd, b->px, p->Cv, p->rb, p->nb, p->outerv, tmp + 2 * C,
                              tmp + 2 * C + p->Cv);
-            fbn_unfold_moments(p, tmp + 2 * C, tmp + 2 * C + p->Cv, f.pm + p->nb * p->Cv,
-                               f.pq + p->nb * p->Cv, tmp, tmp + C);
+            fbn_unfold_moments(p, tmp + 2 * C, tmp + 2 * C + p->Cv, b->pd + p->nb * p->Cv,
+                               b->px + p->nb * p->Cv, tmp, tmp + C);
+        } else {
+            for (c = 0; c < C; c++)
+                fbn_merge_chunks(b->pd + c * p->nk, b->px + c * p->nk, p->nk, p->ntot,
+                                 tmp + c, tmp + C + c);
         }
     }
     for (c = 0; c < C; c++)
@@ -958,7 +1028,7 @@ static void NAME(item_bfused_tile)(void *arg, ptrdiff_t t)
     if (b->fk && b->again) {
         /* the mask from x: the forward's statistics of these channels
          * (the sums' scratch holds their chunks' moments first) */
-        NAME(tile_moments)(b->x, p, c0, c1, 0, p->nk, b->pd, b->px);
+        NAME(tile_means)(b->x, p, c0, c1, 0, p->nk, b->pd, b->px);
         for (c = c0; c < c1; c++) {
             double mean, m2;
             fbn_merge_chunks(b->pd + c * p->nk, b->px + c * p->nk, p->nk, p->ntot, &mean,
