@@ -105,6 +105,20 @@ static inline void NAME(kslice)(const R *k, ptrdiff_t C, ptrdiff_t c0, ptrdiff_t
         memcpy(kc + j * n, k + j * C + c0, sizeof(R) * (size_t)n);
 }
 
+/* The mask from x reads x (into y's tile) and then dy, one after the other:
+ * dy's lines of this tile of n values and both arrays' lines of the next
+ * are prefetched first, so that the two memory streams overlap as they do
+ * when the loops read dy, x and y together (dense (4096,1024) float32 at 1
+ * thread, on a loaded machine: 1.5-1.8x the y-path's time without it,
+ * 1.2-1.3x with it). */
+static inline void NAME(gen_prefetch)(const T *x, const T *dy, ptrdiff_t n)
+{
+    size_t b = (size_t)n * sizeof(T);
+    fbn_prefetch(dy, 0, b);
+    fbn_prefetch(x, b, b);
+    fbn_prefetch(dy, b, b);
+}
+
 /* The forward's output of n values of channel c (channel-first; fk: its
  * 4*C constants) into yb. */
 static inline void NAME(gen_run)(const T *x, T *yb, ptrdiff_t n, const R *fk, ptrdiff_t C,
@@ -160,6 +174,7 @@ static void NAME(bsum_gen)(const T *dy, const T *x, int act, ptrdiff_t n, const 
     ptrdiff_t t;
     for (t = 0; t < n; t += FBN_TILE) {
         ptrdiff_t len = fbn_min(FBN_TILE, n - t);
+        NAME(gen_prefetch)(x + t, dy + t, len);
         NAME(gen_run)(x + t, yb, len, fk, C, c, act);
         NAME(bsum_body)(dy + t, x + t, yb, act, len, m, s0, s1);
     }
@@ -228,6 +243,7 @@ FBN_NOINLINE static void NAME(bsum_long_rows)(const T *dy, const T *x, const T *
             ptrdiff_t len = fbn_min(FBN_TILE, C - c0);
             const T *gr = dy + r * C + c0;
             if (fk) { /* the mask from x */
+                NAME(gen_prefetch)(xr + c0, gr, len);
                 NAME(gen_rows)(xr, yb, C, c0, len, 1, fk, kc, act);
                 NAME(mask_grad)(gr, yb, act, g, len);
                 gr = g;
@@ -269,6 +285,7 @@ static void FBN_GENERIC(bsum_rows)(const T *dy, const T *x, const T *y, const R 
         ptrdiff_t nr = fbn_min(rt, r1 - rr);
         const T *gt = dy + rr * C, *xt = x + rr * C;
         if (fk) { /* the mask from x */
+            NAME(gen_prefetch)(xt, gt, nr * C);
             NAME(rows_any)(xt, NULL, yb, C, 0, nr, fk, act);
             NAME(mask_grad)(gt, yb, act, g, nr * C);
             gt = g;
@@ -491,6 +508,7 @@ static void NAME(bapply_gen)(const T *dy, const T *x, const R *fk, ptrdiff_t C,
     ptrdiff_t t;
     for (t = 0; t < n; t += FBN_TILE) {
         ptrdiff_t len = fbn_min(FBN_TILE, n - t);
+        NAME(gen_prefetch)(x + t, dy + t, len);
         NAME(gen_run)(x + t, yb, len, fk, C, c, act);
         NAME(bapply_any)(dy + t, x + t, yb, act, dx + t, dz ? dz + t : NULL, len, m, A, B,
                          D, training);
@@ -743,6 +761,7 @@ static void NAME(bapply_rows_gen)(const T *dy, const T *x, const R *fk, int act,
     for (r = r0; r < r1; r += g) {
         ptrdiff_t nr = fbn_min(g, r1 - r);
         size_t bytes = (size_t)(nr * C) * sizeof(T);
+        NAME(gen_prefetch)(x + r * C, dy + r * C, nr * C);
         NAME(rows_any)(x + r * C, NULL, yb, C, 0, nr, fk, act);
         NAME(brows_any)(dy + r * C, x + r * C, yb, act, nt ? bx : dx + r * C,
                         dz ? (nt ? bz : dz + r * C) : NULL, C, 0, nr, k, training);
