@@ -165,8 +165,51 @@ static void NAME(bsum_body)(const T *dy, const T *x, const T *y, int act, ptrdif
 }
 #endif
 
-/* bsum_body with the mask from x, y recomputed tile by tile (FBN_TILE, a
- * multiple of the lanes: the sums of one call on the n values). */
+#if !FBN_HALF
+/* mask_grad with the mask of the forward's output of x (constants mh, ml,
+ * a, b): for float and double y is the forward's t itself, activated, and
+ * y passes the mask exactly where t does, so t is not stored. */
+static inline void NAME(mask_grad_x)(const T *dy, const T *x, int act, R mh, R ml, R a,
+                                     R b, T *g, ptrdiff_t n)
+{
+    ptrdiff_t i;
+    if (act == FBN_ACT_RELU6) {
+        FBN_OMP_SIMD
+        for (i = 0; i < n; i++) /* (apply_body's t) */
+            g[i] = NAME(pass)(((x[i] - mh) - ml) * a + b, FBN_ACT_RELU6) ? dy[i] : (T)0;
+    } else {
+        FBN_OMP_SIMD
+        for (i = 0; i < n; i++)
+            g[i] = NAME(pass)(((x[i] - mh) - ml) * a + b, FBN_ACT_RELU) ? dy[i] : (T)0;
+    }
+}
+#endif
+
+#if !FBN_HALF
+/* mask_grad_x of one channel-last row of C values (fk: 4*C constants). */
+static inline void NAME(mask_row_x)(const T *dy, const T *x, int act, ptrdiff_t C,
+                                    const R *fk, T *g)
+{
+    const R *mh = fk, *ml = fk + C, *a = fk + 2 * C, *b = fk + 3 * C;
+    ptrdiff_t c;
+    if (act == FBN_ACT_RELU6) {
+        FBN_OMP_SIMD
+        for (c = 0; c < C; c++)
+            g[c] = NAME(pass)(((x[c] - mh[c]) - ml[c]) * a[c] + b[c], FBN_ACT_RELU6)
+                       ? dy[c] : (T)0;
+    } else {
+        FBN_OMP_SIMD
+        for (c = 0; c < C; c++)
+            g[c] = NAME(pass)(((x[c] - mh[c]) - ml[c]) * a[c] + b[c], FBN_ACT_RELU)
+                       ? dy[c] : (T)0;
+    }
+}
+#endif
+
+/* bsum_body with the mask from x, tile by tile (FBN_TILE, a multiple of
+ * the lanes: the sums of one call on the n values): for float and double
+ * the mask straight from x (mask_grad_x, then bsum_body's bsum_plain), for
+ * the half types y's tile recomputed first (rounded to T). */
 static void NAME(bsum_gen)(const T *dy, const T *x, int act, ptrdiff_t n, const R *fk,
                            ptrdiff_t C, ptrdiff_t c, double m, double *s0, double *s1)
 {
@@ -175,8 +218,14 @@ static void NAME(bsum_gen)(const T *dy, const T *x, int act, ptrdiff_t n, const 
     for (t = 0; t < n; t += FBN_TILE) {
         ptrdiff_t len = fbn_min(FBN_TILE, n - t);
         NAME(gen_prefetch)(x + t, dy + t, len);
+#if FBN_HALF
         NAME(gen_run)(x + t, yb, len, fk, C, c, act);
         NAME(bsum_body)(dy + t, x + t, yb, act, len, m, s0, s1);
+#else
+        NAME(mask_grad_x)(dy + t, x + t, act, fk[c], fk[C + c], fk[2 * C + c],
+                          fk[3 * C + c], yb, len);
+        NAME(bsum_plain)(yb, x + t, len, m, s0, s1);
+#endif
     }
 }
 
@@ -244,9 +293,17 @@ FBN_NOINLINE static void NAME(bsum_long_rows)(const T *dy, const T *x, const T *
             const T *gr = dy + r * C + c0;
             if (fk) { /* the mask from x */
                 NAME(gen_prefetch)(xr + c0, gr, len);
-                NAME(gen_rows)(xr, yb, C, c0, len, 1, fk, kc, act);
-                NAME(mask_grad)(gr, yb, act, g, len);
-                gr = g;
+#if !FBN_HALF
+                if (len == C) {
+                    NAME(mask_row_x)(gr, xr, act, C, fk, g);
+                    gr = g;
+                } else
+#endif
+                {
+                    NAME(gen_rows)(xr, yb, C, c0, len, 1, fk, kc, act);
+                    NAME(mask_grad)(gr, yb, act, g, len);
+                    gr = g;
+                }
             } else if (y) {
                 NAME(mask_grad)(gr, y + r * C + c0, act, g, len);
                 gr = g;
@@ -286,8 +343,14 @@ static void FBN_GENERIC(bsum_rows)(const T *dy, const T *x, const T *y, const R 
         const T *gt = dy + rr * C, *xt = x + rr * C;
         if (fk) { /* the mask from x */
             NAME(gen_prefetch)(xt, gt, nr * C);
+#if FBN_HALF
             NAME(rows_any)(xt, NULL, yb, C, 0, nr, fk, act);
             NAME(mask_grad)(gt, yb, act, g, nr * C);
+#else
+            for (r = 0; r < nr; r++)
+                NAME(mask_row_x)(gt + r * C, xt + r * C, act, C, fk, g + r * C);
+            (void)yb;
+#endif
             gt = g;
         } else if (y) {
             NAME(mask_grad)(gt, y + rr * C, act, g, nr * C);
