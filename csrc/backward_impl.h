@@ -10,6 +10,19 @@
  *             A = g*invstd, B = -A*invstd^2*sum_dyxmu/n, D = -A*sum_dy/n
  *   frozen:   dx = A*dy'
  * and the residual's gradient (dz) is dy'.
+ *
+ * The mask from x: with an activation and no y, the mask is that of the
+ * forward's output recomputed from x.  The forward's constants (fk, four
+ * arrays of C as coef_one makes them, from the statistics it returned,
+ * gamma, beta and a renormalised forward's r, d) go through the forward's
+ * own elementwise code (apply_any, rows_any) into an L1 tile just before
+ * the tile is used, so each mask is bitwise the forward's (the value
+ * rounded to T first, as the forward stored it), for the transform's
+ * arithmetic instead of a read of y.  For float and the half types a batch
+ * forward's ml (the part of its double mean below R's precision) is not in
+ * the returned mean: the forward's statistics of x are taken again with
+ * its own code (tile_moments in a fused tile, stats_phase otherwise), which
+ * gives them bit for bit.
  */
 
 #if !FBN_HALF /* (half_impl.h: bsum_body) */
@@ -84,6 +97,52 @@ static inline void NAME(mask_grad)(const T *dy, const T *y, int act, T *g, ptrdi
     }
 }
 
+/* Channels [c0, c0 + n) of four arrays of C constants into kc (four of n). */
+static inline void NAME(kslice)(const R *k, ptrdiff_t C, ptrdiff_t c0, ptrdiff_t n, R *kc)
+{
+    int j;
+    for (j = 0; j < 4; j++)
+        memcpy(kc + j * n, k + j * C + c0, sizeof(R) * (size_t)n);
+}
+
+/* The mask from x reads x (into y's tile) and then dy, one after the other:
+ * dy's lines of this tile of n values and both arrays' lines of the next
+ * are prefetched first, so that the two memory streams overlap as they do
+ * when the loops read dy, x and y together (dense (4096,1024) float32 at 1
+ * thread, on a loaded machine: 1.5-1.8x the y-path's time without it,
+ * 1.2-1.3x with it). */
+static inline void NAME(gen_prefetch)(const T *x, const T *dy, ptrdiff_t n)
+{
+    size_t b = (size_t)n * sizeof(T);
+    fbn_prefetch(dy, 0, b);
+    fbn_prefetch(x, b, b);
+    fbn_prefetch(dy, b, b);
+}
+
+/* The forward's output of n values of channel c (channel-first; fk: its
+ * 4*C constants) into yb. */
+static inline void NAME(gen_run)(const T *x, T *yb, ptrdiff_t n, const R *fk, ptrdiff_t C,
+                                 ptrdiff_t c, int act)
+{
+    NAME(apply_any)(x, NULL, yb, n, fk[c], fk[C + c], fk[2 * C + c], fk[3 * C + c], act);
+}
+
+/* The forward's output of channels [c0, c0 + n) of rows [0, nr) of a
+ * channel-last block of rows of C values (fk: 4*C constants; kc: scratch
+ * of 4*n, unused when n == C) into yb (nr rows of n). */
+static void NAME(gen_rows)(const T *x, T *yb, ptrdiff_t C, ptrdiff_t c0, ptrdiff_t n,
+                           ptrdiff_t nr, const R *fk, R *kc, int act)
+{
+    ptrdiff_t r;
+    if (n == C) {
+        NAME(rows_any)(x, NULL, yb, C, 0, nr, fk, act);
+        return;
+    }
+    NAME(kslice)(fk, C, c0, n, kc);
+    for (r = 0; r < nr; r++)
+        NAME(rows_any)(x + r * C + c0, NULL, yb + r * n, n, 0, 1, kc, act);
+}
+
 /* The reductions of n values with dy' = dy * (y > 0) when y is given: the
  * mask is applied tile by tile into an L1 buffer first, so the reduction
  * itself has no branch (a branch on a random ReLU mask mispredicts half the
@@ -106,11 +165,75 @@ static void NAME(bsum_body)(const T *dy, const T *x, const T *y, int act, ptrdif
 }
 #endif
 
+#if !FBN_HALF
+/* mask_grad with the mask of the forward's output of x (constants mh, ml,
+ * a, b): for float and double y is the forward's t itself, activated, and
+ * y passes the mask exactly where t does, so t is not stored. */
+static inline void NAME(mask_grad_x)(const T *dy, const T *x, int act, R mh, R ml, R a,
+                                     R b, T *g, ptrdiff_t n)
+{
+    ptrdiff_t i;
+    if (act == FBN_ACT_RELU6) {
+        FBN_OMP_SIMD
+        for (i = 0; i < n; i++) /* (apply_body's t) */
+            g[i] = NAME(pass)(((x[i] - mh) - ml) * a + b, FBN_ACT_RELU6) ? dy[i] : (T)0;
+    } else {
+        FBN_OMP_SIMD
+        for (i = 0; i < n; i++)
+            g[i] = NAME(pass)(((x[i] - mh) - ml) * a + b, FBN_ACT_RELU) ? dy[i] : (T)0;
+    }
+}
+#endif
+
+#if !FBN_HALF
+/* mask_grad_x of one channel-last row of C values (fk: 4*C constants). */
+static inline void NAME(mask_row_x)(const T *dy, const T *x, int act, ptrdiff_t C,
+                                    const R *fk, T *g)
+{
+    const R *mh = fk, *ml = fk + C, *a = fk + 2 * C, *b = fk + 3 * C;
+    ptrdiff_t c;
+    if (act == FBN_ACT_RELU6) {
+        FBN_OMP_SIMD
+        for (c = 0; c < C; c++)
+            g[c] = NAME(pass)(((x[c] - mh[c]) - ml[c]) * a[c] + b[c], FBN_ACT_RELU6)
+                       ? dy[c] : (T)0;
+    } else {
+        FBN_OMP_SIMD
+        for (c = 0; c < C; c++)
+            g[c] = NAME(pass)(((x[c] - mh[c]) - ml[c]) * a[c] + b[c], FBN_ACT_RELU)
+                       ? dy[c] : (T)0;
+    }
+}
+#endif
+
+/* bsum_body with the mask from x, tile by tile (FBN_TILE, a multiple of
+ * the lanes: the sums of one call on the n values): for float and double
+ * the mask straight from x (mask_grad_x, then bsum_body's bsum_plain), for
+ * the half types y's tile recomputed first (rounded to T). */
+static void NAME(bsum_gen)(const T *dy, const T *x, int act, ptrdiff_t n, const R *fk,
+                           ptrdiff_t C, ptrdiff_t c, double m, double *s0, double *s1)
+{
+    T yb[FBN_TILE];
+    ptrdiff_t t;
+    for (t = 0; t < n; t += FBN_TILE) {
+        ptrdiff_t len = fbn_min(FBN_TILE, n - t);
+        NAME(gen_prefetch)(x + t, dy + t, len);
+#if FBN_HALF
+        NAME(gen_run)(x + t, yb, len, fk, C, c, act);
+        NAME(bsum_body)(dy + t, x + t, yb, act, len, m, s0, s1);
+#else
+        NAME(mask_grad_x)(dy + t, x + t, act, fk[c], fk[C + c], fk[2 * C + c],
+                          fk[3 * C + c], yb, len);
+        NAME(bsum_plain)(yb, x + t, len, m, s0, s1);
+#endif
+    }
+}
+
 /* The reductions over chunk k of channels [c0, c1) (channel-first), in
  * memory order, into the lane accumulators a0, a1 (FBN_ACC per channel);
  * as in chunk_pass, each channel's values arrive in their own order. */
-static void NAME(bchunk_pass)(const T *dy, const T *x, const T *y, int act,
-                              const fbn_plan *p, ptrdiff_t c0, ptrdiff_t c1,
+static void NAME(bchunk_pass)(const T *dy, const T *x, const T *y, const R *fk,
+                              int act, const fbn_plan *p, ptrdiff_t c0, ptrdiff_t c1,
                               ptrdiff_t k, const R *mean, double *a0, double *a1)
 {
     ptrdiff_t inner = p->inner, C = p->C;
@@ -121,15 +244,20 @@ static void NAME(bchunk_pass)(const T *dy, const T *x, const T *y, int act,
         ptrdiff_t off = o * C * inner + j0;
         for (c = c0; c < c1; c++) {
             ptrdiff_t q = off + c * inner;
-            NAME(bsum_body)(dy + q, x + q, y ? y + q : NULL, act, len, (double)mean[c],
-                            a0 + (c - c0) * FBN_ACC, a1 + (c - c0) * FBN_ACC);
+            if (fk)
+                NAME(bsum_gen)(dy + q, x + q, act, len, fk, C, c, (double)mean[c],
+                               a0 + (c - c0) * FBN_ACC, a1 + (c - c0) * FBN_ACC);
+            else
+                NAME(bsum_body)(dy + q, x + q, y ? y + q : NULL, act, len,
+                                (double)mean[c], a0 + (c - c0) * FBN_ACC,
+                                a1 + (c - c0) * FBN_ACC);
         }
     }
 }
 
 /* The reductions of chunks [k0, k1) of channels [c0, c1) (at most
  * FBN_TILE_C) into pd/px[c * nk + k]. */
-static void NAME(tile_sums)(const T *dy, const T *x, const T *y, int act,
+static void NAME(tile_sums)(const T *dy, const T *x, const T *y, const R *fk, int act,
                             const fbn_plan *p, ptrdiff_t c0, ptrdiff_t c1,
                             ptrdiff_t k0, ptrdiff_t k1, const R *mean,
                             double *pd, double *px)
@@ -139,7 +267,7 @@ static void NAME(tile_sums)(const T *dy, const T *x, const T *y, int act,
     for (k = k0; k < k1; k++) {
         memset(a0, 0, sizeof(double) * FBN_ACC * (size_t)w);
         memset(a1, 0, sizeof(double) * FBN_ACC * (size_t)w);
-        NAME(bchunk_pass)(dy, x, y, act, p, c0, c1, k, mean, a0, a1);
+        NAME(bchunk_pass)(dy, x, y, fk, act, p, c0, c1, k, mean, a0, a1);
         for (c = 0; c < w; c++) {
             pd[(c0 + c) * p->nk + k] = fbn_lanes_total(a0 + c * FBN_ACC);
             px[(c0 + c) * p->nk + k] = fbn_lanes_total(a1 + c * FBN_ACC);
@@ -151,18 +279,32 @@ static void NAME(tile_sums)(const T *dy, const T *x, const T *y, int act,
 /* bsum_rows for long rows: row by row, vectorised across channels (a
  * row's mask applied piece by piece into an L1 buffer).  s0, s1 start at 0. */
 FBN_NOINLINE static void NAME(bsum_long_rows)(const T *dy, const T *x, const T *y,
-                                              int act, ptrdiff_t C, ptrdiff_t r0,
-                                              ptrdiff_t r1, const double *m, double *s0,
-                                              double *s1)
+                                              const R *fk, int act, ptrdiff_t C,
+                                              ptrdiff_t r0, ptrdiff_t r1, const double *m,
+                                              double *s0, double *s1)
 {
-    T g[FBN_TILE];
+    T g[FBN_TILE], yb[FBN_TILE];
+    R kc[4 * FBN_TILE];
     ptrdiff_t r, c, c0;
     for (r = r0; r < r1; r++) {
         const T *xr = x + r * C;
         for (c0 = 0; c0 < C; c0 += FBN_TILE) {
             ptrdiff_t len = fbn_min(FBN_TILE, C - c0);
             const T *gr = dy + r * C + c0;
-            if (y) {
+            if (fk) { /* the mask from x */
+                NAME(gen_prefetch)(xr + c0, gr, len);
+#if !FBN_HALF
+                if (len == C) {
+                    NAME(mask_row_x)(gr, xr, act, C, fk, g);
+                    gr = g;
+                } else
+#endif
+                {
+                    NAME(gen_rows)(xr, yb, C, c0, len, 1, fk, kc, act);
+                    NAME(mask_grad)(gr, yb, act, g, len);
+                    gr = g;
+                }
+            } else if (y) {
                 NAME(mask_grad)(gr, y + r * C + c0, act, g, len);
                 gr = g;
             }
@@ -176,11 +318,11 @@ FBN_NOINLINE static void NAME(bsum_long_rows)(const T *dy, const T *x, const T *
     }
 }
 
-static void FBN_GENERIC(bsum_rows)(const T *dy, const T *x, const T *y, int act, ptrdiff_t C,
-                            ptrdiff_t r0, ptrdiff_t r1, const double *m,
-                            double *s0, double *s1)
+static void FBN_GENERIC(bsum_rows)(const T *dy, const T *x, const T *y, const R *fk,
+                                   int act, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
+                                   const double *m, double *s0, double *s1)
 {
-    T g[FBN_TILE];
+    T g[FBN_TILE], yb[FBN_TILE];
     ptrdiff_t r, rr, c, c0;
     /* tiles of whole rows (the ReLU mask applied to the tile into an L1
      * buffer first), reduced in strips of FBN_LANES channels whose
@@ -193,13 +335,24 @@ static void FBN_GENERIC(bsum_rows)(const T *dy, const T *x, const T *y, int act,
     /* sizeof(R): this choice changes the bits, so the half types take the
      * float kernel's */
     if ((size_t)C * sizeof(R) > FBN_STRIP_MAX_ROW) {
-        NAME(bsum_long_rows)(dy, x, y, act, C, r0, r1, m, s0, s1);
+        NAME(bsum_long_rows)(dy, x, y, fk, act, C, r0, r1, m, s0, s1);
         return;
     }
     for (rr = r0; rr < r1; rr += rt) {
         ptrdiff_t nr = fbn_min(rt, r1 - rr);
         const T *gt = dy + rr * C, *xt = x + rr * C;
-        if (y) {
+        if (fk) { /* the mask from x */
+            NAME(gen_prefetch)(xt, gt, nr * C);
+#if FBN_HALF
+            NAME(rows_any)(xt, NULL, yb, C, 0, nr, fk, act);
+            NAME(mask_grad)(gt, yb, act, g, nr * C);
+#else
+            for (r = 0; r < nr; r++)
+                NAME(mask_row_x)(gt + r * C, xt + r * C, act, C, fk, g + r * C);
+            (void)yb;
+#endif
+            gt = g;
+        } else if (y) {
             NAME(mask_grad)(gt, y + rr * C, act, g, nr * C);
             gt = g;
         }
@@ -271,11 +424,13 @@ static void FBN_GENERIC(bsum_rows)(const T *dy, const T *x, const T *y, int act,
 /* The block's rows of dy, x (and y) widened into buffers, then the float
  * kernel's bsum_rows (its tiles start at the block's first row either
  * way, so the sums are the same). */
-static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, int act, ptrdiff_t C,
-                            ptrdiff_t r0, ptrdiff_t r1, const double *m,
+static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, const R *fk, int act,
+                            ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1, const double *m,
                             double *s0, double *s1)
 {
     ptrdiff_t n = (r1 - r0) * C, t;
+    int masked = y || fk;
+    T yb[FBN_TILE];
     float *w;
     if ((size_t)C * sizeof(float) > FBN_STRIP_MAX_ROW) {
         /* long rows: the float kernel sums each channel over the rows in
@@ -284,32 +439,49 @@ static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, int act, ptrdif
          * block's rows: the slice's double sums stay in L1 (a whole
          * block of widened rows is megabytes, beyond L2); with F16C each
          * row's slice is widened in registers (bsum_row_regs), else into
-         * an L1 buffer for the float kernel's loop */
+         * an L1 buffer for the float kernel's loop.  The mask from x: each
+         * row's slice of y recomputed into yb (the slice's constants in
+         * kc, taken once per slice) */
+        R kc[4 * FBN_LONG_SLICE];
         ptrdiff_t r, c;
         for (c = 0; c < C; c++)
             s0[c] = s1[c] = 0.0;
 #if FBN_F16C
         for (c = 0; c < C; c += FBN_LONG_SLICE) {
             ptrdiff_t len = fbn_min(FBN_LONG_SLICE, C - c);
-            for (r = r0; r < r1; r++)
-                NAME(bsum_row_regs)(dy + r * C + c, x + r * C + c, y ? y + r * C + c : NULL,
-                                    act, len, m + c, s0 + c, s1 + c);
+            if (fk)
+                NAME(kslice)(fk, C, c, len, kc);
+            for (r = r0; r < r1; r++) {
+                const T *yr = y ? y + r * C + c : NULL;
+                if (fk) {
+                    NAME(rows_any)(x + r * C + c, NULL, yb, len, 0, 1, kc, act);
+                    yr = yb;
+                }
+                NAME(bsum_row_regs)(dy + r * C + c, x + r * C + c, yr, act, len, m + c,
+                                    s0 + c, s1 + c);
+            }
         }
 #else
         w = (float *)malloc(sizeof(float) * 3 * FBN_LONG_SLICE);
         if (w == NULL) {
-            FBN_GENERIC(bsum_rows)(dy, x, y, act, C, r0, r1, m, s0, s1);
+            FBN_GENERIC(bsum_rows)(dy, x, y, fk, act, C, r0, r1, m, s0, s1);
             return;
         }
         for (c = 0; c < C; c += FBN_LONG_SLICE) {
             ptrdiff_t len = fbn_min(FBN_LONG_SLICE, C - c);
+            if (fk)
+                NAME(kslice)(fk, C, c, len, kc);
             for (r = r0; r < r1; r++) {
                 NAME(widen)(dy + r * C + c, w, len);
                 NAME(widen)(x + r * C + c, w + len, len);
-                if (y)
+                if (fk) {
+                    NAME(rows_any)(x + r * C + c, NULL, yb, len, 0, 1, kc, act);
+                    NAME(widen)(yb, w + 2 * len, len);
+                } else if (y) {
                     NAME(widen)(y + r * C + c, w + 2 * len, len);
-                FBN_F32(bsum_long_rows)(w, w + len, y ? w + 2 * len : NULL, act, len, 0, 1,
-                                        m + c, s0 + c, s1 + c);
+                }
+                FBN_F32(bsum_long_rows)(w, w + len, masked ? w + 2 * len : NULL, NULL, act,
+                                        len, 0, 1, m + c, s0 + c, s1 + c);
             }
         }
         free(w);
@@ -318,7 +490,7 @@ static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, int act, ptrdif
     }
     w = (float *)malloc(sizeof(float) * 3 * (size_t)(n > 0 ? n : 1));
     if (w == NULL) {
-        FBN_GENERIC(bsum_rows)(dy, x, y, act, C, r0, r1, m, s0, s1);
+        FBN_GENERIC(bsum_rows)(dy, x, y, fk, act, C, r0, r1, m, s0, s1);
         return;
     }
     for (t = 0; t < n; t += FBN_TILE) {
@@ -328,7 +500,16 @@ static void NAME(bsum_rows)(const T *dy, const T *x, const T *y, int act, ptrdif
         if (y)
             NAME(widen)(y + o, w + 2 * n + t, len);
     }
-    FBN_F32(bsum_rows)(w, w + n, y ? w + 2 * n : NULL, act, C, 0, r1 - r0, m, s0, s1);
+    if (fk) { /* the mask from x: y recomputed in groups of whole rows */
+        ptrdiff_t g = FBN_TILE / C, r;
+        for (r = 0; r < r1 - r0; r += g) {
+            ptrdiff_t nr = fbn_min(g, r1 - r0 - r);
+            NAME(rows_any)(x + (r0 + r) * C, NULL, yb, C, 0, nr, fk, act);
+            NAME(widen)(yb, w + 2 * n + r * C, nr * C);
+        }
+    }
+    FBN_F32(bsum_rows)(w, w + n, masked ? w + 2 * n : NULL, NULL, act, C, 0, r1 - r0, m,
+                       s0, s1);
     free(w);
 }
 #endif
@@ -380,11 +561,28 @@ static void NAME(bapply_any)(const T *dy, const T *x, const T *y, int act, T *dx
                       dy, x, y, dx, dz, n, m, A, B, D);
 }
 
+/* bapply_any with the mask from x (n values of channel c), y recomputed
+ * tile by tile. */
+static void NAME(bapply_gen)(const T *dy, const T *x, const R *fk, ptrdiff_t C,
+                             ptrdiff_t c, int act, T *dx, T *dz, ptrdiff_t n, R m, R A,
+                             R B, R D, int training)
+{
+    T yb[FBN_TILE];
+    ptrdiff_t t;
+    for (t = 0; t < n; t += FBN_TILE) {
+        ptrdiff_t len = fbn_min(FBN_TILE, n - t);
+        NAME(gen_prefetch)(x + t, dy + t, len);
+        NAME(gen_run)(x + t, yb, len, fk, C, c, act);
+        NAME(bapply_any)(dy + t, x + t, yb, act, dx + t, dz ? dz + t : NULL, len, m, A, B,
+                         D, training);
+    }
+}
+
 /* dx (and dz) for the flat values [s0, s1) of a channel-first array; with
  * nt, through L1 tiles that end on 64-byte boundaries of dx, out with
- * non-temporal stores (as apply_span). */
-static void NAME(bapply_span)(const T *dy, const T *x, const T *y, int act, T *dx,
-                              T *dz, ptrdiff_t C, ptrdiff_t inner, ptrdiff_t s0,
+ * non-temporal stores (as apply_span); fk: the mask from x. */
+static void NAME(bapply_span)(const T *dy, const T *x, const T *y, const R *fk, int act,
+                              T *dx, T *dz, ptrdiff_t C, ptrdiff_t inner, ptrdiff_t s0,
                               ptrdiff_t s1, const R *k, int training, int nt)
 {
     T bx[FBN_TILE], bz[FBN_TILE];
@@ -394,10 +592,14 @@ static void NAME(bapply_span)(const T *dy, const T *x, const T *y, int act, T *d
         ptrdiff_t q = i, r = i / inner, c = r % C, rend = (r + 1) * inner;
         while (q < end) { /* run r (channel c) ends at rend */
             ptrdiff_t len = fbn_min(rend, end) - q;
-            NAME(bapply_any)(dy + q, x + q, y ? y + q : NULL, act,
-                             nt ? bx + (q - i) : dx + q,
-                             dz ? (nt ? bz + (q - i) : dz + q) : NULL, len, k[c],
-                             k[C + c], k[2 * C + c], k[3 * C + c], training);
+            T *oq = nt ? bx + (q - i) : dx + q;
+            T *zq = dz ? (nt ? bz + (q - i) : dz + q) : NULL;
+            if (fk)
+                NAME(bapply_gen)(dy + q, x + q, fk, C, c, act, oq, zq, len, k[c],
+                                 k[C + c], k[2 * C + c], k[3 * C + c], training);
+            else
+                NAME(bapply_any)(dy + q, x + q, y ? y + q : NULL, act, oq, zq, len, k[c],
+                                 k[C + c], k[2 * C + c], k[3 * C + c], training);
             q += len;
             if (q == rend) {
                 rend += inner;
@@ -593,14 +795,60 @@ static void NAME(brows_any)(const T *dy, const T *x, const T *y, int act, T *dx,
 }
 #endif
 
+/* bapply_rows with the mask from x (fk: the forward's constants): groups
+ * of whole rows, their y recomputed into an L1 tile; rows longer than a
+ * tile go by slices of FBN_GEN_SLICE channels, each slice's constants
+ * taken once (and written straight to dx). */
+#define FBN_GEN_SLICE (FBN_TILE / 4)
+static void NAME(bapply_rows_gen)(const T *dy, const T *x, const R *fk, int act, T *dx,
+                                  T *dz, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
+                                  const R *k, int training, int nt)
+{
+    T yb[FBN_TILE], bx[FBN_TILE], bz[FBN_TILE];
+    ptrdiff_t g = FBN_TILE / C, r, c0;
+    if (g < 1) {
+        R kc[4 * FBN_GEN_SLICE], fc[4 * FBN_GEN_SLICE];
+        for (c0 = 0; c0 < C; c0 += FBN_GEN_SLICE) {
+            ptrdiff_t len = fbn_min(FBN_GEN_SLICE, C - c0);
+            NAME(kslice)(k, C, c0, len, kc);
+            NAME(kslice)(fk, C, c0, len, fc);
+            for (r = r0; r < r1; r++) {
+                ptrdiff_t o = r * C + c0;
+                NAME(rows_any)(x + o, NULL, yb, len, 0, 1, fc, act);
+                NAME(brows_any)(dy + o, x + o, yb, act, dx + o, dz ? dz + o : NULL, len, 0,
+                                1, kc, training);
+            }
+        }
+        return;
+    }
+    for (r = r0; r < r1; r += g) {
+        ptrdiff_t nr = fbn_min(g, r1 - r);
+        size_t bytes = (size_t)(nr * C) * sizeof(T);
+        NAME(gen_prefetch)(x + r * C, dy + r * C, nr * C);
+        NAME(rows_any)(x + r * C, NULL, yb, C, 0, nr, fk, act);
+        NAME(brows_any)(dy + r * C, x + r * C, yb, act, nt ? bx : dx + r * C,
+                        dz ? (nt ? bz : dz + r * C) : NULL, C, 0, nr, k, training);
+        if (nt) {
+            NAME(stream)(dx + r * C, bx, bytes);
+            if (dz)
+                NAME(stream)(dz + r * C, bz, bytes);
+        }
+    }
+}
+#undef FBN_GEN_SLICE
+
 /* Rows [r0, r1) (channel-last); with nt, groups of rows go through L1
- * tiles and out with non-temporal stores. */
-static void NAME(bapply_rows)(const T *dy, const T *x, const T *y, int act, T *dx,
-                              T *dz, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
+ * tiles and out with non-temporal stores; fk: the mask from x. */
+static void NAME(bapply_rows)(const T *dy, const T *x, const T *y, const R *fk, int act,
+                              T *dx, T *dz, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
                               const R *k, int training, int nt)
 {
     T bx[FBN_TILE], bz[FBN_TILE];
     ptrdiff_t g = FBN_TILE / C, r;
+    if (fk) {
+        NAME(bapply_rows_gen)(dy, x, fk, act, dx, dz, C, r0, r1, k, training, nt);
+        return;
+    }
     if (!nt || g < 1) {
         NAME(brows_any)(dy, x, y, act, dx, dz, C, r0, r1, k, training);
         return;
@@ -638,6 +886,13 @@ typedef struct {
     double *dg64, *db64;   /* ghost batches: dgamma and dbeta of the
                               group in double (C values each), in place
                               of dgamma, dbeta */
+    const R *beta;   /* the forward's beta (NULL: 0), for the mask from x */
+    R *fk;           /* the mask from x (act, no y): the forward's 4*C
+                        constants (coef_one); NULL: the mask from y */
+    R *fkv;          /* channel-last: those of the Cv virtual channels of
+                        folded rows (fk when not folded) */
+    int again;       /* the mask from x needs the forward's statistics of
+                        x taken again (fwd_means) */
 } NAME(bwd);
 
 /* The arguments every backward kernel shares, into b (the rest zero). */
@@ -714,13 +969,132 @@ static void NAME(chunk_totals)(const NAME(bwd) *b, ptrdiff_t c, double *sdy,
     *sdyx = t1;
 }
 
+/* The forward's constants of channel c (the mask from x), as its
+ * finish_channel made them: coef_one from its double mean (mean: the
+ * statistics taken again, or the returned mean where that is exact) and
+ * the invstd it returned; a renormalised forward's a and b as
+ * renorm_channel makes them. */
+static void NAME(fwd_coef)(NAME(bwd) *b, ptrdiff_t c, double mean)
+{
+    ptrdiff_t C = b->p->C;
+    NAME(coef_one)(b->fk, C, c, mean, (double)b->invstd[c], b->gamma, b->beta);
+    if (b->rr) {
+        double g = b->gamma ? (double)b->gamma[c] : 1.0;
+        b->fk[2 * C + c] = (R)(g * b->rr[c] * (double)b->invstd[c]);
+        b->fk[3 * C + c] = (R)((b->beta ? (double)b->beta[c] : 0.0) + g * b->rd[c]);
+    }
+}
+
+/* The forward's means of chunks [k0, k1) of channels [c0, c1) (the mask
+ * from x) into pm[c * nk + k] (pq: their M2, or 0 where only the mean is
+ * taken): for float the first pass of tile_moments alone (the merged mean
+ * does not depend on M2), for the half types tile_moments (their chunk
+ * means come from both passes). */
+static void NAME(tile_means)(const T *x, const fbn_plan *p, ptrdiff_t c0, ptrdiff_t c1,
+                             ptrdiff_t k0, ptrdiff_t k1, double *pm, double *pq)
+{
+#if FBN_HALF
+    NAME(tile_moments)(x, p, c0, c1, k0, k1, pm, pq);
+#else
+    double acc[FBN_TILE_C * FBN_ACC];
+    ptrdiff_t w = c1 - c0, k, c;
+    for (k = k0; k < k1; k++) {
+        double cnt = (double)(fbn_min(k * FBN_CHUNK + FBN_CHUNK, p->ntot) - k * FBN_CHUNK);
+        memset(acc, 0, sizeof(double) * FBN_ACC * (size_t)w);
+        NAME(chunk_pass)(x, p, c0, c1, k, NULL, acc, 0);
+        for (c = 0; c < w; c++) {
+            pm[(c0 + c) * p->nk + k] = fbn_lanes_total(acc + c * FBN_ACC) / cnt;
+            pq[(c0 + c) * p->nk + k] = 0.0;
+        }
+    }
+#endif
+}
+
+/* The forward's means of rows [r0, r1) (channel-last) into mean[C] (m2:
+ * 0, or their M2 for the half types): block_moments' sums, each channel
+ * over the rows in order. */
+static void NAME(block_means)(const T *x, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
+                              double *mean, double *m2)
+{
+#if FBN_HALF
+    NAME(block_moments)(x, C, r0, r1, mean, m2);
+#else
+    double inv = 1.0 / (double)(r1 - r0);
+    ptrdiff_t r, c;
+    for (c = 0; c < C; c++)
+        mean[c] = m2[c] = 0.0;
+    for (r = r0; r < r1; r++) {
+        const T *xr = x + r * C;
+        FBN_OMP_SIMD
+        for (c = 0; c < C; c++)
+            mean[c] += (double)xr[c];
+    }
+    for (c = 0; c < C; c++)
+        mean[c] *= inv;
+#endif
+}
+
+static void NAME(item_fmeans_tile)(void *arg, ptrdiff_t t)
+{
+    NAME(bwd) *b = (NAME(bwd) *)arg;
+    ptrdiff_t c0, c1, k0, k1;
+    fbn_tile_range(b->p, t, &c0, &c1, &k0, &k1);
+    NAME(tile_means)(b->x, b->p, c0, c1, k0, k1, b->pd, b->px);
+}
+
+static void NAME(item_fmeans_rows)(void *arg, ptrdiff_t i)
+{
+    NAME(bwd) *b = (NAME(bwd) *)arg;
+    const fbn_plan *p = b->p;
+    if (i < p->nb)
+        NAME(block_means)(b->x, p->Cv, i * p->rb, fbn_min(i * p->rb + p->rb, p->outerv),
+                          b->pd + i * p->Cv, b->px + i * p->Cv);
+    else
+        NAME(block_means)(b->x + p->outerv * p->Cv, p->C, 0, p->rem,
+                          b->pd + p->nb * p->Cv, b->px + p->nb * p->Cv);
+}
+
+/* The forward's constants of every channel (the mask from x), from its
+ * means of x taken again (as its statistics phase takes them) when
+ * b->again (tmp: 2*C + 2*Cv doubles; the per-part sums pd, px are scratch
+ * here); parallel: as a parallel job, else on the calling thread (a whole
+ * group in one item).  Fused tiles take theirs in item_bfused_tile. */
+static void NAME(fwd_means)(NAME(bwd) *b, double *tmp, int parallel)
+{
+    const fbn_plan *p = b->p;
+    ptrdiff_t c, i, C = p->C;
+    if (b->again) {
+        ptrdiff_t n = p->cl ? fbn_stat_items(p) : p->ntiles;
+        fbn_item_fn item = p->cl ? NAME(item_fmeans_rows) : NAME(item_fmeans_tile);
+        if (parallel)
+            fbn_parallel_for(n, item, b, p->nth, FBN_FORWARD | p->light);
+        else
+            for (i = 0; i < n; i++)
+                item(b, i);
+        if (p->cl) {
+            fbn_merge_blocks(b->pd, b->px, p->Cv, p->rb, p->nb, p->outerv, tmp + 2 * C,
+                             tmp + 2 * C + p->Cv);
+            fbn_unfold_moments(p, tmp + 2 * C, tmp + 2 * C + p->Cv, b->pd + p->nb * p->Cv,
+                               b->px + p->nb * p->Cv, tmp, tmp + C);
+        } else {
+            for (c = 0; c < C; c++)
+                fbn_merge_chunks(b->pd + c * p->nk, b->px + c * p->nk, p->nk, p->ntot,
+                                 tmp + c, tmp + C + c);
+        }
+    }
+    for (c = 0; c < C; c++)
+        NAME(fwd_coef)(b, c, b->again ? tmp[c] : (double)b->mean[c]);
+    if (p->cl)
+        NAME(unfold_coef)(p, b->fk, b->fkv);
+}
+
 static void NAME(item_bsums_tile)(void *arg, ptrdiff_t t)
 {
     NAME(bwd) *b = (NAME(bwd) *)arg;
     ptrdiff_t c0, c1, k0, k1;
     fbn_tile_range(b->p, t, &c0, &c1, &k0, &k1);
-    NAME(tile_sums)(b->dy, b->x, b->y, b->act, b->p, c0, c1, k0, k1, b->mean, b->pd,
-                    b->px);
+    NAME(tile_sums)(b->dy, b->x, b->y, b->fk, b->act, b->p, c0, c1, k0, k1, b->mean,
+                    b->pd, b->px);
 }
 
 /* A fused tile: the reductions of whole channels, then dx while their
@@ -733,7 +1107,18 @@ static void NAME(item_bfused_tile)(void *arg, ptrdiff_t t)
     const fbn_plan *p = b->p;
     ptrdiff_t c0, c1, k0, k1, c, o, ci = p->C * p->inner;
     fbn_tile_range(p, t, &c0, &c1, &k0, &k1);
-    NAME(tile_sums)(b->dy, b->x, b->y, b->act, p, c0, c1, 0, p->nk, b->mean, b->pd,
+    if (b->fk && b->again) {
+        /* the mask from x: the forward's statistics of these channels
+         * (the sums' scratch holds their chunks' moments first) */
+        NAME(tile_means)(b->x, p, c0, c1, 0, p->nk, b->pd, b->px);
+        for (c = c0; c < c1; c++) {
+            double mean, m2;
+            fbn_merge_chunks(b->pd + c * p->nk, b->px + c * p->nk, p->nk, p->ntot, &mean,
+                             &m2);
+            NAME(fwd_coef)(b, c, mean);
+        }
+    }
+    NAME(tile_sums)(b->dy, b->x, b->y, b->fk, b->act, p, c0, c1, 0, p->nk, b->mean, b->pd,
                     b->px);
     for (c = c0; c < c1; c++) {
         double sdy, sdyx;
@@ -741,7 +1126,7 @@ static void NAME(item_bfused_tile)(void *arg, ptrdiff_t t)
         NAME(bfinish_channel)(b, c, sdy, sdyx, (double)p->ntot);
     }
     for (o = 0; o < p->outer; o++)
-        NAME(bapply_span)(b->dy, b->x, b->y, b->act, b->dx, b->dz, p->C, p->inner,
+        NAME(bapply_span)(b->dy, b->x, b->y, b->fk, b->act, b->dx, b->dz, p->C, p->inner,
                           o * ci + c0 * p->inner, o * ci + c1 * p->inner, b->k,
                           b->training, p->nt);
 }
@@ -754,12 +1139,13 @@ static void NAME(item_bsums_rows)(void *arg, ptrdiff_t i)
     const fbn_plan *p = b->p;
     ptrdiff_t off = p->outerv * p->Cv;
     if (i < p->nb)
-        NAME(bsum_rows)(b->dy, b->x, b->y, b->act, p->Cv, i * p->rb,
+        NAME(bsum_rows)(b->dy, b->x, b->y, b->fkv, b->act, p->Cv, i * p->rb,
                         fbn_min(i * p->rb + p->rb, p->outerv), b->m,
                         b->pd + i * p->Cv, b->px + i * p->Cv);
     else
-        NAME(bsum_rows)(b->dy + off, b->x + off, b->y ? b->y + off : NULL, b->act, p->C, 0,
-                        p->rem, b->m, b->pd + p->nb * p->Cv, b->px + p->nb * p->Cv);
+        NAME(bsum_rows)(b->dy + off, b->x + off, b->y ? b->y + off : NULL, b->fk, b->act,
+                        p->C, 0, p->rem, b->m, b->pd + p->nb * p->Cv,
+                        b->px + p->nb * p->Cv);
 }
 
 /* A block of dx in memory order (scheduled as the forward's). */
@@ -769,14 +1155,15 @@ static void NAME(item_bapply)(void *arg, ptrdiff_t i)
     const fbn_plan *p = b->p;
     ptrdiff_t i0 = i * p->ab, off = p->outerv * p->Cv;
     if (p->cl && i < p->nab)
-        NAME(bapply_rows)(b->dy, b->x, b->y, b->act, b->dx, b->dz, p->Cv, i0,
+        NAME(bapply_rows)(b->dy, b->x, b->y, b->fkv, b->act, b->dx, b->dz, p->Cv, i0,
                           fbn_min(i0 + p->ab, p->outerv), b->kv, b->training, p->nt);
     else if (p->cl) /* the rows left over from folding */
-        NAME(bapply_rows)(b->dy + off, b->x + off, b->y ? b->y + off : NULL, b->act,
-                          b->dx + off, b->dz ? b->dz + off : NULL, p->C, 0, p->rem,
-                          b->k, b->training, p->nt);
+        NAME(bapply_rows)(b->dy + off, b->x + off, b->y ? b->y + off : NULL, b->fk,
+                          b->act, b->dx + off, b->dz ? b->dz + off : NULL, p->C, 0,
+                          p->rem, b->k, b->training, p->nt);
     else
-        NAME(bapply_span)(b->dy, b->x, b->y, b->act, b->dx, b->dz, p->C, p->inner, i0,
+        NAME(bapply_span)(b->dy, b->x, b->y, b->fk, b->act, b->dx, b->dz, p->C, p->inner,
+                          i0,
                           fbn_min(i0 + p->ab, p->ntot * p->C), b->k, b->training,
                           p->nt);
 }
@@ -825,14 +1212,16 @@ static void NAME(bsums_phase)(NAME(bwd) *b, double *sdy, double *sdyx, double *s
 
 /* Scratch of a backward call: per-chunk/per-block sums (2 * nparts
  * doubles), Cv doubles (the channel-last mean), 2*C + 2*Cv doubles (*tmp),
- * then the 4*C constants and, for folded channel-last rows, 4*Cv more; on
+ * then the 4*C constants and, for folded channel-last rows, 4*Cv more, and
+ * as many again for the forward's (the mask from x: act without y); on
  * the stack when they fit (as fwd_scratch). */
 static int NAME(bwd_scratch)(NAME(bwd) *b, double **tmp, void **mem, double *stack)
 {
     const fbn_plan *p = b->p;
     size_t cv = p->cl ? (size_t)p->Cv : 0, nv = p->cl && p->fold > 1 ? cv : 0;
     size_t nd = 2 * (size_t)fbn_plan_parts(p) + 3 * cv + 2 * (size_t)p->C;
-    size_t bytes = sizeof(double) * nd + sizeof(R) * 4 * ((size_t)p->C + nv);
+    int gen = b->act != FBN_ACT_NONE && b->y == NULL;
+    size_t bytes = sizeof(double) * nd + sizeof(R) * 4 * ((size_t)p->C + nv) * (gen ? 2 : 1);
     char *m = bytes <= FBN_STACK_BYTES ? (char *)stack : (char *)malloc(bytes);
     if (m == NULL)
         return FBN_ENOMEM;
@@ -842,6 +1231,10 @@ static int NAME(bwd_scratch)(NAME(bwd) *b, double **tmp, void **mem, double *sta
     *tmp = b->m + cv;
     b->k = (R *)(m + sizeof(double) * nd);
     b->kv = nv ? b->k + 4 * p->C : b->k;
+    if (gen) {
+        b->fk = b->k + 4 * (p->C + (ptrdiff_t)nv);
+        b->fkv = nv ? b->fk + 4 * p->C : b->fk;
+    }
     *mem = m == (char *)stack ? NULL : m;
     return FBN_OK;
 }
@@ -911,8 +1304,8 @@ static int NAME(k_backward_apply)(const void *dy, const void *x, const void *y,
 
 static int NAME(k_backward)(const T *dy, const T *x, const T *y, int act, ptrdiff_t outer,
                             ptrdiff_t C, ptrdiff_t inner, const R *mean,
-                            const R *invstd, const R *gamma, int training, T *dx,
-                            T *dz, R *dgamma, R *dbeta, int nthreads)
+                            const R *invstd, const R *gamma, const R *beta, int training,
+                            T *dx, T *dz, R *dgamma, R *dbeta, int nthreads)
 {
     fbn_plan p;
     NAME(bwd) b;
@@ -931,10 +1324,16 @@ static int NAME(k_backward)(const T *dy, const T *x, const T *y, int act, ptrdif
     fbn_plan_make(&p, outer, C, inner, sizeof(T), y ? 3 : 2, 0, dz ? 2 : 1,
                   FBN_OP_STATS | FBN_OP_APPLY, nthreads);
     NAME(bwd_init)(&b, &p, dy, x, y, act, mean, invstd, gamma, training, dx, dz);
+    b.beta = beta;
     b.dgamma = dgamma;
     b.dbeta = dbeta;
     if (NAME(bwd_scratch)(&b, &tmp, &mem, stack) != FBN_OK)
         return FBN_ENOMEM;
+    /* the mask from x: a batch forward's statistics are taken again for
+     * float and the half types (sizeof(R) < sizeof(double): ml) */
+    b.again = b.fk && training && sizeof(R) < sizeof(double);
+    if (b.fk && !(p.fused && b.again))
+        NAME(fwd_means)(&b, tmp, 1);
     if (p.fused) {
         fbn_parallel_for(p.ntiles, NAME(item_bfused_tile), &b, p.nth,
                          FBN_FORWARD | p.light);

@@ -104,7 +104,8 @@ static const fbn_ops *fbn_ops_of(int dtype)
 
 static int fbn_act_ok(int act) { return act >= FBN_ACT_NONE && act <= FBN_ACT_RELU6; }
 
-/* The backward's y: NULL without an activation, needed with one. */
+/* The backward's y: NULL without an activation, needed with one (but by
+ * fbn_backward, which takes the mask from x without it). */
 static int fbn_mask_ok(int act, const void **y)
 {
     if (act == FBN_ACT_NONE)
@@ -187,14 +188,16 @@ int fbn_backward_apply(int dtype, const void *dy, const void *x, const void *y,
 int fbn_backward(int dtype, const void *dy, const void *x, const void *y, int act,
                  ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
                  const void *mean, const void *invstd, const void *gamma,
-                 const double *r, const double *d, int training, void *dx,
-                 void *dz, void *dgamma, void *dbeta, int nthreads)
+                 const void *beta, const double *r, const double *d, int training,
+                 void *dx, void *dz, void *dgamma, void *dbeta, int nthreads)
 {
     const fbn_ops *o = fbn_ops_of(dtype);
-    if (o == NULL || !fbn_mask_ok(act, &y))
-        return FBN_EINVAL;
-    return o->backward(dy, x, y, act, groups, outer, C, inner, mean, invstd, gamma, r,
-                       d, training, dx, dz, dgamma, dbeta, nthreads);
+    if (o == NULL || !fbn_act_ok(act) || (act != FBN_ACT_NONE && y == NULL && dz != NULL))
+        return FBN_EINVAL; /* (a residual's mask needs y) */
+    if (act == FBN_ACT_NONE)
+        y = NULL;
+    return o->backward(dy, x, y, act, groups, outer, C, inner, mean, invstd, gamma, beta,
+                       r, d, training, dx, dz, dgamma, dbeta, nthreads);
 }
 
 int fbn_colstats(int dtype, const void *x, ptrdiff_t n, ptrdiff_t p, int colmajor,

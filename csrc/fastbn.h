@@ -147,7 +147,8 @@ void fbn_describe_plan(ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C,
  *   6)); NaN stays NaN.  The backward's dy' is dy where the forward's
  *   output y passes the activation's mask (relu: y > 0; relu6:
  *   0 < y < 6), else 0; it needs y for any act but FBN_ACT_NONE (y is
- *   ignored for FBN_ACT_NONE). */
+ *   ignored for FBN_ACT_NONE), except fbn_backward, which can recompute
+ *   the mask from x (see there). */
 typedef uint16_t fbn_half;
 enum { FBN_FLOAT32 = 0, FBN_FLOAT64 = 1, FBN_FLOAT16 = 2, FBN_BFLOAT16 = 3 };
 #define FBN_NDTYPES 4
@@ -242,7 +243,22 @@ int fbn_backward_apply(int dtype, const void *dy, const void *x, const void *y,
 /* Whole backward: reductions and dx fused per channel while the channel's
  * values are in cache, over `groups` ghost batches as the training forward
  * made them (groups = 1: ordinary batch norm).  mean, invstd: groups*C
- * values (what the forward returned); gamma: C values (may be NULL); r, d:
+ * values (what the forward returned); gamma: C values (may be NULL).
+ *
+ * The mask from x: with act != FBN_ACT_NONE and y NULL (a forward without
+ * a residual), dy' takes the mask of the forward's output recomputed from
+ * x, bitwise the mask of the y it returned: training = 1, the training
+ * forward's (fbn_train_forward with these groups, gamma, beta, eps, act and
+ * rn, which returned mean, invstd, r and d; its batch statistics of x are
+ * taken again, for float and the half types); training = 0, the inference
+ * forward's (fbn_infer_forward with mean, var, eps, gamma, beta, act,
+ * where invstd holds 1/sqrt(var + eps) computed in double and rounded to
+ * the per-channel type).  beta: C values, the forward's (NULL: 0; ignored
+ * with y or without act).  With a residual the mask needs y (dz
+ * given, act and no y: FBN_EINVAL).  The plans
+ * then count two arrays read (dy, x) instead of three.
+ *
+ * r, d:
  * groups*C doubles from a renormalised forward (both NULL otherwise; the
  * backward holds them constant: dx is the ordinary backward with gamma*r
  * as the scale).  dgamma = sum(dy' * (r*xhat + d)), dbeta = sum(dy'): C
@@ -251,8 +267,8 @@ int fbn_backward_apply(int dtype, const void *dy, const void *x, const void *y,
 int fbn_backward(int dtype, const void *dy, const void *x, const void *y, int act,
                  ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
                  const void *mean, const void *invstd, const void *gamma,
-                 const double *r, const double *d, int training, void *dx,
-                 void *dz, void *dgamma, void *dbeta, int nthreads);
+                 const void *beta, const double *r, const double *d, int training,
+                 void *dx, void *dz, void *dgamma, void *dbeta, int nthreads);
 
 /* Per-column statistics of a 2-D matrix and its standardisation
  * (fastbn.sklearn.StandardScaler's dense paths; dtype FBN_FLOAT32 or

@@ -252,6 +252,10 @@ static void NAME(gbwd_group)(const NAME(gbwd) *gb, ptrdiff_t g, NAME(bwd) *b)
     b->m += g * gb->cv;
     b->k += g * gb->ncoef;
     b->kv = gb->b.kv == gb->b.k ? b->k : b->k + 4 * C;
+    if (b->fk) {
+        b->fk += g * gb->ncoef;
+        b->fkv = gb->b.fkv == gb->b.fk ? b->fk : b->fk + 4 * C;
+    }
     if (b->rr) {
         b->rr += g * C;
         b->rd += g * C;
@@ -320,6 +324,8 @@ static void NAME(item_group_bwd)(void *arg, ptrdiff_t g)
     double *tmp = gb->gtmp + g * (2 * C + 2 * p->Cv);
     NAME(bwd) b;
     NAME(gbwd_group)(gb, g, &b);
+    if (b.fk)
+        NAME(fwd_means)(&b, tmp, 0);
     for (i = 0; i < fbn_stat_items(p); i++)
         NAME(item_bsums_rows)(&b, i);
     NAME(gbtotals)(&b, tmp, tmp + C, tmp + 2 * C);
@@ -333,7 +339,7 @@ static void NAME(item_group_bwd)(void *arg, ptrdiff_t g)
 static int NAME(k_backward_ghost)(const void *dy, const void *x, const void *y,
                                   int act, ptrdiff_t groups, ptrdiff_t outer,
                                   ptrdiff_t C, ptrdiff_t inner, const void *mean_v,
-                                  const void *invstd, const void *gamma,
+                                  const void *invstd, const void *gamma, const void *beta,
                                   const double *r, const double *d, int training,
                                   void *dx, void *dz, void *dgamma_v, void *dbeta_v,
                                   int nthreads)
@@ -349,7 +355,7 @@ static int NAME(k_backward_ghost)(const void *dy, const void *x, const void *y,
     const R *mean = (const R *)mean_v;
     R *dgamma = (R *)dgamma_v, *dbeta = (R *)dbeta_v;
     if (groups == 1 && r == NULL && d == NULL) /* ordinary (its own checks) */
-        return NAME(k_backward)(dy, x, y, act, outer, C, inner, mean, invstd, gamma,
+        return NAME(k_backward)(dy, x, y, act, outer, C, inner, mean, invstd, gamma, beta,
                                 training, dx, dz, dgamma, dbeta, nthreads);
     if (groups < 1 || outer < 0 || C < 0 || inner < 0 || outer % groups != 0 ||
         (r == NULL) != (d == NULL))
@@ -374,7 +380,9 @@ static int NAME(k_backward_ghost)(const void *dy, const void *x, const void *y,
      * for the totals (per group for whole-group items) */
     nd = (size_t)groups * (2 * (size_t)parts + (size_t)cv + 2 * (size_t)C) +
          (whole ? (size_t)groups : 1) * (2 * (size_t)C + 2 * (size_t)cv);
-    bytes = sizeof(double) * nd + sizeof(R) * 4 * (size_t)groups * (size_t)(C + nv);
+    /* (twice the constants for the mask from x: the forward's too) */
+    bytes = sizeof(double) * nd + sizeof(R) * 4 * (size_t)groups * (size_t)(C + nv) *
+            (act != FBN_ACT_NONE && y == NULL ? 2 : 1);
     mem = (char *)malloc(bytes);
     if (mem == NULL)
         return FBN_ENOMEM;
@@ -392,6 +400,12 @@ static int NAME(k_backward_ghost)(const void *dy, const void *x, const void *y,
     gb.b.db64 = db64;
     gb.b.k = (R *)(mem + sizeof(double) * nd);
     gb.b.kv = nv ? gb.b.k + 4 * C : gb.b.k;
+    gb.b.beta = (const R *)beta;
+    if (act != FBN_ACT_NONE && y == NULL) { /* the mask from x (as k_backward) */
+        gb.b.fk = gb.b.k + 4 * groups * (C + nv);
+        gb.b.fkv = nv ? gb.b.fk + 4 * C : gb.b.fk;
+        gb.b.again = training && sizeof(R) < sizeof(double);
+    }
     gb.vals = og * C * inner;
     gb.parts = parts;
     gb.ncoef = 4 * (C + nv);
@@ -401,6 +415,11 @@ static int NAME(k_backward_ghost)(const void *dy, const void *x, const void *y,
             for (j = 0; j < cv; j++)
                 gb.b.m[g * cv + j] = (double)mean[g * C + j % C];
     gb.gtmp = tmp;
+    if (gb.b.fk && !(p.fused && gb.b.again) && !(whole && !p.fused))
+        for (g = 0; g < groups; g++) { /* (whole groups: in their items) */
+            NAME(gbwd_group)(&gb, g, &bg);
+            NAME(fwd_means)(&bg, tmp, 1);
+        }
     if (p.fused) {
         NAME(gbwd_run)(&gb, groups, NAME(item_bfused_tile), p.ntiles, FBN_FORWARD);
     } else if (whole) {

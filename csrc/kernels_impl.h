@@ -347,7 +347,10 @@ static void NAME(apply_any_nt)(const T *x, const T *z, T *y, ptrdiff_t n, R mh,
 #endif
 
 /* Per-channel constants, structure of arrays: coef[0..C) = mh,
- * coef[C..2C) = ml, coef[2C..3C) = a, coef[3C..4C) = b. */
+ * coef[C..2C) = ml, coef[2C..3C) = a, coef[3C..4C) = b.  a is made from
+ * invstd rounded to R, the value the kernels return, so that the
+ * backward can rebuild a bit for bit from it (its activation mask from
+ * x, backward_impl.h). */
 static void NAME(coef_one)(R *coef, ptrdiff_t C, ptrdiff_t c, double mean,
                            double invstd, const R *gamma, const R *beta)
 {
@@ -355,7 +358,7 @@ static void NAME(coef_one)(R *coef, ptrdiff_t C, ptrdiff_t c, double mean,
     double g = gamma ? (double)gamma[c] : 1.0;
     coef[c] = mh;
     coef[C + c] = (R)(mean - (double)mh);
-    coef[2 * C + c] = (R)(g * invstd);
+    coef[2 * C + c] = (R)(g * (double)(R)invstd);
     coef[3 * C + c] = beta ? beta[c] : (R)0;
 }
 
@@ -653,7 +656,7 @@ static void NAME(renorm_channel)(NAME(fwd) *f, ptrdiff_t c, double mean, double 
         d = -rn->dmax;
     else if (d > rn->dmax)
         d = rn->dmax;
-    f->coef[2 * C + c] = (R)(g * r * inv);
+    f->coef[2 * C + c] = (R)(g * r * (double)(R)inv); /* (as coef_one) */
     f->coef[3 * C + c] = (R)((f->beta ? (double)f->beta[c] : 0.0) + g * d);
     f->r_out[c] = r;
     f->d_out[c] = d;

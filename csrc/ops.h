@@ -43,7 +43,7 @@ typedef struct {
     int (*backward)(const void *dy, const void *x, const void *y, int act,
                     ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
                     const void *mean, const void *invstd, const void *gamma,
-                    const double *r, const double *d, int training, void *dx,
+                    const void *beta, const double *r, const double *d, int training, void *dx,
                     void *dz, void *dgamma, void *dbeta, int nthreads);
     int (*colstats)(const void *x, ptrdiff_t n, ptrdiff_t p, int colmajor,
                     const double *w, double *count, double *mean, double *m2,

@@ -238,15 +238,25 @@ def _activation(activation, relu):
     return code
 
 
-def _mask(activation, y):
-    """The backward's activation code: ``activation``'s, which needs the
-    forward's output ``y``; without one, ReLU when ``y`` is given."""
+def _mask(activation, y, beta, residual, comm):
+    """The backward's activation code: ``activation``'s; without one, ReLU
+    when ``y`` is given.  The mask comes from ``y``, or without it from
+    ``x`` and the forward's ``beta``, which must then be given (a residual
+    or ``comm`` needs ``y``)."""
     if activation is None:
         return 0 if y is None else 1
     code = _activation(activation, False)
     if y is None:
-        raise ValueError(f"activation={activation!r} needs the forward's output y= "
-                         f"(the gradient flows where y passes the activation)")
+        if residual or comm is not None:
+            what = "residual=True" if residual else "comm="
+            raise ValueError(f"activation={activation!r} with {what} needs the "
+                             f"forward's output y= (the gradient flows where y "
+                             f"passes the activation)")
+        if beta is None:
+            raise TypeError(f"activation={activation!r} needs the forward's output y= "
+                            f"or its beta=: without y the mask is recomputed from x "
+                            f"and beta (pass the forward's beta, or zeros if it had "
+                            f"none)")
     return code
 
 
@@ -538,7 +548,7 @@ def batch_norm_infer(x, mean, var, gamma=None, beta=None, *, axis=1, eps=1e-5,
 
 def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
                         training=True, residual=False, out=None, comm=None,
-                        virtual_batch_size=None, activation=None):
+                        virtual_batch_size=None, activation=None, beta=None):
     """Gradients of batch normalization.
 
     Parameters
@@ -557,8 +567,9 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
     axis : int, default 1
         The channel axis.
     y : ndarray, optional
-        The forward output.  Required when the forward fused a ReLU: the
-        gradient flows where ``y > 0``.
+        The forward output, when the forward fused an activation: the
+        gradient flows where ``y > 0``.  Without it (and without a
+        residual) the mask is recomputed from ``x`` and ``beta``.
     training : bool, default True
         True: the gradient through the batch statistics.  False: through
         frozen statistics, ``dx = dy' * gamma * invstd``.
@@ -574,9 +585,17 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
         As given to :func:`batch_norm_train`: the gradient of each ghost
         batch through its own statistics.
     activation : {None, "relu", "relu6"}, optional
-        The forward's activation, with its output ``y``: the gradient flows
-        where ``y > 0`` (``"relu"``) or ``0 < y < 6`` (``"relu6"``).  None
-        with ``y`` given means ``"relu"``.
+        The forward's activation: the gradient flows where ``y > 0``
+        (``"relu"``) or ``0 < y < 6`` (``"relu6"``), ``y`` the forward's
+        output, given or recomputed from ``x``.  None with ``y`` given
+        means ``"relu"``.
+    beta : array_like of shape (C,), optional
+        The forward's shift, for an activation without ``y``: the mask is
+        then recomputed from ``x``, the statistics, ``gamma`` and ``beta``
+        in the forward's own arithmetic, bit for bit the mask of its ``y``
+        (so the forward's output need not be kept).  Pass zeros when the
+        forward had no ``beta``.  Cast to ``x.dtype`` (float32 for half
+        ``x``); ignored when ``y`` is given.
 
     Returns
     -------
@@ -593,10 +612,13 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
     Raises
     ------
     TypeError
-        If an array has an unsupported dtype or an argument the wrong type.
+        If an array has an unsupported dtype or an argument the wrong type,
+        or ``activation`` is given with neither ``y`` nor ``beta``.
     ValueError
         If a shape does not match ``x``, ``axis`` is out of range, a channel
-        has fewer than 2 values in training, or ``out`` does not match.
+        has fewer than 2 values in training, ``out`` does not match, or
+        ``activation`` is given without ``y`` together with
+        ``residual=True`` or (training) ``comm``, whose masks need ``y``.
     RuntimeError
         With ``comm``: on the ranks whose arguments were valid, when another
         rank's were not.
@@ -610,6 +632,16 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
     The backward reads ``dy``, ``x`` (and ``y``) once for the two sums and
     once more for ``dx`` when a channel does not fit in cache.  Results are
     bitwise identical for every thread count.
+
+    The mask from ``x`` (an activation, ``beta`` and no ``y``) gives
+    bitwise the gradients of the call with ``y`` when ``mean``, ``invstd``,
+    ``gamma`` and ``beta`` are those of the forward: for
+    ``training=True`` what :func:`batch_norm_train` returned (for float32
+    and the half types the batch mean is taken again from ``x`` with the
+    forward's own arithmetic, since the returned mean is rounded); for
+    ``training=False`` the statistics :func:`batch_norm_infer` used, with
+    ``invstd = 1 / sqrt(var + eps)`` computed in float64 and cast to the
+    per-channel dtype.  A residual or ``comm`` needs ``y``.
 
     Examples
     --------
@@ -626,6 +658,14 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
     >>> dx.shape, dx.dtype
     ((4, 2, 2), dtype('float32'))
 
+    The same gradients without keeping ``y``: the mask is recomputed from
+    ``x`` and the forward's ``beta`` (zeros: the forward had none):
+
+    >>> dx2, _, _ = fastbn.batch_norm_backward(dy, x, mean, invstd, activation="relu",
+    ...                                         beta=np.zeros(2, np.float32))
+    >>> print(np.array_equal(dx, dx2))
+    True
+
     Without a ReLU a constant ``dy`` has no effect on ``x`` through the
     normalisation:
 
@@ -638,17 +678,19 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
                                                           True)
     if comm is not None and training:
         return _run("BACKWARD", _backward, comm, dy, x, mean, invstd, gamma, axis, y,
-                    training, residual, out, comm, k, None, None, activation)
+                    training, residual, out, comm, k, None, None, activation, beta)
     return _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm,
-                     k, None, None, activation)
+                     k, None, None, activation, beta)
 
 
 def _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm,
-              k=None, r=None, d=None, activation=None):
+              k=None, r=None, d=None, activation=None, beta=None):
     """Body of batch_norm_backward and the layer's backward: over ghost
     batches of ``k`` samples (None: one group), with a renormalised
     forward's ``r`` and ``d`` (float64, ``(G, C)``) held constant when
-    given.  With comm and training, call it through ``_run``."""
+    given; with an activation and no ``y``, the mask from ``x`` and the
+    forward's ``beta`` (required then: zeros for a forward without one).
+    With comm and training, call it through ``_run``."""
     x = as_data(x)
     outer, C, inner, a = view(x.shape, axis)
     dt = x.dtype
@@ -656,11 +698,15 @@ def _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm
     G = 1 if k is None else _ghost.groups(x.shape, a, k)
     dy = like_x(dy, "dy", x)
     yv = None if y is None else like_x(y, "y", x)
-    act = (0 if yv is None else 1) if activation is None else _mask(activation, yv)
+    act = ((0 if yv is None else 1) if activation is None else
+           _mask(activation, yv, beta, residual, comm if training else None))
     if k is None:
         mean = per_channel(mean, "mean", C, sdt, allow_none=False)
         invstd = per_channel(invstd, "invstd", C, sdt, allow_none=False)
     gamma = per_channel(gamma, "gamma", C, sdt)
+    beta = per_channel(beta, "beta", C, sdt)
+    if yv is not None or act == 0:
+        beta = None  # (the mask comes from y, or there is none)
     dx = output(out, x)
     if out is not None:
         no_partial_overlap(dx, "out", x, dy, yv)
@@ -677,7 +723,7 @@ def _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm
             raise ValueError(f"training needs at least 2 values per channel; x of "
                              f"shape {x.shape} has {outer * inner} (axis={axis})")
         dgamma, dbeta = _kernels.backward(dy, x, yv, act, 1, outer, C, inner, mean,
-                                          invstd, gamma, r, d, training, dx, dz,
+                                          invstd, gamma, beta, r, d, training, dx, dz,
                                           _nthreads())
     elif G == 0:  # an empty batch in ghost batches
         if training:
@@ -693,7 +739,7 @@ def _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm
                              f"ghost batch of {k} samples (x of shape {x.shape}, "
                              f"axis={axis}) has {n}")
         dgamma, dbeta = _kernels.backward(dy, x, yv, act, G, outer, C, inner, mean,
-                                          invstd, gamma, r, d, training, dx, dz,
+                                          invstd, gamma, beta, r, d, training, dx, dz,
                                           _nthreads())
     if residual:
         return dx, dgamma, dbeta, dz

@@ -78,8 +78,9 @@ cdef extern from "fastbn.h" nogil:
     int fbn_backward(int dtype, const void *dy, const void *x, const void *y, int act,
                      Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
                      Py_ssize_t inner, const void *mean, const void *invstd,
-                     const void *gamma, const void *r, const void *d, int training,
-                     void *dx, void *dz, void *dgamma, void *dbeta, int nthreads)
+                     const void *gamma, const void *beta, const void *r, const void *d,
+                     int training, void *dx, void *dz, void *dgamma, void *dbeta,
+                     int nthreads)
     int fbn_colstats(int dtype, const void *x, Py_ssize_t n, Py_ssize_t p, int colmajor,
                      const void *w, void *count, void *mean, void *m2, int nthreads)
     int fbn_standardize(int dtype, const void *x, Py_ssize_t n, Py_ssize_t p,
@@ -296,6 +297,7 @@ _PLAN_OPS = {  # op: (arrays the reductions read, arrays only the elementwise
                # pass reads, arrays written, 1 = reductions | 2 = elementwise)
     "moments": (1, 0, 0, 1), "train": (1, 0, 1, 3), "train_residual": (1, 1, 1, 3),
     "infer": (1, 0, 1, 2), "backward": (2, 0, 1, 3), "backward_relu": (3, 0, 1, 3),
+    "backward_relu_x": (2, 0, 1, 3),  # (the mask from x: dy and x, no y)
     "backward_residual": (3, 0, 2, 3), "backward_reduce": (2, 0, 0, 1),
     "backward_apply": (2, 0, 1, 2),
 }
@@ -430,12 +432,13 @@ def backward_apply(dy, x, y, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
 
 
 def backward(dy, x, y, int act, Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
-             Py_ssize_t inner, mean, invstd, gamma, r, d, bint training, dx, dz,
+             Py_ssize_t inner, mean, invstd, gamma, beta, r, d, bint training, dx, dz,
              int nthreads):
     """Fused backward over `groups` ghost batches (1: ordinary batch norm)
-    into dx (and dz), dy' masked by y for activation code act; mean, invstd
-    hold groups*C values (x's dtype, float32 for the half types), r, d
-    (float64) a renormalised forward's or None.  Returns (dgamma, dbeta),
+    into dx (and dz), dy' masked by y for activation code act (y None: the
+    mask recomputed from x with the forward's beta, or None for 0); mean,
+    invstd hold groups*C values (x's dtype, float32 for the half types), r,
+    d (float64) a renormalised forward's or None.  Returns (dgamma, dbeta),
     summed over the groups (float32 for the half types)."""
     cdef int k = _kind(x), typenum = _stat_typenum(k, x)
     dgamma = _empty(C, typenum)
@@ -443,8 +446,9 @@ def backward(dy, x, y, int act, Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t 
     cdef void *pdy = _ptr(dy), *px = _ptr(x), *py = _ptr(y), *pm = _ptr(mean)
     cdef void *pi = _ptr(invstd), *pg = _ptr(gamma), *pr = _ptr(r), *pd = _ptr(d)
     cdef void *pdx = _ptr(dx), *pdz = _ptr(dz), *pdg = _ptr(dgamma), *pdb = _ptr(dbeta)
+    cdef void *pb = _ptr(beta)
     with nogil:
-        _check(fbn_backward(k, pdy, px, py, act, groups, outer, C, inner, pm, pi, pg,
+        _check(fbn_backward(k, pdy, px, py, act, groups, outer, C, inner, pm, pi, pg, pb,
                             pr, pd, training, pdx, pdz, pdg, pdb, nthreads))
     return dgamma, dbeta
 

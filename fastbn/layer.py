@@ -22,7 +22,7 @@ import operator
 import numpy as np
 
 from . import _api, _ghost
-from ._checks import as_data, count, eps_value, is_half, view
+from ._checks import as_data, count, eps_value, is_half, stat_dtype, view
 
 __all__ = ["BatchNorm"]
 
@@ -459,12 +459,23 @@ class BatchNorm:
                                       eps=self.eps, activation=self.activation,
                                       residual=residual)
             mean = self.running_mean.copy()
-            invstd = (1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
-                      ).astype(self.dtype)
+            # 1/sqrt(var + eps) of the variance the inference forward used
+            # (in the per-channel dtype of x), so that the backward's mask
+            # from x is that forward's bit for bit
+            var = self.running_var.astype(stat_dtype(x.dtype)).astype(np.float64)
+            invstd = (1.0 / np.sqrt(var + self.eps)).astype(self.dtype)
             frozen = True
         k = None if frozen else self.virtual_batch_size
-        self._cache = (x, y if self.activation else None, mean, invstd, frozen,
-                       residual is not None, comm, k, r, d)
+        # with an activation the backward needs the mask: from y with a
+        # residual (or comm, whose statistics x alone does not give), else
+        # recomputed from x and beta, so y is not kept
+        keep_y = self.activation and (residual is not None or comm is not None)
+        beta = None
+        if self.activation and not keep_y:  # the forward's shift (none: 0)
+            beta = (np.zeros(self.num_features, self.dtype) if self.beta is None
+                    else self.beta.copy())
+        self._cache = (x, y if keep_y else None, mean, invstd, frozen,
+                       residual is not None, comm, k, r, d, beta)
         return y
 
     forward = __call__
@@ -534,9 +545,9 @@ class BatchNorm:
                 # the other ranks may be in the backward's collective: tell them
                 _api._mpi().report_failure(_api._mpi().BACKWARD, self.comm, err)
             raise err
-        x, y, mean, invstd, frozen, has_res, comm, k, r, d = self._cache
+        x, y, mean, invstd, frozen, has_res, comm, k, r, d, beta = self._cache
         args = (dy, x, mean, invstd, self.gamma, self.axis, y, not frozen, has_res,
-                None, comm, k, r, d, self.activation)
+                None, comm, k, r, d, self.activation, beta)
         if comm is None or frozen:
             res = _api._backward(*args)
         else:

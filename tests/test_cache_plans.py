@@ -16,7 +16,7 @@ from conftest import ALL_DTYPES
 from helpers import make_inputs
 
 KB, MB = 1 << 10, 1 << 20
-L2S = [512 * KB, 1 * MB, 2 * MB]
+L2S = [512 * KB, 1 * MB, 1280 * KB, 2 * MB]
 L3S = [4 * MB, None]  # None: this machine's own
 # channel-first shapes whose per-channel arrays (64 KB-1 MB) fall on both
 # sides of those budgets, a short-plane shape, and channel-last rows
@@ -43,7 +43,17 @@ def _outputs(x, z, dy, g, b, axis):
                                                activation="relu6")
     dx3, _, _ = fastbn.batch_norm_backward(dy, x, mean, invstd, g, axis=axis)
     yi = fastbn.batch_norm_infer(x, mean, 1 / invstd ** 2, g, b, axis=axis)
-    return [y, mean, invstd, y2, dx, dg, db, dz, dx2, dg2, db2, dx3, yi]
+    # the masks recomputed from x (beta, no y): the y-path's bits
+    y4, mean4, invstd4 = fastbn.batch_norm_train(x, g, b, axis=axis, relu=True)
+    with_y = fastbn.batch_norm_backward(dy, x, mean4, invstd4, g, axis=axis, y=y4)
+    from_x = fastbn.batch_norm_backward(dy, x, mean4, invstd4, g, axis=axis, beta=b,
+                                        activation="relu")
+    from_x6 = fastbn.batch_norm_backward(dy, x, mean2, invstd2, g, axis=axis, beta=b,
+                                         activation="relu6")
+    for p, q in zip(with_y + (dx2, dg2, db2), from_x + from_x6):
+        assert p.tobytes() == q.tobytes()
+    return [y, mean, invstd, y2, dx, dg, db, dz, dx2, dg2, db2, dx3, yi, *from_x,
+            *from_x6]
 
 
 @pytest.mark.slow
@@ -95,6 +105,21 @@ def test_plan_follows_the_l2_size(caches):
         "fused tiles"
     caches(l2=1 * MB)
     assert _kernels.plan("backward_relu", *shape, 4, 2)["strategy"] == \
+        "two-phase tiles"
+
+
+def test_mask_from_x_counts_two_arrays(caches):
+    """With the mask from x a fused tile holds dy and x of its channels, not
+    y (dx is streamed): (32,64,56,56) float32, 0.8 MB a channel, fuses with
+    a 1.25 MB L2 (3/4: 0.94 MB) where the y-path's 1.2 MB does not; a 1 MB
+    L2 (0.77 MB) fuses neither."""
+    shape = (32, 64, 56 * 56)
+    caches(l2=1280 * KB)
+    assert _kernels.plan("backward_relu_x", *shape, 4, 2)["strategy"] == "fused tiles"
+    assert _kernels.plan("backward_relu", *shape, 4, 2)["strategy"] == \
+        "two-phase tiles"
+    caches(l2=1 * MB)
+    assert _kernels.plan("backward_relu_x", *shape, 4, 2)["strategy"] == \
         "two-phase tiles"
 
 

@@ -146,8 +146,8 @@ static const shape shapes[] = {
             mix(mean, nc * sizeof(R));                                         \
             mix(invstd, nc * sizeof(R));                                       \
             check(fbn_backward(DT, dy, x, y, act, 1, s->outer, s->C, s->inner, \
-                               mean, invstd, g, NULL, NULL, 1, dx, dz, dg, db, \
-                               nth),                                           \
+                               mean, invstd, g, NULL, NULL, NULL, 1, dx, dz,  \
+                               dg, db, nth),                                   \
                   "backward");                                                 \
             mix(dx, n * sizeof(T));                                            \
             mix(dz, n * sizeof(T));                                            \
@@ -155,8 +155,8 @@ static const shape shapes[] = {
             mix(db, nc * sizeof(R));                                           \
         }                                                                      \
         check(fbn_backward(DT, dy, x, NULL, FBN_ACT_NONE, 1, s->outer, s->C,   \
-                           s->inner, mean, invstd, NULL, NULL, NULL, 0, dx,    \
-                           NULL, dg, db, nth),                                 \
+                           s->inner, mean, invstd, NULL, NULL, NULL, NULL, 0,  \
+                           dx, NULL, dg, db, nth),                             \
               "backward (frozen)");                                            \
         mix(dx, n * sizeof(T));                                                \
         check(fbn_infer_forward(DT, x, s->outer, s->C, s->inner, mean, var, g, \
@@ -178,9 +178,15 @@ static const shape shapes[] = {
             mix(rr, ng * 8);                                                   \
             mix(dd, ng * 8);                                                   \
             check(fbn_backward(DT, dy, x, y, FBN_ACT_RELU, s->groups,          \
-                               s->outer, s->C, s->inner, mean, invstd, g, rr,  \
-                               dd, 1, dx, NULL, dg, db, nth),                  \
+                               s->outer, s->C, s->inner, mean, invstd, g, NULL, \
+                               rr, dd, 1, dx, NULL, dg, db, nth),              \
                   "backward_ghost");                                           \
+            mix(dx, n * sizeof(T));                                            \
+            mix(dg, nc * sizeof(R));                                           \
+            check(fbn_backward(DT, dy, x, NULL, FBN_ACT_RELU, s->groups,       \
+                               s->outer, s->C, s->inner, mean, invstd, g, b,   \
+                               rr, dd, 1, dx, NULL, dg, db, nth),              \
+                  "backward_ghost (mask from x)");                             \
             mix(dx, n * sizeof(T));                                            \
             mix(dg, nc * sizeof(R));                                           \
             mix(db, nc * sizeof(R));                                           \

@@ -45,11 +45,15 @@ def torch_threads(torch, n: int) -> Callable[[], ContextManager]:
 # --------------------------------------------------------------------------
 
 def fastbn_impl(w: Workload, inp: Inputs, fastbn, threads: int, name: str,
-                out: bool = True) -> Impl:
+                out: bool = True, mask_from_y: bool = False) -> Impl:
     """fastbn at `threads` threads, into a preallocated output of its own
-    (``out``), or allocating its output on every call."""
+    (``out``), or allocating its output on every call.  The backward takes
+    the ReLU's mask from x and beta (what a user of the fused forward without
+    a residual runs: y need not be kept), or with ``mask_from_y`` from the
+    forward's output y (as PyTorch's threshold_backward does)."""
     x, g, b, ax = inp.x, inp.gamma, inp.beta, w.axis
     o = np.empty_like(x) if out else None
+    check = None
     if w.mode == "train":
         def fn():
             return fastbn.batch_norm_train(x, g, b, axis=ax, eps=EPS,
@@ -62,12 +66,37 @@ def fastbn_impl(w: Workload, inp: Inputs, fastbn, threads: int, name: str,
                                            relu=True, out=o)
     else:
         dy, y, m, s = inp.dy, inp.y, inp.mean, inp.invstd
-
-        def fn():
-            return fastbn.batch_norm_backward(dy, x, m, s, g, axis=ax, y=y,
-                                              out=o)
+        if mask_from_y:
+            def fn():
+                return fastbn.batch_norm_backward(dy, x, m, s, g, axis=ax, y=y,
+                                                  out=o)
+        else:
+            def fn():
+                return fastbn.batch_norm_backward(dy, x, m, s, g, axis=ax, beta=b,
+                                                  activation="relu", out=o)
+            check = _mask_from_x_check(w, inp, fastbn)
     return Impl(name, "fastbn", fn, threads=threads,
-                setup=fastbn_threads(fastbn, threads))
+                setup=fastbn_threads(fastbn, threads), check=check)
+
+
+def _mask_from_x_check(w: Workload, inp: Inputs, fastbn):
+    """The check of a backward whose mask comes from x: against the float64
+    reference with the mask of the float32 (x.dtype) forward's output, the
+    mask that backward reproduces (the float64 forward's mask may differ
+    where a value rounds across 0: one such value is a large error in its
+    dx); the reference is made on first use."""
+    from .. import _reference as oracle
+    ref = []
+
+    def check(result):
+        if not ref:
+            yf = fastbn.batch_norm_train(inp.x, inp.gamma, inp.beta, axis=w.axis,
+                                         eps=EPS, relu=True)[0]
+            ref.append(oracle.batch_norm_backward(
+                inp.dy, inp.x, inp.mean, inp.invstd, inp.gamma,
+                axis=w.channel_axis, y=yf)[:3])
+        return compare(tuple(np.asarray(r) for r in result), ref[0], w.dtype)
+    return check
 
 
 # --------------------------------------------------------------------------
@@ -292,10 +321,16 @@ def build_impls(w: Workload, inp: Inputs, fastbn, threads: int,
                 torch=None, compile_torch: bool = False,
                 compare_one_thread: bool = True) -> List[Impl]:
     """Every implementation of a kernel workload, in table order: fastbn
-    (out=) at `threads` (and at 1 thread), fastbn without out= (main
-    workloads), NumPy naive and tuned, the copies, torch eager and
-    torch.compile at `threads`."""
+    (out=) at `threads` (and at 1 thread; backward workloads also with the
+    mask from y), fastbn without out= (main workloads), NumPy naive and
+    tuned, the copies, torch eager and torch.compile at `threads`."""
     impls = [fastbn_impl(w, inp, fastbn, threads, "fastbn (out=)")]
+    if w.mode == "backward":  # the mask from y, for comparison
+        impls.append(fastbn_impl(w, inp, fastbn, threads, "fastbn (out=, y=)",
+                                 mask_from_y=True))
+    if w.mode == "backward" and compare_one_thread and threads != 1:
+        impls.append(fastbn_impl(w, inp, fastbn, 1, "fastbn (out=, y=, 1 thread)",
+                                 mask_from_y=True))
     if w.main:
         impls.append(fastbn_impl(w, inp, fastbn, threads, "fastbn",
                                  out=False))

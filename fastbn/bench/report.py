@@ -386,9 +386,10 @@ KERNEL_NOTES = (
     "the floor's minimum (steadier on a busy machine).  A copy's own row "
     "shows its time over the floor (1.00x for the faster copy).",
     "GB/s counts the bytes the operation must move: 1 read + 1 write of x "
-    "for the forward modes; 3 reads (dy, x, y) + 1 write (dx) for the "
-    "backward, whose floor is still one copy, so it cannot reach 1.0x "
-    "(about 2x is its true floor).",
+    "for the forward modes; 2 reads (dy, x) + 1 write (dx) for the "
+    "backward, whose ReLU mask fastbn recomputes from x (its y= rows read "
+    "the forward's y too, as PyTorch does) and whose floor is still one "
+    "copy, so it cannot reach 1.0x (about 1.5x is its true floor).",
     "vs numpy: NumPy's time / this time.  numpy: as users write it "
     "(x.mean, x.var, (x-mean)/np.sqrt(var+eps)*gamma+beta, "
     "np.maximum(0, .)); numpy tuned: preallocated buffers, in-place ufuncs, "

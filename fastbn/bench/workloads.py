@@ -119,10 +119,11 @@ class Workload:
     def plan(self, threads: int) -> str:
         """The plan fastbn's kernel makes for this workload on `threads`
         threads with this machine's caches (the kernels' own description,
-        shortened: fused, two-phase, channel-last, blocks)."""
+        shortened: fused, two-phase, channel-last, blocks); the backward's
+        is that of its mask from x (dy and x read, not y)."""
         from .. import _kernels
         op = {"train": "train", "infer": "infer",
-              "backward": "backward_relu"}[self.mode]
+              "backward": "backward_relu_x"}[self.mode]
         outer, c, inner = self.view
         p = _kernels.plan(op, outer, c, inner, np.dtype(self.dtype).itemsize,
                           threads)
@@ -147,9 +148,10 @@ class Workload:
     def min_bytes(self) -> int:
         """Bytes the operation itself must move at least.
 
-        Forward: read x, write y.  Backward: read dy, x and y, write dx.
+        Forward: read x, write y.  Backward: read dy and x, write dx (the
+        ReLU's mask recomputed from x; from y it reads one array more).
         """
-        return (4 if self.mode == "backward" else 2) * self.nbytes
+        return (3 if self.mode == "backward" else 2) * self.nbytes
 
     @property
     def shape_text(self) -> str:
