@@ -79,22 +79,45 @@ static inline void NAME(stream)(void *dst, const void *src, size_t n)
 #endif
 
 #if !FBN_HALF && FBN_F16C == 512 && FBN_LANES == 16
-/* AVX-512, float and double: the statistics' 16 double lanes in two
- * registers, 8 values of T loaded and widened by one instruction each
- * (GCC's lane loops loaded 16 floats at once and split them, a shuffle per
- * 16 values, and went through the stack on short runs: 1.2-1.5x the time).
- * The same additions in the same order as the plain loops, so the same
- * bits. */
-#define FBN_SUM_REGS 1
-static inline __m512d NAME(ld8d)(const T *p)
+/* AVX-512 and AVX2, float and double: the statistics' 16 double lanes in
+ * FBN_SUM_REGS registers of FBN_DW lanes, FBN_DW values of T loaded and
+ * widened by one instruction each (GCC's lane loops loaded 16 floats at
+ * once and split them, a shuffle per 16 values, and went through the
+ * stack on short runs: 1.1-1.5x the time).  The same additions in the same
+ * order as the plain loops, so the same bits. */
+#define FBN_SUM_REGS 2
+typedef __m512d NAME(dv);
+#define FBN_DV_LD _mm512_loadu_pd
+#define FBN_DV_ST _mm512_storeu_pd
+#define FBN_DV_ADD _mm512_add_pd
+#define FBN_DV_SUB _mm512_sub_pd
+#define FBN_DV_MUL _mm512_mul_pd
+#define FBN_DV_SET1 _mm512_set1_pd
+static inline __m512d NAME(ldw)(const T *p)
 {
     if (sizeof(T) == 4)
         return _mm512_cvtps_pd(_mm256_loadu_ps((const float *)(const void *)p));
     return _mm512_loadu_pd((const double *)(const void *)p);
 }
+#elif !FBN_HALF && FBN_F16C == 256 && FBN_LANES == 16
+#define FBN_SUM_REGS 4
+typedef __m256d NAME(dv);
+#define FBN_DV_LD _mm256_loadu_pd
+#define FBN_DV_ST _mm256_storeu_pd
+#define FBN_DV_ADD _mm256_add_pd
+#define FBN_DV_SUB _mm256_sub_pd
+#define FBN_DV_MUL _mm256_mul_pd
+#define FBN_DV_SET1 _mm256_set1_pd
+static inline __m256d NAME(ldw)(const T *p)
+{
+    if (sizeof(T) == 4)
+        return _mm256_cvtps_pd(_mm_loadu_ps((const float *)(const void *)p));
+    return _mm256_loadu_pd((const double *)(const void *)p);
+}
 #else
 #define FBN_SUM_REGS 0
 #endif
+#define FBN_DW (FBN_LANES / (FBN_SUM_REGS ? FBN_SUM_REGS : 1))
 
 #if !FBN_HALF /* (the half types': half_impl.h, with FBN_SACC and FBN_QACC,
                  their accumulators per channel in the statistics' passes) */
@@ -102,21 +125,22 @@ static inline __m512d NAME(ld8d)(const T *p)
 #define FBN_QACC FBN_ACC
 
 /* Adds n values to the lane accumulators acc[0..FBN_LANES] (the last one
- * takes the values that do not fill a row of lanes), in double.  (GCC
- * vectorises these lane loops well; the backward's needed explicit
- * vectors.) */
+ * takes the values that do not fill a row of lanes), in double (in
+ * registers with FBN_SUM_REGS, above). */
 static inline void NAME(sum_acc)(const T *x, ptrdiff_t n, double *acc)
 {
     double t = acc[FBN_LANES];
     ptrdiff_t i = 0;
 #if FBN_SUM_REGS
-    __m512d a0 = _mm512_loadu_pd(acc), a1 = _mm512_loadu_pd(acc + 8);
-    for (; i + FBN_LANES <= n; i += FBN_LANES) {
-        a0 = _mm512_add_pd(a0, NAME(ld8d)(x + i));
-        a1 = _mm512_add_pd(a1, NAME(ld8d)(x + i + 8));
-    }
-    _mm512_storeu_pd(acc, a0);
-    _mm512_storeu_pd(acc + 8, a1);
+    NAME(dv) a[FBN_SUM_REGS];
+    int j;
+    for (j = 0; j < FBN_SUM_REGS; j++)
+        a[j] = FBN_DV_LD(acc + j * FBN_DW);
+    for (; i + FBN_LANES <= n; i += FBN_LANES)
+        for (j = 0; j < FBN_SUM_REGS; j++)
+            a[j] = FBN_DV_ADD(a[j], NAME(ldw)(x + i + j * FBN_DW));
+    for (j = 0; j < FBN_SUM_REGS; j++)
+        FBN_DV_ST(acc + j * FBN_DW, a[j]);
 #else
     double v[FBN_LANES];
     int k;
@@ -137,16 +161,17 @@ static inline void NAME(ssd_acc)(const T *x, ptrdiff_t n, double m, double *acc)
     double t = acc[FBN_LANES];
     ptrdiff_t i = 0;
 #if FBN_SUM_REGS
-    __m512d a0 = _mm512_loadu_pd(acc), a1 = _mm512_loadu_pd(acc + 8);
-    __m512d mv = _mm512_set1_pd(m), d0, d1;
-    for (; i + FBN_LANES <= n; i += FBN_LANES) {
-        d0 = _mm512_sub_pd(NAME(ld8d)(x + i), mv);
-        d1 = _mm512_sub_pd(NAME(ld8d)(x + i + 8), mv);
-        a0 = _mm512_add_pd(a0, _mm512_mul_pd(d0, d0));
-        a1 = _mm512_add_pd(a1, _mm512_mul_pd(d1, d1));
-    }
-    _mm512_storeu_pd(acc, a0);
-    _mm512_storeu_pd(acc + 8, a1);
+    NAME(dv) a[FBN_SUM_REGS], mv = FBN_DV_SET1(m), d;
+    int j;
+    for (j = 0; j < FBN_SUM_REGS; j++)
+        a[j] = FBN_DV_LD(acc + j * FBN_DW);
+    for (; i + FBN_LANES <= n; i += FBN_LANES)
+        for (j = 0; j < FBN_SUM_REGS; j++) {
+            d = FBN_DV_SUB(NAME(ldw)(x + i + j * FBN_DW), mv);
+            a[j] = FBN_DV_ADD(a[j], FBN_DV_MUL(d, d));
+        }
+    for (j = 0; j < FBN_SUM_REGS; j++)
+        FBN_DV_ST(acc + j * FBN_DW, a[j]);
 #else
     double v[FBN_LANES];
     int k;
@@ -275,13 +300,15 @@ static void FBN_GENERIC(block_moments)(const T *x, ptrdiff_t C, ptrdiff_t r0,
             int w = (int)fbn_min(FBN_LANES, C - c0);
 #if FBN_SUM_REGS
             if (w == FBN_LANES) {
-                __m512d a0 = _mm512_loadu_pd(mean + c0), a1 = _mm512_loadu_pd(mean + c0 + 8);
-                for (r = rr; r < re; r++) {
-                    a0 = _mm512_add_pd(a0, NAME(ld8d)(xs + r * C));
-                    a1 = _mm512_add_pd(a1, NAME(ld8d)(xs + r * C + 8));
-                }
-                _mm512_storeu_pd(mean + c0, a0);
-                _mm512_storeu_pd(mean + c0 + 8, a1);
+                NAME(dv) a[FBN_SUM_REGS];
+                int j;
+                for (j = 0; j < FBN_SUM_REGS; j++)
+                    a[j] = FBN_DV_LD(mean + c0 + j * FBN_DW);
+                for (r = rr; r < re; r++)
+                    for (j = 0; j < FBN_SUM_REGS; j++)
+                        a[j] = FBN_DV_ADD(a[j], NAME(ldw)(xs + r * C + j * FBN_DW));
+                for (j = 0; j < FBN_SUM_REGS; j++)
+                    FBN_DV_ST(mean + c0 + j * FBN_DW, a[j]);
                 continue;
             }
 #endif
@@ -308,16 +335,19 @@ static void FBN_GENERIC(block_moments)(const T *x, ptrdiff_t C, ptrdiff_t r0,
             int w = (int)fbn_min(FBN_LANES, C - c0);
 #if FBN_SUM_REGS
             if (w == FBN_LANES) {
-                __m512d m0 = _mm512_loadu_pd(mean + c0), m1 = _mm512_loadu_pd(mean + c0 + 8);
-                __m512d q0 = _mm512_loadu_pd(m2 + c0), q1 = _mm512_loadu_pd(m2 + c0 + 8), d0, d1;
-                for (r = rr; r < re; r++) {
-                    d0 = _mm512_sub_pd(NAME(ld8d)(xs + r * C), m0);
-                    d1 = _mm512_sub_pd(NAME(ld8d)(xs + r * C + 8), m1);
-                    q0 = _mm512_add_pd(q0, _mm512_mul_pd(d0, d0));
-                    q1 = _mm512_add_pd(q1, _mm512_mul_pd(d1, d1));
+                NAME(dv) mr[FBN_SUM_REGS], qr[FBN_SUM_REGS], d;
+                int j;
+                for (j = 0; j < FBN_SUM_REGS; j++) {
+                    mr[j] = FBN_DV_LD(mean + c0 + j * FBN_DW);
+                    qr[j] = FBN_DV_LD(m2 + c0 + j * FBN_DW);
                 }
-                _mm512_storeu_pd(m2 + c0, q0);
-                _mm512_storeu_pd(m2 + c0 + 8, q1);
+                for (r = rr; r < re; r++)
+                    for (j = 0; j < FBN_SUM_REGS; j++) {
+                        d = FBN_DV_SUB(NAME(ldw)(xs + r * C + j * FBN_DW), mr[j]);
+                        qr[j] = FBN_DV_ADD(qr[j], FBN_DV_MUL(d, d));
+                    }
+                for (j = 0; j < FBN_SUM_REGS; j++)
+                    FBN_DV_ST(m2 + c0 + j * FBN_DW, qr[j]);
                 continue;
             }
 #endif
@@ -1012,6 +1042,15 @@ static int NAME(k_apply)(const void *x, ptrdiff_t outer, ptrdiff_t C,
 
 #undef FBN_GENERIC
 #undef FBN_SUM_REGS
+#undef FBN_DW
+#if defined(FBN_DV_LD)
+#undef FBN_DV_LD
+#undef FBN_DV_ST
+#undef FBN_DV_ADD
+#undef FBN_DV_SUB
+#undef FBN_DV_MUL
+#undef FBN_DV_SET1
+#endif
 #undef FBN_LINE_VALUES
 #undef FBN_SACC
 #undef FBN_HROWS
