@@ -431,6 +431,26 @@ static void NAME(apply_any)(const T *x, const T *z, T *y, ptrdiff_t n, R mh,
     FBN_ACT_Z(NAME(apply_body), act, z != NULL, x, z, y, n, mh, ml, a, b);
 }
 
+#if !FBN_HALF
+/* apply_body with a value's constants from k (four arrays of n: mh, ml, a,
+ * b, at k, k + FBN_TILE, ...): the same arithmetic on every value, for a
+ * span of several short runs in one loop (apply_short). */
+static inline void NAME(apply_kbody)(const T *x, const T *z, T *y, ptrdiff_t n,
+                                     const R *k, int act, int hasz)
+{
+    const R *mh = k, *ml = k + FBN_TILE, *a = k + 2 * FBN_TILE, *b = k + 3 * FBN_TILE;
+    ptrdiff_t i;
+        FBN_OMP_SIMD
+    for (i = 0; i < n; i++) {
+        R t = ((FBN_LD(x[i]) - mh[i]) - ml[i]) * a[i] + b[i];
+        if (hasz)
+            t += FBN_LD(z[i]);
+        FBN_ACTIVATE(t, act);
+        y[i] = FBN_ST(t);
+    }
+}
+#endif
+
 #if FBN_HALF && FBN_F16C == 512
 /* The kernels whose transform can write straight to memory, a whole line
  * per non-temporal store (apply_nt_body): apply_span lets them. */
@@ -785,6 +805,31 @@ static void NAME(item_stats_tile)(void *arg, ptrdiff_t t)
     NAME(tile_moments)(f->x, p, c0, c1, k0, k1, f->pm, f->pq);
 }
 
+#if !FBN_HALF
+/* The transform of channels [c0, c1) of every sample (cached stores), when
+ * their runs are short (FBN_SHORT_RUN): each value's constants laid out
+ * once in L1 (k), so that a sample's runs of these channels, contiguous in
+ * memory, go through one loop instead of one loop per run. */
+static void NAME(apply_short)(NAME(fwd) *f, ptrdiff_t c0, ptrdiff_t c1)
+{
+    const fbn_plan *p = f->p;
+    R k[4 * FBN_TILE];
+    ptrdiff_t inner = p->inner, C = p->C, n = (c1 - c0) * inner, c, j, o, a;
+    ptrdiff_t pf = (p->pf && c1 < C) ? n : 0;
+    for (c = c0; c < c1; c++)
+        for (a = 0; a < 4; a++)
+            for (j = 0; j < inner; j++)
+                k[a * FBN_TILE + (c - c0) * inner + j] = f->coef[a * C + c];
+    for (o = 0; o < p->outer; o++) {
+        ptrdiff_t s = o * C * inner + c0 * inner;
+        if (pf)
+            fbn_prefetch(f->x + s, (size_t)pf * sizeof(T), (size_t)n * sizeof(T));
+        FBN_ACT_Z(NAME(apply_kbody), f->act, f->z != NULL, f->x + s,
+                  f->z ? f->z + s : NULL, f->y + s, n, k);
+    }
+}
+#endif
+
 /* A fused tile (channel-first): the statistics of whole channels, then
  * their transform while the values are in cache, sample by sample. */
 static void NAME(item_fused_tile)(void *arg, ptrdiff_t t)
@@ -800,6 +845,13 @@ static void NAME(item_fused_tile)(void *arg, ptrdiff_t t)
                          &mean, &m2);
         NAME(finish_channel)(f, c, mean, m2);
     }
+#if !FBN_HALF
+    if (!p->nt && p->inner * (ptrdiff_t)sizeof(T) <= FBN_SHORT_RUN &&
+        (c1 - c0) * p->inner <= FBN_TILE) {
+        NAME(apply_short)(f, c0, c1);
+        return;
+    }
+#endif
     for (o = 0; o < p->outer; o++)
         NAME(apply_span)(f->x, f->z, f->y, p->C, p->inner, o * ci + c0 * p->inner,
                          o * ci + c1 * p->inner, f->coef, f->act, p->nt,
