@@ -191,13 +191,46 @@ static inline void NAME(ssd_acc)(const T *x, ptrdiff_t n, double m, double *acc)
 }
 #endif /* FBN_HALF */
 
+#if !FBN_HALF && FBN_SUM_REGS
+/* ssd_acc over the values [i0, i1) of one channel (x: its first run), run
+ * by run, the lanes kept in registers. */
+static inline void NAME(ssd_runs)(const T *x, const fbn_plan *p, ptrdiff_t i0,
+                                  ptrdiff_t i1, double m, double *acc)
+{
+    ptrdiff_t inner = p->inner, step = p->C * inner, o, i;
+    NAME(dv) a[FBN_SUM_REGS], mv = FBN_DV_SET1(m), d;
+    double t = acc[FBN_LANES];
+    int j;
+    for (j = 0; j < FBN_SUM_REGS; j++)
+        a[j] = FBN_DV_LD(acc + j * FBN_DW);
+    for (o = i0 / inner; o * inner < i1; o++) {
+        ptrdiff_t j0 = i0 > o * inner ? i0 - o * inner : 0;
+        ptrdiff_t len = fbn_min(i1 - o * inner, inner) - j0;
+        const T *r = x + o * step + j0;
+        for (i = 0; i + FBN_LANES <= len; i += FBN_LANES)
+            for (j = 0; j < FBN_SUM_REGS; j++) {
+                d = FBN_DV_SUB(NAME(ldw)(r + i + j * FBN_DW), mv);
+                a[j] = FBN_DV_ADD(a[j], FBN_DV_MUL(d, d));
+            }
+        for (; i < len; i++) {
+            double e = (double)FBN_LD(r[i]) - m;
+            t += e * e;
+        }
+    }
+    for (j = 0; j < FBN_SUM_REGS; j++)
+        FBN_DV_ST(acc + j * FBN_DW, a[j]);
+    acc[FBN_LANES] = t;
+}
+#endif
+
 /* One pass over chunk k of the channels [c0, c1) (channel-first), in memory
  * order: sums into the lane accumulators acc[(c - c0) * FBN_SACC ...] when m
  * is NULL, else squared deviations from m[c - c0] (into FBN_QACC each).
  * Each channel's values arrive in its own order, run by run (pieces of runs
  * at the chunk's ends), whatever the group of channels, so its lanes always
  * see the same sequence.  dbl (half types): the float kernel's double sums
- * (FBN_ACC each). */
+ * (FBN_ACC each).  (With FBN_SUM_REGS, the squared deviations of a tile of
+ * several channels and short runs go channel by channel: ssd_runs.) */
 static void NAME(chunk_pass)(const T *x, const fbn_plan *p, ptrdiff_t c0,
                              ptrdiff_t c1, ptrdiff_t k, const double *m,
                              double *acc, int dbl)
@@ -215,6 +248,10 @@ static void NAME(chunk_pass)(const T *x, const fbn_plan *p, ptrdiff_t c0,
                 NAME(dsum_acc)(run + c * inner, len, m ? m + (c - c0) : NULL,
                                acc + (c - c0) * FBN_ACC);
         else
+#elif FBN_SUM_REGS
+        if (m && c1 - c0 > 1 && inner < FBN_CHUNK)
+            break; /* (below) */
+        else
 #endif
         if (m)
             for (c = c0; c < c1; c++)
@@ -223,6 +260,15 @@ static void NAME(chunk_pass)(const T *x, const fbn_plan *p, ptrdiff_t c0,
             for (c = c0; c < c1; c++)
                 NAME(sum_acc)(run + c * inner, len, acc + (c - c0) * FBN_SACC);
     }
+#if !FBN_HALF && FBN_SUM_REGS
+    if (m && c1 - c0 > 1 && inner < FBN_CHUNK)
+        /* the second pass (from cache) of a tile of several channels with
+         * runs shorter than a chunk: channel by channel, the lanes staying
+         * in registers over the channel's runs (the same additions, in the
+         * same order, as ssd_acc run by run) */
+        for (c = c0; c < c1; c++)
+            NAME(ssd_runs)(x + c * inner, p, i0, i1, m[c - c0], acc + (c - c0) * FBN_ACC);
+#endif
 }
 
 /* Moments of chunks [k0, k1) of channels [c0, c1) (at most FBN_TILE_C),
