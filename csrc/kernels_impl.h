@@ -238,6 +238,17 @@ static void NAME(chunk_pass)(const T *x, const fbn_plan *p, ptrdiff_t c0,
     ptrdiff_t inner = p->inner, C = p->C;
     ptrdiff_t i0 = k * FBN_CHUNK, i1 = fbn_min(i0 + FBN_CHUNK, p->ntot), o, c;
     (void)dbl;
+#if !FBN_HALF && FBN_SUM_REGS
+    if (m && c1 - c0 > 1 && inner < FBN_CHUNK) {
+        /* the second pass (from cache) of a tile of several channels with
+         * runs shorter than a chunk: channel by channel, the lanes staying
+         * in registers over the channel's runs (the same additions, in the
+         * same order, as ssd_acc run by run) */
+        for (c = c0; c < c1; c++)
+            NAME(ssd_runs)(x + c * inner, p, i0, i1, m[c - c0], acc + (c - c0) * FBN_ACC);
+        return;
+    }
+#endif
     for (o = i0 / inner; o * inner < i1; o++) {
         ptrdiff_t j0 = i0 > o * inner ? i0 - o * inner : 0;
         ptrdiff_t len = fbn_min(i1 - o * inner, inner) - j0;
@@ -248,10 +259,6 @@ static void NAME(chunk_pass)(const T *x, const fbn_plan *p, ptrdiff_t c0,
                 NAME(dsum_acc)(run + c * inner, len, m ? m + (c - c0) : NULL,
                                acc + (c - c0) * FBN_ACC);
         else
-#elif FBN_SUM_REGS
-        if (m && c1 - c0 > 1 && inner < FBN_CHUNK)
-            break; /* (below) */
-        else
 #endif
         if (m)
             for (c = c0; c < c1; c++)
@@ -260,15 +267,6 @@ static void NAME(chunk_pass)(const T *x, const fbn_plan *p, ptrdiff_t c0,
             for (c = c0; c < c1; c++)
                 NAME(sum_acc)(run + c * inner, len, acc + (c - c0) * FBN_SACC);
     }
-#if !FBN_HALF && FBN_SUM_REGS
-    if (m && c1 - c0 > 1 && inner < FBN_CHUNK)
-        /* the second pass (from cache) of a tile of several channels with
-         * runs shorter than a chunk: channel by channel, the lanes staying
-         * in registers over the channel's runs (the same additions, in the
-         * same order, as ssd_acc run by run) */
-        for (c = c0; c < c1; c++)
-            NAME(ssd_runs)(x + c * inner, p, i0, i1, m[c - c0], acc + (c - c0) * FBN_ACC);
-#endif
 }
 
 /* Moments of chunks [k0, k1) of channels [c0, c1) (at most FBN_TILE_C),
