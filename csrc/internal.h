@@ -63,6 +63,13 @@
  * streamed tile's extra copy through L1 cost more than the write-allocate
  * it saved (1.02-1.13x at 14x14 and 28x28; 56x56 gained 0.86-0.95x). */
 #define FBN_NT_RUN_BYTES(sz) ((sz) == 2 ? 4096 : 2048)
+/* Fused tiles whose runs have at most this many bytes transform a
+ * sample's runs of the tile's channels in one loop, each value's constants
+ * laid out in L1 (apply_short).  Measured, float32 training forward at 1
+ * thread against one loop per run: 4x4 planes 0.75-0.87x the time, 7x7
+ * 0.92-0.93x, 10x10 0.95-0.98x, 8x8 (the tiny call) 0.99x; 14x14 (784
+ * bytes) 1.05x, so not there. */
+#define FBN_SHORT_RUN 512
 /* Prefetches go to L2 and below (locality hint 2). */
 #define FBN_PF_LOCALITY 2
 /* Values (channel-first) per block of the transform phase. */

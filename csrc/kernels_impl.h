@@ -78,34 +78,102 @@ static inline void NAME(stream)(void *dst, const void *src, size_t n)
 #define FBN_GENERIC(f) NAME(f)
 #endif
 
+#if !FBN_HALF && FBN_F16C == 512 && FBN_LANES == 16
+/* AVX-512 and AVX2, float and double: the statistics' 16 double lanes in
+ * FBN_SUM_REGS registers of FBN_DW lanes, FBN_DW values of T loaded and
+ * widened by one instruction each (GCC's lane loops loaded 16 floats at
+ * once and split them, a shuffle per 16 values, and went through the
+ * stack on short runs: 1.1-1.5x the time).  The same additions in the same
+ * order as the plain loops, so the same bits. */
+#define FBN_SUM_REGS 2
+typedef __m512d NAME(dv);
+#define FBN_DV_LD _mm512_loadu_pd
+#define FBN_DV_ST _mm512_storeu_pd
+#define FBN_DV_ADD _mm512_add_pd
+#define FBN_DV_SUB _mm512_sub_pd
+#define FBN_DV_MUL _mm512_mul_pd
+#define FBN_DV_SET1 _mm512_set1_pd
+static inline __m512d NAME(ldw)(const T *p)
+{
+    if (sizeof(T) == 4)
+        return _mm512_cvtps_pd(_mm256_loadu_ps((const float *)(const void *)p));
+    return _mm512_loadu_pd((const double *)(const void *)p);
+}
+#elif !FBN_HALF && FBN_F16C == 256 && FBN_LANES == 16
+#define FBN_SUM_REGS 4
+typedef __m256d NAME(dv);
+#define FBN_DV_LD _mm256_loadu_pd
+#define FBN_DV_ST _mm256_storeu_pd
+#define FBN_DV_ADD _mm256_add_pd
+#define FBN_DV_SUB _mm256_sub_pd
+#define FBN_DV_MUL _mm256_mul_pd
+#define FBN_DV_SET1 _mm256_set1_pd
+static inline __m256d NAME(ldw)(const T *p)
+{
+    if (sizeof(T) == 4)
+        return _mm256_cvtps_pd(_mm_loadu_ps((const float *)(const void *)p));
+    return _mm256_loadu_pd((const double *)(const void *)p);
+}
+#else
+#define FBN_SUM_REGS 0
+#endif
+#define FBN_DW (FBN_LANES / (FBN_SUM_REGS ? FBN_SUM_REGS : 1))
+
 #if !FBN_HALF /* (the half types': half_impl.h, with FBN_SACC and FBN_QACC,
                  their accumulators per channel in the statistics' passes) */
 #define FBN_SACC FBN_ACC
 #define FBN_QACC FBN_ACC
+
 /* Adds n values to the lane accumulators acc[0..FBN_LANES] (the last one
- * takes the values that do not fill a row of lanes), in double.  (GCC
- * vectorises these lane loops well; the backward's needed explicit
- * vectors.) */
+ * takes the values that do not fill a row of lanes), in double (in
+ * registers with FBN_SUM_REGS, above). */
 static inline void NAME(sum_acc)(const T *x, ptrdiff_t n, double *acc)
 {
-    double v[FBN_LANES], t = acc[FBN_LANES];
+    double t = acc[FBN_LANES];
     ptrdiff_t i = 0;
+#if FBN_SUM_REGS
+    NAME(dv) a[FBN_SUM_REGS];
+    int j;
+    for (j = 0; j < FBN_SUM_REGS; j++)
+        a[j] = FBN_DV_LD(acc + j * FBN_DW);
+    for (; i + FBN_LANES <= n; i += FBN_LANES)
+        for (j = 0; j < FBN_SUM_REGS; j++)
+            a[j] = FBN_DV_ADD(a[j], NAME(ldw)(x + i + j * FBN_DW));
+    for (j = 0; j < FBN_SUM_REGS; j++)
+        FBN_DV_ST(acc + j * FBN_DW, a[j]);
+#else
+    double v[FBN_LANES];
     int k;
     memcpy(v, acc, sizeof v);
     for (; i + FBN_LANES <= n; i += FBN_LANES)
         for (k = 0; k < FBN_LANES; k++)
             v[k] += (double)FBN_LD(x[i + k]);
+    memcpy(acc, v, sizeof v);
+#endif
     for (; i < n; i++)
         t += (double)FBN_LD(x[i]);
-    memcpy(acc, v, sizeof v);
     acc[FBN_LANES] = t;
 }
 
 /* Adds the squared deviations of n values from m to the lane accumulators. */
 static inline void NAME(ssd_acc)(const T *x, ptrdiff_t n, double m, double *acc)
 {
-    double v[FBN_LANES], t = acc[FBN_LANES];
+    double t = acc[FBN_LANES];
     ptrdiff_t i = 0;
+#if FBN_SUM_REGS
+    NAME(dv) a[FBN_SUM_REGS], mv = FBN_DV_SET1(m), d;
+    int j;
+    for (j = 0; j < FBN_SUM_REGS; j++)
+        a[j] = FBN_DV_LD(acc + j * FBN_DW);
+    for (; i + FBN_LANES <= n; i += FBN_LANES)
+        for (j = 0; j < FBN_SUM_REGS; j++) {
+            d = FBN_DV_SUB(NAME(ldw)(x + i + j * FBN_DW), mv);
+            a[j] = FBN_DV_ADD(a[j], FBN_DV_MUL(d, d));
+        }
+    for (j = 0; j < FBN_SUM_REGS; j++)
+        FBN_DV_ST(acc + j * FBN_DW, a[j]);
+#else
+    double v[FBN_LANES];
     int k;
     memcpy(v, acc, sizeof v);
     for (; i + FBN_LANES <= n; i += FBN_LANES)
@@ -113,14 +181,47 @@ static inline void NAME(ssd_acc)(const T *x, ptrdiff_t n, double m, double *acc)
             double d = (double)FBN_LD(x[i + k]) - m;
             v[k] += d * d;
         }
+    memcpy(acc, v, sizeof v);
+#endif
     for (; i < n; i++) {
         double d = (double)FBN_LD(x[i]) - m;
         t += d * d;
     }
-    memcpy(acc, v, sizeof v);
     acc[FBN_LANES] = t;
 }
 #endif /* FBN_HALF */
+
+#if !FBN_HALF && FBN_SUM_REGS
+/* ssd_acc over the values [i0, i1) of one channel (x: its first run), run
+ * by run, the lanes kept in registers. */
+static inline void NAME(ssd_runs)(const T *x, const fbn_plan *p, ptrdiff_t i0,
+                                  ptrdiff_t i1, double m, double *acc)
+{
+    ptrdiff_t inner = p->inner, step = p->C * inner, o, i;
+    NAME(dv) a[FBN_SUM_REGS], mv = FBN_DV_SET1(m), d;
+    double t = acc[FBN_LANES];
+    int j;
+    for (j = 0; j < FBN_SUM_REGS; j++)
+        a[j] = FBN_DV_LD(acc + j * FBN_DW);
+    for (o = i0 / inner; o * inner < i1; o++) {
+        ptrdiff_t j0 = i0 > o * inner ? i0 - o * inner : 0;
+        ptrdiff_t len = fbn_min(i1 - o * inner, inner) - j0;
+        const T *r = x + o * step + j0;
+        for (i = 0; i + FBN_LANES <= len; i += FBN_LANES)
+            for (j = 0; j < FBN_SUM_REGS; j++) {
+                d = FBN_DV_SUB(NAME(ldw)(r + i + j * FBN_DW), mv);
+                a[j] = FBN_DV_ADD(a[j], FBN_DV_MUL(d, d));
+            }
+        for (; i < len; i++) {
+            double e = (double)FBN_LD(r[i]) - m;
+            t += e * e;
+        }
+    }
+    for (j = 0; j < FBN_SUM_REGS; j++)
+        FBN_DV_ST(acc + j * FBN_DW, a[j]);
+    acc[FBN_LANES] = t;
+}
+#endif
 
 /* One pass over chunk k of the channels [c0, c1) (channel-first), in memory
  * order: sums into the lane accumulators acc[(c - c0) * FBN_SACC ...] when m
@@ -128,7 +229,8 @@ static inline void NAME(ssd_acc)(const T *x, ptrdiff_t n, double m, double *acc)
  * Each channel's values arrive in its own order, run by run (pieces of runs
  * at the chunk's ends), whatever the group of channels, so its lanes always
  * see the same sequence.  dbl (half types): the float kernel's double sums
- * (FBN_ACC each). */
+ * (FBN_ACC each).  (With FBN_SUM_REGS, the squared deviations of a tile of
+ * several channels and short runs go channel by channel: ssd_runs.) */
 static void NAME(chunk_pass)(const T *x, const fbn_plan *p, ptrdiff_t c0,
                              ptrdiff_t c1, ptrdiff_t k, const double *m,
                              double *acc, int dbl)
@@ -136,6 +238,17 @@ static void NAME(chunk_pass)(const T *x, const fbn_plan *p, ptrdiff_t c0,
     ptrdiff_t inner = p->inner, C = p->C;
     ptrdiff_t i0 = k * FBN_CHUNK, i1 = fbn_min(i0 + FBN_CHUNK, p->ntot), o, c;
     (void)dbl;
+#if !FBN_HALF && FBN_SUM_REGS
+    if (m && c1 - c0 > 1 && inner < FBN_CHUNK) {
+        /* the second pass (from cache) of a tile of several channels with
+         * runs shorter than a chunk: channel by channel, the lanes staying
+         * in registers over the channel's runs (the same additions, in the
+         * same order, as ssd_acc run by run) */
+        for (c = c0; c < c1; c++)
+            NAME(ssd_runs)(x + c * inner, p, i0, i1, m[c - c0], acc + (c - c0) * FBN_ACC);
+        return;
+    }
+#endif
     for (o = i0 / inner; o * inner < i1; o++) {
         ptrdiff_t j0 = i0 > o * inner ? i0 - o * inner : 0;
         ptrdiff_t len = fbn_min(i1 - o * inner, inner) - j0;
@@ -229,6 +342,20 @@ static void FBN_GENERIC(block_moments)(const T *x, ptrdiff_t C, ptrdiff_t r0,
             const T *xs = x + c0;
             double s[FBN_LANES];
             int w = (int)fbn_min(FBN_LANES, C - c0);
+#if FBN_SUM_REGS
+            if (w == FBN_LANES) {
+                NAME(dv) a[FBN_SUM_REGS];
+                int j;
+                for (j = 0; j < FBN_SUM_REGS; j++)
+                    a[j] = FBN_DV_LD(mean + c0 + j * FBN_DW);
+                for (r = rr; r < re; r++)
+                    for (j = 0; j < FBN_SUM_REGS; j++)
+                        a[j] = FBN_DV_ADD(a[j], NAME(ldw)(xs + r * C + j * FBN_DW));
+                for (j = 0; j < FBN_SUM_REGS; j++)
+                    FBN_DV_ST(mean + c0 + j * FBN_DW, a[j]);
+                continue;
+            }
+#endif
             memcpy(s, mean + c0, sizeof(double) * (size_t)w);
             if (w == FBN_LANES) {
                 for (r = rr; r < re; r++)
@@ -250,6 +377,24 @@ static void FBN_GENERIC(block_moments)(const T *x, ptrdiff_t C, ptrdiff_t r0,
             const T *xs = x + c0;
             double m[FBN_LANES], q[FBN_LANES];
             int w = (int)fbn_min(FBN_LANES, C - c0);
+#if FBN_SUM_REGS
+            if (w == FBN_LANES) {
+                NAME(dv) mr[FBN_SUM_REGS], qr[FBN_SUM_REGS], d;
+                int j;
+                for (j = 0; j < FBN_SUM_REGS; j++) {
+                    mr[j] = FBN_DV_LD(mean + c0 + j * FBN_DW);
+                    qr[j] = FBN_DV_LD(m2 + c0 + j * FBN_DW);
+                }
+                for (r = rr; r < re; r++)
+                    for (j = 0; j < FBN_SUM_REGS; j++) {
+                        d = FBN_DV_SUB(NAME(ldw)(xs + r * C + j * FBN_DW), mr[j]);
+                        qr[j] = FBN_DV_ADD(qr[j], FBN_DV_MUL(d, d));
+                    }
+                for (j = 0; j < FBN_SUM_REGS; j++)
+                    FBN_DV_ST(m2 + c0 + j * FBN_DW, qr[j]);
+                continue;
+            }
+#endif
             memcpy(m, mean + c0, sizeof(double) * (size_t)w);
             memcpy(q, m2 + c0, sizeof(double) * (size_t)w);
             if (w == FBN_LANES) {
@@ -329,6 +474,26 @@ static void NAME(apply_any)(const T *x, const T *z, T *y, ptrdiff_t n, R mh,
 {
     FBN_ACT_Z(NAME(apply_body), act, z != NULL, x, z, y, n, mh, ml, a, b);
 }
+
+#if !FBN_HALF
+/* apply_body with a value's constants from k (four arrays of n: mh, ml, a,
+ * b, at k, k + FBN_TILE, ...): the same arithmetic on every value, for a
+ * span of several short runs in one loop (apply_short). */
+static inline void NAME(apply_kbody)(const T *x, const T *z, T *y, ptrdiff_t n,
+                                     const R *k, int act, int hasz)
+{
+    const R *mh = k, *ml = k + FBN_TILE, *a = k + 2 * FBN_TILE, *b = k + 3 * FBN_TILE;
+    ptrdiff_t i;
+        FBN_OMP_SIMD
+    for (i = 0; i < n; i++) {
+        R t = ((FBN_LD(x[i]) - mh[i]) - ml[i]) * a[i] + b[i];
+        if (hasz)
+            t += FBN_LD(z[i]);
+        FBN_ACTIVATE(t, act);
+        y[i] = FBN_ST(t);
+    }
+}
+#endif
 
 #if FBN_HALF && FBN_F16C == 512
 /* The kernels whose transform can write straight to memory, a whole line
@@ -687,6 +852,31 @@ static void NAME(item_stats_tile)(void *arg, ptrdiff_t t)
     NAME(tile_moments)(f->x, p, c0, c1, k0, k1, f->pm, f->pq);
 }
 
+#if !FBN_HALF
+/* The transform of channels [c0, c1) of every sample (cached stores), when
+ * their runs are short (FBN_SHORT_RUN): each value's constants laid out
+ * once in L1 (k), so that a sample's runs of these channels, contiguous in
+ * memory, go through one loop instead of one loop per run. */
+static void NAME(apply_short)(NAME(fwd) *f, ptrdiff_t c0, ptrdiff_t c1)
+{
+    const fbn_plan *p = f->p;
+    R k[4 * FBN_TILE];
+    ptrdiff_t inner = p->inner, C = p->C, n = (c1 - c0) * inner, c, j, o, a;
+    ptrdiff_t pf = (p->pf && c1 < C) ? n : 0;
+    for (c = c0; c < c1; c++)
+        for (a = 0; a < 4; a++)
+            for (j = 0; j < inner; j++)
+                k[a * FBN_TILE + (c - c0) * inner + j] = f->coef[a * C + c];
+    for (o = 0; o < p->outer; o++) {
+        ptrdiff_t s = o * C * inner + c0 * inner;
+        if (pf)
+            fbn_prefetch(f->x + s, (size_t)pf * sizeof(T), (size_t)n * sizeof(T));
+        FBN_ACT_Z(NAME(apply_kbody), f->act, f->z != NULL, f->x + s,
+                  f->z ? f->z + s : NULL, f->y + s, n, k);
+    }
+}
+#endif
+
 /* A fused tile (channel-first): the statistics of whole channels, then
  * their transform while the values are in cache, sample by sample. */
 static void NAME(item_fused_tile)(void *arg, ptrdiff_t t)
@@ -702,6 +892,13 @@ static void NAME(item_fused_tile)(void *arg, ptrdiff_t t)
                          &mean, &m2);
         NAME(finish_channel)(f, c, mean, m2);
     }
+#if !FBN_HALF
+    if (!p->nt && p->inner * (ptrdiff_t)sizeof(T) <= FBN_SHORT_RUN &&
+        (c1 - c0) * p->inner <= FBN_TILE) {
+        NAME(apply_short)(f, c0, c1);
+        return;
+    }
+#endif
     for (o = 0; o < p->outer; o++)
         NAME(apply_span)(f->x, f->z, f->y, p->C, p->inner, o * ci + c0 * p->inner,
                          o * ci + c1 * p->inner, f->coef, f->act, p->nt,
@@ -943,6 +1140,16 @@ static int NAME(k_apply)(const void *x, ptrdiff_t outer, ptrdiff_t C,
 #endif
 
 #undef FBN_GENERIC
+#undef FBN_SUM_REGS
+#undef FBN_DW
+#if defined(FBN_DV_LD)
+#undef FBN_DV_LD
+#undef FBN_DV_ST
+#undef FBN_DV_ADD
+#undef FBN_DV_SUB
+#undef FBN_DV_MUL
+#undef FBN_DV_SET1
+#endif
 #undef FBN_LINE_VALUES
 #undef FBN_SACC
 #undef FBN_HROWS

@@ -134,3 +134,33 @@ def test_set_cache_sizes_checks_and_restores(caches):
         caches(l3=-5)
     with pytest.raises(ValueError, match="l2"):
         caches(l2=1.5)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("shape", [(64, 16, 4, 4), (32, 24, 7, 7), (8, 16, 8, 8),
+                                   (6, 40, 3, 41), (16, 8, 11, 11)], ids=str)
+def test_short_runs_give_the_bits_of_every_plan(shape, dtype, tuning):
+    """Fused tiles of short runs (a sample's runs of a tile's channels in one
+    loop) give the bits of two-phase tiles (one loop per run) and of the
+    plan with streamed stores, with the residual and each activation."""
+    rng = np.random.default_rng(11)
+    x, z, _, g, b, _, _ = make_inputs(rng, shape, 1, dtype)
+
+    def run():
+        out = [fastbn.batch_norm_train(x, g, b, relu=True, residual=z)[0],
+               fastbn.batch_norm_train(x, activation="relu6")[0],
+               fastbn.batch_norm_train(x, g)[0]]
+        return [a.tobytes() for a in out]
+
+    strategies = set()
+    with fastbn.num_threads(1):
+        want = run()
+        strategies.add(_kernels.plan("train", shape[0], shape[1],
+                                     shape[2] * shape[3], x.itemsize, 1)["strategy"])
+        for settings in ({"nt": 0}, {"fuse": 0}):
+            tuning(**settings)
+            strategies.add(_kernels.plan("train", shape[0], shape[1],
+                                         shape[2] * shape[3], x.itemsize, 1)["strategy"])
+            assert run() == want, settings
+            tuning(nt=-1, fuse=-1)
+    assert strategies == {"fused tiles", "two-phase tiles"}
