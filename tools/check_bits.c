@@ -139,15 +139,15 @@ static const shape shapes[] = {
         for (act = FBN_ACT_RELU6; act >= FBN_ACT_RELU; act--) {                \
             /* (ReLU last: the calls below take its outputs) */                \
             check(fbn_train_forward(DT, x, 1, s->outer, s->C, s->inner, g, b,  \
-                                    z, 1e-5, act, NULL, y, mean, invstd, bv,   \
-                                    NULL, NULL, nth),                          \
+                                    z, 1e-5, act, NULL, y, mean, NULL, invstd, \
+                                    bv, NULL, NULL, nth),                      \
                   "train_forward");                                            \
             mix(y, n * sizeof(T));                                             \
             mix(mean, nc * sizeof(R));                                         \
             mix(invstd, nc * sizeof(R));                                       \
             check(fbn_backward(DT, dy, x, y, act, 1, s->outer, s->C, s->inner, \
-                               mean, invstd, g, NULL, NULL, NULL, 1, dx, dz,  \
-                               dg, db, nth),                                   \
+                               mean, invstd, g, NULL, NULL, NULL, NULL, 1, dx, \
+                               dz, dg, db, nth),                               \
                   "backward");                                                 \
             mix(dx, n * sizeof(T));                                            \
             mix(dz, n * sizeof(T));                                            \
@@ -155,8 +155,8 @@ static const shape shapes[] = {
             mix(db, nc * sizeof(R));                                           \
         }                                                                      \
         check(fbn_backward(DT, dy, x, NULL, FBN_ACT_NONE, 1, s->outer, s->C,   \
-                           s->inner, mean, invstd, NULL, NULL, NULL, NULL, 0,  \
-                           dx, NULL, dg, db, nth),                             \
+                           s->inner, mean, invstd, NULL, NULL, NULL, NULL,     \
+                           NULL, 0, dx, NULL, dg, db, nth),                    \
               "backward (frozen)");                                            \
         mix(dx, n * sizeof(T));                                                \
         check(fbn_infer_forward(DT, x, s->outer, s->C, s->inner, mean, var, g, \
@@ -170,7 +170,8 @@ static const shape shapes[] = {
             rn.dmax = 0.5;                                                     \
             check(fbn_train_forward(DT, x, s->groups, s->outer, s->C,          \
                                     s->inner, g, b, NULL, 1e-5, FBN_ACT_RELU,  \
-                                    &rn, y, mean, invstd, bv, rr, dd, nth),    \
+                                    &rn, y, mean, NULL, invstd, bv, rr, dd,    \
+                                    nth),                                      \
                   "train_forward_ghost");                                      \
             mix(y, n * sizeof(T));                                             \
             mix(mean, ng * sizeof(R));                                         \
@@ -179,13 +180,13 @@ static const shape shapes[] = {
             mix(dd, ng * 8);                                                   \
             check(fbn_backward(DT, dy, x, y, FBN_ACT_RELU, s->groups,          \
                                s->outer, s->C, s->inner, mean, invstd, g, NULL, \
-                               rr, dd, 1, dx, NULL, dg, db, nth),              \
+                               NULL, rr, dd, 1, dx, NULL, dg, db, nth),        \
                   "backward_ghost");                                           \
             mix(dx, n * sizeof(T));                                            \
             mix(dg, nc * sizeof(R));                                           \
             check(fbn_backward(DT, dy, x, NULL, FBN_ACT_RELU, s->groups,       \
                                s->outer, s->C, s->inner, mean, invstd, g, b,   \
-                               rr, dd, 1, dx, NULL, dg, db, nth),              \
+                               NULL, rr, dd, 1, dx, NULL, dg, db, nth),        \
                   "backward_ghost (mask from x)");                             \
             mix(dx, n * sizeof(T));                                            \
             mix(dg, nc * sizeof(R));                                           \
