@@ -887,12 +887,14 @@ typedef struct {
                               group in double (C values each), in place
                               of dgamma, dbeta */
     const R *beta;   /* the forward's beta (NULL: 0), for the mask from x */
+    const R *mean_lo; /* a batch forward's mean_lo_out (C values), for the
+                         mask from x; NULL: not given */
     R *fk;           /* the mask from x (act, no y): the forward's 4*C
                         constants (coef_one); NULL: the mask from y */
     R *fkv;          /* channel-last: those of the Cv virtual channels of
                         folded rows (fk when not folded) */
     int again;       /* the mask from x needs the forward's statistics of
-                        x taken again (fwd_means) */
+                        x taken again (fwd_means): not given mean_lo */
 } NAME(bwd);
 
 /* The arguments every backward kernel shares, into b (the rest zero). */
@@ -971,13 +973,15 @@ static void NAME(chunk_totals)(const NAME(bwd) *b, ptrdiff_t c, double *sdy,
 
 /* The forward's constants of channel c (the mask from x), as its
  * finish_channel made them: coef_one from its double mean (mean: the
- * statistics taken again, or the returned mean where that is exact) and
- * the invstd it returned; a renormalised forward's a and b as
- * renorm_channel makes them. */
+ * statistics taken again, or the returned mean where that is exact, or
+ * with the ml it returned, mean_lo) and the invstd it returned; a
+ * renormalised forward's a and b as renorm_channel makes them. */
 static void NAME(fwd_coef)(NAME(bwd) *b, ptrdiff_t c, double mean)
 {
     ptrdiff_t C = b->p->C;
     NAME(coef_one)(b->fk, C, c, mean, (double)b->invstd[c], b->gamma, b->beta);
+    if (b->mean_lo) /* (mean is mh: coef_one's ml was 0) */
+        b->fk[C + c] = b->mean_lo[c];
     if (b->rr) {
         double g = b->gamma ? (double)b->gamma[c] : 1.0;
         b->fk[2 * C + c] = (R)(g * b->rr[c] * (double)b->invstd[c]);
@@ -1304,8 +1308,9 @@ static int NAME(k_backward_apply)(const void *dy, const void *x, const void *y,
 
 static int NAME(k_backward)(const T *dy, const T *x, const T *y, int act, ptrdiff_t outer,
                             ptrdiff_t C, ptrdiff_t inner, const R *mean,
-                            const R *invstd, const R *gamma, const R *beta, int training,
-                            T *dx, T *dz, R *dgamma, R *dbeta, int nthreads)
+                            const R *invstd, const R *gamma, const R *beta,
+                            const R *mean_lo, int training, T *dx, T *dz, R *dgamma,
+                            R *dbeta, int nthreads)
 {
     fbn_plan p;
     NAME(bwd) b;
@@ -1329,9 +1334,11 @@ static int NAME(k_backward)(const T *dy, const T *x, const T *y, int act, ptrdif
     b.dbeta = dbeta;
     if (NAME(bwd_scratch)(&b, &tmp, &mem, stack) != FBN_OK)
         return FBN_ENOMEM;
-    /* the mask from x: a batch forward's statistics are taken again for
-     * float and the half types (sizeof(R) < sizeof(double): ml) */
-    b.again = b.fk && training && sizeof(R) < sizeof(double);
+    /* the mask from x: a batch forward's ml, given (mean_lo) or from its
+     * statistics taken again for float and the half types (sizeof(R) <
+     * sizeof(double); for double ml is 0) */
+    b.mean_lo = b.fk && training ? mean_lo : NULL;
+    b.again = b.fk && training && sizeof(R) < sizeof(double) && !b.mean_lo;
     if (b.fk && !(p.fused && b.again))
         NAME(fwd_means)(&b, tmp, 1);
     if (p.fused) {

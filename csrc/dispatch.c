@@ -126,14 +126,15 @@ int fbn_train_forward(int dtype, const void *x, ptrdiff_t groups, ptrdiff_t oute
                       ptrdiff_t C, ptrdiff_t inner, const void *gamma,
                       const void *beta, const void *z, double eps, int act,
                       const fbn_renorm *rn, void *y, void *mean_out,
-                      void *invstd_out, double *var_out, double *r_out,
-                      double *d_out, int nthreads)
+                      void *mean_lo_out, void *invstd_out, double *var_out,
+                      double *r_out, double *d_out, int nthreads)
 {
     const fbn_ops *o = fbn_ops_of(dtype);
     if (o == NULL || !fbn_act_ok(act))
         return FBN_EINVAL;
     return o->train_forward(x, groups, outer, C, inner, gamma, beta, z, eps, act, rn,
-                            y, mean_out, invstd_out, var_out, r_out, d_out, nthreads);
+                            y, mean_out, mean_lo_out, invstd_out, var_out, r_out, d_out,
+                            nthreads);
 }
 
 int fbn_infer_forward(int dtype, const void *x, ptrdiff_t outer, ptrdiff_t C,
@@ -188,8 +189,9 @@ int fbn_backward_apply(int dtype, const void *dy, const void *x, const void *y,
 int fbn_backward(int dtype, const void *dy, const void *x, const void *y, int act,
                  ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
                  const void *mean, const void *invstd, const void *gamma,
-                 const void *beta, const double *r, const double *d, int training,
-                 void *dx, void *dz, void *dgamma, void *dbeta, int nthreads)
+                 const void *beta, const void *mean_lo, const double *r,
+                 const double *d, int training, void *dx, void *dz, void *dgamma,
+                 void *dbeta, int nthreads)
 {
     const fbn_ops *o = fbn_ops_of(dtype);
     if (o == NULL || !fbn_act_ok(act) || (act != FBN_ACT_NONE && y == NULL && dz != NULL))
@@ -197,7 +199,7 @@ int fbn_backward(int dtype, const void *dy, const void *x, const void *y, int ac
     if (act == FBN_ACT_NONE)
         y = NULL;
     return o->backward(dy, x, y, act, groups, outer, C, inner, mean, invstd, gamma, beta,
-                       r, d, training, dx, dz, dgamma, dbeta, nthreads);
+                       mean_lo, r, d, training, dx, dz, dgamma, dbeta, nthreads);
 }
 
 int fbn_colstats(int dtype, const void *x, ptrdiff_t n, ptrdiff_t p, int colmajor,

@@ -182,7 +182,12 @@ int fbn_moments(int dtype, const void *x, ptrdiff_t outer, ptrdiff_t C,
  * outer % groups must be 0 and outer/groups*inner >= 1 (FBN_EINVAL
  * otherwise).  mean_out, invstd_out: groups*C values (written, group-major);
  * var_out: groups*C doubles, the biased batch variance (written; may be
- * NULL).
+ * NULL).  mean_lo_out: groups*C values (written; may be NULL), the part of
+ * the double batch mean below the per-channel type's precision,
+ * (R)(mean - (double)mean_out) with R that type (0 for FBN_FLOAT64): the
+ * normalisation subtracts mean_out, then mean_lo_out.  fbn_backward takes
+ * it to rebuild the forward's activation mask from x without taking the
+ * batch mean again.
  *
  * Batch renormalization (Ioffe 2017), when rn is not NULL: with the batch
  * statistics mu_B, sigma_B = sqrt(var_B + eps) of a group and the running
@@ -197,8 +202,8 @@ int fbn_train_forward(int dtype, const void *x, ptrdiff_t groups, ptrdiff_t oute
                       ptrdiff_t C, ptrdiff_t inner, const void *gamma,
                       const void *beta, const void *z, double eps, int act,
                       const fbn_renorm *rn, void *y, void *mean_out,
-                      void *invstd_out, double *var_out, double *r_out,
-                      double *d_out, int nthreads);
+                      void *mean_lo_out, void *invstd_out, double *var_out,
+                      double *r_out, double *d_out, int nthreads);
 
 /* Inference forward with given statistics, one pass:
  *   y = act((x - mean) / sqrt(var + eps) * gamma + beta + z).
@@ -249,14 +254,17 @@ int fbn_backward_apply(int dtype, const void *dy, const void *x, const void *y,
  * a residual), dy' takes the mask of the forward's output recomputed from
  * x, bitwise the mask of the y it returned: training = 1, the training
  * forward's (fbn_train_forward with these groups, gamma, beta, eps, act and
- * rn, which returned mean, invstd, r and d; its batch statistics of x are
- * taken again, for float and the half types); training = 0, the inference
+ * rn, which returned mean, invstd, r and d; for float and the half types
+ * the mask needs its mean's low part too: mean_lo, the mean_lo_out it
+ * returned, groups*C values, or NULL, and then the batch means of x are
+ * taken again, one more pass over x); training = 0, the inference
  * forward's (fbn_infer_forward with mean, var, eps, gamma, beta, act,
  * where invstd holds 1/sqrt(var + eps) computed in double and rounded to
- * the per-channel type).  beta: C values, the forward's (NULL: 0; ignored
- * with y or without act).  With a residual the mask needs y (dz
- * given, act and no y: FBN_EINVAL).  The plans
- * then count two arrays read (dy, x) instead of three.
+ * the per-channel type; mean_lo is ignored).  beta: C values, the
+ * forward's (NULL: 0).  beta and mean_lo are ignored with y or without
+ * act.  With a residual the mask needs y (dz given, act and no y:
+ * FBN_EINVAL).  The plans then count two arrays read (dy, x) instead of
+ * three.
  *
  * r, d:
  * groups*C doubles from a renormalised forward (both NULL otherwise; the
@@ -267,8 +275,9 @@ int fbn_backward_apply(int dtype, const void *dy, const void *x, const void *y,
 int fbn_backward(int dtype, const void *dy, const void *x, const void *y, int act,
                  ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
                  const void *mean, const void *invstd, const void *gamma,
-                 const void *beta, const double *r, const double *d, int training,
-                 void *dx, void *dz, void *dgamma, void *dbeta, int nthreads);
+                 const void *beta, const void *mean_lo, const double *r,
+                 const double *d, int training, void *dx, void *dz, void *dgamma,
+                 void *dbeta, int nthreads);
 
 /* Per-column statistics of a 2-D matrix and its standardisation
  * (fastbn.sklearn.StandardScaler's dense paths; dtype FBN_FLOAT32 or

@@ -47,6 +47,8 @@ static void NAME(gfwd_group)(const NAME(gfwd) *gf, ptrdiff_t g, NAME(fwd) *f)
     f->coef += g * gf->ncoef;
     f->coefv = gf->f.coefv == gf->f.coef ? f->coef : f->coef + 4 * C;
     f->mean_out += g * C;
+    if (f->mean_lo_out)
+        f->mean_lo_out += g * C;
     f->invstd_out += g * C;
     if (f->var_out)
         f->var_out += g * C;
@@ -133,8 +135,8 @@ static int NAME(k_train_ghost)(const void *x, ptrdiff_t groups, ptrdiff_t outer,
                                ptrdiff_t C, ptrdiff_t inner, const void *gamma,
                                const void *beta, const void *z, double eps, int act,
                                const fbn_renorm *rn, void *y, void *mean_out,
-                               void *invstd_out, double *var_out, double *r_out,
-                               double *d_out, int nthreads)
+                               void *mean_lo_out, void *invstd_out, double *var_out,
+                               double *r_out, double *d_out, int nthreads)
 {
     fbn_plan p;
     NAME(gfwd) gf;
@@ -146,7 +148,8 @@ static int NAME(k_train_ghost)(const void *x, ptrdiff_t groups, ptrdiff_t outer,
     double *tmp;
     if (groups == 1 && rn == NULL) /* ordinary batch norm (its own checks) */
         return NAME(k_train_forward)(x, outer, C, inner, gamma, beta, z, eps, act, y,
-                                     mean_out, invstd_out, var_out, nthreads);
+                                     mean_out, mean_lo_out, invstd_out, var_out,
+                                     nthreads);
     if (groups < 1 || outer < 0 || C < 0 || inner < 0 || outer % groups != 0 ||
         !(eps > 0))
         return FBN_EINVAL;
@@ -182,6 +185,7 @@ static int NAME(k_train_ghost)(const void *x, ptrdiff_t groups, ptrdiff_t outer,
     gf.f.act = act;
     gf.f.eps = eps;
     gf.f.mean_out = mean_out;
+    gf.f.mean_lo_out = mean_lo_out;
     gf.f.invstd_out = invstd_out;
     gf.f.var_out = var_out;
     gf.f.rn = rn;
@@ -260,6 +264,8 @@ static void NAME(gbwd_group)(const NAME(gbwd) *gb, ptrdiff_t g, NAME(bwd) *b)
         b->rr += g * C;
         b->rd += g * C;
     }
+    if (b->mean_lo)
+        b->mean_lo += g * C;
     b->dg64 += g * C;
     b->db64 += g * C;
 }
@@ -340,9 +346,9 @@ static int NAME(k_backward_ghost)(const void *dy, const void *x, const void *y,
                                   int act, ptrdiff_t groups, ptrdiff_t outer,
                                   ptrdiff_t C, ptrdiff_t inner, const void *mean_v,
                                   const void *invstd, const void *gamma, const void *beta,
-                                  const double *r, const double *d, int training,
-                                  void *dx, void *dz, void *dgamma_v, void *dbeta_v,
-                                  int nthreads)
+                                  const void *mean_lo, const double *r, const double *d,
+                                  int training, void *dx, void *dz, void *dgamma_v,
+                                  void *dbeta_v, int nthreads)
 {
     fbn_plan p;
     NAME(gbwd) gb;
@@ -356,7 +362,7 @@ static int NAME(k_backward_ghost)(const void *dy, const void *x, const void *y,
     R *dgamma = (R *)dgamma_v, *dbeta = (R *)dbeta_v;
     if (groups == 1 && r == NULL && d == NULL) /* ordinary (its own checks) */
         return NAME(k_backward)(dy, x, y, act, outer, C, inner, mean, invstd, gamma, beta,
-                                training, dx, dz, dgamma, dbeta, nthreads);
+                                mean_lo, training, dx, dz, dgamma, dbeta, nthreads);
     if (groups < 1 || outer < 0 || C < 0 || inner < 0 || outer % groups != 0 ||
         (r == NULL) != (d == NULL))
         return FBN_EINVAL;
@@ -404,7 +410,8 @@ static int NAME(k_backward_ghost)(const void *dy, const void *x, const void *y,
     if (act != FBN_ACT_NONE && y == NULL) { /* the mask from x (as k_backward) */
         gb.b.fk = gb.b.k + 4 * groups * (C + nv);
         gb.b.fkv = nv ? gb.b.fk + 4 * C : gb.b.fk;
-        gb.b.again = training && sizeof(R) < sizeof(double);
+        gb.b.mean_lo = training ? (const R *)mean_lo : NULL; /* (as k_backward) */
+        gb.b.again = training && sizeof(R) < sizeof(double) && !gb.b.mean_lo;
     }
     gb.vals = og * C * inner;
     gb.parts = parts;

@@ -797,6 +797,7 @@ typedef struct {
     R *coefv;           /* channel-last: the constants of the Cv virtual
                            channels of folded rows (coef when not folded) */
     R *mean_out, *invstd_out;
+    R *mean_lo_out;     /* the constants' ml (coef_one; NULL: not wanted) */
     double *var_out;
     const fbn_renorm *rn; /* batch renormalization (NULL: none) */
     double *r_out, *d_out; /* its r and d, C values each (with rn) */
@@ -835,6 +836,8 @@ static void NAME(finish_channel)(NAME(fwd) *f, ptrdiff_t c, double mean, double 
     double inv = 1.0 / sqrt(var + f->eps);
     NAME(coef_one)(f->coef, f->p->C, c, mean, inv, f->gamma, f->beta);
     f->mean_out[c] = (R)mean;
+    if (f->mean_lo_out)
+        f->mean_lo_out[c] = f->coef[f->p->C + c];
     f->invstd_out[c] = (R)inv;
     if (f->var_out)
         f->var_out[c] = var;
@@ -1017,7 +1020,8 @@ static int NAME(k_moments)(const void *x, ptrdiff_t outer, ptrdiff_t C,
 static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
                                  ptrdiff_t inner, const R *gamma, const R *beta,
                                  const T *z, double eps, int act, T *y, R *mean_out,
-                                 R *invstd_out, double *var_out, int nthreads)
+                                 R *mean_lo_out, R *invstd_out, double *var_out,
+                                 int nthreads)
 {
     fbn_plan p;
     NAME(fwd) f;
@@ -1040,6 +1044,7 @@ static int NAME(k_train_forward)(const T *x, ptrdiff_t outer, ptrdiff_t C,
     f.act = act;
     f.eps = eps;
     f.mean_out = mean_out;
+    f.mean_lo_out = mean_lo_out;
     f.invstd_out = invstd_out;
     f.var_out = var_out;
     if (NAME(fwd_scratch)(&f, &tmp, &mem, stack) != FBN_OK)

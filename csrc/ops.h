@@ -21,8 +21,8 @@ typedef struct {
                          ptrdiff_t C, ptrdiff_t inner, const void *gamma,
                          const void *beta, const void *z, double eps, int act,
                          const fbn_renorm *rn, void *y, void *mean_out,
-                         void *invstd_out, double *var_out, double *r_out,
-                         double *d_out, int nthreads);
+                         void *mean_lo_out, void *invstd_out, double *var_out,
+                         double *r_out, double *d_out, int nthreads);
     int (*infer_forward)(const void *x, ptrdiff_t outer, ptrdiff_t C,
                          ptrdiff_t inner, const void *mean, const void *var,
                          const void *gamma, const void *beta, const void *z,
@@ -43,8 +43,9 @@ typedef struct {
     int (*backward)(const void *dy, const void *x, const void *y, int act,
                     ptrdiff_t groups, ptrdiff_t outer, ptrdiff_t C, ptrdiff_t inner,
                     const void *mean, const void *invstd, const void *gamma,
-                    const void *beta, const double *r, const double *d, int training, void *dx,
-                    void *dz, void *dgamma, void *dbeta, int nthreads);
+                    const void *beta, const void *mean_lo, const double *r,
+                    const double *d, int training, void *dx, void *dz, void *dgamma,
+                    void *dbeta, int nthreads);
     int (*colstats)(const void *x, ptrdiff_t n, ptrdiff_t p, int colmajor,
                     const double *w, double *count, double *mean, double *m2,
                     int nthreads);

@@ -308,22 +308,26 @@ def _forward_args(x, gamma, beta, axis, eps, residual, out):
 
 
 def _train(x, gamma, beta, axis, eps, relu, residual, out, comm, want_var, k=None,
-           rn=None, activation=None):
+           rn=None, activation=None, want_lo=False):
     """The training forward of batch_norm_train and the layer, over ghost
     batches of ``k`` samples (None: one group, ordinary batch norm),
     renormalised with ``rn = (running_mean64, sigma64, rmax, dmax)`` when
     given.  Returns ``(y, mean, invstd, var64 or None, count)`` (statistics
     of shape ``(G, C)`` with ``k``, else ``(C,)``; ``count`` the values per
     channel of a group, of the global batch with ``comm``), followed by
-    ``r`` and ``d`` with ``rn``.  With comm, call it through ``_run`` (an
-    error on any rank then raises on every rank)."""
+    ``r`` and ``d`` with ``rn``, then, with ``want_lo``, ``mean_lo``: the
+    part of the double batch mean below ``mean``'s precision (``mean``'s
+    shape and dtype; ``None`` with comm), which ``_backward`` takes to
+    rebuild the activation's mask from ``x`` without a second pass over it.
+    With comm, call it through ``_run`` (an error on any rank then raises
+    on every rank)."""
     act = (1 if relu else 0) if activation is None else _activation(activation, relu)
     x, outer, C, inner, a, gamma, beta, eps, z, y = _forward_args(
         x, gamma, beta, axis, eps, residual, out)
     if comm is not None:
         mean, invstd, var, count = _mpi().train_forward(
             comm, x, outer, C, inner, gamma, beta, z, eps, act, y, _nthreads())
-        return y, mean, invstd, var, count
+        return (y, mean, invstd, var, count) + ((None,) if want_lo else ())
     G = 1 if k is None else _ghost.groups(x.shape, a, k)
     n = (outer // G) * inner if G else 0
     if n < 2:
@@ -331,15 +335,11 @@ def _train(x, gamma, beta, axis, eps, relu, residual, out, comm, want_var, k=Non
                 f"each ghost batch of {k} samples (x of shape {x.shape}, "
                 f"axis={axis}) has {n}")
         raise ValueError(f"training needs at least 2 values per channel; {what}")
-    if rn is None:
-        mean, invstd, var, r, d = _kernels.train_forward(
-            x, G, outer, C, inner, gamma, beta, z, eps, act, y, _nthreads(), want_var,
-            k is not None)
-        return y, mean, invstd, var, n
-    mean, invstd, var, r, d = _kernels.train_forward(
+    mean, invstd, var, r, d, lo = _kernels.train_forward(
         x, G, outer, C, inner, gamma, beta, z, eps, act, y, _nthreads(), want_var,
-        k is not None, rn)
-    return y, mean, invstd, var, n, r, d
+        k is not None, rn, want_lo)
+    res = (y, mean, invstd, var, n) + ((r, d) if rn is not None else ())
+    return res + ((lo,) if want_lo else ())
 
 
 def _ghost_k(virtual_batch_size, comm, backward):
@@ -696,13 +696,16 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, y=None,
 
 
 def _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm,
-              k=None, r=None, d=None, activation=None, beta=None):
+              k=None, r=None, d=None, activation=None, beta=None, mean_lo=None):
     """Body of batch_norm_backward and the layer's backward: over ghost
     batches of ``k`` samples (None: one group), with a renormalised
     forward's ``r`` and ``d`` (float64, ``(G, C)``) held constant when
     given; with an activation and no ``y``, the mask from ``x`` and the
-    forward's ``beta`` (required then: zeros for a forward without one).
-    With comm and training, call it through ``_run``."""
+    forward's ``beta`` (required then: zeros for a forward without one)
+    and, in training, its ``mean_lo`` (``_train(..., want_lo=True)``'s, of
+    ``mean``'s shape; None: the batch means of ``x`` are taken again, one
+    more pass over ``x``).  With comm and training, call it through
+    ``_run``."""
     x = as_data(x)
     outer, C, inner, a = view(x.shape, axis)
     dt = x.dtype
@@ -715,10 +718,13 @@ def _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm
     if k is None:
         mean = per_channel(mean, "mean", C, sdt, allow_none=False)
         invstd = per_channel(invstd, "invstd", C, sdt, allow_none=False)
+        mean_lo = per_channel(mean_lo, "mean_lo", C, sdt)
     gamma = per_channel(gamma, "gamma", C, sdt)
     beta = per_channel(beta, "beta", C, sdt)
     if yv is not None or act == 0:
-        beta = None  # (the mask comes from y, or there is none)
+        beta = mean_lo = None  # (the mask comes from y, or there is none)
+    elif not training:
+        mean_lo = None  # (the inference forward's mean is mean itself)
     dx = output(out, x)
     if out is not None:
         no_partial_overlap(dx, "out", x, dy, yv)
@@ -736,7 +742,7 @@ def _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm
                              f"shape {x.shape} has {outer * inner} (axis={axis})")
         dgamma, dbeta = _kernels.backward(dy, x, yv, act, 1, outer, C, inner, mean,
                                           invstd, gamma, beta, r, d, training, dx, dz,
-                                          _nthreads())
+                                          _nthreads(), mean_lo)
     elif G == 0:  # an empty batch in ghost batches
         if training:
             raise ValueError(f"training needs at least 2 values per channel; x of "
@@ -745,6 +751,8 @@ def _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm
     else:
         mean = _ghost.per_group(mean, "mean", G, C, sdt)
         invstd = _ghost.per_group(invstd, "invstd", G, C, sdt)
+        if mean_lo is not None:
+            mean_lo = _ghost.per_group(mean_lo, "mean_lo", G, C, sdt)
         n = (outer // G) * inner
         if training and n < 2:
             raise ValueError(f"training needs at least 2 values per channel; each "
@@ -752,7 +760,7 @@ def _backward(dy, x, mean, invstd, gamma, axis, y, training, residual, out, comm
                              f"axis={axis}) has {n}")
         dgamma, dbeta = _kernels.backward(dy, x, yv, act, G, outer, C, inner, mean,
                                           invstd, gamma, beta, r, d, training, dx, dz,
-                                          _nthreads())
+                                          _nthreads(), mean_lo)
     if residual:
         return dx, dgamma, dbeta, dz
     return dx, dgamma, dbeta

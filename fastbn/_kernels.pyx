@@ -56,8 +56,8 @@ cdef extern from "fastbn.h" nogil:
                           Py_ssize_t C, Py_ssize_t inner, const void *gamma,
                           const void *beta, const void *z, double eps, int act,
                           const fbn_renorm *rn, void *y, void *mean_out,
-                          void *invstd_out, void *var_out, void *r_out, void *d_out,
-                          int nthreads)
+                          void *mean_lo_out, void *invstd_out, void *var_out,
+                          void *r_out, void *d_out, int nthreads)
     int fbn_infer_forward(int dtype, const void *x, Py_ssize_t outer, Py_ssize_t C,
                           Py_ssize_t inner, const void *mean, const void *var,
                           const void *gamma, const void *beta, const void *z,
@@ -78,9 +78,9 @@ cdef extern from "fastbn.h" nogil:
     int fbn_backward(int dtype, const void *dy, const void *x, const void *y, int act,
                      Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
                      Py_ssize_t inner, const void *mean, const void *invstd,
-                     const void *gamma, const void *beta, const void *r, const void *d,
-                     int training, void *dx, void *dz, void *dgamma, void *dbeta,
-                     int nthreads)
+                     const void *gamma, const void *beta, const void *mean_lo,
+                     const void *r, const void *d, int training, void *dx, void *dz,
+                     void *dgamma, void *dbeta, int nthreads)
     int fbn_colstats(int dtype, const void *x, Py_ssize_t n, Py_ssize_t p, int colmajor,
                      const void *w, void *count, void *mean, void *m2, int nthreads)
     int fbn_standardize(int dtype, const void *x, Py_ssize_t n, Py_ssize_t p,
@@ -353,30 +353,34 @@ def moments(x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, int nthreads):
 
 def train_forward(x, Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
                   Py_ssize_t inner, gamma, beta, z, double eps, int act, y,
-                  int nthreads, bint want_var=False, bint grouped=False, rn=None):
+                  int nthreads, bint want_var=False, bint grouped=False, rn=None,
+                  bint want_lo=False):
     """Training forward over `groups` ghost batches (1: ordinary batch norm)
     into y with activation code act, renormalised when rn = (running mean,
     sqrt(running_var + eps), rmax, dmax) is given (float64 arrays and
-    floats).  Returns (mean, invstd, var64 or None, r or None, d or None),
-    each of shape (groups, C) when `grouped`, else (C,) (mean and invstd
-    float32 for the half types)."""
+    floats).  Returns (mean, invstd, var64 or None, r or None, d or None,
+    mean_lo or None), each of shape (groups, C) when `grouped`, else (C,)
+    (mean, invstd and mean_lo float32 for the half types); mean_lo, with
+    want_lo, is the low part of the double batch mean (fbn_train_forward's
+    mean_lo_out), for the backward's mask from x."""
     cdef int k = _kind(x), typenum = _stat_typenum(k, x)
     cdef Py_ssize_t g = groups if grouped else -1
     mean = _empty(C, typenum, g)
     invstd = _empty(C, typenum, g)
     var = _empty(C, F64, g) if want_var else None
     r, d = (_empty(C, F64, g), _empty(C, F64, g)) if rn is not None else (None, None)
+    lo = _empty(C, typenum, g) if want_lo else None
     cdef fbn_renorm crn, *prn = NULL
     if rn is not None:
         crn = fbn_renorm(<double *>_ptr(rn[0]), <double *>_ptr(rn[1]), rn[2], rn[3])
         prn = &crn
     cdef void *px = _ptr(x), *pg = _ptr(gamma), *pb = _ptr(beta), *pz = _ptr(z)
     cdef void *py = _ptr(y), *pm = _ptr(mean), *pi = _ptr(invstd), *pv = _ptr(var)
-    cdef void *pr = _ptr(r), *pd = _ptr(d)
+    cdef void *pr = _ptr(r), *pd = _ptr(d), *pl = _ptr(lo)
     with nogil:
         _check(fbn_train_forward(k, px, groups, outer, C, inner, pg, pb, pz, eps, act,
-                                 prn, py, pm, pi, pv, pr, pd, nthreads))
-    return mean, invstd, var, r, d
+                                 prn, py, pm, pl, pi, pv, pr, pd, nthreads))
+    return mean, invstd, var, r, d, lo
 
 
 def infer_forward(x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, mean, var,
@@ -433,23 +437,24 @@ def backward_apply(dy, x, y, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
 
 def backward(dy, x, y, int act, Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
              Py_ssize_t inner, mean, invstd, gamma, beta, r, d, bint training, dx, dz,
-             int nthreads):
+             int nthreads, mean_lo=None):
     """Fused backward over `groups` ghost batches (1: ordinary batch norm)
     into dx (and dz), dy' masked by y for activation code act (y None: the
-    mask recomputed from x with the forward's beta, or None for 0); mean,
-    invstd hold groups*C values (x's dtype, float32 for the half types), r,
-    d (float64) a renormalised forward's or None.  Returns (dgamma, dbeta),
-    summed over the groups (float32 for the half types)."""
+    mask recomputed from x with the forward's beta, or None for 0, and its
+    mean_lo, or None: the batch means taken again); mean, invstd (and
+    mean_lo) hold groups*C values (x's dtype, float32 for the half types),
+    r, d (float64) a renormalised forward's or None.  Returns (dgamma,
+    dbeta), summed over the groups (float32 for the half types)."""
     cdef int k = _kind(x), typenum = _stat_typenum(k, x)
     dgamma = _empty(C, typenum)
     dbeta = _empty(C, typenum)
     cdef void *pdy = _ptr(dy), *px = _ptr(x), *py = _ptr(y), *pm = _ptr(mean)
     cdef void *pi = _ptr(invstd), *pg = _ptr(gamma), *pr = _ptr(r), *pd = _ptr(d)
     cdef void *pdx = _ptr(dx), *pdz = _ptr(dz), *pdg = _ptr(dgamma), *pdb = _ptr(dbeta)
-    cdef void *pb = _ptr(beta)
+    cdef void *pb = _ptr(beta), *pl = _ptr(mean_lo)
     with nogil:
         _check(fbn_backward(k, pdy, px, py, act, groups, outer, C, inner, pm, pi, pg, pb,
-                            pr, pd, training, pdx, pdz, pdg, pdb, nthreads))
+                            pl, pr, pd, training, pdx, pdz, pdg, pdb, nthreads))
     return dgamma, dbeta
 
 

@@ -425,10 +425,16 @@ class BatchNorm:
         """Body of ``__call__`` (with comm in training mode, through
         fastbn._mpi.run)."""
         x = self._check_input(x)
-        r = d = None
+        r = d = mean_lo = None
         # statistics are synchronised over comm in training mode only, as in
         # PyTorch's SyncBatchNorm: evaluation never runs a collective
         comm = self.comm if self.training else None
+        # with an activation the backward needs the mask: from y with a
+        # residual (or comm, whose statistics x alone does not give), else
+        # recomputed from x, beta and the batch mean's low part (mean_lo),
+        # so y is not kept
+        keep_y = self.activation and (residual is not None or comm is not None)
+        from_x = bool(self.activation) and not keep_y
         if self.training or not self.track_running_stats:
             rn = None
             if self.renorm and self.training:
@@ -436,10 +442,12 @@ class BatchNorm:
                 rn = (self.running_mean.astype(np.float64), sigma) + self._rclip
             res = _api._train(x, self.gamma, self.beta, self.axis, self.eps, False,
                               residual, None, comm, True, self.virtual_batch_size, rn,
-                              self.activation)
+                              self.activation, from_x)
             y, mean, invstd, var, count = res[:5]
             if rn is not None:
-                r, d = res[5:]
+                r, d = res[5:7]
+            if from_x:
+                mean_lo = res[-1]
             if self.training and self.track_running_stats:
                 if mean.ndim == 1:
                     self._update_running(mean, var, count)
@@ -466,16 +474,12 @@ class BatchNorm:
             invstd = (1.0 / np.sqrt(var + self.eps)).astype(self.dtype)
             frozen = True
         k = None if frozen else self.virtual_batch_size
-        # with an activation the backward needs the mask: from y with a
-        # residual (or comm, whose statistics x alone does not give), else
-        # recomputed from x and beta, so y is not kept
-        keep_y = self.activation and (residual is not None or comm is not None)
         beta = None
-        if self.activation and not keep_y:  # the forward's shift (none: 0)
+        if from_x:  # the forward's shift (none: 0)
             beta = (np.zeros(self.num_features, self.dtype) if self.beta is None
                     else self.beta.copy())
         self._cache = (x, y if keep_y else None, mean, invstd, frozen,
-                       residual is not None, comm, k, r, d, beta)
+                       residual is not None, comm, k, r, d, beta, mean_lo)
         return y
 
     forward = __call__
@@ -545,9 +549,9 @@ class BatchNorm:
                 # the other ranks may be in the backward's collective: tell them
                 _api._mpi().report_failure(_api._mpi().BACKWARD, self.comm, err)
             raise err
-        x, y, mean, invstd, frozen, has_res, comm, k, r, d, beta = self._cache
+        x, y, mean, invstd, frozen, has_res, comm, k, r, d, beta, mean_lo = self._cache
         args = (dy, x, mean, invstd, self.gamma, self.axis, y, not frozen, has_res,
-                None, comm, k, r, d, self.activation, beta)
+                None, comm, k, r, d, self.activation, beta, mean_lo)
         if comm is None or frozen:
             res = _api._backward(*args)
         else:

@@ -50,7 +50,14 @@ def _outputs(x, z, dy, g, b, axis):
                                         activation="relu")
     from_x6 = fastbn.batch_norm_backward(dy, x, mean2, invstd2, g, axis=axis, beta=b,
                                          activation="relu6")
-    for p, q in zip(with_y + (dx2, dg2, db2), from_x + from_x6):
+    # ... and with the forward's mean_lo (no second pass over x for the mean)
+    res = fastbn._api._train(x, g, b, axis, 1e-5, True, None, None, None, False,
+                             want_lo=True)
+    assert res[1].tobytes() == mean4.tobytes()
+    from_lo = fastbn._api._backward(dy, x, mean4, invstd4, g, axis, None, True, False,
+                                    None, None, None, None, None, "relu", b, res[-1])
+    for p, q in zip(with_y + (dx2, dg2, db2) + with_y,
+                    from_x + from_x6 + from_lo):
         assert p.tobytes() == q.tobytes()
     return [y, mean, invstd, y2, dx, dg, db, dz, dx2, dg2, db2, dx3, yi, *from_x,
             *from_x6]

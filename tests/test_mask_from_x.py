@@ -6,7 +6,11 @@ runs the forward's own arithmetic on x: the gradients must be bitwise those
 of the call given ``y``, for every dtype, layout, activation, thread count,
 instruction set, plan and ghost batch, on data made to sit on the mask's
 edges (normalised values that are exactly 0 or a few ulps off it, values
-that round to 0 or to 6 in the half types, NaN and infinities).
+that round to 0 or to 6 in the half types, NaN and infinities).  The
+training forward can hand out the low part of its double batch mean
+(``_api._train(..., want_lo=True)``, what the layer keeps): the backward
+given it (``_api._backward(..., mean_lo=)``) skips the second pass over x
+for the mean and must give the same bits again.
 """
 import numpy as np
 import pytest
@@ -95,6 +99,20 @@ def _pair(dy, x, mean, invstd, g, b, y, axis, act, training, vb):
     return with_y, from_x
 
 
+def _train_lo(x, g, b, axis, act, vb, rn=None):
+    """The training forward through ``_api._train(want_lo=True)``:
+    ``(y, mean, invstd, mean_lo)`` (and ``r``, ``d`` with ``rn``)."""
+    res = fastbn._api._train(x, g, b, axis, 1e-5, False, None, None, None, False, vb,
+                             rn, act, True)
+    return res[:3] + res[5:]
+
+
+def _from_lo(dy, x, mean, invstd, g, b, axis, act, training, vb, lo, r=None, d=None):
+    """The gradients with the mask from x and the forward's mean_lo."""
+    return fastbn._api._backward(dy, x, mean, invstd, g, axis, None, training, False,
+                                 None, None, vb, r, d, act, b, lo)
+
+
 def _forward(x, g, b, axis, act, training, vb, rng):
     """(y, mean, invstd): a training forward, or an inference forward with
     running statistics (invstd as the layer makes it)."""
@@ -124,12 +142,22 @@ def test_mask_from_x_is_bitwise_the_mask_from_y(shape, axis, act, dtype, rng,
             x, g, b = edge_case(rng, shape, axis, dtype, act)
             dy = rng.standard_normal(shape).astype(dy_wide).astype(dtype)
             y, mean, invstd = _forward(x, g, b, axis, act, training, vb, rng)
+            if training:
+                y2, mean2, invstd2, lo = _train_lo(x, g, b, axis, act, vb)
+                for p, q in ((y, y2), (mean, mean2), (invstd, invstd2)):
+                    assert_bitwise_equal(p, q)
+                assert lo.shape == mean.shape and lo.dtype == mean.dtype
+            else:  # (ignored: the inference forward's mean is mean itself)
+                lo = np.full(mean.shape, 0.25, mean.dtype)
             for nth in (1, 2, 4):
                 with fastbn.num_threads(nth):
                     with_y, from_x = _pair(dy, x, mean, invstd, g, b, y, axis, act,
                                            training, vb)
-                for a, c in zip(with_y, from_x):
+                    from_lo = _from_lo(dy, x, mean, invstd, g, b, axis, act, training,
+                                       vb, lo)
+                for a, c, e in zip(with_y, from_x, from_lo):
                     assert_bitwise_equal(a, c)
+                    assert_bitwise_equal(a, e)
 
 
 @pytest.mark.slow
@@ -143,12 +171,15 @@ def test_mask_from_x_at_every_simd_level(isa, dtype, simd, rng):
             x, g, b = edge_case(rng, shape, axis, dtype, act)
             dy = rng.standard_normal(shape).astype(np.float32).astype(dtype)
             y, mean, invstd = fastbn.batch_norm_train(x, g, b, axis=axis, activation=act)
+            lo = _train_lo(x, g, b, axis, act, None)[3]
             simd("baseline")
             base = _pair(dy, x, mean, invstd, g, b, y, axis, act, True, None)[0]
             simd(isa)
             with_y, from_x = _pair(dy, x, mean, invstd, g, b, y, axis, act, True, None)
-            for a, c, w in zip(with_y, from_x, base):
+            from_lo = _from_lo(dy, x, mean, invstd, g, b, axis, act, True, None, lo)
+            for a, c, e, w in zip(with_y, from_x, from_lo, base):
                 assert_bitwise_equal(a, c)
+                assert_bitwise_equal(a, e)
                 # (the sign of a NaN may differ between instruction sets)
                 nan = np.isnan(c.astype(np.float64))
                 assert np.array_equal(nan, np.isnan(w.astype(np.float64)))
@@ -207,7 +238,8 @@ def test_renormalised_layer_and_ghost_batches_keep_no_y(rng):
             y = bn(x)
             assert bn._cache[1] is None  # y is not kept
             dx = bn.backward(dy)
-            x_, _, mean, invstd, _, _, _, k, r, d, beta = bn._cache
+            x_, _, mean, invstd, _, _, _, k, r, d, beta, lo = bn._cache
+            assert lo is not None and lo.shape == mean.shape  # the forward's ml
             want = fastbn._api._backward(dy, x, mean, invstd, bn.gamma, 1, y, True,
                                          False, None, None, k, r, d, act)
             assert_bitwise_equal(dx, want[0])
@@ -219,14 +251,15 @@ def test_renormalised_layer_and_ghost_batches_keep_no_y(rng):
             y = bn(x)
             assert bn._cache[1] is None
             dx = bn.backward(dy)
-            x_, _, mean, invstd, frozen, _, _, k, r, d, beta = bn._cache
+            x_, _, mean, invstd, frozen, _, _, k, r, d, beta, lo = bn._cache
+            assert lo is None  # (an inference forward's mean is exact)
             want = fastbn._api._backward(dy, x, mean, invstd, bn.gamma, 1, y, False,
                                          False, None, None, None, None, None, act)
             assert frozen
             assert_bitwise_equal(dx, want[0])
     bn = fastbn.BatchNorm(4, activation="relu")
     y = bn(x, residual=x)
-    assert bn._cache[1] is y
+    assert bn._cache[1] is y and bn._cache[-1] is None
     dx, dz = bn.backward(dy)
     assert_bitwise_equal(dz, np.where(y > 0, dy, 0).astype(np.float32))
 
@@ -272,3 +305,61 @@ def test_mask_from_x_depends_on_beta(rng):
                                        beta=np.zeros(3, np.float32))
     assert_bitwise_equal(right[2], np.sum(y > 0, axis=(0, 2)).astype(np.float32))
     assert not np.array_equal(right[2], wrong[2])
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_mean_lo_is_the_low_part_of_the_batch_mean(dtype, rng):
+    """mean_lo is the double batch mean's part below mean's precision: 0 for
+    float64; for the others at most half an ulp of mean, and mean + mean_lo
+    nearer the float64 mean than mean alone (summed over channels)."""
+    shape = (64, 6, 33)
+    x = (rng.standard_normal(shape) * 3 + 1).astype(np.float32).astype(dtype)
+    y, mean, invstd, lo = _train_lo(x, None, None, 1, "relu", None)
+    if np.dtype(dtype) == np.float64:
+        assert not lo.any()
+        return
+    exact = x.astype(np.float64).mean(axis=(0, 2))
+    m = mean.astype(np.float64)
+    assert np.all(np.abs(lo.astype(np.float64)) <= np.spacing(np.abs(mean)) / 2)
+    assert lo.any()
+    assert np.abs(m + lo - exact).sum() < np.abs(m - exact).sum()
+
+
+def test_mask_from_x_uses_mean_lo(rng):
+    """A wrong mean_lo gives another mask on data whose normalised values sit
+    on the mask's edge (the argument is really read), the right one the
+    y-path's."""
+    x, g, b = edge_case(rng, (24, 6, 40), 1, np.float32, "relu")
+    dy = np.ones_like(x)
+    y, mean, invstd, lo = _train_lo(x, g, b, 1, "relu", None)
+    with_y = fastbn.batch_norm_backward(dy, x, mean, invstd, g, y=y, activation="relu")
+    right = _from_lo(dy, x, mean, invstd, g, b, 1, "relu", True, None, lo)
+    wrong = _from_lo(dy, x, mean, invstd, g, b, 1, "relu", True, None, -lo)
+    assert lo.any()
+    assert_bitwise_equal(right[2], with_y[2])
+    assert not np.array_equal(right[2], wrong[2])
+    with pytest.raises(ValueError, match=r"mean_lo must have shape \(6,\)"):
+        _from_lo(dy, x, mean, invstd, g, b, 1, "relu", True, None, lo[:5])
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("shape,axis", [((8, 5, 7, 9), 1), ((8, 3, 5, 70), -1)],
+                         ids=str)
+def test_mean_lo_with_renorm_and_ghost_batches(shape, axis, dtype, rng):
+    """A renormalised forward over ghost batches hands out one mean_lo per
+    group; the backward given them has the y-path's bits."""
+    x, g, b = edge_case(rng, shape, axis, dtype, "relu")
+    C = shape[axis]
+    dy = rng.standard_normal(shape).astype(np.float32).astype(dtype)
+    rn = (rng.standard_normal(C) * 0.1, rng.uniform(0.8, 1.5, C), 1.5, 0.5)
+    for vb in (None, 2, 4):
+        y, mean, invstd, r, d, lo = _train_lo(x, g, b, axis, "relu", vb, rn)
+        assert lo.shape == mean.shape
+        with_y = fastbn._api._backward(dy, x, mean, invstd, g, axis, y, True, False,
+                                       None, None, vb, r, d, "relu")
+        for nth in (1, 2, 4):
+            with fastbn.num_threads(nth):
+                got = _from_lo(dy, x, mean, invstd, g, b, axis, "relu", True, vb, lo,
+                               r, d)
+            for a, c in zip(with_y, got):
+                assert_bitwise_equal(a, c)

@@ -10,7 +10,8 @@
  * forward (with affine, residual, ReLU and ReLU6), inference, the fused
  * backward (both masks),
  * ghost batches with renormalization, the moments and the column
- * statistics.  Each call's outputs are hashed (FNV-1a over their bytes).
+ * statistics.  (The mask from x given the forward's mean_lo is checked to
+ * be bitwise the mask from x without it, not hashed.)  Each call's outputs are hashed (FNV-1a over their bytes).
  * For each instruction set the build has and thread counts 1 and 2, it
  * prints one line "<level> <threads> <digest>"; every line must show the
  * same digest (the kernels promise the same bits everywhere), and the
@@ -108,7 +109,8 @@ static const shape shapes[] = {
         R *g = malloc(nc * sizeof(R)), *b = malloc(nc * sizeof(R));            \
         R *mean = malloc(ng * sizeof(R)), *invstd = malloc(ng * sizeof(R));    \
         R *var = malloc(nc * sizeof(R)), *dg = malloc(nc * sizeof(R));         \
-        R *db = malloc(nc * sizeof(R));                                        \
+        R *db = malloc(nc * sizeof(R)), *lo = malloc(ng * sizeof(R));          \
+        R *dg2 = malloc(2 * nc * sizeof(R));                                   \
         double *dmean = malloc(nc * sizeof(double)), *dm2 = malloc(nc * 8);    \
         double *rr = malloc(ng * 8), *dd = malloc(ng * 8), *bv = malloc(ng * 8); \
         double rmean[64], rsig[64];                                            \
@@ -116,7 +118,7 @@ static const shape shapes[] = {
         int act;                                                               \
         if (!x || !z || !dy || !y || !dx || !dz || !g || !b || !mean ||        \
             !invstd || !var || !dg || !db || !dmean || !dm2 || !rr || !dd ||   \
-            !bv) {                                                             \
+            !bv || !lo || !dg2) {                                              \
             fprintf(stderr, "check_bits: out of memory\n");                    \
             exit(2);                                                           \
         }                                                                      \
@@ -139,15 +141,15 @@ static const shape shapes[] = {
         for (act = FBN_ACT_RELU6; act >= FBN_ACT_RELU; act--) {                \
             /* (ReLU last: the calls below take its outputs) */                \
             check(fbn_train_forward(DT, x, 1, s->outer, s->C, s->inner, g, b,  \
-                                    z, 1e-5, act, NULL, y, mean, invstd, bv,   \
-                                    NULL, NULL, nth),                          \
+                                    z, 1e-5, act, NULL, y, mean, NULL, invstd, \
+                                    bv, NULL, NULL, nth),                      \
                   "train_forward");                                            \
             mix(y, n * sizeof(T));                                             \
             mix(mean, nc * sizeof(R));                                         \
             mix(invstd, nc * sizeof(R));                                       \
             check(fbn_backward(DT, dy, x, y, act, 1, s->outer, s->C, s->inner, \
-                               mean, invstd, g, NULL, NULL, NULL, 1, dx, dz,  \
-                               dg, db, nth),                                   \
+                               mean, invstd, g, NULL, NULL, NULL, NULL, 1, dx, \
+                               dz, dg, db, nth),                               \
                   "backward");                                                 \
             mix(dx, n * sizeof(T));                                            \
             mix(dz, n * sizeof(T));                                            \
@@ -155,8 +157,8 @@ static const shape shapes[] = {
             mix(db, nc * sizeof(R));                                           \
         }                                                                      \
         check(fbn_backward(DT, dy, x, NULL, FBN_ACT_NONE, 1, s->outer, s->C,   \
-                           s->inner, mean, invstd, NULL, NULL, NULL, NULL, 0,  \
-                           dx, NULL, dg, db, nth),                             \
+                           s->inner, mean, invstd, NULL, NULL, NULL, NULL,     \
+                           NULL, 0, dx, NULL, dg, db, nth),                    \
               "backward (frozen)");                                            \
         mix(dx, n * sizeof(T));                                                \
         check(fbn_infer_forward(DT, x, s->outer, s->C, s->inner, mean, var, g, \
@@ -170,7 +172,7 @@ static const shape shapes[] = {
             rn.dmax = 0.5;                                                     \
             check(fbn_train_forward(DT, x, s->groups, s->outer, s->C,          \
                                     s->inner, g, b, NULL, 1e-5, FBN_ACT_RELU,  \
-                                    &rn, y, mean, invstd, bv, rr, dd, nth),    \
+                                    &rn, y, mean, lo, invstd, bv, rr, dd, nth), \
                   "train_forward_ghost");                                      \
             mix(y, n * sizeof(T));                                             \
             mix(mean, ng * sizeof(R));                                         \
@@ -179,21 +181,32 @@ static const shape shapes[] = {
             mix(dd, ng * 8);                                                   \
             check(fbn_backward(DT, dy, x, y, FBN_ACT_RELU, s->groups,          \
                                s->outer, s->C, s->inner, mean, invstd, g, NULL, \
-                               rr, dd, 1, dx, NULL, dg, db, nth),              \
+                               NULL, rr, dd, 1, dx, NULL, dg, db, nth),        \
                   "backward_ghost");                                           \
             mix(dx, n * sizeof(T));                                            \
             mix(dg, nc * sizeof(R));                                           \
             check(fbn_backward(DT, dy, x, NULL, FBN_ACT_RELU, s->groups,       \
                                s->outer, s->C, s->inner, mean, invstd, g, b,   \
-                               rr, dd, 1, dx, NULL, dg, db, nth),              \
+                               NULL, rr, dd, 1, dx, NULL, dg, db, nth),        \
                   "backward_ghost (mask from x)");                             \
             mix(dx, n * sizeof(T));                                            \
             mix(dg, nc * sizeof(R));                                           \
             mix(db, nc * sizeof(R));                                           \
+            if (fbn_backward(DT, dy, x, NULL, FBN_ACT_RELU, s->groups,         \
+                             s->outer, s->C, s->inner, mean, invstd, g, b, lo, \
+                             rr, dd, 1, dz, NULL, dg2, dg2 + nc, nth) != FBN_OK \
+                || memcmp(dz, dx, n * sizeof(T)) != 0                          \
+                || memcmp(dg2, dg, nc * sizeof(R)) != 0                        \
+                || memcmp(dg2 + nc, db, nc * sizeof(R)) != 0) {                \
+                fprintf(stderr, "check_bits: the mask from x with mean_lo "    \
+                        "differs (" #SFX ")\n");                               \
+                exit(1);                                                       \
+            }                                                                  \
         }                                                                      \
         free(x); free(z); free(dy); free(y); free(dx); free(dz); free(g);      \
         free(b); free(mean); free(invstd); free(var); free(dg); free(db);      \
-        free(dmean); free(dm2); free(rr); free(dd); free(bv);                  \
+        free(dmean); free(dm2); free(rr); free(dd); free(bv); free(lo);        \
+        free(dg2);                                                             \
     }
 
 #define ID(v) (v)

@@ -45,12 +45,15 @@ def torch_threads(torch, n: int) -> Callable[[], ContextManager]:
 # --------------------------------------------------------------------------
 
 def fastbn_impl(w: Workload, inp: Inputs, fastbn, threads: int, name: str,
-                out: bool = True, mask_from_y: bool = False) -> Impl:
+                out: bool = True, mask: str = "lo") -> Impl:
     """fastbn at `threads` threads, into a preallocated output of its own
     (``out``), or allocating its output on every call.  The backward takes
-    the ReLU's mask from x and beta (what a user of the fused forward without
-    a residual runs: y need not be kept), or with ``mask_from_y`` from the
-    forward's output y (as PyTorch's threshold_backward does)."""
+    the ReLU's mask from x, beta and the forward's statistics: with ``mask``
+    "lo" also the low part of its batch mean that the training forward hands
+    out (what the layer and the torch bridge run: y need not be kept, and x
+    is read once), with "x" the public ``batch_norm_backward(beta=)``, which
+    takes the batch means of x again; with "y" from the forward's output y
+    (as PyTorch's threshold_backward does)."""
     x, g, b, ax = inp.x, inp.gamma, inp.beta, w.axis
     o = np.empty_like(x) if out else None
     check = None
@@ -66,10 +69,20 @@ def fastbn_impl(w: Workload, inp: Inputs, fastbn, threads: int, name: str,
                                            relu=True, out=o)
     else:
         dy, y, m, s = inp.dy, inp.y, inp.mean, inp.invstd
-        if mask_from_y:
+        if mask == "y":
             def fn():
                 return fastbn.batch_norm_backward(dy, x, m, s, g, axis=ax, y=y,
                                                   out=o)
+        elif mask == "lo":
+            # the statistics and mean_lo of fastbn's own forward (the layer's)
+            _, m, s, _, _, lo = fastbn._api._train(x, g, b, ax, EPS, True, None, None,
+                                                   None, False, want_lo=True)
+            bwd = fastbn._api._backward
+
+            def fn():
+                return bwd(dy, x, m, s, g, ax, None, True, False, o, None, None, None,
+                           None, "relu", b, lo)
+            check = _mask_from_x_check(w, inp, fastbn, (m, s))
         else:
             def fn():
                 return fastbn.batch_norm_backward(dy, x, m, s, g, axis=ax, beta=b,
@@ -79,21 +92,23 @@ def fastbn_impl(w: Workload, inp: Inputs, fastbn, threads: int, name: str,
                 setup=fastbn_threads(fastbn, threads), check=check)
 
 
-def _mask_from_x_check(w: Workload, inp: Inputs, fastbn):
+def _mask_from_x_check(w: Workload, inp: Inputs, fastbn, stats=None):
     """The check of a backward whose mask comes from x: against the float64
     reference with the mask of the float32 (x.dtype) forward's output, the
     mask that backward reproduces (the float64 forward's mask may differ
     where a value rounds across 0: one such value is a large error in its
-    dx); the reference is made on first use."""
+    dx), and the (mean, invstd) it was given (``stats``; None: the inputs');
+    the reference is made on first use."""
     from .. import _reference as oracle
     ref = []
+    m, s = (inp.mean, inp.invstd) if stats is None else stats
 
     def check(result):
         if not ref:
             yf = fastbn.batch_norm_train(inp.x, inp.gamma, inp.beta, axis=w.axis,
                                          eps=EPS, relu=True)[0]
             ref.append(oracle.batch_norm_backward(
-                inp.dy, inp.x, inp.mean, inp.invstd, inp.gamma,
+                inp.dy, inp.x, m, s, inp.gamma,
                 axis=w.channel_axis, y=yf)[:3])
         return compare(tuple(np.asarray(r) for r in result), ref[0], w.dtype)
     return check
@@ -327,10 +342,10 @@ def build_impls(w: Workload, inp: Inputs, fastbn, threads: int,
     impls = [fastbn_impl(w, inp, fastbn, threads, "fastbn (out=)")]
     if w.mode == "backward":  # the mask from y, for comparison
         impls.append(fastbn_impl(w, inp, fastbn, threads, "fastbn (out=, y=)",
-                                 mask_from_y=True))
+                                 mask="y"))
     if w.mode == "backward" and compare_one_thread and threads != 1:
         impls.append(fastbn_impl(w, inp, fastbn, 1, "fastbn (out=, y=, 1 thread)",
-                                 mask_from_y=True))
+                                 mask="y"))
     if w.main:
         impls.append(fastbn_impl(w, inp, fastbn, threads, "fastbn",
                                  out=False))

@@ -387,9 +387,10 @@ KERNEL_NOTES = (
     "shows its time over the floor (1.00x for the faster copy).",
     "GB/s counts the bytes the operation must move: 1 read + 1 write of x "
     "for the forward modes; 2 reads (dy, x) + 1 write (dx) for the "
-    "backward, whose ReLU mask fastbn recomputes from x (its y= rows read "
-    "the forward's y too, as PyTorch does) and whose floor is still one "
-    "copy, so it cannot reach 1.0x (about 1.5x is its true floor).",
+    "backward, whose ReLU mask fastbn recomputes from x with the forward's "
+    "statistics and the low part of its batch mean, as the layer does (its "
+    "y= rows read the forward's y too, as PyTorch does) and whose floor is "
+    "still one copy, so it cannot reach 1.0x (about 1.5x is its true floor).",
     "vs numpy: NumPy's time / this time.  numpy: as users write it "
     "(x.mean, x.var, (x-mean)/np.sqrt(var+eps)*gamma+beta, "
     "np.maximum(0, .)); numpy tuned: preallocated buffers, in-place ufuncs, "
