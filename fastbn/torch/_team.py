@@ -1,0 +1,98 @@
+"""fastbn's kernels on PyTorch's own OpenMP threads.
+
+PyTorch runs its operators on the thread team of its OpenMP runtime, whose
+threads keep spinning for a while after each parallel region; fastbn's
+pool has helper threads of its own.  With as many threads as cores, right
+after a convolution fastbn's helper finds its core taken by a spinning
+PyTorch thread, and fastbn's helpers, spinning after fastbn's call, take
+cores from PyTorch's next operator.  ``use_torch_threads(True)`` (done at
+``import fastbn.torch``) hands fastbn's pool PyTorch's runtime instead:
+its ``GOMP_parallel``, ``omp_get_thread_num`` and ``omp_get_max_threads``
+(libgomp's ABI, which LLVM's and Intel's runtimes also export), looked up
+through PyTorch's loaded CPU library (``dlopen(RTLD_NOLOAD)``, ``dlsym``),
+so nothing is loaded and nothing links PyTorch.  fastbn's jobs then run on the same threads as PyTorch's
+operators, with the same items in the same ranges: the results are the
+same bits.  Where no such runtime is found (Windows, a PyTorch built
+without OpenMP), fastbn keeps its own helpers.
+"""
+import ctypes
+import glob
+import os
+
+import torch
+
+from .. import _kernels
+
+__all__ = ["torch_openmp_runtime", "use_torch_threads"]
+
+_SYMBOLS = ("GOMP_parallel", "omp_get_thread_num", "omp_get_max_threads")
+
+
+def _loaded(path):
+    """The ctypes handle of the already-loaded library ``path``, or None."""
+    mode = getattr(os, "RTLD_NOLOAD", None)
+    if mode is None:  # pragma: no cover - not a POSIX system
+        return None
+    try:
+        return ctypes.CDLL(path, mode=mode | os.RTLD_LAZY)
+    except OSError:
+        return None
+
+
+def torch_openmp_runtime():
+    """(library, (GOMP_parallel, omp_get_thread_num, omp_get_max_threads)
+    addresses) of the OpenMP runtime PyTorch's operators run on, or None.
+
+    The symbols are looked up through PyTorch's own CPU library
+    (``torch/lib/libtorch_cpu``), already loaded, so they are those of the
+    runtime it was bound to (its own libgomp, or one loaded before it
+    under the same name)."""
+    lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    for pattern in ("libtorch_cpu.so*", "libtorch_cpu.dylib"):
+        for path in sorted(glob.glob(os.path.join(lib, pattern))):
+            handle = _loaded(path)
+            if handle is None:
+                continue
+            try:
+                addrs = tuple(ctypes.cast(getattr(handle, s), ctypes.c_void_p).value
+                              for s in _SYMBOLS)
+            except AttributeError:
+                continue
+            if all(addrs):
+                return path, addrs
+    return None
+
+
+def use_torch_threads(enable=True):
+    """Run fastbn's multi-threaded kernels on PyTorch's OpenMP threads
+    (``enable=True``) or on fastbn's own helper threads (False).
+
+    Parameters
+    ----------
+    enable : bool, default True
+
+    Returns
+    -------
+    bool
+        True if fastbn's kernels now run on PyTorch's threads (False when
+        ``enable`` is False or PyTorch's OpenMP runtime was not found).
+
+    Notes
+    -----
+    Process-wide: fastbn's NumPy functions use the same threads while it
+    is on.  Call it while no fastbn kernel runs.  The number of threads of
+    a call stays fastbn's (``fastbn.set_num_threads``, OMP_NUM_THREADS),
+    capped by PyTorch's runtime's ``omp_get_max_threads()``; results do not
+    depend on the threads either way.
+    """
+    if not isinstance(enable, bool):
+        raise TypeError(f"enable must be True or False, got {enable!r}")
+    if not enable or not _kernels.have_openmp():
+        _kernels.set_team(0, 0, 0)
+        return False
+    found = torch_openmp_runtime()
+    if found is None:
+        _kernels.set_team(0, 0, 0)
+        return False
+    _kernels.set_team(*found[1])
+    return True
