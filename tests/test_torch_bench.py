@@ -33,3 +33,16 @@ def test_models_have_torchvision_shapes():
 
 def test_cli_flag():
     assert cli.parse_args(["--torch", "--quick"]).torch
+
+
+def test_variants_on_torch_threads():
+    """At 2 threads the report adds the converted model on PyTorch's
+    threads; it is the converted eager model's step, run with
+    use_torch_threads on."""
+    v = tm._variants("resnet18", "nchw", compiled=False, team=True)
+    assert list(v) == ["stock eager", "fastbn eager", "fastbn eager, torch threads"]
+    assert list(tm._variants("resnet18", "nchw", compiled=False)) == [
+        "stock eager", "fastbn eager"]
+    calls = []
+    tm._on_torch_threads(lambda: calls.append(1))()
+    assert calls == [1]

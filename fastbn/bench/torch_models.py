@@ -318,8 +318,23 @@ def sync_cost(shape=(32, 64, 56, 56), world=2, rounds=10):
     return best["local"] * 1e3, best["sync"] * 1e3, best["exchange share"]
 
 
-def _variants(name, fmt, compiled):
-    """name -> (model, train step, eval step) for the model ``name``."""
+def _on_torch_threads(f):
+    """``f`` run with fastbn's kernels on PyTorch's threads."""
+    import fastbn.torch as fbt
+
+    def g():
+        fbt.use_torch_threads(True)
+        try:
+            f()
+        finally:
+            fbt.use_torch_threads(False)
+    return g
+
+
+def _variants(name, fmt, compiled, team=False):
+    """variant -> (train step, eval step) for the model ``name``; with
+    ``team`` also the converted eager model on PyTorch's threads
+    (``fastbn.torch.use_torch_threads``)."""
     import fastbn.torch as fbt
     make, batch, size = MODELS[name]
     torch.manual_seed(0)
@@ -350,6 +365,9 @@ def _variants(name, fmt, compiled):
             with torch.no_grad():
                 fwd(x)
         out[k] = (train, evaluate)
+    if team:
+        out["fastbn eager, torch threads"] = tuple(
+            _on_torch_threads(f) for f in out["fastbn eager"])
     return out
 
 
@@ -368,7 +386,7 @@ def model_times(names=tuple(MODELS), formats=("nchw", "channels_last"),
             for name in names:
                 for fmt in formats:
                     progress(f"  {name} {fmt} {nt} thread(s)...")
-                    v = _variants(name, fmt, compiled)
+                    v = _variants(name, fmt, compiled, team=nt > 1)
                     for step, idx in (("train", 0), ("eval", 1)):
                         fns = {k: f[idx] for k, f in v.items()}
                         for f in fns.values():  # warm up (and compile)
@@ -431,7 +449,8 @@ def run(quick=False, threads=None, progress=print):
     keys = {}
     for name, fmt, nt, step, k, ms in rows:
         keys.setdefault((name, fmt, nt, step), {})[k] = ms
-    variants = ["stock eager", "fastbn eager", "stock compiled", "fastbn compiled"]
+    variants = ["stock eager", "fastbn eager", "fastbn eager, torch threads",
+                "stock compiled", "fastbn compiled"]
     for (name, fmt, nt, step), d in keys.items():
         base = d["stock eager"]
         cells = []

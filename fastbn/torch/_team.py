@@ -25,6 +25,7 @@ from .. import _kernels
 
 __all__ = ["torch_openmp_runtime", "use_torch_threads"]
 
+_FOUND = []  # [torch_openmp_runtime()] once looked up
 _SYMBOLS = ("GOMP_parallel", "omp_get_thread_num", "omp_get_max_threads")
 
 
@@ -90,7 +91,9 @@ def use_torch_threads(enable=True):
     if not enable or not _kernels.have_openmp():
         _kernels.set_team(0, 0, 0)
         return False
-    found = torch_openmp_runtime()
+    if not _FOUND:
+        _FOUND.append(torch_openmp_runtime())
+    found = _FOUND[0]
     if found is None:
         _kernels.set_team(0, 0, 0)
         return False
