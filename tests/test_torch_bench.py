@@ -46,3 +46,9 @@ def test_variants_on_torch_threads():
     calls = []
     tm._on_torch_threads(lambda: calls.append(1))()
     assert calls == [1]
+
+
+def test_sync_cost_two_ranks():
+    local, sync, share, coll = tm.sync_cost((4, 3, 5, 5), 2, rounds=2)
+    assert local > 0 and sync > 0 and share > 0
+    assert 0 < coll < sync  # the collectives alone take less than the step

@@ -292,17 +292,44 @@ def _sync_rank(rank, world, port, shape, rounds, out):
             f()
         total = time.perf_counter() - t0
         best["exchange share"] = group.seconds / (total - group.seconds)
+        best["collectives"] = _collectives(group, shape[1], rounds)
         if rank == 0:
             torch.save(best, out)
     finally:
         dist.destroy_process_group()
 
 
+def _collectives(group, C, rounds):
+    """Best time (s) of one step's collectives, as the synchronised forward
+    and backward make them (a status Allreduce(MAX) of 7 int64 each, the
+    forward's Allgather of 2C+1 doubles, the backward's Allreduce(SUM) of
+    2C+1 doubles), run back to back after a barrier: their own cost, without
+    the wait for a rank that is still computing."""
+    import numpy as np
+    import torch.distributed as dist
+    names = group.fastbn_mpi
+    head = np.zeros(7, np.int64)
+    send = np.ones(2 * C + 1)
+    parts = np.zeros((group.Get_size(), 2 * C + 1))
+    buf = np.ones(2 * C + 1)
+    best = float("inf")
+    for _ in range(rounds):
+        dist.barrier(group=group.group)
+        t0 = time.perf_counter()
+        group.Allreduce(names.IN_PLACE, [head, names.INT64_T], names.MAX)
+        group.Allgather([send, names.DOUBLE], [parts, names.DOUBLE])
+        group.Allreduce(names.IN_PLACE, [head, names.INT64_T], names.MAX)
+        group.Allreduce(names.IN_PLACE, [buf, names.DOUBLE], names.SUM)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def sync_cost(shape=(32, 64, 56, 56), world=2, rounds=10):
     """Forward + backward of fastbn.torch.SyncBatchNorm against the same
     local batch norm, per rank, in a ``world``-process gloo job on
     127.0.0.1 (one thread each).  Returns (local ms, sync ms, the time in
-    the collectives over the rest of the synchronised step's time)."""
+    the collectives over the rest of the synchronised step's time, the
+    collectives' own time back to back in ms)."""
     import os
     import socket
     import tempfile
@@ -315,7 +342,8 @@ def sync_cost(shape=(32, 64, 56, 56), world=2, rounds=10):
         out = os.path.join(tmp, "sync.pt")
         mp.spawn(_sync_rank, (world, port, shape, rounds, out), nprocs=world)
         best = torch.load(out)
-    return best["local"] * 1e3, best["sync"] * 1e3, best["exchange share"]
+    return (best["local"] * 1e3, best["sync"] * 1e3, best["exchange share"],
+            best["collectives"] * 1e3)
 
 
 def _on_torch_threads(f):
@@ -432,13 +460,17 @@ def run(quick=False, threads=None, progress=print):
                       for s, f, p, a, b in op]), ""]
     progress("SyncBatchNorm...")
     sshape = (8, 64, 28, 28) if quick else (32, 64, 56, 56)
-    local, sync, share = sync_cost(sshape, 2, rounds=2 if quick else 10)
+    local, sync, share, coll = sync_cost(sshape, 2, rounds=2 if quick else 10)
     parts += ["### SyncBatchNorm, 2 processes (gloo), forward + backward per rank", "",
               "Exchange: time in the collectives (waiting for the other rank "
-              "included) over the rest of the synchronised step.", "",
+              "included) over the rest of the synchronised step; collectives: "
+              "one step's four collectives back to back after a barrier (their "
+              "own cost), over the local step.", "",
               _table(["shape per rank", "local BN ms", "SyncBatchNorm ms",
-                      "exchange / local kernels"],
-                     [(sshape, f"{local:.2f}", f"{sync:.2f}", f"{share:.1%}")]), ""]
+                      "exchange / local kernels", "collectives ms",
+                      "collectives / local"],
+                     [(sshape, f"{local:.2f}", f"{sync:.2f}", f"{share:.1%}",
+                       f"{coll:.3f}", f"{coll / local:.1%}")]), ""]
     progress("models...")
     rows = model_times(names=("resnet18",) if quick else tuple(MODELS),
                        formats=("nchw",) if quick else ("nchw", "channels_last"),
