@@ -84,7 +84,18 @@ def use_torch_threads(enable=True):
     is on.  Call it while no fastbn kernel runs.  The number of threads of
     a call stays fastbn's (``fastbn.set_num_threads``, OMP_NUM_THREADS),
     capped by PyTorch's runtime's ``omp_get_max_threads()``; results do not
-    depend on the threads either way.
+    depend on the threads either way.  The runtime's parallel region ends
+    with a join that waits for every thread: on a machine whose cores are
+    busy with other processes fastbn's own pool (which never waits for a
+    late helper) was faster, on a quiet one this avoids fastbn's helpers
+    and PyTorch's threads taking each other's cores.
+
+    Examples
+    --------
+    >>> import fastbn.torch as fbt
+    >>> on = fbt.use_torch_threads(True)  # True where PyTorch's runtime is found
+    >>> fbt.use_torch_threads(False)
+    False
     """
     if not isinstance(enable, bool):
         raise TypeError(f"enable must be True or False, got {enable!r}")
