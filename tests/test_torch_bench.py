@@ -52,3 +52,12 @@ def test_sync_cost_two_ranks():
     local, sync, share, coll = tm.sync_cost((4, 3, 5, 5), 2, rounds=2)
     assert local > 0 and sync > 0 and share > 0
     assert 0 < coll < sync  # the collectives alone take less than the step
+
+
+def test_model_times_compiles_only_the_named_models():
+    rows = tm.model_times(names=("resnet18",), formats=("nchw",), threads=(1,),
+                          compiled=("mobilenet_v2",), rounds=1, progress=lambda s: None)
+    assert sorted({(r[3], r[4]) for r in rows}) == [
+        ("eval", "fastbn eager"), ("eval", "stock eager"),
+        ("train", "fastbn eager"), ("train", "stock eager")]
+    assert all(r[5] > 0 for r in rows)

@@ -402,8 +402,11 @@ def _variants(name, fmt, compiled, team=False):
 def model_times(names=tuple(MODELS), formats=("nchw", "channels_last"),
                 threads=(1, 2), compiled=True, rounds=3, progress=print):
     """Training step (forward, backward, SGD) and eval step of each model,
-    stock eager / fastbn eager / stock compiled / fastbn compiled side by
-    side.  Returns rows (model, format, threads, step, variant, ms)."""
+    stock eager / fastbn eager (at 2+ threads also on PyTorch's threads) /
+    stock compiled / fastbn compiled side by side; ``compiled``: True
+    (every model), False, or the names of the models that are compiled too
+    (compiling is most of the run time).  Returns rows (model, format,
+    threads, step, variant, ms)."""
     rows = []
     old = torch.get_num_threads()
     import fastbn
@@ -414,7 +417,8 @@ def model_times(names=tuple(MODELS), formats=("nchw", "channels_last"),
             for name in names:
                 for fmt in formats:
                     progress(f"  {name} {fmt} {nt} thread(s)...")
-                    v = _variants(name, fmt, compiled, team=nt > 1)
+                    comp = compiled if isinstance(compiled, bool) else name in compiled
+                    v = _variants(name, fmt, comp, team=nt > 1)
                     for step, idx in (("train", 0), ("eval", 1)):
                         fns = {k: f[idx] for k, f in v.items()}
                         for f in fns.values():  # warm up (and compile)
@@ -475,7 +479,9 @@ def run(quick=False, threads=None, progress=print):
     rows = model_times(names=("resnet18",) if quick else tuple(MODELS),
                        formats=("nchw",) if quick else ("nchw", "channels_last"),
                        threads=(1,) if quick else tuple(sorted({1, threads or 2})),
-                       compiled=not quick,
+                       # ResNet-50 eager only: compiling it would double
+                       # the run time
+                       compiled=False if quick else ("resnet18", "mobilenet_v2"),
                        rounds=1 if quick else 3, progress=progress)
     table = []
     keys = {}
