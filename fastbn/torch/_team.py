@@ -71,12 +71,19 @@ def use_torch_threads(enable=True):
     Parameters
     ----------
     enable : bool, default True
+        True: PyTorch's threads; False: fastbn's own helpers (the state
+        before the first call).
 
     Returns
     -------
     bool
         True if fastbn's kernels now run on PyTorch's threads (False when
         ``enable`` is False or PyTorch's OpenMP runtime was not found).
+
+    Raises
+    ------
+    TypeError
+        ``enable`` is not a bool.
 
     Notes
     -----
@@ -87,8 +94,9 @@ def use_torch_threads(enable=True):
     depend on the threads either way.  The runtime's parallel region ends
     with a join that waits for every thread: on a machine whose cores are
     busy with other processes fastbn's own pool (which never waits for a
-    late helper) was faster, on a quiet one this avoids fastbn's helpers
-    and PyTorch's threads taking each other's cores.
+    late helper) was faster; on a quiet one it is meant to keep fastbn's
+    helpers and PyTorch's spinning threads from taking each other's cores
+    (time your model both ways).
 
     Examples
     --------
