@@ -24,6 +24,11 @@ needs_team = pytest.mark.skipif(
     reason="no OpenMP, or PyTorch's OpenMP runtime is not a libgomp-ABI one")
 
 
+@needs_team
+def test_on_after_import():
+    assert fbt._team.torch_threads_on()
+
+
 def test_use_torch_threads_checks_its_argument():
     with pytest.raises(TypeError, match="enable must be True or False"):
         fbt.use_torch_threads(1)
@@ -69,7 +74,7 @@ def test_results_on_torch_threads_are_the_same_bits(nthreads):
         got = run()
     finally:
         fastbn.set_num_threads(None)
-        fbt.use_torch_threads(False)
+        fbt.use_torch_threads(True)
     for r, o in zip(ref, got):
         assert r.dtype == o.dtype
         np.testing.assert_array_equal(r.view(np.uint8), o.view(np.uint8))
@@ -77,9 +82,9 @@ def test_results_on_torch_threads_are_the_same_bits(nthreads):
 
 @needs_team
 def test_kernels_run_on_torch_threads_not_fastbn_helpers():
-    # a fresh process: with use_torch_threads(True) a 2-thread call starts
-    # no helper of fastbn's pool (PyTorch's team runs it); with
-    # use_torch_threads(False) the pool starts its helper
+    # a fresh process: after import fastbn.torch (use_torch_threads on) a
+    # 2-thread call starts no helper of fastbn's pool (PyTorch's team runs
+    # it); with use_torch_threads(False) the pool starts its helper
     code = textwrap.dedent("""
         import threading
         import numpy as np
@@ -89,7 +94,6 @@ def test_kernels_run_on_torch_threads_not_fastbn_helpers():
         from fastbn import _kernels
         torch.set_num_threads(2)
         fastbn.set_num_threads(2)
-        assert fbt.use_torch_threads(True)
         x = np.random.default_rng(0).standard_normal((32, 64, 32, 32)).astype(np.float32)
         for _ in range(5):
             y = fastbn.batch_norm_train(x)[0]

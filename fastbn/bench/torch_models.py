@@ -355,23 +355,25 @@ def sync_cost(shape=(32, 64, 56, 56), world=2, rounds=10):
             best["collectives"] * 1e3)
 
 
-def _on_torch_threads(f):
-    """``f`` run with fastbn's kernels on PyTorch's threads."""
-    import fastbn.torch as fbt
+def _on_threads(f, torch_threads):
+    """``f`` run with fastbn's kernels on PyTorch's threads or on fastbn's
+    own (``fastbn.torch.use_torch_threads``); the setting is restored."""
+    from fastbn.torch import _team
 
     def g():
-        fbt.use_torch_threads(True)
+        old = _team.torch_threads_on()
+        _team.use_torch_threads(torch_threads)
         try:
             f()
         finally:
-            fbt.use_torch_threads(False)
+            _team.use_torch_threads(old)
     return g
 
 
 def _variants(name, fmt, compiled, team=False):
     """variant -> (train step, eval step) for the model ``name``; with
-    ``team`` also the converted eager model on PyTorch's threads
-    (``fastbn.torch.use_torch_threads``)."""
+    ``team`` the converted eager model both on PyTorch's threads (the
+    default, ``fastbn.torch.use_torch_threads``) and on fastbn's own."""
     import fastbn.torch as fbt
     make, batch, size = MODELS[name]
     torch.manual_seed(0)
@@ -403,15 +405,16 @@ def _variants(name, fmt, compiled, team=False):
                 fwd(x)
         out[k] = (train, evaluate)
     if team:
-        out["fastbn eager, torch threads"] = tuple(
-            _on_torch_threads(f) for f in out["fastbn eager"])
+        eager = out["fastbn eager"]
+        out["fastbn eager"] = tuple(_on_threads(f, True) for f in eager)
+        out["fastbn eager, own threads"] = tuple(_on_threads(f, False) for f in eager)
     return out
 
 
 def model_times(names=tuple(MODELS), formats=("nchw", "channels_last"),
                 threads=(1, 2), compiled=True, rounds=3, progress=print):
     """Training step (forward, backward, SGD) and eval step of each model,
-    stock eager / fastbn eager (at 2+ threads also on PyTorch's threads) /
+    stock eager / fastbn eager (at 2+ threads also on fastbn's own threads) /
     stock compiled / fastbn compiled side by side; ``compiled``: True
     (every model), False, or the names of the models that are compiled too
     (compiling is most of the run time).  Returns rows (model, format,
@@ -496,7 +499,7 @@ def run(quick=False, threads=None, progress=print):
     keys = {}
     for name, fmt, nt, step, k, ms in rows:
         keys.setdefault((name, fmt, nt, step), {})[k] = ms
-    variants = ["stock eager", "fastbn eager", "fastbn eager, torch threads",
+    variants = ["stock eager", "fastbn eager", "fastbn eager, own threads",
                 "stock compiled", "fastbn compiled"]
     for (name, fmt, nt, step), d in keys.items():
         base = d["stock eager"]

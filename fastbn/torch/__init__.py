@@ -17,8 +17,8 @@ convert, revert
     Swap a model's batch norms for fastbn's and fuse BN -> ReLU/ReLU6,
     BN -> add and BN -> add -> ReLU/ReLU6 (torch.fx); and back.
 use_torch_threads
-    Run fastbn's kernels on PyTorch's OpenMP threads, or on fastbn's own
-    (the default).
+    Run fastbn's kernels on PyTorch's OpenMP threads (turned on at import
+    where PyTorch's runtime is found), or on fastbn's own.
 
 torch is never a dependency of fastbn: importing this module without it
 raises ImportError with the command that installs it.
@@ -38,3 +38,5 @@ from ._team import use_torch_threads  # noqa: E402
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm",
            "convert", "revert", "use_torch_threads"]
+
+use_torch_threads(True)

@@ -23,9 +23,10 @@ import torch
 
 from .. import _kernels
 
-__all__ = ["torch_openmp_runtime", "use_torch_threads"]
+__all__ = ["torch_openmp_runtime", "use_torch_threads", "torch_threads_on"]
 
 _FOUND = []  # [torch_openmp_runtime()] once looked up
+_ON = [False]  # whether fastbn's kernels run on PyTorch's threads now
 _SYMBOLS = ("GOMP_parallel", "omp_get_thread_num", "omp_get_max_threads")
 
 
@@ -71,8 +72,8 @@ def use_torch_threads(enable=True):
     Parameters
     ----------
     enable : bool, default True
-        True: PyTorch's threads; False: fastbn's own helpers (the state
-        before the first call).
+        True: PyTorch's threads (set at ``import fastbn.torch``); False:
+        fastbn's own helpers (as without ``fastbn.torch``).
 
     Returns
     -------
@@ -91,12 +92,12 @@ def use_torch_threads(enable=True):
     is on.  Call it while no fastbn kernel runs.  The number of threads of
     a call stays fastbn's (``fastbn.set_num_threads``, OMP_NUM_THREADS),
     capped by PyTorch's runtime's ``omp_get_max_threads()``; results do not
-    depend on the threads either way.  The runtime's parallel region ends
-    with a join that waits for every thread: on a machine whose cores are
-    busy with other processes fastbn's own pool (which never waits for a
-    late helper) was faster; on a quiet one it is meant to keep fastbn's
-    helpers and PyTorch's spinning threads from taking each other's cores
-    (time your model both ways).
+    depend on the threads either way.  On cores of its own a converted
+    model was faster this way (fastbn's helpers and PyTorch's spinning
+    threads no longer take each other's cores).  The runtime's parallel
+    region ends with a join that waits for every thread: on a machine whose
+    cores are busy with other processes fastbn's own pool (which never
+    waits for a late helper) was faster; time your model both ways.
 
     Examples
     --------
@@ -104,17 +105,23 @@ def use_torch_threads(enable=True):
     >>> on = fbt.use_torch_threads(True)  # True where PyTorch's runtime is found
     >>> fbt.use_torch_threads(False)
     False
+    >>> on = fbt.use_torch_threads(True)  # back to the default
     """
     if not isinstance(enable, bool):
         raise TypeError(f"enable must be True or False, got {enable!r}")
-    if not enable or not _kernels.have_openmp():
-        _kernels.set_team(0, 0, 0)
-        return False
-    if not _FOUND:
-        _FOUND.append(torch_openmp_runtime())
-    found = _FOUND[0]
+    found = None
+    if enable and _kernels.have_openmp():
+        if not _FOUND:
+            _FOUND.append(torch_openmp_runtime())
+        found = _FOUND[0]
     if found is None:
         _kernels.set_team(0, 0, 0)
-        return False
-    _kernels.set_team(*found[1])
-    return True
+    else:
+        _kernels.set_team(*found[1])
+    _ON[0] = found is not None
+    return _ON[0]
+
+
+def torch_threads_on():
+    """True while fastbn's kernels run on PyTorch's threads."""
+    return _ON[0]
