@@ -110,6 +110,40 @@ def test_kernels_run_on_torch_threads_not_fastbn_helpers():
     assert out.stdout.split() == ["0", "1", "True"]
 
 
+@needs_team
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_forked_child_goes_back_to_fastbn_pool():
+    # after the parent ran jobs on PyTorch's team, libgomp would hang in a
+    # forked child's parallel region: the child uses fastbn's own pool
+    code = textwrap.dedent("""
+        import os, sys
+        import numpy as np
+        import torch
+        import fastbn
+        import fastbn.torch as fbt
+        from fastbn import _kernels
+        from fastbn.torch import _team
+        torch.set_num_threads(2)
+        x = np.random.default_rng(0).standard_normal((32, 64, 32, 32)).astype(np.float32)
+        with fastbn.num_threads(2):
+            ref = fastbn.batch_norm_train(x)[0]
+            assert _team.torch_threads_on() and _kernels.pool_threads() == 0
+            pid = os.fork()
+            if pid == 0:
+                y = fastbn.batch_norm_train(x)[0]
+                ok = (np.array_equal(y, ref) and not _team.torch_threads_on()
+                      and _kernels.pool_threads() >= 1)
+                os._exit(0 if ok else 3)
+            _, status = os.waitpid(pid, 0)
+            y = fastbn.batch_norm_train(x)[0]
+            assert _team.torch_threads_on() and np.array_equal(y, ref)
+        sys.exit(os.WEXITSTATUS(status))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
 def _step(bn, x):
     y = bn(x)
     y.sum().backward()

@@ -89,7 +89,8 @@ def use_torch_threads(enable=True):
     Notes
     -----
     Process-wide: fastbn's NumPy functions use the same threads while it
-    is on.  Call it while no fastbn kernel runs.  The number of threads of
+    is on.  A child made with ``os.fork`` starts with it off (PyTorch's
+    OpenMP threads do not exist there).  Call it while no fastbn kernel runs.  The number of threads of
     a call stays fastbn's (``fastbn.set_num_threads``, OMP_NUM_THREADS),
     capped by PyTorch's runtime's ``omp_get_max_threads()``; results do not
     depend on the threads either way.  On cores of its own a converted
@@ -120,6 +121,18 @@ def use_torch_threads(enable=True):
         _kernels.set_team(*found[1])
     _ON[0] = found is not None
     return _ON[0]
+
+
+def _forked_child():
+    """A forked child has none of the runtime's threads, and libgomp hangs
+    in a parallel region there after the parent used one: the child's
+    fastbn goes back to its own pool (which starts afresh in a child)."""
+    _kernels.set_team(0, 0, 0)
+    _ON[0] = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked_child)
 
 
 def torch_threads_on():
