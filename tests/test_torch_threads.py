@@ -192,3 +192,34 @@ def test_copied_module_has_its_own_views(how):
     for _ in range(3):
         ref(x)
     torch.testing.assert_close(b.running_var, ref.running_var, rtol=1e-6, atol=1e-7)
+
+
+def test_compiled_eval_is_pytorch_batch_norm_and_training_is_fastbn():
+    # under torch.compile the eval forward is PyTorch's batch norm (Inductor
+    # folds it into the convolution before it); training calls fastbn's
+    # operator, which takes any layout (no copies inserted around it)
+    graphs = []
+
+    def backend(gm, inputs):
+        graphs.append(gm.code)
+        return gm
+    torch.manual_seed(0)
+    bn = fbt.BatchNorm2d(4, activation="relu6")
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(3, 4, 5, 5) * 4
+    f = torch.compile(bn, backend=backend, fullgraph=True)
+    bn.eval()
+    with torch.no_grad():
+        y = f(x)
+    ref = torch.nn.functional.hardtanh(torch.nn.functional.batch_norm(
+        x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps), 0, 6)
+    torch.testing.assert_close(y, ref)
+    assert "batch_norm" in graphs[-1] and "fastbn" not in graphs[-1]
+    bn.train()
+    f(x)
+    assert "fastbn.bn_train" in graphs[-1]
+    for op in (torch.ops.fastbn.bn_train, torch.ops.fastbn.bn_infer,
+               torch.ops.fastbn.bn_backward):
+        assert torch.Tag.flexible_layout in op.default.tags
