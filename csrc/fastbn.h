@@ -114,6 +114,21 @@ const char *fbn_scheduler(void);
 long fbn_set_spin_us(long us);
 int fbn_pool_threads(void);
 
+/* fbn_set_team(run, tid, max): the "pool" scheduler's jobs run on another
+ * OpenMP runtime's thread team instead of fastbn's helpers (PyTorch's
+ * threads, so that the two libraries do not fight for the cores).  `run`
+ * has the ABI of libgomp's GOMP_parallel (fn(data) on every thread of a
+ * team of at most nthreads, the caller included, returning when all are
+ * done; flags 0), `tid` of omp_get_thread_num and `max` of
+ * omp_get_max_threads of the same runtime (it caps the thread count).
+ * All NULL: fastbn's own helpers again (the default).  Results are the
+ * same bits either way.  Set while no kernel runs; FBN_EINVAL if only
+ * some are NULL, or for a team in a build without OpenMP. */
+typedef void (*fbn_team_run_fn)(void (*fn)(void *), void *data, unsigned nthreads,
+                                unsigned flags);
+typedef int (*fbn_team_int_fn)(void);
+int fbn_set_team(fbn_team_run_fn run, fbn_team_int_fn tid, fbn_team_int_fn max);
+
 /* The plan a kernel makes for a call (for tests and the benchmark report)
  * over `groups` ghost batches of (outer, C, inner) each (1: an ordinary
  * call): nstat = arrays its reductions read, nextra = arrays only its

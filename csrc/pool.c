@@ -200,6 +200,8 @@ static struct {
     fbn_atomic last_end;  /* when the last job ended (ns, any caller) */
     fbn_atomic streak;    /* jobs that began less than RECENT_NS after the
                              previous one ended, in a row */
+    fbn_atomic external;  /* the current job runs on an external team:
+                             fastbn's own helpers keep out of it */
     int nworkers;        /* helpers started (under mutex) */
     int64_t max_nr;      /* most ranges any job used (owner only) */
     fbn_mutex mutex;
@@ -251,6 +253,8 @@ static int work_on(int64_t gen, int64_t me)
     cpu = LD(&P.owner_cpu);
     if (me > 0 && cpu >= 0 && fbn_cpu() == cpu)
         return 0;
+    if (me > 0 && LD(&P.external)) /* another library's team runs this job */
+        return 1;
     for (i = 0; i < nr; i++)
         if (!work_range(gen, (me + i) % nr))
             return 1;
@@ -397,11 +401,44 @@ static int in_burst(void)
 
 static void job_ended(void) { ST(&P.last_end, (int64_t)(now_us() * 1000.0)); }
 
+/* ---- an external team (fbn_set_team) ------------------------------------
+ * Another OpenMP runtime's threads (PyTorch's, say) run the pool's jobs:
+ * `team_run` is that runtime's GOMP_parallel (fn runs on every thread of a
+ * team of up to nthreads, the caller being thread 0, and it returns when
+ * all are done), `team_tid` its omp_get_thread_num and `team_max` its
+ * omp_get_max_threads.  The job is published and claimed exactly as for
+ * fastbn's helpers, so the items, their ranges and the results are the
+ * same; only the threads differ. */
+static fbn_team_run_fn team_run;
+static fbn_team_int_fn team_tid, team_max;
+
+static void team_main(void *arg)
+{
+    int64_t gen = *(const int64_t *)arg, nr = LD(&P.nranges), me, i;
+    me = (int64_t)team_tid();
+    if (me < 0 || me >= nr)
+        return;
+    for (i = 0; i < nr; i++)
+        if (!work_range(gen, (me + i) % nr))
+            return;
+}
+
 static void pool_run(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads, int flags)
 {
     int64_t zero = 0, gen, r, nr;
     int reverse = flags & FBN_REVERSE;
+    fbn_team_run_fn team = team_run;
     pool_init();
+    if (team != NULL) { /* the team's threads, not fastbn's helpers */
+        int m = team_max();
+        if (nthreads > m)
+            nthreads = m;
+        flags &= ~FBN_LIGHT;
+    }
+    if (nthreads < 2) {
+        run_serial(n, fn, ctx, flags);
+        return;
+    }
     if (flags & FBN_LIGHT && in_burst())
         flags &= ~FBN_LIGHT;
     if (!CAS(&P.busy, &zero, 1)) { /* another thread's call has the pool */
@@ -409,9 +446,9 @@ static void pool_run(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads, int f
         job_ended();
         return;
     }
-    if (P.nworkers < nthreads - 1 && !(flags & FBN_LIGHT))
+    if (team == NULL && P.nworkers < nthreads - 1 && !(flags & FBN_LIGHT))
         start_workers(nthreads - 1);
-    nr = P.nworkers + 1 < nthreads ? P.nworkers + 1 : nthreads;
+    nr = team != NULL || P.nworkers + 1 >= nthreads ? nthreads : P.nworkers + 1;
     if (nr < 2 || ((flags & FBN_LIGHT) && LD_SEQ(&P.sleepers) >= P.nworkers)) {
         ST(&P.busy, 0); /* no helper, or all asleep and the job is short */
         run_serial(n, fn, ctx, flags);
@@ -436,13 +473,17 @@ static void pool_run(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads, int f
     for (r = 0; r < nr; r++)
         ST_SEQ(&P.slot[r].s, gen << 32);
     ST(&P.owner_cpu, fbn_cpu());
+    ST(&P.external, team != NULL);
     ST_SEQ(&P.gen, gen);
-    if (!(flags & FBN_LIGHT) && LD_SEQ(&P.sleepers) > 0) {
+    if (team != NULL)
+        team(team_main, &gen, (unsigned)nr, 0);
+    else if (!(flags & FBN_LIGHT) && LD_SEQ(&P.sleepers) > 0) {
         LOCK(&P.mutex);
         COND_BROADCAST(&P.cond);
         UNLOCK(&P.mutex);
     }
-    work_on(gen, 0);
+    if (team == NULL)
+        work_on(gen, 0);
     /* every item is claimed; wait for those that helpers are running */
     {
         long spins = 0;
@@ -519,6 +560,23 @@ long fbn_set_spin_us(long us)
 #else
     (void)us;
     return 0;
+#endif
+}
+
+int fbn_set_team(fbn_team_run_fn run, fbn_team_int_fn tid, fbn_team_int_fn max)
+{
+#if FBN_POOL
+    if ((run == NULL) != (tid == NULL) || (run == NULL) != (max == NULL))
+        return FBN_EINVAL;
+    pool_init();
+    team_tid = tid;
+    team_max = max;
+    team_run = run;
+    return FBN_OK;
+#else
+    (void)tid;
+    (void)max;
+    return run == NULL ? FBN_OK : FBN_EINVAL;
 #endif
 }
 

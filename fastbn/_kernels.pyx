@@ -39,6 +39,10 @@ cdef extern from "fastbn.h" nogil:
     const char *fbn_scheduler()
     long fbn_set_spin_us(long us)
     int fbn_pool_threads()
+    ctypedef void (*fbn_team_run_fn)(void (*fn)(void *), void *data, unsigned nthreads,
+                                     unsigned flags)
+    ctypedef int (*fbn_team_int_fn)()
+    int fbn_set_team(fbn_team_run_fn run, fbn_team_int_fn tid, fbn_team_int_fn max)
     void fbn_describe_plan(Py_ssize_t groups, Py_ssize_t outer, Py_ssize_t C,
                            Py_ssize_t inner, int elsize, int nstat, int nextra,
                            int nout, int ops, int nthreads, long long *fields)
@@ -291,6 +295,17 @@ def set_spin_us(long us):
     """How long idle pool helpers spin before sleeping, in microseconds;
     returns the previous value."""
     return fbn_set_spin_us(us)
+
+
+def set_team(size_t run=0, size_t tid=0, size_t max_threads=0):
+    """Run the pool's jobs on another OpenMP runtime's threads: the
+    addresses of its GOMP_parallel, omp_get_thread_num and
+    omp_get_max_threads (fastbn.torch passes PyTorch's); all 0: fastbn's own
+    helpers (the default).  Set while no kernel runs."""
+    if fbn_set_team(<fbn_team_run_fn>run, <fbn_team_int_fn>tid,
+                    <fbn_team_int_fn>max_threads) != FBN_OK:
+        raise ValueError("set_team needs all three addresses or none (and a "
+                         "build with OpenMP)")
 
 
 _PLAN_OPS = {  # op: (arrays the reductions read, arrays only the elementwise

@@ -20,6 +20,7 @@ MODULES = {
     "fastbn.sklearn": "sklearn",
     "fastbn.torch._convert": "torch",
     "fastbn.torch._modules": "torch",
+    "fastbn.torch._team": "torch",
 }
 
 

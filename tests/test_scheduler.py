@@ -24,6 +24,22 @@ pytestmark = pytest.mark.skipif(
     _kernels.scheduler() == "serial",
     reason="a build without OpenMP runs every item on the caller")
 
+
+
+@pytest.fixture(autouse=True)
+def _own_helpers():
+    """These tests are about fastbn's own helpers: ``import fastbn.torch``
+    (in another test) hands the pool's jobs to PyTorch's threads, so that
+    is turned off here and back on after."""
+    team = sys.modules.get("fastbn.torch._team")
+    on = team is not None and team.torch_threads_on()
+    if on:
+        team.use_torch_threads(False)
+    yield
+    if on:
+        team.use_torch_threads(True)
+
+
 CASES = [((8, 32, 9, 9), 1), ((512, 48), 1), ((6, 10, 10, 24), -1),
          ((4, 3, 700), 1), ((3000, 1), 1), ((5, 70, 7, 7), 1)]
 

@@ -292,17 +292,53 @@ def _sync_rank(rank, world, port, shape, rounds, out):
             f()
         total = time.perf_counter() - t0
         best["exchange share"] = group.seconds / (total - group.seconds)
+        best["collectives"] = _collectives(group, shape[1], rounds)
         if rank == 0:
             torch.save(best, out)
     finally:
         dist.destroy_process_group()
+    # The results are saved: leave without the interpreter's teardown, where
+    # a rank sometimes aborts ("terminate called without an active
+    # exception": gloo's threads meeting the interpreter's exit).  A rank
+    # that fails before this point still fails the job.
+    import os
+    import sys
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _collectives(group, C, rounds):
+    """Best time (s) of one step's collectives, as the synchronised forward
+    and backward make them (a status Allreduce(MAX) of 7 int64 each, the
+    forward's Allgather of 2C+1 doubles, the backward's Allreduce(SUM) of
+    2C+1 doubles), run back to back after a barrier: their own cost, without
+    the wait for a rank that is still computing."""
+    import numpy as np
+    import torch.distributed as dist
+    names = group.fastbn_mpi
+    head = np.zeros(7, np.int64)
+    send = np.ones(2 * C + 1)
+    parts = np.zeros((group.Get_size(), 2 * C + 1))
+    buf = np.ones(2 * C + 1)
+    best = float("inf")
+    for _ in range(rounds):
+        dist.barrier(group=group.group)
+        t0 = time.perf_counter()
+        group.Allreduce(names.IN_PLACE, [head, names.INT64_T], names.MAX)
+        group.Allgather([send, names.DOUBLE], [parts, names.DOUBLE])
+        group.Allreduce(names.IN_PLACE, [head, names.INT64_T], names.MAX)
+        group.Allreduce(names.IN_PLACE, [buf, names.DOUBLE], names.SUM)
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def sync_cost(shape=(32, 64, 56, 56), world=2, rounds=10):
     """Forward + backward of fastbn.torch.SyncBatchNorm against the same
     local batch norm, per rank, in a ``world``-process gloo job on
     127.0.0.1 (one thread each).  Returns (local ms, sync ms, the time in
-    the collectives over the rest of the synchronised step's time)."""
+    the collectives over the rest of the synchronised step's time, the
+    collectives' own time back to back in ms)."""
     import os
     import socket
     import tempfile
@@ -315,11 +351,29 @@ def sync_cost(shape=(32, 64, 56, 56), world=2, rounds=10):
         out = os.path.join(tmp, "sync.pt")
         mp.spawn(_sync_rank, (world, port, shape, rounds, out), nprocs=world)
         best = torch.load(out)
-    return best["local"] * 1e3, best["sync"] * 1e3, best["exchange share"]
+    return (best["local"] * 1e3, best["sync"] * 1e3, best["exchange share"],
+            best["collectives"] * 1e3)
 
 
-def _variants(name, fmt, compiled):
-    """name -> (model, train step, eval step) for the model ``name``."""
+def _on_threads(f, torch_threads):
+    """``f`` run with fastbn's kernels on PyTorch's threads or on fastbn's
+    own (``fastbn.torch.use_torch_threads``); the setting is restored."""
+    from fastbn.torch import _team
+
+    def g():
+        old = _team.torch_threads_on()
+        _team.use_torch_threads(torch_threads)
+        try:
+            f()
+        finally:
+            _team.use_torch_threads(old)
+    return g
+
+
+def _variants(name, fmt, compiled, team=False):
+    """variant -> (train step, eval step) for the model ``name``; with
+    ``team`` the converted eager model both on PyTorch's threads (the
+    default, ``fastbn.torch.use_torch_threads``) and on fastbn's own."""
     import fastbn.torch as fbt
     make, batch, size = MODELS[name]
     torch.manual_seed(0)
@@ -350,14 +404,21 @@ def _variants(name, fmt, compiled):
             with torch.no_grad():
                 fwd(x)
         out[k] = (train, evaluate)
+    if team:
+        eager = out["fastbn eager"]
+        out["fastbn eager"] = tuple(_on_threads(f, True) for f in eager)
+        out["fastbn eager, own threads"] = tuple(_on_threads(f, False) for f in eager)
     return out
 
 
 def model_times(names=tuple(MODELS), formats=("nchw", "channels_last"),
                 threads=(1, 2), compiled=True, rounds=3, progress=print):
     """Training step (forward, backward, SGD) and eval step of each model,
-    stock eager / fastbn eager / stock compiled / fastbn compiled side by
-    side.  Returns rows (model, format, threads, step, variant, ms)."""
+    stock eager / fastbn eager (at 2+ threads also on fastbn's own threads) /
+    stock compiled / fastbn compiled side by side; ``compiled``: True
+    (every model), False, or the names of the models that are compiled too
+    (compiling is most of the run time).  Returns rows (model, format,
+    threads, step, variant, ms)."""
     rows = []
     old = torch.get_num_threads()
     import fastbn
@@ -368,7 +429,8 @@ def model_times(names=tuple(MODELS), formats=("nchw", "channels_last"),
             for name in names:
                 for fmt in formats:
                     progress(f"  {name} {fmt} {nt} thread(s)...")
-                    v = _variants(name, fmt, compiled)
+                    comp = compiled if isinstance(compiled, bool) else name in compiled
+                    v = _variants(name, fmt, comp, team=nt > 1)
                     for step, idx in (("train", 0), ("eval", 1)):
                         fns = {k: f[idx] for k, f in v.items()}
                         for f in fns.values():  # warm up (and compile)
@@ -414,24 +476,31 @@ def run(quick=False, threads=None, progress=print):
                       for s, f, p, a, b in op]), ""]
     progress("SyncBatchNorm...")
     sshape = (8, 64, 28, 28) if quick else (32, 64, 56, 56)
-    local, sync, share = sync_cost(sshape, 2, rounds=2 if quick else 10)
+    local, sync, share, coll = sync_cost(sshape, 2, rounds=2 if quick else 10)
     parts += ["### SyncBatchNorm, 2 processes (gloo), forward + backward per rank", "",
               "Exchange: time in the collectives (waiting for the other rank "
-              "included) over the rest of the synchronised step.", "",
+              "included) over the rest of the synchronised step; collectives: "
+              "one step's four collectives back to back after a barrier (their "
+              "own cost), over the local step.", "",
               _table(["shape per rank", "local BN ms", "SyncBatchNorm ms",
-                      "exchange / local kernels"],
-                     [(sshape, f"{local:.2f}", f"{sync:.2f}", f"{share:.1%}")]), ""]
+                      "exchange / local kernels", "collectives ms",
+                      "collectives / local"],
+                     [(sshape, f"{local:.2f}", f"{sync:.2f}", f"{share:.1%}",
+                       f"{coll:.3f}", f"{coll / local:.1%}")]), ""]
     progress("models...")
     rows = model_times(names=("resnet18",) if quick else tuple(MODELS),
                        formats=("nchw",) if quick else ("nchw", "channels_last"),
                        threads=(1,) if quick else tuple(sorted({1, threads or 2})),
-                       compiled=not quick,
+                       # ResNet-50 eager only: compiling it would double
+                       # the run time
+                       compiled=False if quick else ("resnet18", "mobilenet_v2"),
                        rounds=1 if quick else 3, progress=progress)
     table = []
     keys = {}
     for name, fmt, nt, step, k, ms in rows:
         keys.setdefault((name, fmt, nt, step), {})[k] = ms
-    variants = ["stock eager", "fastbn eager", "stock compiled", "fastbn compiled"]
+    variants = ["stock eager", "fastbn eager", "fastbn eager, own threads",
+                "stock compiled", "fastbn compiled"]
     for (name, fmt, nt, step), d in keys.items():
         base = d["stock eager"]
         cells = []

@@ -16,6 +16,9 @@ SyncBatchNorm
 convert, revert
     Swap a model's batch norms for fastbn's and fuse BN -> ReLU/ReLU6,
     BN -> add and BN -> add -> ReLU/ReLU6 (torch.fx); and back.
+use_torch_threads
+    Run fastbn's kernels on PyTorch's OpenMP threads (turned on at import
+    where PyTorch's runtime is found), or on fastbn's own.
 
 torch is never a dependency of fastbn: importing this module without it
 raises ImportError with the command that installs it.
@@ -31,6 +34,9 @@ except ImportError as e:
 from . import _ops  # noqa: E402,F401 (registers torch.ops.fastbn.*)
 from ._modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, SyncBatchNorm  # noqa: E402
 from ._convert import convert, revert  # noqa: E402
+from ._team import use_torch_threads  # noqa: E402
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm",
-           "convert", "revert"]
+           "convert", "revert", "use_torch_threads"]
+
+use_torch_threads(True)

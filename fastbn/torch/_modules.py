@@ -85,7 +85,7 @@ class _FastBatchNorm:
                     and nbt is not None:
                 running = (rm, bufs["running_var"], nbt, self.momentum)
             return _ops.train(input, params["weight"], params["bias"], residual,
-                              self.eps, act, comm, running)
+                              self.eps, act, comm, running, self)
         return _ops.infer(input, rm, bufs["running_var"], params["weight"],
                           params["bias"], residual, self.eps, act)
 
