@@ -410,3 +410,62 @@ def test_compile_fullgraph():
         close(comp.bn.weight.grad, eager.bn.weight.grad, torch.float32, 10)
         torch.testing.assert_close(comp.bn.running_var, eager.bn.running_var)
         assert int(comp.bn.num_batches_tracked) == int(eager.bn.num_batches_tracked)
+
+
+def _saved_big(fn, x):
+    """What ``fn()`` saves for the backward: the number of saved tensors of
+    x's size, and fn's output."""
+    big = []
+
+    def pack(t):
+        if t.numel() == x.numel():
+            big.append(t)
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = fn()
+    return len(big), y
+
+
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fused_activation_keeps_one_tensor(activation, affine, dtype):
+    """BN -> activation without a residual keeps x alone for the backward
+    (its mask rebuilt from x, bias and mean_lo), in the eager path and the
+    operator's autograd, with gradients bitwise those of the mask from y;
+    with a residual y is kept as well."""
+    act = fbt._ops.activation_code(activation)
+    bn = fbt.BatchNorm2d(6, affine=affine, activation=activation)
+    if affine:
+        with torch.no_grad():
+            bn.weight.uniform_(2, 5)  # both ReLU6 bounds are hit
+            bn.bias.uniform_(-1, 1)
+    x = make_input((4, 6, 5, 5), None, dtype).requires_grad_()
+    n, y = _saved_big(lambda: bn(x), x)
+    assert n == 1
+    n_op, y_op = _saved_big(lambda: torch.ops.fastbn.bn_train(
+        x, bn.weight, bn.bias, None, 1e-5, act, "")[0], x)
+    assert n_op == 1
+    z = make_input((4, 6, 5, 5), None, dtype, seed=4)
+    assert _saved_big(lambda: bn(x, z), x)[0] == 2
+    dy = make_input((4, 6, 5, 5), None, dtype, seed=7)
+    (gx,) = torch.autograd.grad(y, x, dy)
+    (gx_op,) = torch.autograd.grad(y_op, x, dy)
+    # the mask from y, through the operator
+    xd = x.detach()
+    _, mean, invstd, _, lo = torch.ops.fastbn.bn_train(xd, bn.weight, bn.bias, None,
+                                                       1e-5, act, "")
+    w = None if bn.weight is None else bn.weight.detach()
+    dx_y = torch.ops.fastbn.bn_backward(dy, xd, mean, invstd, w, y.detach(), True,
+                                        act, False, "")[0]
+    b = None if bn.bias is None else bn.bias.detach()
+    dx_x = torch.ops.fastbn.bn_backward(dy, xd, mean, invstd, w, None, True, act,
+                                        False, "", b, lo)[0]
+    assert (y == 0).any() and (y > 0).any()
+    for g in (gx, gx_op, dx_x):
+        assert torch.equal(g, dx_y)
+    # a wrong mean_lo or bias gives another mask: the arguments are used
+    if affine:
+        wrong = torch.ops.fastbn.bn_backward(dy, xd, mean, invstd, w, None, True, act,
+                                             False, "", b + 0.5, lo)[0]
+        assert not torch.equal(wrong, dx_y)

@@ -6,14 +6,18 @@ low-overhead path: a Python ``custom_op`` costs about twice as much per
 call), a fake kernel for ``torch.compile`` and, for the two forwards, an
 autograd formula whose backward is itself an operator:
 
-``bn_train(x, weight?, bias?, residual?, eps, act, comm) -> (y, mean, invstd, uvar)``
+``bn_train(x, weight?, bias?, residual?, eps, act, comm) -> (y, mean, invstd, uvar, mean_lo)``
     training forward with batch statistics; ``uvar`` is the unbiased
-    batch variance in float64, for the running statistics.
+    batch variance in float64, for the running statistics; ``mean_lo`` the
+    part of the batch mean below ``mean``'s precision (zeros in float64),
+    with which the backward rebuilds the activation's mask from x.
 ``bn_infer(x, mean, var, weight?, bias?, residual?, eps, act) -> y``
     forward with given statistics.
-``bn_backward(dy, x, mean, invstd, weight?, y?, training, act, want_dres, comm)
--> (dx, dweight, dbias, dres)``
-    gradients (``dres`` is empty unless asked for).
+``bn_backward(dy, x, mean, invstd, weight?, y?, training, act, want_dres, comm,
+bias?, mean_lo?) -> (dx, dweight, dbias, dres)``
+    gradients (``dres`` is empty unless asked for).  The fused
+    activation's mask comes from ``y``, or without ``y`` from x, ``bias``
+    and ``mean_lo`` (bit for bit the forward's: one saved tensor, not two).
 ``update_running(running_mean!, running_var!, num_batches_tracked!, mean, uvar, momentum?)``
     the running-statistics update.  It mutates its inputs, so it is kept
     out of the differentiable operator (``register_autograd`` refuses
@@ -63,13 +67,14 @@ _lib = torch.library.Library("fastbn", "DEF")  # noqa: the operators live as lon
 # convolutions) back to the eager layout around each call
 _FLEX = tuple(getattr(torch.Tag, t) for t in ("flexible_layout",) if hasattr(torch.Tag, t))
 _lib.define("bn_train(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, "
-            "float eps, int act, str comm) -> (Tensor, Tensor, Tensor, Tensor)",
+            "float eps, int act, str comm) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
             tags=_FLEX)
 _lib.define("bn_infer(Tensor x, Tensor mean, Tensor var, Tensor? weight, "
             "Tensor? bias, Tensor? residual, float eps, int act) -> Tensor", tags=_FLEX)
 _lib.define("bn_backward(Tensor dy, Tensor x, Tensor mean, Tensor invstd, "
             "Tensor? weight, Tensor? y, bool training, int act, bool want_dres, "
-            "str comm) -> (Tensor, Tensor, Tensor, Tensor)", tags=_FLEX)
+            "str comm, Tensor? bias=None, Tensor? mean_lo=None) -> "
+            "(Tensor, Tensor, Tensor, Tensor)", tags=_FLEX)
 _lib.define("update_running(Tensor(a!) running_mean, Tensor(b!) running_var, "
             "Tensor(c!) num_batches_tracked, Tensor mean, Tensor uvar, "
             "float? momentum) -> ()")
@@ -163,10 +168,18 @@ _NAMES = {code: name for name, code in ACTIVATIONS.items()}
 
 # ---------------------------------------------------------------- kernels
 
+def _mask_from_x(act, residual, comm):
+    """Whether the backward rebuilds the activation's mask from x (and the
+    forward keeps x, not y): an activation without a residual (whose
+    mask needs y) and without synchronised statistics."""
+    return bool(act) and residual is None and not comm
+
+
 def _train_np(x, wn, bn, residual, eps, act, comm):
     """The training forward with NumPy ``wn`` and ``bn`` (weight and bias
-    views, or None): (y, mean, invstd, var64, count), the statistics as
-    NumPy arrays (count: values per channel in the whole batch)."""
+    views, or None): (y, mean, invstd, var64, count, mean_lo), the
+    statistics as NumPy arrays (count: values per channel in the whole
+    batch; mean_lo None with ``comm``)."""
     last, axis = _layout(x)
     y = _out_like(x)
     z = None if residual is None else _view(residual, last)
@@ -174,25 +187,27 @@ def _train_np(x, wn, bn, residual, eps, act, comm):
     if comm:
         from . import _sync
         _, mean, invstd, var, count = _sync.train(comm, args, _NAMES[act])
+        lo = None
     else:
-        _, mean, invstd, var, count = _api._train(*args, None, True, None, None,
-                                                  _NAMES[act])
-    return y, mean, invstd, var, count
+        _, mean, invstd, var, count, lo = _api._train(*args, None, True, None, None,
+                                                      _NAMES[act], True)
+    return y, mean, invstd, var, count, lo
 
 
 def _train_impl(x, weight, bias, residual, eps, act, comm):
-    y, mean, invstd, var, count = _train_np(x, _np_opt(weight), _np_opt(bias), residual,
-                                            eps, act, comm)
+    y, mean, invstd, var, count, lo = _train_np(x, _np_opt(weight), _np_opt(bias),
+                                                residual, eps, act, comm)
     uvar = var * (count / (count - 1.0))
+    lo = np.zeros_like(mean) if lo is None else lo
     return (y, torch.from_numpy(mean), torch.from_numpy(invstd),
-            torch.from_numpy(uvar))
+            torch.from_numpy(uvar), torch.from_numpy(lo))
 
 
 def _train_fake(x, weight, bias, residual, eps, act, comm):
     C = x.shape[1]
     sdt = _stat_dtype(x)
     return (_out_like(x), x.new_empty((C,), dtype=sdt), x.new_empty((C,), dtype=sdt),
-            x.new_empty((C,), dtype=torch.float64))
+            x.new_empty((C,), dtype=torch.float64), x.new_empty((C,), dtype=sdt))
 
 
 def _infer_impl(x, mean, var, weight, bias, residual, eps, act):
@@ -210,22 +225,29 @@ def _infer_fake(x, mean, var, weight, bias, residual, eps, act):
     return _out_like(x)
 
 
-def _backward_np(dy, x, mean, invstd, weight, y, training, act, want_dres, comm):
+def _backward_np(dy, x, mean, invstd, weight, y, training, act, want_dres, comm,
+                 bias=None, lo=None):
     """The backward with NumPy ``mean`` and ``invstd``: (dx, dgamma, dbeta,
     dres or None), dgamma and dbeta NumPy arrays (this rank's share with
-    ``comm``)."""
+    ``comm``).  The activation's mask (y > 0 for relu, 0 < y < 6 for
+    relu6) comes from ``y``, or, with ``lo`` (NumPy mean_lo) and no y,
+    from x, ``bias`` (NumPy or None: zeros) and ``lo``."""
     last, axis = _layout(x)
     dx = _out_like(x)
     yv = None if y is None else _view(y, last)
-    # the mask of the forward's activation: y > 0 (relu), 0 < y < 6 (relu6)
-    activation = _NAMES[act] if yv is not None else None
+    from_x = yv is None and lo is not None and bool(act)
+    activation = _NAMES[act] if yv is not None or from_x else None
+    beta = None
+    if from_x:
+        beta = np.zeros_like(mean) if bias is None else bias
     args = (_view(dy, last), _view(x, last), mean, invstd, _np_opt(weight), axis,
             yv, training, want_dres, _view(dx, last))
     if comm and training:
         from . import _sync
         res, (dgamma, dbeta) = _sync.backward(comm, args, activation)
     else:
-        res = _api._backward(*args, None, None, None, None, activation)
+        res = _api._backward(*args, None, None, None, None, activation, beta,
+                             lo if from_x else None)
         dgamma, dbeta = res[1], res[2]
     dres = None
     if want_dres:  # the kernel's own array, no copy: x's layout and strides
@@ -235,15 +257,18 @@ def _backward_np(dy, x, mean, invstd, weight, y, training, act, want_dres, comm)
     return dx, dgamma, dbeta, dres
 
 
-def _backward_impl(dy, x, mean, invstd, weight, y, training, act, want_dres, comm):
+def _backward_impl(dy, x, mean, invstd, weight, y, training, act, want_dres, comm,
+                   bias=None, mean_lo=None):
     dx, dgamma, dbeta, dres = _backward_np(dy, x, _np(mean), _np(invstd), weight, y,
-                                           training, act, want_dres, comm)
+                                           training, act, want_dres, comm,
+                                           _np_opt(bias), _np_opt(mean_lo))
     if dres is None:
         dres = x.new_empty((0,))
     return dx, torch.from_numpy(dgamma), torch.from_numpy(dbeta), dres
 
 
-def _backward_fake(dy, x, mean, invstd, weight, y, training, act, want_dres, comm):
+def _backward_fake(dy, x, mean, invstd, weight, y, training, act, want_dres, comm,
+                   bias=None, mean_lo=None):
     C = x.shape[1]
     sdt = _stat_dtype(x)
     dres = _out_like(x) if want_dres else x.new_empty((0,))
@@ -299,25 +324,28 @@ _NO_DOUBLE = ("fastbn: gradients of fastbn's batch norm gradients (double "
 
 def _train_setup(ctx, inputs, output):
     x, weight, bias, residual, eps, act, comm = inputs
-    y, mean, invstd, _ = output
-    # where an activation is fused the backward needs y (its mask) and x;
-    # a backward that recomputes the mask from x would let y go
-    ctx.save_for_backward(x, weight, mean, invstd, y if act else None)
+    y, mean, invstd, _, lo = output
+    # a fused activation's mask: from x, bias and mean_lo where it can be
+    # (one saved tensor of x's size, not two), else from y
+    from_x = _mask_from_x(act, residual, comm)
+    ctx.save_for_backward(x, weight, mean, invstd, y if act and not from_x else None,
+                          bias if from_x else None, lo if from_x else None)
     ctx.act = act
     ctx.comm = comm
     ctx.has_res = residual is not None
-    ctx.mark_non_differentiable(mean, invstd, output[3])
+    ctx.mark_non_differentiable(mean, invstd, output[3], lo)
 
 
-def _train_backward(ctx, dy, _dmean, _dinvstd, _duvar):
-    x, weight, mean, invstd, y = ctx.saved_tensors
+def _train_backward(ctx, dy, _dmean, _dinvstd, _duvar, _dlo):
+    x, weight, mean, invstd, y, bias, lo = ctx.saved_tensors
     return _grads(ctx, ctx.needs_input_grad[:4], dy, x, weight, mean, invstd, y,
-                  True) + (None, None, None)
+                  True, bias, lo) + (None, None, None)
 
 
-def _grads(ctx, need, dy, x, weight, mean, invstd, y, training):
+def _grads(ctx, need, dy, x, weight, mean, invstd, y, training, bias=None, lo=None):
     """(dx, dweight, dbias, dresidual), None where not required (``need``:
-    which of x, weight, bias, residual need a gradient)."""
+    which of x, weight, bias, residual need a gradient); without ``y`` the
+    activation's mask from x, ``bias`` and ``lo`` (mean_lo)."""
     act = ctx.act
     if dy is None:
         return None, None, None, None
@@ -326,12 +354,12 @@ def _grads(ctx, need, dy, x, weight, mean, invstd, y, training):
         if torch.is_grad_enabled():
             raise NotImplementedError(_NO_DOUBLE)
         dx, dw, db, dres = _backward_np(dy, x, mean, invstd, weight, y, training, act,
-                                        want_dres, ctx.comm)
+                                        want_dres, ctx.comm, _np_opt(bias), lo)
         if weight is not None:
             dw, db = torch.from_numpy(dw), torch.from_numpy(db)
     else:
         dx, dw, db, dres = _ops.bn_backward(dy, x, mean, invstd, weight, y, training,
-                                            act, want_dres, ctx.comm)
+                                            act, want_dres, ctx.comm, bias, lo)
     if not ctx.has_res or not need[3]:
         dres = None
     elif not act:  # no activation: the residual's gradient is dy itself
@@ -382,10 +410,12 @@ torch.library.register_autograd("fastbn::bn_infer", _infer_backward,
 # running statistics are updated in the same call.  Under torch.compile
 # (and for anyone calling torch.ops.fastbn.*) the operators are used.
 
-def _eager_save(ctx, x, weight, y, act, residual, stats, comm):
-    """What the eager backward needs: x, weight, y where an activation is
-    fused (its mask), the NumPy statistics and the options."""
-    ctx.save_for_backward(x, weight, y if act else None)
+def _eager_save(ctx, x, weight, y, act, residual, stats, comm, bias=None):
+    """What the eager backward needs: x, weight, the NumPy statistics and
+    the options; where an activation is fused, y (its mask), or with
+    mean_lo in ``stats`` (the mask from x) the bias instead."""
+    from_x = len(stats) > 2
+    ctx.save_for_backward(x, weight, bias if from_x else y if act else None)
     ctx.stats = stats
     ctx.act = act
     ctx.comm = comm
@@ -396,15 +426,20 @@ def _eager_save(ctx, x, weight, y, act, residual, stats, comm):
 class _TrainFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, residual, eps, act, comm, views):
-        y, mean, invstd = _train_eager(x, residual, eps, act, comm, views)
-        _eager_save(ctx, x, weight, y, act, residual, (mean, invstd), comm)
+        y, mean, invstd, lo = _train_eager(x, residual, eps, act, comm, views)
+        stats = (mean, invstd, lo) if _mask_from_x(act, residual, comm) else (mean, invstd)
+        _eager_save(ctx, x, weight, y, act, residual, stats, comm, bias)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight, y = ctx.saved_tensors
+        x, weight, kept = ctx.saved_tensors
+        if len(ctx.stats) > 2:  # the mask from x: kept is the bias
+            mean, invstd, lo = ctx.stats
+            return _grads(ctx, ctx.needs_input_grad[:4], dy, x, weight, mean, invstd,
+                          None, True, kept, lo) + (None, None, None, None)
         mean, invstd = ctx.stats
-        return _grads(ctx, ctx.needs_input_grad[:4], dy, x, weight, mean, invstd, y,
+        return _grads(ctx, ctx.needs_input_grad[:4], dy, x, weight, mean, invstd, kept,
                       True) + (None, None, None, None)
 
 
@@ -429,14 +464,14 @@ class _InferFn(torch.autograd.Function):
 
 
 def _train_eager(x, residual, eps, act, comm, views):
-    """(y, mean, invstd) with NumPy statistics; ``views`` = NumPy views of
+    """(y, mean, invstd, mean_lo) with NumPy statistics; ``views`` = NumPy views of
     (weight, bias, running_mean, running_var, num_batches_tracked) and the
     momentum (None where absent; running statistics updated when given)."""
     wn, bn, rm, rv, nbt, momentum = views
-    y, mean, invstd, var, count = _train_np(x, wn, bn, residual, eps, act, comm)
+    y, mean, invstd, var, count, lo = _train_np(x, wn, bn, residual, eps, act, comm)
     if rm is not None:
         _update_np(rm, rv, nbt, mean, var * (count / (count - 1.0)), momentum)
-    return y, mean, invstd
+    return y, mean, invstd, lo
 
 
 def _views(owner, weight, bias, running):
@@ -522,7 +557,7 @@ def train(x, weight, bias, residual, eps, act, comm, running, owner):
     update_running under torch.compile, the same kernels without the
     dispatcher in eager mode."""
     if _compiling():
-        y, mean, _, uvar = _ops.bn_train(x, weight, bias, residual, eps, act, comm)
+        y, mean, _, uvar, _ = _ops.bn_train(x, weight, bias, residual, eps, act, comm)
         if running is not None:
             rm, rv, nbt, momentum = running
             _ops.update_running(rm, rv, nbt, mean, uvar, momentum)
