@@ -23,7 +23,6 @@ cdef extern from "fastbn.h" nogil:
     int FBN_OK, FBN_ENOMEM  # (status codes)
     int FBN_FLOAT32, FBN_FLOAT64, FBN_FLOAT16, FBN_BFLOAT16  # (dtype codes)
     const char *fbn_strerror(int status)
-    int fbn_have_openmp()
     int fbn_omp_max_threads()
     long fbn_openmp_version()
     const char *fbn_build_info()
@@ -106,9 +105,7 @@ cdef inline object _empty(Py_ssize_t n, int typenum, Py_ssize_t g=-1):
     return cnp.PyArray_EMPTY(1 + (g >= 0), &dims[g < 0], typenum, 0)
 
 
-# NumPy's type number of bfloat16 (ml_dtypes registers it at run time), -1
-# until the first bfloat16 array is seen.
-cdef int _bf16_num = -1
+cdef int _bf16_num = -1  # bfloat16's type number (registered at run time) once seen
 cdef int F64 = cnp.NPY_FLOAT64  # (a short name: the statistics' type)
 
 def is_bfloat16(dt):
@@ -164,18 +161,13 @@ cdef inline int _check(int status) except -1 nogil:
     return 0
 
 
-def have_openmp():
-    """True if the kernels were compiled with OpenMP."""
-    return bool(fbn_have_openmp())
-
-
 def omp_max_threads():
     """omp_get_max_threads() of the calling thread (1 without OpenMP)."""
     return fbn_omp_max_threads()
 
 
 def openmp_version():
-    """The _OPENMP version the kernels were compiled with (0 without)."""
+    """The _OPENMP version the kernels were compiled with (0: no OpenMP)."""
     return fbn_openmp_version()
 
 
@@ -195,9 +187,8 @@ def set_simd(str name):
 
 def plain(a, bint writeable=False):
     """True if `a` is exactly a numpy.ndarray of a kernel dtype (bfloat16
-    once one has been seen), native, C-contiguous and aligned (and writeable
-    if asked): the form the kernels take as it is (one C-level look; the
-    checks in fastbn._checks handle every other case and its messages)."""
+    once seen), native, C-contiguous, aligned (and writeable if asked): the
+    kernels take it as it is (fastbn._checks handles every other case)."""
     if type(a) is not cnp.ndarray:
         return False
     cdef cnp.ndarray arr = <cnp.ndarray>a
@@ -233,13 +224,9 @@ cdef tuple _force(tuple names, tuple values):
 
 
 def set_tuning(nt=None, fuse=None, tile=None, serial=None, wake=None):
-    """Force the strategies' thresholds, for measurements and tests (as
-    fbn_set_tuning in csrc/fastbn.h): bytes for non-temporal stores (`nt`),
-    fused channel-first tiles (`fuse`), a statistics tile (`tile`); values
-    below which a call runs on its caller alone (`serial`); bytes moved
-    below which it wakes no sleeping helper (`wake`).  None (or < 0): the
-    default.  No setting changes a result's bits.  Returns the previous
-    settings (None: default), so that ``set_tuning(**old)`` restores them."""
+    """Force the thresholds of fbn_set_tuning (csrc/fastbn.h) for tests and
+    measurements; None (or < 0): the default.  Plans change, bits do not.
+    Returns the previous settings: ``set_tuning(**old)`` restores them."""
     old, v = _force(("nt", "fuse", "tile", "serial", "wake"),
                     tuple(None if v is None or v < 0 else int(v)
                           for v in (nt, fuse, tile, serial, wake)))
@@ -262,12 +249,10 @@ def cache_sizes():
 
 
 def set_cache_sizes(l1=None, l2=None, l3=None):
-    """Make the kernels plan as on a CPU with these cache sizes in bytes
-    (per core for L1d and L2; L3 as the core sees it); None: the detected
-    size.  For tests and measurements: no size changes a result's bits, only
-    the plan (see plan()).  Not thread-safe: set while no kernel runs.
-    Returns the previous forced sizes as a dict, so that
-    ``set_cache_sizes(**old)`` restores them."""
+    """Plan as on a CPU with these cache sizes in bytes (L1d and L2 per
+    core, L3 as a core sees it; None: detected), for tests and measurements:
+    plans change, bits do not.  Set while no kernel runs.  Returns the
+    previous forced sizes: ``set_cache_sizes(**old)`` restores them."""
     for name, v in zip(("l1", "l2", "l3"), (l1, l2, l3)):
         if v is not None and (not isinstance(v, int) or v < 0):
             raise ValueError(f"{name} must be None or a size in bytes >= 0, got {v!r}")
@@ -298,10 +283,9 @@ def set_spin_us(long us):
 
 
 def set_team(size_t run=0, size_t tid=0, size_t max_threads=0):
-    """Run the pool's jobs on another OpenMP runtime's threads: the
-    addresses of its GOMP_parallel, omp_get_thread_num and
-    omp_get_max_threads (fastbn.torch passes PyTorch's); all 0: fastbn's own
-    helpers (the default).  Set while no kernel runs."""
+    """Run the pool's jobs on another OpenMP runtime's team (fbn_set_team:
+    the addresses of its GOMP_parallel, omp_get_thread_num and
+    omp_get_max_threads; all 0: fastbn's own helpers).  Set while idle."""
     if fbn_set_team(<fbn_team_run_fn>run, <fbn_team_int_fn>tid,
                     <fbn_team_int_fn>max_threads) != FBN_OK:
         raise ValueError("set_team needs all three addresses or none (and a "
@@ -422,12 +406,11 @@ def apply(x, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, mean, invstd,
 
 
 def backward_reduce(dy, x, y, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
-                    mean, int nthreads, act=None):
+                    mean, int nthreads, int a):
     """Per-channel (sum dy', sum dy'*(x-mean)) in float64; dy' masked by the
-    forward's output y for activation code act (None: ReLU when y is
-    given)."""
+    forward's output y for activation code a."""
     sdy, sdyx = _empty(C, F64), _empty(C, F64)
-    cdef int k = _kind(x), a = (y is not None) if act is None else act
+    cdef int k = _kind(x)
     cdef void *pd = _ptr(dy), *px = _ptr(x), *py = _ptr(y), *pm = _ptr(mean)
     cdef void *ps = _ptr(sdy), *pq = _ptr(sdyx)
     with nogil:
@@ -438,10 +421,10 @@ def backward_reduce(dy, x, y, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
 
 def backward_apply(dy, x, y, Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner,
                    mean, invstd, gamma, sum_dy, sum_dyxmu, double count,
-                   bint training, dx, dz, int nthreads, act=None):
-    """dx (and dz) from the reductions (float64 sums over count values); act
+                   bint training, dx, dz, int nthreads, int a):
+    """dx (and dz) from the reductions (float64 sums over count values); a
     as for backward_reduce."""
-    cdef int k = _kind(x), a = (y is not None) if act is None else act
+    cdef int k = _kind(x)
     cdef void *pd = _ptr(dy), *px = _ptr(x), *py = _ptr(y), *pm = _ptr(mean)
     cdef void *pi = _ptr(invstd), *pg = _ptr(gamma), *ps = _ptr(sum_dy)
     cdef void *pq = _ptr(sum_dyxmu), *pdx = _ptr(dx), *pdz = _ptr(dz)

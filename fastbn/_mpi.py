@@ -338,6 +338,8 @@ def backward(comm, dy, x, yv, outer, C, inner, mean, invstd, gamma, dx, dz, nthr
     Returns ``(dgamma, dbeta)`` of the global batch, x.dtype, shape (C,).
     """
     MPI = _check_comm(comm)
+    if act is None:
+        act = int(yv is not None)
     sdy, sdyx = _kernels.backward_reduce(dy, x, yv, outer, C, inner, mean, nthreads,
                                          act)
     _exchange(comm, MPI, BACKWARD, C, x.dtype)

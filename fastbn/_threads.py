@@ -162,7 +162,7 @@ def config():
     return {
         "version": __version__,
         "numpy": numpy.__version__,
-        "openmp": _kernels.have_openmp(),
+        "openmp": _kernels.openmp_version() > 0,
         "openmp_version": _kernels.openmp_version(),
         "openmp_runtime": _openmp_runtime(),
         "threads": get_num_threads(),
@@ -178,7 +178,7 @@ def config():
 
 def _openmp_runtime():
     """Name and path of the OpenMP runtime library loaded in this process."""
-    if not _kernels.have_openmp():
+    if _kernels.openmp_version() == 0:
         return None
     try:
         with open("/proc/self/maps") as f:

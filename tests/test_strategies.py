@@ -111,11 +111,11 @@ def _run_all(x, g, b, z, dy, axis):
     n = fastbn.get_num_threads()
     if x.itemsize == 2:  # the kernels take float32 per-channel arrays
         g, b = g.astype(np.float32), b.astype(np.float32)
-    sdy, sdyx = _kernels.backward_reduce(dy, x, y, outer, C, inner, m, n)
+    sdy, sdyx = _kernels.backward_reduce(dy, x, y, outer, C, inner, m, n, 1)
     dx = np.empty_like(x)
     dz = np.empty_like(x)
     _kernels.backward_apply(dy, x, y, outer, C, inner, m, s, g, sdy, sdyx,
-                            float(outer * inner), True, dx, dz, n)
+                            float(outer * inner), True, dx, dz, n, 1)
     ya = np.empty_like(x)
     _kernels.apply(x, outer, C, inner, m.astype(np.float64), s.astype(np.float64),
                    g, b, z, True, ya, n)

@@ -111,7 +111,7 @@ def use_torch_threads(enable=True):
     if not isinstance(enable, bool):
         raise TypeError(f"enable must be True or False, got {enable!r}")
     found = None
-    if enable and _kernels.have_openmp():
+    if enable and _kernels.openmp_version() > 0:
         if not _FOUND:
             _FOUND.append(torch_openmp_runtime())
         found = _FOUND[0]
