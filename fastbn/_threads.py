@@ -13,6 +13,7 @@ after one, so then use the "spawn" or "forkserver" start method, or
 ``OMP_NUM_THREADS=1`` in forked children.
 """
 import contextlib
+import sys
 
 from . import _kernels
 from ._checks import count
@@ -146,7 +147,9 @@ def config():
     dict
         ``version``, ``numpy``, ``openmp`` (bool), ``openmp_version``,
         ``openmp_runtime`` (the loaded library), ``threads``,
-        ``thread_setting``, ``scheduler``, ``caches`` (bytes of L1d, L2, L3),
+        ``thread_setting``, ``scheduler`` ("pool", "pool on torch" while
+        fastbn.torch runs the pool's jobs on PyTorch's threads, "openmp" or
+        "serial"), ``caches`` (bytes of L1d, L2, L3),
         ``compiler``, ``simd_baseline``, ``simd`` (the level in use) and
         ``simd_available``.
 
@@ -167,13 +170,23 @@ def config():
         "openmp_runtime": _openmp_runtime(),
         "threads": get_num_threads(),
         "thread_setting": _setting,
-        "scheduler": _kernels.scheduler(),
+        "scheduler": _scheduler(),
         "caches": dict(zip(("L1d", "L2", "L3"), _kernels.cache_sizes())),
         "compiler": _kernels.build_info().split("; ")[0],
         "simd_baseline": _kernels.build_info().split("; ")[-1],
         "simd": _kernels.simd(),
         "simd_available": _kernels.simd_available(),
     }
+
+
+def _scheduler():
+    """The scheduler's name; "pool on torch" while fastbn.torch hands the
+    pool's jobs to PyTorch's threads (fastbn.torch.use_torch_threads)."""
+    name = _kernels.scheduler()
+    team = sys.modules.get("fastbn.torch._team")
+    if name == "pool" and team is not None and team.torch_threads_on():
+        return "pool on torch"
+    return name
 
 
 def _openmp_runtime():
@@ -240,7 +253,9 @@ def show_config(file=None):
         f"  numpy:    {cfg['numpy']}",
         f"  OpenMP:   {omp}",
         f"  threads:  {cfg['threads']} ({setting}), scheduled by the "
-        f"{cfg['scheduler']}" + (" (caller-runs)" if cfg["scheduler"] == "pool" else ""),
+        f"{cfg['scheduler']}" + ({"pool": " (caller-runs)", "pool on torch": (
+            " (its jobs on PyTorch's OpenMP threads: fastbn.torch.use_torch_threads)")}
+            .get(cfg["scheduler"], "")),
         f"  caches:   {caches}",
         f"  compiler: {cfg['compiler']}",
         f"  SIMD:     {cfg['simd']} kernels in use (available: "

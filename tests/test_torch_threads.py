@@ -29,6 +29,21 @@ def test_on_after_import():
     assert fbt._team.torch_threads_on()
 
 
+@needs_team
+def test_show_config_names_the_threads():
+    """config() and show_config() say whose threads run the pool's jobs."""
+    import io
+    try:
+        assert fastbn._threads.config()["scheduler"] == "pool on torch"
+        buf = io.StringIO()
+        fastbn.show_config(file=buf)
+        assert "on PyTorch's OpenMP threads" in buf.getvalue()
+        fbt.use_torch_threads(False)
+        assert fastbn._threads.config()["scheduler"] == "pool"
+    finally:
+        fbt.use_torch_threads(True)
+
+
 def test_use_torch_threads_checks_its_argument():
     with pytest.raises(TypeError, match="enable must be True or False"):
         fbt.use_torch_threads(1)
