@@ -582,3 +582,27 @@ def test_import_needs_only_numpy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_cache_size_options():
+    """--l2/--l3 take sizes with K/M suffixes and refuse nonsense; the
+    report's header says which sizes the plans were forced to."""
+    assert cli.size_arg("524288") == 524288
+    assert cli.size_arg("512K") == 512 << 10
+    assert cli.size_arg("1.25M") == 1310720
+    assert cli.size_arg("8mb") == 8 << 20
+    for bad in ("abc", "0", "-1M", ""):
+        with pytest.raises(Exception, match="size"):
+            cli.size_arg(bad)
+    args = cli.parse_args(["--kernels", "--l2", "1M"])
+    assert args.l2 == 1 << 20 and args.l3 is None
+    from fastbn import _kernels
+    from fastbn.bench.machine import planned_caches
+    import fastbn
+    assert planned_caches(fastbn) == ""
+    old = _kernels.set_cache_sizes(l2=1 << 20)
+    try:
+        text = planned_caches(fastbn)
+        assert "L2 1024K" in text and "L2 forced" in text
+    finally:
+        _kernels.set_cache_sizes(**old)

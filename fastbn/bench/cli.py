@@ -121,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile in the sweep: none, the "
                         "representative subset (default; none with --quick "
                         "or --no-compile) or every row (hours)")
+    p.add_argument("--l2", type=size_arg, default=None, metavar="BYTES",
+                   help="plan fastbn's kernels as on a CPU with this L2 per "
+                        "core (e.g. 512K, 1M, 1.25M; fastbn._kernels."
+                        "set_cache_sizes): how the kernels do on other CPUs' "
+                        "caches; results are the same bits, only the plans "
+                        "change")
+    p.add_argument("--l3", type=size_arg, default=None, metavar="BYTES",
+                   help="the same for the L3 a core sees (e.g. 8M)")
     p.add_argument("--list", action="store_true",
                    help="list the kernel workloads and sweep rows that "
                         "would run, and exit")
@@ -267,6 +275,20 @@ def settings_text(args, rounds: dict, compile_kernels: bool,
     return "%s; %s" % (mode, "; ".join(parts))
 
 
+def size_arg(text: str) -> int:
+    """Bytes from '524288', '512K', '1M' or '1.25M' (for --l2, --l3)."""
+    t = text.strip().upper().rstrip("B")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    try:
+        n = float(t[:-1] if scale > 1 else t) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "expected a size in bytes such as 524288, 512K or 1.25M, got %r" % text)
+    if not n >= 1:
+        raise argparse.ArgumentTypeError("a cache size must be >= 1 byte, got %r" % text)
+    return int(n)
+
+
 def main(argv=None) -> int:
     """Run the report; 0 if every verification passed, else 1."""
     args = parse_args(argv)
@@ -275,6 +297,9 @@ def main(argv=None) -> int:
         return 0
     import fastbn
 
+    if args.l2 is not None or args.l3 is not None:
+        from .. import _kernels
+        _kernels.set_cache_sizes(l2=args.l2, l3=args.l3)
     if args.torch:  # its own report (fastbn.bench.torch_models)
         from .torch_models import run as run_torch
         text = run_torch(quick=args.quick, threads=args.threads,

@@ -53,6 +53,22 @@ def cache_info() -> str:
     return ", ".join(parts) or "unknown"
 
 
+def planned_caches(fastbn) -> str:
+    """'' or, when the plans are forced to other cache sizes (--l2, --l3),
+    '; fastbn plans for L1d 48K, L2 1024K, L3 ... (forced)'."""
+    try:
+        from fastbn import _kernels
+    except ImportError:
+        return ""
+    forced = [k for k, v in getattr(_kernels, "_forced", {}).items()
+              if k in ("l1", "l2", "l3") and v is not None]
+    if not forced:
+        return ""
+    sizes = ", ".join("%s %dK" % (name, size // 1024) for name, size in
+                      zip(("L1d", "L2", "L3"), _kernels.cache_sizes()))
+    return "; fastbn plans for %s (%s forced)" % (sizes, "/".join(forced).upper())
+
+
 def fastbn_config(fastbn) -> str:
     """What fastbn.show_config() prints (or returns), on one line."""
     if not hasattr(fastbn, "show_config"):
@@ -110,7 +126,7 @@ def machine_info(fastbn, torch, threads: int) -> List[Tuple[str, str]]:
     return [
         ("CPU", "%s, %d logical CPUs (%d usable)%s" % (cpu_model(), ncpu,
                                                         usable, mem)),
-        ("caches", cache_info()),
+        ("caches", cache_info() + planned_caches(fastbn)),
         ("load average", load),
         ("OS", platform.platform()),
         ("Python", platform.python_version()),
