@@ -958,6 +958,22 @@ static void NAME(brows_any)(const T *dy, const T *x, const T *y, int act, T *dx,
 }
 #endif
 
+#if !FBN_HALF
+/* The forward's t = ((x - mh) - ml) * a + b (fk: its 4*C constants) of nr
+ * rows of C values into t. */
+static void NAME(t_rows)(const T *x, const R *fk, ptrdiff_t C, ptrdiff_t nr, T *t)
+{
+    ptrdiff_t r, c;
+    for (r = 0; r < nr; r++) {
+        const T *xr = x + r * C;
+        T *tr = t + r * C;
+        FBN_OMP_SIMD
+        for (c = 0; c < C; c++)
+            tr[c] = ((xr[c] - fk[c]) - fk[C + c]) * fk[2 * C + c] + fk[3 * C + c];
+    }
+}
+#endif
+
 /* bapply_rows with the mask from x (fk: the forward's constants): groups
  * of whole rows, their y recomputed into an L1 tile; rows longer than a
  * tile go by slices of FBN_GEN_SLICE channels, each slice's constants
@@ -988,7 +1004,13 @@ static void NAME(bapply_rows_gen)(const T *dy, const T *x, const R *fk, int act,
         ptrdiff_t nr = fbn_min(g, r1 - r);
         size_t bytes = (size_t)(nr * C) * sizeof(T);
         NAME(gen_prefetch)(x + r * C, dy + r * C, nr * C);
+#if FBN_HALF
         NAME(rows_any)(x + r * C, NULL, yb, C, 0, nr, fk, act);
+#else
+        /* float and double: the forward's t (mask_row_x's), not activated
+         * (it passes the mask where y does) */
+        NAME(t_rows)(x + r * C, fk, C, nr, yb);
+#endif
         NAME(brows_any)(dy + r * C, x + r * C, yb, act, nt ? bx : dx + r * C,
                         dz ? (nt ? bz : dz + r * C) : NULL, C, 0, nr, k, training);
         if (nt) {
