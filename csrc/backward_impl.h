@@ -481,6 +481,65 @@ FBN_NOINLINE static void NAME(bsum_long_rows)(const T *dy, const T *x, const T *
 #endif
 }
 
+#if FBN_SUM_REGS && FBN_F16C == 512
+/* bsum_rows' strips of 16 channels on AVX-512 for float (C a multiple of
+ * 16): dy' made from y or x (ldgx's arithmetic, 16 lanes) where it is
+ * used, the FBN_FLUSH rows' float sums and the strip's double accumulators
+ * in registers over the tile's rows.  The same operations lane by lane in
+ * the same order as the vector loop, so the same bits. */
+static inline void NAME(bsum_strips16)(const T *dy, const T *x, const T *y, const R *fk,
+                                       ptrdiff_t C, ptrdiff_t nr, const double *m,
+                                       double *s0, double *s1, int mode, int act)
+{
+    const float *pd = (const float *)(const void *)dy, *px = (const float *)(const void *)x;
+    const float *py = (const float *)(const void *)y, *f = (const float *)(const void *)fk;
+    ptrdiff_t c0, r, rj;
+    for (c0 = 0; c0 < C; c0 += 16) {
+        __m512d a0l = _mm512_loadu_pd(s0 + c0), a0h = _mm512_loadu_pd(s0 + c0 + 8);
+        __m512d a1l = _mm512_loadu_pd(s1 + c0), a1h = _mm512_loadu_pd(s1 + c0 + 8);
+        __m512 mt = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(
+                        _mm512_loadu_pd(m + c0))), _mm512_cvtpd_ps(_mm512_loadu_pd(m + c0 + 8)), 1);
+        __m512 mh = _mm512_setzero_ps(), ml = mh, fa = mh, fb = mh;
+        if (mode == 2) {
+            mh = _mm512_loadu_ps(f + c0);
+            ml = _mm512_loadu_ps(f + C + c0);
+            fa = _mm512_loadu_ps(f + 2 * C + c0);
+            fb = _mm512_loadu_ps(f + 3 * C + c0);
+        }
+        for (r = 0; r < nr; r += FBN_FLUSH) {
+            ptrdiff_t re = fbn_min(r + FBN_FLUSH, nr);
+            __m512 v0 = _mm512_setzero_ps(), v1 = _mm512_setzero_ps();
+            for (rj = r; rj < re; rj++) {
+                ptrdiff_t o = rj * C + c0;
+                __m512 d = _mm512_loadu_ps(pd + o), xv = _mm512_loadu_ps(px + o), t;
+                if (mode) {
+                    __mmask16 k;
+                    if (mode == 2)
+                        t = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_sub_ps(xv, mh), ml),
+                                                        fa), fb);
+                    else
+                        t = _mm512_loadu_ps(py + o);
+                    k = _mm512_cmp_ps_mask(t, _mm512_setzero_ps(), _CMP_GT_OQ);
+                    if (act == FBN_ACT_RELU6)
+                        k &= _mm512_cmp_ps_mask(t, _mm512_set1_ps(6.0f), _CMP_LT_OQ);
+                    d = _mm512_maskz_mov_ps(k, d);
+                }
+                v0 = _mm512_add_ps(v0, d);
+                v1 = _mm512_add_ps(v1, _mm512_mul_ps(d, _mm512_sub_ps(xv, mt)));
+            }
+            a0l = _mm512_add_pd(a0l, _mm512_cvtps_pd(_mm512_castps512_ps256(v0)));
+            a0h = _mm512_add_pd(a0h, _mm512_cvtps_pd(_mm512_extractf32x8_ps(v0, 1)));
+            a1l = _mm512_add_pd(a1l, _mm512_cvtps_pd(_mm512_castps512_ps256(v1)));
+            a1h = _mm512_add_pd(a1h, _mm512_cvtps_pd(_mm512_extractf32x8_ps(v1, 1)));
+        }
+        _mm512_storeu_pd(s0 + c0, a0l);
+        _mm512_storeu_pd(s0 + c0 + 8, a0h);
+        _mm512_storeu_pd(s1 + c0, a1l);
+        _mm512_storeu_pd(s1 + c0 + 8, a1h);
+    }
+}
+#endif
+
 static void FBN_GENERIC(bsum_rows)(const T *dy, const T *x, const T *y, const R *fk,
                                    int act, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
                                    const double *m, double *s0, double *s1)
@@ -504,6 +563,24 @@ static void FBN_GENERIC(bsum_rows)(const T *dy, const T *x, const T *y, const R 
     for (rr = r0; rr < r1; rr += rt) {
         ptrdiff_t nr = fbn_min(rt, r1 - rr);
         const T *gt = dy + rr * C, *xt = x + rr * C;
+#if FBN_SUM_REGS && FBN_F16C == 512
+        if (sizeof(T) == 4 && C % 16 == 0) {
+            const T *yt = y ? y + rr * C : NULL;
+            if (fk)
+                NAME(gen_prefetch)(xt, gt, nr * C);
+            if (fk && act == FBN_ACT_RELU6)
+                NAME(bsum_strips16)(gt, xt, yt, fk, C, nr, m, s0, s1, 2, FBN_ACT_RELU6);
+            else if (fk)
+                NAME(bsum_strips16)(gt, xt, yt, fk, C, nr, m, s0, s1, 2, FBN_ACT_RELU);
+            else if (y && act == FBN_ACT_RELU6)
+                NAME(bsum_strips16)(gt, xt, yt, fk, C, nr, m, s0, s1, 1, FBN_ACT_RELU6);
+            else if (y)
+                NAME(bsum_strips16)(gt, xt, yt, fk, C, nr, m, s0, s1, 1, FBN_ACT_RELU);
+            else
+                NAME(bsum_strips16)(gt, xt, yt, fk, C, nr, m, s0, s1, 0, FBN_ACT_RELU);
+            continue;
+        }
+#endif
         if (fk) { /* the mask from x */
             NAME(gen_prefetch)(xt, gt, nr * C);
 #if FBN_HALF
