@@ -538,6 +538,74 @@ static inline void NAME(bsum_strips16)(const T *dy, const T *x, const T *y, cons
         _mm512_storeu_pd(s1 + c0 + 8, a1h);
     }
 }
+#elif FBN_SUM_REGS && FBN_F16C == 256
+/* The same on AVX2: each strip of 16 channels in two registers of 8. */
+static inline void NAME(bsum_strips16)(const T *dy, const T *x, const T *y, const R *fk,
+                                       ptrdiff_t C, ptrdiff_t nr, const double *m,
+                                       double *s0, double *s1, int mode, int act)
+{
+    const float *pd = (const float *)(const void *)dy, *px = (const float *)(const void *)x;
+    const float *py = (const float *)(const void *)y, *f = (const float *)(const void *)fk;
+    ptrdiff_t c0, r, rj;
+    int q;
+    for (c0 = 0; c0 < C; c0 += 16) {
+        __m256d a0[4], a1[4];
+        __m256 mt[2], mh[2], ml[2], fa[2], fb[2];
+        for (q = 0; q < 4; q++) {
+            a0[q] = _mm256_loadu_pd(s0 + c0 + 4 * q);
+            a1[q] = _mm256_loadu_pd(s1 + c0 + 4 * q);
+        }
+        for (q = 0; q < 2; q++) {
+            ptrdiff_t c = c0 + 8 * q;
+            mt[q] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(
+                        _mm256_loadu_pd(m + c))), _mm256_cvtpd_ps(_mm256_loadu_pd(m + c + 4)), 1);
+            mh[q] = ml[q] = fa[q] = fb[q] = _mm256_setzero_ps();
+            if (mode == 2) {
+                mh[q] = _mm256_loadu_ps(f + c);
+                ml[q] = _mm256_loadu_ps(f + C + c);
+                fa[q] = _mm256_loadu_ps(f + 2 * C + c);
+                fb[q] = _mm256_loadu_ps(f + 3 * C + c);
+            }
+        }
+        for (r = 0; r < nr; r += FBN_FLUSH) {
+            ptrdiff_t re = fbn_min(r + FBN_FLUSH, nr);
+            __m256 v0[2], v1[2];
+            for (q = 0; q < 2; q++)
+                v0[q] = v1[q] = _mm256_setzero_ps();
+            for (rj = r; rj < re; rj++)
+                for (q = 0; q < 2; q++) {
+                    ptrdiff_t o = rj * C + c0 + 8 * q;
+                    __m256 d = _mm256_loadu_ps(pd + o), xv = _mm256_loadu_ps(px + o), t, k;
+                    if (mode) {
+                        if (mode == 2)
+                            t = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_sub_ps(xv,
+                                    mh[q]), ml[q]), fa[q]), fb[q]);
+                        else
+                            t = _mm256_loadu_ps(py + o);
+                        k = _mm256_cmp_ps(t, _mm256_setzero_ps(), _CMP_GT_OQ);
+                        if (act == FBN_ACT_RELU6)
+                            k = _mm256_and_ps(k, _mm256_cmp_ps(t, _mm256_set1_ps(6.0f),
+                                                               _CMP_LT_OQ));
+                        d = _mm256_and_ps(k, d);
+                    }
+                    v0[q] = _mm256_add_ps(v0[q], d);
+                    v1[q] = _mm256_add_ps(v1[q], _mm256_mul_ps(d, _mm256_sub_ps(xv, mt[q])));
+                }
+            for (q = 0; q < 2; q++) {
+                a0[2 * q] = _mm256_add_pd(a0[2 * q], _mm256_cvtps_pd(_mm256_castps256_ps128(v0[q])));
+                a0[2 * q + 1] = _mm256_add_pd(a0[2 * q + 1],
+                                              _mm256_cvtps_pd(_mm256_extractf128_ps(v0[q], 1)));
+                a1[2 * q] = _mm256_add_pd(a1[2 * q], _mm256_cvtps_pd(_mm256_castps256_ps128(v1[q])));
+                a1[2 * q + 1] = _mm256_add_pd(a1[2 * q + 1],
+                                              _mm256_cvtps_pd(_mm256_extractf128_ps(v1[q], 1)));
+            }
+        }
+        for (q = 0; q < 4; q++) {
+            _mm256_storeu_pd(s0 + c0 + 4 * q, a0[q]);
+            _mm256_storeu_pd(s1 + c0 + 4 * q, a1[q]);
+        }
+    }
+}
 #endif
 
 static void FBN_GENERIC(bsum_rows)(const T *dy, const T *x, const T *y, const R *fk,
@@ -563,7 +631,7 @@ static void FBN_GENERIC(bsum_rows)(const T *dy, const T *x, const T *y, const R 
     for (rr = r0; rr < r1; rr += rt) {
         ptrdiff_t nr = fbn_min(rt, r1 - rr);
         const T *gt = dy + rr * C, *xt = x + rr * C;
-#if FBN_SUM_REGS && FBN_F16C == 512
+#if FBN_SUM_REGS
         if (sizeof(T) == 4 && C % 16 == 0) {
             const T *yt = y ? y + rr * C : NULL;
             if (fk)
