@@ -18,7 +18,11 @@
  * own elementwise code (apply_any, rows_any) into an L1 tile just before
  * the tile is used, so each mask is bitwise the forward's (the value
  * rounded to T first, as the forward stored it), for the transform's
- * arithmetic instead of a read of y.  For float and the half types a batch
+ * arithmetic instead of a read of y.  For float and double the forward's
+ * t = ((x - mh) - ml) * a + b alone is made (y passes the mask exactly
+ * where t does): in registers where the channel-last sums use it
+ * (ldgx, bsum_strips16), or into the tile (mask_grad_x, mask_row_x,
+ * t_rows).  For float and the half types a batch
  * forward's ml (the part of its double mean below R's precision) is not in
  * the returned mean: the forward's statistics of x are taken again with
  * its own code (tile_moments in a fused tile, stats_phase otherwise), which
