@@ -18,7 +18,11 @@
  * own elementwise code (apply_any, rows_any) into an L1 tile just before
  * the tile is used, so each mask is bitwise the forward's (the value
  * rounded to T first, as the forward stored it), for the transform's
- * arithmetic instead of a read of y.  For float and the half types a batch
+ * arithmetic instead of a read of y.  For float and double the forward's
+ * t = ((x - mh) - ml) * a + b alone is made (y passes the mask exactly
+ * where t does): in registers where the channel-last sums use it
+ * (ldgx, bsum_strips16), or into the tile (mask_grad_x, mask_row_x,
+ * t_rows).  For float and the half types a batch
  * forward's ml (the part of its double mean below R's precision) is not in
  * the returned mean: the forward's statistics of x are taken again with
  * its own code (tile_moments in a fused tile, stats_phase otherwise), which
@@ -127,6 +131,7 @@ static inline void NAME(gen_run)(const T *x, T *yb, ptrdiff_t n, const R *fk, pt
     NAME(apply_any)(x, NULL, yb, n, fk[c], fk[C + c], fk[2 * C + c], fk[3 * C + c], act);
 }
 
+#if !FBN_SUM_REGS /* (bsum_long_rows') */
 /* The forward's output of channels [c0, c0 + n) of rows [0, nr) of a
  * channel-last block of rows of C values (fk: 4*C constants; kc: scratch
  * of 4*n, unused when n == C) into yb (nr rows of n). */
@@ -142,6 +147,7 @@ static void NAME(gen_rows)(const T *x, T *yb, ptrdiff_t C, ptrdiff_t c0, ptrdiff
     for (r = 0; r < nr; r++)
         NAME(rows_any)(x + r * C + c0, NULL, yb + r * n, n, 0, 1, kc, act);
 }
+#endif
 
 /* The reductions of n values with dy' = dy * (y > 0) when y is given: the
  * mask is applied tile by tile into an L1 buffer first, so the reduction
@@ -275,14 +281,174 @@ static void NAME(tile_sums)(const T *dy, const T *x, const T *y, const R *fk, in
     }
 }
 
+#if FBN_SUM_REGS
+/* AVX-512 and AVX2, float and double: FBN_DW channels of a row (dy, x and
+ * y, or fk, at the first of them), dy' and x widened into double
+ * registers; dy' = dy where the mask passes (mode 1: from y; mode 2: from
+ * x, as mask_row_x, with the forward's constants fk, four arrays of C),
+ * else +0; mode 0: dy.  The mask's arithmetic is R's, lane by lane, as in
+ * mask_grad and mask_row_x, so the same bits. */
+static inline void NAME(ldgx)(const T *dy, const T *x, const T *y, const R *fk, ptrdiff_t C,
+                              int mode, int act, NAME(dv) *g, NAME(dv) *xd)
+{
+#if FBN_F16C == 512
+    if (sizeof(T) == 4) {
+        const float *f = (const float *)(const void *)fk;
+        __m256 d = _mm256_loadu_ps((const float *)(const void *)dy);
+        __m256 v = _mm256_loadu_ps((const float *)(const void *)x), t;
+        if (mode) {
+            __mmask8 k;
+            if (mode == 2)
+                t = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_sub_ps(v,
+                        _mm256_loadu_ps(f)), _mm256_loadu_ps(f + C)),
+                        _mm256_loadu_ps(f + 2 * C)), _mm256_loadu_ps(f + 3 * C));
+            else
+                t = _mm256_loadu_ps((const float *)(const void *)y);
+            k = _mm256_cmp_ps_mask(t, _mm256_setzero_ps(), _CMP_GT_OQ);
+            if (act == FBN_ACT_RELU6)
+                k &= _mm256_cmp_ps_mask(t, _mm256_set1_ps(6.0f), _CMP_LT_OQ);
+            d = _mm256_maskz_mov_ps(k, d);
+        }
+        *g = _mm512_cvtps_pd(d);
+        *xd = _mm512_cvtps_pd(v);
+    } else {
+        const double *f = (const double *)(const void *)fk;
+        __m512d d = _mm512_loadu_pd((const double *)(const void *)dy);
+        __m512d v = _mm512_loadu_pd((const double *)(const void *)x), t;
+        if (mode) {
+            __mmask8 k;
+            if (mode == 2)
+                t = _mm512_add_pd(_mm512_mul_pd(_mm512_sub_pd(_mm512_sub_pd(v,
+                        _mm512_loadu_pd(f)), _mm512_loadu_pd(f + C)),
+                        _mm512_loadu_pd(f + 2 * C)), _mm512_loadu_pd(f + 3 * C));
+            else
+                t = _mm512_loadu_pd((const double *)(const void *)y);
+            k = _mm512_cmp_pd_mask(t, _mm512_setzero_pd(), _CMP_GT_OQ);
+            if (act == FBN_ACT_RELU6)
+                k &= _mm512_cmp_pd_mask(t, _mm512_set1_pd(6.0), _CMP_LT_OQ);
+            d = _mm512_maskz_mov_pd(k, d);
+        }
+        *g = d;
+        *xd = v;
+    }
+#else /* AVX2 */
+    if (sizeof(T) == 4) {
+        const float *f = (const float *)(const void *)fk;
+        __m128 d = _mm_loadu_ps((const float *)(const void *)dy);
+        __m128 v = _mm_loadu_ps((const float *)(const void *)x), t, k;
+        if (mode) {
+            if (mode == 2)
+                t = _mm_add_ps(_mm_mul_ps(_mm_sub_ps(_mm_sub_ps(v, _mm_loadu_ps(f)),
+                        _mm_loadu_ps(f + C)), _mm_loadu_ps(f + 2 * C)), _mm_loadu_ps(f + 3 * C));
+            else
+                t = _mm_loadu_ps((const float *)(const void *)y);
+            k = _mm_cmp_ps(t, _mm_setzero_ps(), _CMP_GT_OQ);
+            if (act == FBN_ACT_RELU6)
+                k = _mm_and_ps(k, _mm_cmp_ps(t, _mm_set1_ps(6.0f), _CMP_LT_OQ));
+            d = _mm_and_ps(k, d);
+        }
+        *g = _mm256_cvtps_pd(d);
+        *xd = _mm256_cvtps_pd(v);
+    } else {
+        const double *f = (const double *)(const void *)fk;
+        __m256d d = _mm256_loadu_pd((const double *)(const void *)dy);
+        __m256d v = _mm256_loadu_pd((const double *)(const void *)x), t, k;
+        if (mode) {
+            if (mode == 2)
+                t = _mm256_add_pd(_mm256_mul_pd(_mm256_sub_pd(_mm256_sub_pd(v,
+                        _mm256_loadu_pd(f)), _mm256_loadu_pd(f + C)),
+                        _mm256_loadu_pd(f + 2 * C)), _mm256_loadu_pd(f + 3 * C));
+            else
+                t = _mm256_loadu_pd((const double *)(const void *)y);
+            k = _mm256_cmp_pd(t, _mm256_setzero_pd(), _CMP_GT_OQ);
+            if (act == FBN_ACT_RELU6)
+                k = _mm256_and_pd(k, _mm256_cmp_pd(t, _mm256_set1_pd(6.0), _CMP_LT_OQ));
+            d = _mm256_and_pd(k, d);
+        }
+        *g = d;
+        *xd = v;
+    }
+#endif
+}
+
+/* bsum_long_rows in registers (mode and act constants in each instance):
+ * blocks of rows of about FBN_TILE * 4 values, each taken in strips of
+ * FBN_BQ registers of channels whose accumulators, means and constants
+ * stay in registers over the block's rows (dy' made and used there, not
+ * stored); the last C % (FBN_BQ * FBN_DW) channels one by one.  Each
+ * channel is summed over the rows in order, as the plain loop does: the
+ * same bits. */
+#define FBN_BQ 4
+static inline void NAME(bsum_long_regs)(const T *dy, const T *x, const T *y, const R *fk,
+                                        ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
+                                        const double *m, double *s0, double *s1, int mode,
+                                        int act)
+{
+    const ptrdiff_t W = FBN_BQ * FBN_DW, rb = fbn_max(1, 4 * FBN_TILE / C);
+    ptrdiff_t rr, re, r, c, c0;
+    for (rr = r0; rr < r1; rr = re) {
+        re = fbn_min(rr + rb, r1);
+        for (c0 = 0; c0 + W <= C; c0 += W) {
+            NAME(dv) a0[FBN_BQ], a1[FBN_BQ], mv[FBN_BQ], gv, xv;
+            int j;
+            for (j = 0; j < FBN_BQ; j++) {
+                a0[j] = FBN_DV_LD(s0 + c0 + j * FBN_DW);
+                a1[j] = FBN_DV_LD(s1 + c0 + j * FBN_DW);
+                mv[j] = FBN_DV_LD(m + c0 + j * FBN_DW);
+            }
+            for (r = rr; r < re; r++)
+                for (j = 0; j < FBN_BQ; j++) {
+                    ptrdiff_t o = r * C + c0 + j * FBN_DW;
+                    NAME(ldgx)(dy + o, x + o, mode == 1 ? y + o : NULL,
+                               mode == 2 ? fk + c0 + j * FBN_DW : NULL, C, mode, act, &gv, &xv);
+                    a0[j] = FBN_DV_ADD(a0[j], gv);
+                    a1[j] = FBN_DV_ADD(a1[j], FBN_DV_MUL(gv, FBN_DV_SUB(xv, mv[j])));
+                }
+            for (j = 0; j < FBN_BQ; j++) {
+                FBN_DV_ST(s0 + c0 + j * FBN_DW, a0[j]);
+                FBN_DV_ST(s1 + c0 + j * FBN_DW, a1[j]);
+            }
+        }
+        for (r = rr; r < re; r++)
+            for (c = c0; c < C; c++) {
+                ptrdiff_t o = r * C + c;
+                T gt = dy[o];
+                double gc;
+                if (mode == 2 && !NAME(pass)(((x[o] - fk[c]) - fk[C + c]) * fk[2 * C + c]
+                                             + fk[3 * C + c], act))
+                    gt = (T)0;
+                if (mode == 1 && !NAME(pass)(FBN_LD(y[o]), act))
+                    gt = (T)0;
+                gc = (double)gt;
+                s0[c] += gc;
+                s1[c] += gc * ((double)x[o] - m[c]);
+            }
+    }
+}
+#undef FBN_BQ
+#endif
+
 /* Reductions of rows [r0, r1) (channel-last) into s0[C], s1[C]. */
 /* bsum_rows for long rows: row by row, vectorised across channels (a
- * row's mask applied piece by piece into an L1 buffer).  s0, s1 start at 0. */
+ * row's mask applied piece by piece into an L1 buffer; with FBN_SUM_REGS,
+ * bsum_long_regs).  s0, s1 start at 0. */
 FBN_NOINLINE static void NAME(bsum_long_rows)(const T *dy, const T *x, const T *y,
                                               const R *fk, int act, ptrdiff_t C,
                                               ptrdiff_t r0, ptrdiff_t r1, const double *m,
                                               double *s0, double *s1)
 {
+#if FBN_SUM_REGS
+    if (fk && act == FBN_ACT_RELU6)
+        NAME(bsum_long_regs)(dy, x, y, fk, C, r0, r1, m, s0, s1, 2, FBN_ACT_RELU6);
+    else if (fk)
+        NAME(bsum_long_regs)(dy, x, y, fk, C, r0, r1, m, s0, s1, 2, FBN_ACT_RELU);
+    else if (y && act == FBN_ACT_RELU6)
+        NAME(bsum_long_regs)(dy, x, y, fk, C, r0, r1, m, s0, s1, 1, FBN_ACT_RELU6);
+    else if (y)
+        NAME(bsum_long_regs)(dy, x, y, fk, C, r0, r1, m, s0, s1, 1, FBN_ACT_RELU);
+    else
+        NAME(bsum_long_regs)(dy, x, y, fk, C, r0, r1, m, s0, s1, 0, FBN_ACT_RELU);
+#else
     T g[FBN_TILE], yb[FBN_TILE];
     R kc[4 * FBN_TILE];
     ptrdiff_t r, c, c0;
@@ -316,7 +482,135 @@ FBN_NOINLINE static void NAME(bsum_long_rows)(const T *dy, const T *x, const T *
             }
         }
     }
+#endif
 }
+
+#if FBN_SUM_REGS && FBN_F16C == 512
+/* bsum_rows' strips of 16 channels on AVX-512 for float (C a multiple of
+ * 16): dy' made from y or x (ldgx's arithmetic, 16 lanes) where it is
+ * used, the FBN_FLUSH rows' float sums and the strip's double accumulators
+ * in registers over the tile's rows.  The same operations lane by lane in
+ * the same order as the vector loop, so the same bits. */
+static inline void NAME(bsum_strips16)(const T *dy, const T *x, const T *y, const R *fk,
+                                       ptrdiff_t C, ptrdiff_t nr, const double *m,
+                                       double *s0, double *s1, int mode, int act)
+{
+    const float *pd = (const float *)(const void *)dy, *px = (const float *)(const void *)x;
+    const float *py = (const float *)(const void *)y, *f = (const float *)(const void *)fk;
+    ptrdiff_t c0, r, rj;
+    for (c0 = 0; c0 < C; c0 += 16) {
+        __m512d a0l = _mm512_loadu_pd(s0 + c0), a0h = _mm512_loadu_pd(s0 + c0 + 8);
+        __m512d a1l = _mm512_loadu_pd(s1 + c0), a1h = _mm512_loadu_pd(s1 + c0 + 8);
+        __m512 mt = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(
+                        _mm512_loadu_pd(m + c0))), _mm512_cvtpd_ps(_mm512_loadu_pd(m + c0 + 8)), 1);
+        __m512 mh = _mm512_setzero_ps(), ml = mh, fa = mh, fb = mh;
+        if (mode == 2) {
+            mh = _mm512_loadu_ps(f + c0);
+            ml = _mm512_loadu_ps(f + C + c0);
+            fa = _mm512_loadu_ps(f + 2 * C + c0);
+            fb = _mm512_loadu_ps(f + 3 * C + c0);
+        }
+        for (r = 0; r < nr; r += FBN_FLUSH) {
+            ptrdiff_t re = fbn_min(r + FBN_FLUSH, nr);
+            __m512 v0 = _mm512_setzero_ps(), v1 = _mm512_setzero_ps();
+            for (rj = r; rj < re; rj++) {
+                ptrdiff_t o = rj * C + c0;
+                __m512 d = _mm512_loadu_ps(pd + o), xv = _mm512_loadu_ps(px + o), t;
+                if (mode) {
+                    __mmask16 k;
+                    if (mode == 2)
+                        t = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_sub_ps(xv, mh), ml),
+                                                        fa), fb);
+                    else
+                        t = _mm512_loadu_ps(py + o);
+                    k = _mm512_cmp_ps_mask(t, _mm512_setzero_ps(), _CMP_GT_OQ);
+                    if (act == FBN_ACT_RELU6)
+                        k &= _mm512_cmp_ps_mask(t, _mm512_set1_ps(6.0f), _CMP_LT_OQ);
+                    d = _mm512_maskz_mov_ps(k, d);
+                }
+                v0 = _mm512_add_ps(v0, d);
+                v1 = _mm512_add_ps(v1, _mm512_mul_ps(d, _mm512_sub_ps(xv, mt)));
+            }
+            a0l = _mm512_add_pd(a0l, _mm512_cvtps_pd(_mm512_castps512_ps256(v0)));
+            a0h = _mm512_add_pd(a0h, _mm512_cvtps_pd(_mm512_extractf32x8_ps(v0, 1)));
+            a1l = _mm512_add_pd(a1l, _mm512_cvtps_pd(_mm512_castps512_ps256(v1)));
+            a1h = _mm512_add_pd(a1h, _mm512_cvtps_pd(_mm512_extractf32x8_ps(v1, 1)));
+        }
+        _mm512_storeu_pd(s0 + c0, a0l);
+        _mm512_storeu_pd(s0 + c0 + 8, a0h);
+        _mm512_storeu_pd(s1 + c0, a1l);
+        _mm512_storeu_pd(s1 + c0 + 8, a1h);
+    }
+}
+#elif FBN_SUM_REGS && FBN_F16C == 256
+/* The same on AVX2: each strip of 16 channels in two registers of 8. */
+static inline void NAME(bsum_strips16)(const T *dy, const T *x, const T *y, const R *fk,
+                                       ptrdiff_t C, ptrdiff_t nr, const double *m,
+                                       double *s0, double *s1, int mode, int act)
+{
+    const float *pd = (const float *)(const void *)dy, *px = (const float *)(const void *)x;
+    const float *py = (const float *)(const void *)y, *f = (const float *)(const void *)fk;
+    ptrdiff_t c0, r, rj;
+    int q;
+    for (c0 = 0; c0 < C; c0 += 16) {
+        __m256d a0[4], a1[4];
+        __m256 mt[2], mh[2], ml[2], fa[2], fb[2];
+        for (q = 0; q < 4; q++) {
+            a0[q] = _mm256_loadu_pd(s0 + c0 + 4 * q);
+            a1[q] = _mm256_loadu_pd(s1 + c0 + 4 * q);
+        }
+        for (q = 0; q < 2; q++) {
+            ptrdiff_t c = c0 + 8 * q;
+            mt[q] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(
+                        _mm256_loadu_pd(m + c))), _mm256_cvtpd_ps(_mm256_loadu_pd(m + c + 4)), 1);
+            mh[q] = ml[q] = fa[q] = fb[q] = _mm256_setzero_ps();
+            if (mode == 2) {
+                mh[q] = _mm256_loadu_ps(f + c);
+                ml[q] = _mm256_loadu_ps(f + C + c);
+                fa[q] = _mm256_loadu_ps(f + 2 * C + c);
+                fb[q] = _mm256_loadu_ps(f + 3 * C + c);
+            }
+        }
+        for (r = 0; r < nr; r += FBN_FLUSH) {
+            ptrdiff_t re = fbn_min(r + FBN_FLUSH, nr);
+            __m256 v0[2], v1[2];
+            for (q = 0; q < 2; q++)
+                v0[q] = v1[q] = _mm256_setzero_ps();
+            for (rj = r; rj < re; rj++)
+                for (q = 0; q < 2; q++) {
+                    ptrdiff_t o = rj * C + c0 + 8 * q;
+                    __m256 d = _mm256_loadu_ps(pd + o), xv = _mm256_loadu_ps(px + o), t, k;
+                    if (mode) {
+                        if (mode == 2)
+                            t = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_sub_ps(xv,
+                                    mh[q]), ml[q]), fa[q]), fb[q]);
+                        else
+                            t = _mm256_loadu_ps(py + o);
+                        k = _mm256_cmp_ps(t, _mm256_setzero_ps(), _CMP_GT_OQ);
+                        if (act == FBN_ACT_RELU6)
+                            k = _mm256_and_ps(k, _mm256_cmp_ps(t, _mm256_set1_ps(6.0f),
+                                                               _CMP_LT_OQ));
+                        d = _mm256_and_ps(k, d);
+                    }
+                    v0[q] = _mm256_add_ps(v0[q], d);
+                    v1[q] = _mm256_add_ps(v1[q], _mm256_mul_ps(d, _mm256_sub_ps(xv, mt[q])));
+                }
+            for (q = 0; q < 2; q++) {
+                a0[2 * q] = _mm256_add_pd(a0[2 * q], _mm256_cvtps_pd(_mm256_castps256_ps128(v0[q])));
+                a0[2 * q + 1] = _mm256_add_pd(a0[2 * q + 1],
+                                              _mm256_cvtps_pd(_mm256_extractf128_ps(v0[q], 1)));
+                a1[2 * q] = _mm256_add_pd(a1[2 * q], _mm256_cvtps_pd(_mm256_castps256_ps128(v1[q])));
+                a1[2 * q + 1] = _mm256_add_pd(a1[2 * q + 1],
+                                              _mm256_cvtps_pd(_mm256_extractf128_ps(v1[q], 1)));
+            }
+        }
+        for (q = 0; q < 4; q++) {
+            _mm256_storeu_pd(s0 + c0 + 4 * q, a0[q]);
+            _mm256_storeu_pd(s1 + c0 + 4 * q, a1[q]);
+        }
+    }
+}
+#endif
 
 static void FBN_GENERIC(bsum_rows)(const T *dy, const T *x, const T *y, const R *fk,
                                    int act, ptrdiff_t C, ptrdiff_t r0, ptrdiff_t r1,
@@ -341,6 +635,24 @@ static void FBN_GENERIC(bsum_rows)(const T *dy, const T *x, const T *y, const R 
     for (rr = r0; rr < r1; rr += rt) {
         ptrdiff_t nr = fbn_min(rt, r1 - rr);
         const T *gt = dy + rr * C, *xt = x + rr * C;
+#if FBN_SUM_REGS
+        if (sizeof(T) == 4 && C % 16 == 0) {
+            const T *yt = y ? y + rr * C : NULL;
+            if (fk)
+                NAME(gen_prefetch)(xt, gt, nr * C);
+            if (fk && act == FBN_ACT_RELU6)
+                NAME(bsum_strips16)(gt, xt, yt, fk, C, nr, m, s0, s1, 2, FBN_ACT_RELU6);
+            else if (fk)
+                NAME(bsum_strips16)(gt, xt, yt, fk, C, nr, m, s0, s1, 2, FBN_ACT_RELU);
+            else if (y && act == FBN_ACT_RELU6)
+                NAME(bsum_strips16)(gt, xt, yt, fk, C, nr, m, s0, s1, 1, FBN_ACT_RELU6);
+            else if (y)
+                NAME(bsum_strips16)(gt, xt, yt, fk, C, nr, m, s0, s1, 1, FBN_ACT_RELU);
+            else
+                NAME(bsum_strips16)(gt, xt, yt, fk, C, nr, m, s0, s1, 0, FBN_ACT_RELU);
+            continue;
+        }
+#endif
         if (fk) { /* the mask from x */
             NAME(gen_prefetch)(xt, gt, nr * C);
 #if FBN_HALF
@@ -795,6 +1107,22 @@ static void NAME(brows_any)(const T *dy, const T *x, const T *y, int act, T *dx,
 }
 #endif
 
+#if !FBN_HALF
+/* The forward's t = ((x - mh) - ml) * a + b (fk: its 4*C constants) of nr
+ * rows of C values into t. */
+static void NAME(t_rows)(const T *x, const R *fk, ptrdiff_t C, ptrdiff_t nr, T *t)
+{
+    ptrdiff_t r, c;
+    for (r = 0; r < nr; r++) {
+        const T *xr = x + r * C;
+        T *tr = t + r * C;
+        FBN_OMP_SIMD
+        for (c = 0; c < C; c++)
+            tr[c] = ((xr[c] - fk[c]) - fk[C + c]) * fk[2 * C + c] + fk[3 * C + c];
+    }
+}
+#endif
+
 /* bapply_rows with the mask from x (fk: the forward's constants): groups
  * of whole rows, their y recomputed into an L1 tile; rows longer than a
  * tile go by slices of FBN_GEN_SLICE channels, each slice's constants
@@ -825,7 +1153,13 @@ static void NAME(bapply_rows_gen)(const T *dy, const T *x, const R *fk, int act,
         ptrdiff_t nr = fbn_min(g, r1 - r);
         size_t bytes = (size_t)(nr * C) * sizeof(T);
         NAME(gen_prefetch)(x + r * C, dy + r * C, nr * C);
+#if FBN_HALF
         NAME(rows_any)(x + r * C, NULL, yb, C, 0, nr, fk, act);
+#else
+        /* float and double: the forward's t (mask_row_x's), not activated
+         * (it passes the mask where y does) */
+        NAME(t_rows)(x + r * C, fk, C, nr, yb);
+#endif
         NAME(brows_any)(dy + r * C, x + r * C, yb, act, nt ? bx : dx + r * C,
                         dz ? (nt ? bz : dz + r * C) : NULL, C, 0, nr, k, training);
         if (nt) {
