@@ -116,6 +116,10 @@ static double now_us(void)
 #else /* POSIX */
 #include <pthread.h>
 #include <sched.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #include <signal.h>
 #include <time.h>
 typedef int64_t fbn_atomic;
@@ -158,6 +162,20 @@ static double now_us(void)
 /* The CPU the calling thread runs on, -1 where the system does not say. */
 #if defined(__linux__)
 static int fbn_cpu(void) { return sched_getcpu(); }
+
+/* Moves the calling thread off `cpu` onto the other CPUs it may run on
+ * (at once: the kernel migrates a running thread before the call
+ * returns), keeping its mask in *saved; 0 if there is no other CPU or the
+ * system refuses. */
+static int leave_cpu(int cpu, cpu_set_t *saved)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, saved) != 0 || !CPU_ISSET(cpu, saved))
+        return 0;
+    set = *saved;
+    CPU_CLR(cpu, &set);
+    return CPU_COUNT(&set) > 0 && sched_setaffinity(0, sizeof set, &set) == 0;
+}
 #elif defined(_WIN32)
 static int fbn_cpu(void) { return (int)GetCurrentProcessorNumber(); }
 #else
@@ -206,7 +224,34 @@ static struct {
     int64_t max_nr;      /* most ranges any job used (owner only) */
     fbn_mutex mutex;
     fbn_cond cond;
+#if defined(__linux__) && FBN_POOL
+    /* helper me's thread id (0 until it has started), its CPU mask then,
+     * and whether a caller narrowed the mask for the current job */
+    fbn_atomic tid[MAX_THREADS];
+    cpu_set_t mask[MAX_THREADS];
+    fbn_atomic away[MAX_THREADS];
+#endif
 } P;
+
+#if defined(__linux__) && FBN_POOL
+/* Before waking sleeping helpers 1 .. nr-1: their masks without the
+ * caller's CPU `cpu`, so that the system wakes them on another CPU (see
+ * work_on); each helper restores its own after the job. */
+static void keep_helpers_off(int cpu, int64_t nr)
+{
+    int64_t r;
+    for (r = 1; cpu >= 0 && r < nr; r++) {
+        pid_t tid = (pid_t)LD_SEQ(&P.tid[r]);
+        cpu_set_t set;
+        if (tid == 0 || !CPU_ISSET(cpu, &P.mask[r]))
+            continue;
+        set = P.mask[r];
+        CPU_CLR(cpu, &set);
+        if (CPU_COUNT(&set) > 0 && sched_setaffinity(tid, sizeof set, &set) == 0)
+            ST(&P.away[r], 1);
+    }
+}
+#endif
 
 /* Claims and runs items of range r of job `gen` until none is left there.
  * Returns 0 when the job is gone (a newer one was published). */
@@ -241,23 +286,45 @@ static int work_range(int64_t gen, int64_t r)
 }
 
 /* Thread `me` (0: the owner) of job `gen`: its own range, then the others'.
- * A helper that finds itself on the CPU its caller published the job from
- * takes nothing (returns 0): the system put it there because the other
- * CPUs are busy (another library's threads spinning), and every item it
- * ran would be time taken from the caller. */
+ * A helper woken onto the CPU its caller published the job from would take
+ * its time from the caller.  The system puts it there when it sees no idle
+ * CPU: another library's threads spinning on the others, or (in a virtual
+ * machine) an idle vCPU that the host has descheduled, which the kernel
+ * does not count as idle, so that after a pause every wake-up landed on the
+ * caller's CPU, waited there for the caller's time slice, and the second
+ * core went unused (measured: 2 threads no faster than 1 after 10 ms idle).
+ * On Linux the caller narrows sleeping helpers' CPU masks before it wakes
+ * them (keep_helpers_off), and a helper that still finds itself on the
+ * caller's CPU moves itself (leave_cpu), for this job; where the other
+ * CPUs are busy it shares one with their threads, and the caller never
+ * waits for an item the helper has not claimed.  Elsewhere, or with no
+ * other CPU, it takes nothing (returns 0). */
 static int work_on(int64_t gen, int64_t me)
 {
     int64_t nr = LD(&P.nranges), i, cpu;
+#if defined(__linux__)
+    cpu_set_t saved;
+    int moved = 0;
+#endif
     if (GEN(LD(&P.slot[0].s)) != gen || me >= nr)
         return 1;
-    cpu = LD(&P.owner_cpu);
-    if (me > 0 && cpu >= 0 && fbn_cpu() == cpu)
-        return 0;
     if (me > 0 && LD(&P.external)) /* another library's team runs this job */
         return 1;
+    cpu = LD(&P.owner_cpu);
+    if (me > 0 && cpu >= 0 && fbn_cpu() == cpu) {
+#if defined(__linux__)
+        moved = leave_cpu((int)cpu, &saved);
+        if (!moved)
+#endif
+            return 0;
+    }
     for (i = 0; i < nr; i++)
         if (!work_range(gen, (me + i) % nr))
-            return 1;
+            break;
+#if defined(__linux__)
+    if (moved)
+        sched_setaffinity(0, sizeof saved, &saved);
+#endif
     return 1;
 }
 
@@ -270,6 +337,10 @@ static void *worker_main(void *arg)
     int64_t me = (int64_t)(intptr_t)arg + 1; /* range 0 is the owner's */
     int64_t seen = LD(&P.gen);
     int spin = 1;
+#if defined(__linux__) && FBN_POOL
+    if (sched_getaffinity(0, sizeof P.mask[me], &P.mask[me]) == 0)
+        ST_SEQ(&P.tid[me], (int64_t)syscall(SYS_gettid));
+#endif
     for (;;) {
         double t0 = now_us();
         long spins = 0;
@@ -292,6 +363,12 @@ static void *worker_main(void *arg)
         }
         seen = LD(&P.gen);
         spin = work_on(seen, me);
+#if defined(__linux__) && FBN_POOL
+        if (LD(&P.away[me])) { /* the caller narrowed the mask: restore it */
+            ST(&P.away[me], 0);
+            sched_setaffinity(0, sizeof P.mask[me], &P.mask[me]);
+        }
+#endif
     }
 #if defined(_WIN32)
     return 0;
@@ -478,6 +555,9 @@ static void pool_run(ptrdiff_t n, fbn_item_fn fn, void *ctx, int nthreads, int f
     if (team != NULL)
         team(team_main, &gen, (unsigned)nr, 0);
     else if (!(flags & FBN_LIGHT) && LD_SEQ(&P.sleepers) > 0) {
+#if defined(__linux__) && FBN_POOL
+        keep_helpers_off((int)LD(&P.owner_cpu), nr);
+#endif
         LOCK(&P.mutex);
         COND_BROADCAST(&P.cond);
         UNLOCK(&P.mutex);
