@@ -606,3 +606,11 @@ def test_cache_size_options():
         assert "L2 1024K" in text and "L2 forced" in text
     finally:
         _kernels.set_cache_sizes(**old)
+
+
+def test_torch_report_is_not_the_quick_headline():
+    """``--torch`` alone runs the full PyTorch report (it used to fall into
+    the headline's --quick sizes); ``--torch --quick`` the small one."""
+    args = cli.parse_args(["--torch"])
+    assert args.torch and not args.quick and not args.headline
+    assert cli.parse_args(["--torch", "--quick"]).quick

@@ -177,7 +177,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--full runs every part at full size: leave out --quick "
                 "and the part options")
     # the headline: no part named and no --full (quick sizes, headline parts)
-    args.headline = not (chosen or args.full or args.quick)
+    args.headline = not (chosen or args.full or args.quick or args.torch)
     if args.headline:
         args.quick = True
         chosen = list(HEADLINE)
