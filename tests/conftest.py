@@ -152,3 +152,13 @@ def tuning():
     _kernels.set_tuning(**old)
     yield _kernels.set_tuning
     _kernels.set_tuning(**old)
+
+
+@pytest.fixture
+def simd():
+    """fastbn._kernels.set_simd, with the automatic choice restored
+    afterwards (and checked to be the level in use before)."""
+    old = _kernels.simd()
+    yield _kernels.set_simd
+    _kernels.set_simd("auto")
+    assert _kernels.simd() == old

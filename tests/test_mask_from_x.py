@@ -29,14 +29,6 @@ SHAPES = [((6, 5, 7, 9), 1), ((4, 3, 40, 50), 1), ((64, 12), 1),
           ((2, 3, 5, 600), -1)]
 
 
-@pytest.fixture
-def simd():
-    old = _kernels.simd()
-    yield _kernels.set_simd
-    _kernels.set_simd("auto")
-    assert _kernels.simd() == old
-
-
 def _channels(a, axis):
     """A view of ``a`` with the channel axis first, as (C, values)."""
     return np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1)

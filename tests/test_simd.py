@@ -21,14 +21,6 @@ SHAPES = [((5, 7, 3, 9), 1), ((6, 5, 7, 19), -1), ((33, 17), 1),
           ((3, 2, 5001), 1)]
 
 
-@pytest.fixture
-def simd():
-    old = _kernels.simd()
-    yield _kernels.set_simd
-    _kernels.set_simd("auto")
-    assert _kernels.simd() == old
-
-
 def test_baseline_is_always_available():
     assert "baseline" in AVAILABLE
     assert _kernels.simd() in AVAILABLE
