@@ -104,7 +104,7 @@ def bench(shape, dtype, repeat):
     fwd_all = np.empty((size, 2 * C + 1))
     bwd_buf = np.zeros(2 * C + 1)
     head = np.zeros(7, np.int64)
-    sdy, sdyx = _kernels.backward_reduce(dy, x, None, outer, C, inner, mean, nt)
+    sdy, sdyx = _kernels.backward_reduce(dy, x, None, outer, C, inner, mean, nt, 0)
 
     t = {}
     # forward
@@ -123,10 +123,10 @@ def bench(shape, dtype, repeat):
         lambda: fastbn.batch_norm_train(x, gamma, beta, out=y), repeat, False)
     # backward
     t["bwd local: reduce"] = median_time(
-        lambda: _kernels.backward_reduce(dy, x, None, outer, C, inner, mean, nt), repeat)
+        lambda: _kernels.backward_reduce(dy, x, None, outer, C, inner, mean, nt, 0), repeat)
     t["bwd local: apply"] = median_time(
         lambda: _kernels.backward_apply(dy, x, None, outer, C, inner, mean, inv, gamma,
-                                        sdy, sdyx, float(N * inner), True, dx, None, nt),
+                                        sdy, sdyx, float(N * inner), True, dx, None, nt, 0),
         repeat)
     t["bwd collective: Allreduce 2C+1"] = median_time(
         lambda: comm.Allreduce(MPI.IN_PLACE, [bwd_buf, MPI.DOUBLE], op=MPI.SUM), repeat)
